@@ -1,0 +1,174 @@
+"""Reference traces: read the kernel-produced JSON-Lines traces and replay them through the model.
+
+The traces in ``data/kernel-traces/`` were produced by the kernel's own ``drivers/iommu/iova.c``,
+``iommu_pgsize()`` (``drivers/iommu/iommu.c``) and the IOVA arithmetic of
+``drivers/iommu/dma-iommu.c`` (format: ``data/kernel-traces/README.md``). Every ``expect`` is what
+the kernel returned; :func:`check_trace` compares the simulator with each one and with every
+``check`` state dump.
+
+Kinds handled: ``iova-trace`` (raw allocator), ``pgsize-trace`` (page-size split) and
+``dma-iova-trace`` (DMA layer). A header line (one with ``"kind"``) starts a fresh section.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .events import EventLog
+from .iova import IovaDomain
+
+__all__ = ["TraceFormatError", "Mismatch", "TraceResult", "read_trace", "check_trace",
+           "check_ops", "REPLAYERS"]
+
+
+class TraceFormatError(ValueError):
+    """A trace line that is not valid JSON or not a known op; names file and line number."""
+
+
+@dataclass
+class Mismatch:
+    op_index: int          # 1-based operation number within the file (headers not counted)
+    lineno: int            # line number in the file
+    op: dict               # the operation as read
+    expected: object
+    got: object
+
+    def __str__(self) -> str:
+        op = {k: v for k, v in self.op.items() if k != "expect"}
+        return (f"op {self.op_index} (line {self.lineno}) {json.dumps(op)}: expected "
+                f"{json.dumps(self.expected)}, got {json.dumps(self.got)}")
+
+
+@dataclass
+class TraceResult:
+    path: str
+    ops: int = 0
+    mismatches: list[Mismatch] = field(default_factory=list)
+    sections: int = 0
+
+    @property
+    def n_mismatches(self) -> int:
+        return len(self.mismatches)
+
+
+def read_trace(path: str | Path) -> list[tuple[int, dict]]:
+    """Parse a JSON-Lines trace into ``[(lineno, obj), ...]``; blank lines are skipped.
+
+    Raises :class:`TraceFormatError` naming file and line for a line that is not a JSON object.
+    """
+    out = []
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise TraceFormatError(f"{path}: cannot read: {e.strerror}") from None
+    loads = json.loads
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = loads(line)
+        except json.JSONDecodeError as e:
+            raise TraceFormatError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise TraceFormatError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+        out.append((n, obj))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# iova-trace
+def _iova_section(header: dict) -> Callable[[dict], object]:
+    """A replayer for one ``iova-trace`` section: returns a function op -> (expected, got)."""
+    log = EventLog(keep=False)
+    dom = IovaDomain(header["granule"], header.get("start_pfn", 1), log=log)
+
+    def run(op: dict):
+        kind = op["op"]
+        if kind == "alloc":
+            node = dom.alloc_iova(op["size"], op["limit_pfn"], op["size_aligned"])
+            return op["expect"], (None if node is None else node.pfn_lo)
+        if kind == "alloc_fast":
+            return op["expect"], dom.alloc_iova_fast(op["size"], op["limit_pfn"], True)
+        if kind == "free":
+            dom.free_iova(op["pfn"])
+            return None
+        if kind == "free_fast":
+            dom.free_iova_fast(op["pfn"], op["size"])
+            return None
+        if kind == "reserve":
+            dom.reserve_iova(op["pfn_lo"], op["pfn_hi"])
+            return None
+        if kind == "check":
+            return [list(r) for r in op["ranges"]], [list(r) for r in dom.ranges()]
+        raise KeyError(kind)
+
+    run.domain = dom  # type: ignore[attr-defined]
+    return run
+
+
+def _pgsize_section(header: dict) -> Callable[[dict], object]:
+    from .iommu import split_pages
+
+    def run(op: dict):
+        if op["op"] != "split":
+            raise KeyError(op["op"])
+        got = split_pages(op["pgsize_bitmap"], op["iova"], op["paddr"], op["size"])
+        return op["expect"], [list(x) for x in got]
+
+    return run
+
+
+def _dma_section(header: dict) -> Callable[[dict], object]:
+    from .dma import reference_replayer
+
+    return reference_replayer(header)
+
+
+#: trace kind -> factory(header) -> replayer(op) -> None | (expected, got)
+REPLAYERS: dict[str, Callable[[dict], Callable[[dict], object]]] = {
+    "iova-trace": _iova_section,
+    "pgsize-trace": _pgsize_section,
+    "dma-iova-trace": _dma_section,
+}
+
+
+def check_ops(lines: Iterable[tuple[int, dict]], path: str = "<trace>",
+              max_mismatches: int | None = None) -> TraceResult:
+    """Replay parsed lines; every non-header line is one operation (state checks included)."""
+    res = TraceResult(str(path))
+    run = None
+    for lineno, obj in lines:
+        if "kind" in obj:
+            factory = REPLAYERS.get(obj["kind"])
+            if factory is None:
+                raise TraceFormatError(f"{path}:{lineno}: unknown trace kind {obj['kind']!r} "
+                                       f"(known: {', '.join(REPLAYERS)})")
+            try:
+                run = factory(obj)
+            except (KeyError, TypeError, ValueError) as e:
+                raise TraceFormatError(f"{path}:{lineno}: bad header: {e}") from None
+            res.sections += 1
+            continue
+        if run is None:
+            raise TraceFormatError(f"{path}:{lineno}: operation before any header line")
+        res.ops += 1
+        try:
+            out = run(obj)
+        except KeyError as e:
+            raise TraceFormatError(f"{path}:{lineno}: unknown op or missing field {e}") from None
+        if out is not None:
+            expected, got = out
+            if expected != got:
+                res.mismatches.append(Mismatch(res.ops, lineno, obj, expected, got))
+                if max_mismatches is not None and len(res.mismatches) >= max_mismatches:
+                    break
+    return res
+
+
+def check_trace(path: str | Path, max_mismatches: int | None = None) -> TraceResult:
+    """Read and replay one reference trace file."""
+    return check_ops(read_trace(path), str(path), max_mismatches)
