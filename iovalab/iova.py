@@ -613,6 +613,25 @@ class IovaDomain:
                  "cpus": [(c.loaded.size, c.prev.size) for c in r.cpu_rcaches],
                  "depot": r.depot_size} for b, r in enumerate(self.rcaches)]
 
+    def save(self) -> tuple:
+        """Cheap restorable copy of the whole state (no kernel analogue; used by replayers to try
+        an alternative event order). Nodes are shared: only ``reserve_iova`` mutates a node."""
+        return (list(self._keys), dict(self._nodes), self.cached_node, self.cached32_node,
+                self.max32_alloc_size,
+                [([(c.loaded.pfns[:], c.prev.pfns[:]) for c in r.cpu_rcaches],
+                  [m.pfns[:] for m in r.depot]) for r in self.rcaches])
+
+    def restore(self, saved: tuple) -> None:
+        """Return to a state taken with :meth:`save`."""
+        keys, nodes, self.cached_node, self.cached32_node, self.max32_alloc_size, rc = saved
+        self._keys = SortedList(keys)
+        self._nodes = dict(nodes)
+        for r, (cpus, depot) in zip(self.rcaches, rc, strict=True):
+            for c, (loaded, prev) in zip(r.cpu_rcaches, cpus, strict=True):
+                c.loaded = IovaMagazine(loaded[:])
+                c.prev = IovaMagazine(prev[:])
+            r.depot = [IovaMagazine(p[:]) for p in depot]
+
     def snapshot(self) -> tuple:
         """Comparable copy of the whole allocator state (tests use it to prove "no change")."""
         return (tuple(self.ranges()), self.cached_node.pfn_lo, self.cached32_node.pfn_lo,
