@@ -239,3 +239,17 @@ def test_invariants(res, seq):
         covered.update(range(lo, hi + 1))
     for lo, hi in reserved:
         assert set(range(lo, hi + 1)) <= covered
+
+
+def test_tens_of_thousands_of_live_ranges():
+    """50,000 live single-granule ranges (top-down), then frees in the middle and reuse."""
+    d = IovaDomain(0x1000, 1, log=EventLog(keep=False))
+    lim = (1 << 36) - 1
+    got = [d.alloc_iova(1, lim, True).pfn_lo for _ in range(50_000)]
+    assert got == list(range(lim, lim - 50_000, -1))
+    assert len(d) == 50_000
+    for p in got[1000:2000]:
+        d.free_iova(p)
+    # the cached node moved up past the hole (rule 3): the next allocation reuses the hole top-down
+    assert d.alloc_iova(1, lim, True).pfn_lo == got[1000]
+    assert d.find_iova(got[-1]).pfn_lo == got[-1]
