@@ -17,6 +17,7 @@ they would have been with ``keep=True``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from collections import defaultdict
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -120,15 +121,14 @@ class EventLog:
     def __init__(self, keep: bool = True):
         self.keep = keep
         self.events: list[Event] = []
-        self.totals: dict[str, int] = {}
+        self.totals: defaultdict[str, int] = defaultdict(int)
         self.seq = 0
         self.depth = 0
 
     def emit(self, layer: str, func: str, kind: str = "step", result: Any = None, *,
              cpu: int = 0, count: int = 1, **args: Any) -> Event | None:
         """Record one step; returns the event (``None`` when not keeping events)."""
-        t = self.totals
-        t[kind] = t.get(kind, 0) + count
+        self.totals[kind] += count
         self.seq += 1
         if not self.keep:
             return None
@@ -138,8 +138,7 @@ class EventLog:
 
     def tally(self, kind: str, count: int = 1) -> None:
         """Count steps without recording them one by one (bulk paths, only when ``keep`` is off)."""
-        self.totals[kind] = self.totals.get(kind, 0) + count
-        self.seq += 1
+        self.totals[kind] += count
 
     def warn(self, layer: str, func: str, errno: int, rule: str, *, cpu: int = 0,
              **args: Any) -> Event | None:

@@ -29,7 +29,7 @@ from bisect import bisect_left, insort
 from dataclasses import dataclass
 
 from .events import EventLog
-from .units import PAGE_SIZE, U64_MASK, fls_long, is_power_of_2, order_base_2
+from .units import PAGE_SIZE, U64_MASK, fls_long, is_power_of_2
 
 __all__ = [
     "IOVA_ANCHOR", "IOVA_MAG_SIZE", "IOVA_RANGE_CACHE_MAX_SIZE", "IOVA_DEPOT_DELAY_MS",
@@ -434,14 +434,14 @@ class IovaDomain:
         ``prev`` when that has room; else push the full ``loaded`` onto the depot and start a new
         magazine. Returns False for sizes above the cached range.
         """
-        log_size = order_base_2(size)
+        log_size = (size - 1).bit_length() if size > 1 else 0  # order_base_2
         if log_size >= IOVA_RANGE_CACHE_MAX_SIZE:
             return False
         rcache = self.rcaches[log_size]
         c = rcache.cpu_rcaches[cpu]
         how = "loaded"
-        if c.loaded.full():
-            if not c.prev.full():
+        if len(c.loaded.pfns) == IOVA_MAG_SIZE:
+            if len(c.prev.pfns) != IOVA_MAG_SIZE:
                 c.loaded, c.prev = c.prev, c.loaded
                 how = "swap"
             else:
@@ -465,14 +465,14 @@ class IovaDomain:
         ``loaded`` if non-empty, else swap in ``prev``, else replace ``loaded`` by a full magazine
         popped from the depot; then ``iova_magazine_pop(mag, limit_pfn - size)``. 0 = miss.
         """
-        log_size = order_base_2(size)
+        log_size = (size - 1).bit_length() if size > 1 else 0  # order_base_2
         if log_size >= IOVA_RANGE_CACHE_MAX_SIZE:
             return 0
         rcache = self.rcaches[log_size]
         c = rcache.cpu_rcaches[cpu]
         src = "loaded"
-        if c.loaded.empty():
-            if not c.prev.empty():
+        if not c.loaded.pfns:
+            if c.prev.pfns:
                 c.loaded, c.prev = c.prev, c.loaded
                 src = "prev"
             elif rcache.depot:
