@@ -19,7 +19,8 @@ __all__ = [
     "order_base_2",
     "bits_per", "GENMASK",
     "iova_shift", "iova_mask", "iova_offset", "iova_align", "iova_align_down",
-    "EPERM", "EIO", "ENOMEM", "EFAULT", "ENODEV", "EINVAL", "ENOSPC", "EOPNOTSUPP", "EREMOTEIO",
+    "EPERM", "EIO", "ENOMEM", "EFAULT", "EEXIST", "ENODEV", "EINVAL", "ENOSPC", "ERANGE", "EOPNOTSUPP",
+    "EREMOTEIO",
     "ERRNO_NAMES", "errname",
     "DmaError", "hx", "fmt_size", "parse_int",
 ]
@@ -48,15 +49,17 @@ EPERM = 1
 EIO = 5
 ENOMEM = 12
 EFAULT = 14
+EEXIST = 17
 ENODEV = 19
 EINVAL = 22
 ENOSPC = 28
+ERANGE = 34
 EOPNOTSUPP = 95
 EREMOTEIO = 121
 
 ERRNO_NAMES = {
-    EPERM: "EPERM", EIO: "EIO", ENOMEM: "ENOMEM", EFAULT: "EFAULT", ENODEV: "ENODEV",
-    EINVAL: "EINVAL", ENOSPC: "ENOSPC", EOPNOTSUPP: "EOPNOTSUPP", EREMOTEIO: "EREMOTEIO",
+    EPERM: "EPERM", EIO: "EIO", ENOMEM: "ENOMEM", EFAULT: "EFAULT", EEXIST: "EEXIST", ENODEV: "ENODEV",
+    EINVAL: "EINVAL", ENOSPC: "ENOSPC", ERANGE: "ERANGE", EOPNOTSUPP: "EOPNOTSUPP", EREMOTEIO: "EREMOTEIO",
 }
 
 
