@@ -1,0 +1,910 @@
+"""The DMA-API-to-IOMMU glue: ``drivers/iommu/dma-iommu.c`` (Linux 6.16/6.17) and the two-step
+IOVA API of ``include/linux/dma-mapping.h`` / ``kernel/dma/mapping.c``.
+
+A :class:`DmaDomain` is an ``IOMMU_DOMAIN_DMA`` (strict) or ``IOMMU_DOMAIN_DMA_FQ`` (lazy) domain
+together with its ``struct iommu_dma_cookie``: the IOVA domain (:mod:`iovalab.iova`), the flush
+queues, and the :class:`~iovalab.iommu.IommuDomain` whose page table it fills. Devices
+(:class:`~iovalab.device.Device`) attach to it.
+
+Classic paths: ``dma_map_page``/``dma_unmap_page`` (``iommu_dma_map_page``, ``__iommu_dma_map``,
+``__iommu_dma_unmap``), ``dma_map_sg``/``dma_unmap_sg`` (``iommu_dma_map_sg``: one IOVA for the
+whole list, boundary padding, ``__finalise_sg`` merging), ``dma_alloc_coherent``.
+Two-step API: ``dma_iova_try_alloc``, ``dma_iova_free``, ``dma_iova_link`` (with the swiotlb
+variant), ``dma_iova_sync``, ``dma_iova_unlink``, ``dma_iova_destroy`` and the
+:class:`DmaIovaState` helpers ``dma_use_iova``/``dma_iova_size``.
+
+Error conventions (see DESIGN.md "Errors are data"): where the kernel returns an errno, the
+simulator raises :class:`~iovalab.units.DmaError` with that errno *before* changing any state
+(a ``warn`` event is logged first where the kernel WARNs). ``dma_map_page`` returns
+``DMA_MAPPING_ERROR`` and ``dma_iova_try_alloc`` returns False exactly where the kernel does.
+Misuse the kernel does *not* catch (linking past the reserved size, syncing a range never linked)
+is recorded as a ``contract`` event and otherwise behaves as the kernel does; with
+``DmaDomain(check_contract=True)`` such calls are refused instead (like a dma-debug build).
+The kernel's void unlink/destroy WARN (``WARN_ON(unmapped != size)``) and unmap a prefix; here the
+call is refused with ``-EINVAL`` after the WARN event so the simulator state stays consistent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .device import Device
+from .events import EventLog
+from .iommu import IommuDomain, IotlbGather
+from .iova import IovaDomain
+from .units import (
+    DMA_BIT_MASK, DMA_MAPPING_ERROR, EINVAL, EIO, ENOMEM, EOPNOTSUPP, EPERM, DmaError, bits_per,
+    iova_align, iova_offset,
+)
+
+__all__ = [
+    "DMA_BIDIRECTIONAL", "DMA_TO_DEVICE", "DMA_FROM_DEVICE", "DMA_NONE", "DIR_NAMES",
+    "DMA_ATTR_SKIP_CPU_SYNC", "DMA_ATTR_PRIVILEGED", "DMA_ATTR_MMIO", "DMA_IOVA_USE_SWIOTLB",
+    "IOMMU_READ", "IOMMU_WRITE", "IOMMU_CACHE", "IOMMU_NOEXEC", "IOMMU_MMIO", "IOMMU_PRIV",
+    "dma_info_to_prot", "DmaIovaState", "ScatterEntry", "DmaDomain", "dma_use_iova",
+    "dma_iova_size", "dma_mapping_error", "reference_replayer", "IOVA_DEFAULT_FQ_SIZE",
+    "IOVA_DEFAULT_FQ_TIMEOUT", "IOVA_SINGLE_FQ_SIZE", "IOVA_SINGLE_FQ_TIMEOUT",
+]
+
+# enum dma_data_direction (include/linux/dma-direction.h)
+DMA_BIDIRECTIONAL, DMA_TO_DEVICE, DMA_FROM_DEVICE, DMA_NONE = 0, 1, 2, 3
+DIR_NAMES = {0: "BIDIRECTIONAL", 1: "TO_DEVICE", 2: "FROM_DEVICE", 3: "NONE"}
+# DMA attributes (include/linux/dma-mapping.h)
+DMA_ATTR_SKIP_CPU_SYNC = 1 << 5
+DMA_ATTR_PRIVILEGED = 1 << 9
+DMA_ATTR_MMIO = 1 << 10
+#: private flag in ``dma_iova_state.__size`` (include/linux/dma-mapping.h)
+DMA_IOVA_USE_SWIOTLB = 1 << 63
+# IOMMU prot bits (include/linux/iommu.h)
+IOMMU_READ, IOMMU_WRITE, IOMMU_CACHE, IOMMU_NOEXEC, IOMMU_MMIO, IOMMU_PRIV = (
+    1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5)
+# flush queue parameters (drivers/iommu/dma-iommu.c)
+IOVA_DEFAULT_FQ_SIZE = 256
+IOVA_DEFAULT_FQ_TIMEOUT = 10      # ms
+IOVA_SINGLE_FQ_SIZE = 32768
+IOVA_SINGLE_FQ_TIMEOUT = 1000     # ms
+
+_L = "dma"
+
+
+def dma_info_to_prot(dir: int, coherent: bool, attrs: int) -> int:
+    """``dma_info_to_prot(dir, coherent, attrs)`` (dma-iommu.c): IOMMU prot bits for a mapping.
+
+    6.18+ ``DMA_ATTR_MMIO`` uses ``IOMMU_MMIO`` instead of ``IOMMU_CACHE``.
+    """
+    if attrs & DMA_ATTR_MMIO:
+        prot = IOMMU_MMIO
+    else:
+        prot = IOMMU_CACHE if coherent else 0
+    if attrs & DMA_ATTR_PRIVILEGED:
+        prot |= IOMMU_PRIV
+    if dir == DMA_BIDIRECTIONAL:
+        return prot | IOMMU_READ | IOMMU_WRITE
+    if dir == DMA_TO_DEVICE:
+        return prot | IOMMU_READ
+    if dir == DMA_FROM_DEVICE:
+        return prot | IOMMU_WRITE
+    return 0
+
+
+@dataclass
+class DmaIovaState:
+    """``struct dma_iova_state`` (include/linux/dma-mapping.h): ``addr`` and ``__size``.
+
+    ``__size`` carries the requested size with bit 63 = ``DMA_IOVA_USE_SWIOTLB``. Allocated by the
+    caller, zeroed by ``dma_iova_try_alloc``, kept until unmap time.
+    """
+
+    addr: int = 0
+    size_field: int = 0  # the kernel's __size
+
+    def __repr__(self) -> str:
+        flag = " USE_SWIOTLB" if self.size_field & DMA_IOVA_USE_SWIOTLB else ""
+        return f"DmaIovaState(addr={self.addr:#x}, size={dma_iova_size(self):#x}{flag})"
+
+
+def dma_use_iova(state: DmaIovaState) -> bool:
+    """``dma_use_iova(state)`` (dma-mapping.h): ``state->__size != 0``."""
+    return state.size_field != 0
+
+
+def dma_iova_size(state: DmaIovaState) -> int:
+    """``dma_iova_size(state)`` (dma-mapping.h): ``__size`` without ``DMA_IOVA_USE_SWIOTLB``."""
+    return state.size_field & ~DMA_IOVA_USE_SWIOTLB
+
+
+def dma_mapping_error(addr: int) -> bool:
+    """``dma_mapping_error(dev, addr)`` (dma-mapping.h): ``addr == DMA_MAPPING_ERROR``."""
+    return addr == DMA_MAPPING_ERROR
+
+
+@dataclass
+class ScatterEntry:
+    """One ``struct scatterlist`` entry: ``sg_phys(s)`` as ``phys``, ``s->length`` as ``length``;
+    after mapping, ``dma_address``/``dma_length`` (``sg_dma_address``/``sg_dma_len``)."""
+
+    phys: int
+    length: int
+    dma_address: int = 0
+    dma_length: int = 0
+
+
+@dataclass
+class _FqEntry:
+    """``struct iova_fq_entry`` (dma-iommu.c)."""
+    iova_pfn: int
+    pages: int
+    counter: int
+
+
+@dataclass
+class _FlushQueue:
+    """``struct iova_fq`` (dma-iommu.c): a ring of ``size`` slots, usable ``size - 1``."""
+    size: int
+    entries: list = field(default_factory=list)  # head first
+
+    def full(self) -> bool:
+        """``fq_full()``: one slot of the ring always stays empty."""
+        return len(self.entries) == self.size - 1
+
+
+class DmaDomain:
+    """An IOMMU DMA domain: ``struct iommu_domain`` + ``struct iommu_dma_cookie``.
+
+    :param iommu: an :class:`IommuDomain` or a preset name (``"intel-vtd"``, ``"smmuv3-64k"``...).
+    :param strict: True for ``IOMMU_DOMAIN_DMA`` (invalidate on every unmap), False for
+        ``IOMMU_DOMAIN_DMA_FQ`` (lazy: frees wait in flush queues until a ``flush_iotlb_all``).
+    :param ncpus: CPUs (per-CPU rcaches and flush queues).
+    :param reserve: ``[(start, end_inclusive), ...]`` byte ranges reserved at init
+        (``iova_reserve_iommu_regions``); ``reserve_msi=True`` adds the x86 MSI window
+        0xfee00000-0xfeefffff.
+    :param single_queue: ``IOMMU_DMA_OPTS_SINGLE_QUEUE`` (``shadow_on_flush``): one queue of 32768
+        entries, 1000 ms.
+    """
+
+    def __init__(self, iommu: IommuDomain | str = "intel-vtd", *, strict: bool = True, ncpus: int = 1,
+                 log: EventLog | None = None, reserve: list[tuple[int, int]] | None = None,
+                 reserve_msi: bool = False, single_queue: bool = False,
+                 check_contract: bool = False, swiotlb=None):
+        self.log = log if log is not None else EventLog()
+        if isinstance(iommu, str):
+            iommu = IommuDomain.preset(iommu, log=self.log)
+        else:
+            iommu.log = self.log
+        self.iommu = iommu
+        self.ncpus = ncpus
+        self.strict = strict
+        self.check_contract = check_contract
+        # iommu_dma_init_domain: order = __ffs(pgsize_bitmap), base_pfn = max(1, aperture_start >> order)
+        order = (iommu.pgsize_bitmap & -iommu.pgsize_bitmap).bit_length() - 1
+        self.granule = 1 << order
+        base_pfn = max(1, iommu.aperture_start >> order)
+        self.iovad = IovaDomain(self.granule, base_pfn, ncpus=ncpus, log=self.log)
+        self.single_queue = single_queue
+        fq_size = IOVA_SINGLE_FQ_SIZE if single_queue else IOVA_DEFAULT_FQ_SIZE
+        self.fq_timeout = IOVA_SINGLE_FQ_TIMEOUT if single_queue else IOVA_DEFAULT_FQ_TIMEOUT
+        nq = 1 if single_queue else ncpus
+        self.fqs = [_FlushQueue(fq_size) for _ in range(nq)]
+        self.fq_flush_start_cnt = 0
+        self.fq_flush_finish_cnt = 0
+        self.fq_timer_on = False
+        self.fq_timer_deadline = 0.0
+        self.now_ms = 0.0
+        self.swiotlb = swiotlb
+        self._phys_next = 0x1_0000_0000  # bump allocator for dma_alloc_coherent pages
+        regions = list(reserve or [])
+        if reserve_msi:
+            regions.append((0xFEE00000, 0xFEEFFFFF))
+        for start, end in regions:
+            self.iovad.reserve_iova(start >> order, end >> order)
+        self.log.emit(_L, "iommu_dma_init_domain", "step", None, granule=self.granule,
+                      start_pfn=base_pfn, strict=strict, reserved=len(regions))
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def fq_domain(self) -> bool:
+        """``cookie->fq_domain != NULL``: the domain is lazy (DMA-FQ)."""
+        return not self.strict
+
+    def _shift(self) -> int:
+        return self.iovad.shift
+
+    def dma_get_merge_boundary(self, dev: Device | None = None) -> int:
+        """``dma_get_merge_boundary()`` -> ``iommu_dma_get_merge_boundary()``: granule - 1."""
+        return self.granule - 1
+
+    # ---------------------------------------------------------------- IOVA alloc / free
+    def iommu_dma_alloc_iova(self, size: int, dma_limit: int, dev: Device, cpu: int = 0) -> int:
+        """``iommu_dma_alloc_iova(domain, size, dma_limit, dev)`` (dma-iommu.c).
+
+        :param size: ``size_t``, bytes, granule-aligned.
+        :param dma_limit: ``u64``, the device mask (or coherent mask).
+        :returns: ``dma_addr_t`` IOVA, 0 on failure.
+
+        Clamps the limit to ``bus_dma_limit`` and (``force_aperture``) the aperture end; PCI devices
+        with ``pci_32bit_workaround`` first try below 4 GiB without flushing the rcache and drop the
+        workaround for good on the first failure ("Using N-bit DMA addresses").
+        """
+        shift = self._shift()
+        iova_len = size >> shift
+        if dev.bus_dma_limit:
+            dma_limit = min(dma_limit, dev.bus_dma_limit)
+        if self.iommu.force_aperture:
+            dma_limit = min(dma_limit, self.iommu.aperture_end)
+        iova = 0
+        if dma_limit > DMA_BIT_MASK(32) and dev.pci_32bit_workaround:
+            iova = self.iovad.alloc_iova_fast(iova_len, DMA_BIT_MASK(32) >> shift, False, cpu)
+            self.log.emit(_L, "iommu_dma_alloc_iova", "step", iova << shift, cpu=cpu,
+                          attempt="below 4 GiB", size=size, limit=DMA_BIT_MASK(32))
+            if iova:
+                return iova << shift
+            dev.pci_32bit_workaround = False
+            self.log.emit(_L, "iommu_dma_alloc_iova", "dev_notice", None, cpu=cpu,
+                          message=f"Using {bits_per(dma_limit)}-bit DMA addresses", dev=dev.name)
+        iova = self.iovad.alloc_iova_fast(iova_len, dma_limit >> shift, True, cpu)
+        self.log.emit(_L, "iommu_dma_alloc_iova", "step", iova << shift, cpu=cpu,
+                      attempt="full width", size=size, limit=dma_limit)
+        return iova << shift
+
+    def iommu_dma_free_iova(self, iova: int, size: int, gather: IotlbGather | None,
+                            cpu: int = 0) -> None:
+        """``iommu_dma_free_iova(domain, iova, size, gather)`` (dma-iommu.c).
+
+        Lazy (``gather->queued``): ``queue_iova``; else ``free_iova_fast`` right away. ``size`` is
+        what the caller computed at unmap time: it chooses the rcache bin.
+        """
+        shift = self._shift()
+        if gather is not None and gather.queued:
+            self.queue_iova(iova >> shift, size >> shift, cpu)
+        else:
+            self.iovad.free_iova_fast(iova >> shift, size >> shift, cpu)
+
+    # ---------------------------------------------------------------- flush queue
+    def _fq(self, cpu: int) -> _FlushQueue:
+        return self.fqs[0 if self.single_queue else cpu]
+
+    def fq_ring_free(self, fq: _FlushQueue, cpu: int) -> int:
+        """``fq_ring_free_locked()`` (dma-iommu.c): free head entries whose counter is below
+        ``fq_flush_finish_cnt`` into the rcache of ``cpu``. Returns how many."""
+        n = 0
+        while fq.entries and fq.entries[0].counter < self.fq_flush_finish_cnt:
+            e = fq.entries.pop(0)
+            self.iovad.free_iova_fast(e.iova_pfn, e.pages, cpu)
+            n += 1
+        if n:
+            self.log.emit(_L, "fq_ring_free", "fq_free", None, cpu=cpu, count=n)
+        return n
+
+    def fq_flush_iotlb(self, cpu: int = 0, why: str = "") -> None:
+        """``fq_flush_iotlb()`` (dma-iommu.c): start count, ``flush_iotlb_all``, finish count."""
+        self.fq_flush_start_cnt += 1
+        self.iommu.iommu_flush_iotlb_all(cpu=cpu)
+        self.fq_flush_finish_cnt += 1
+        self.log.emit(_L, "fq_flush_iotlb", "fq_flush", None, cpu=cpu, why=why,
+                      finish_cnt=self.fq_flush_finish_cnt)
+
+    def queue_iova(self, pfn: int, pages: int, cpu: int = 0) -> None:
+        """``queue_iova(cookie, pfn, pages, freelist)`` (dma-iommu.c): defer a free until a flush."""
+        fq = self._fq(cpu)
+        self.fq_ring_free(fq, cpu)
+        if fq.full():
+            self.fq_flush_iotlb(cpu, why="queue full")
+            self.fq_ring_free(fq, cpu)
+        fq.entries.append(_FqEntry(pfn, pages, self.fq_flush_start_cnt))
+        self.log.emit(_L, "queue_iova", "fq_add", None, cpu=cpu, pfn=pfn, pages=pages,
+                      counter=self.fq_flush_start_cnt, queued=len(fq.entries))
+        if not self.fq_timer_on:
+            self.fq_timer_on = True
+            self.fq_timer_deadline = self.now_ms + self.fq_timeout
+
+    def fq_flush_timeout(self, cpu: int = 0) -> None:
+        """``fq_flush_timeout()`` (dma-iommu.c), the timer callback, run on ``cpu``: one
+        ``flush_iotlb_all``, then free what is ready in every queue (into ``cpu``'s rcache)."""
+        self.fq_timer_on = False
+        self.fq_flush_iotlb(cpu, why="timeout")
+        for fq in self.fqs:
+            self.fq_ring_free(fq, cpu)
+
+    def advance_time(self, ms: float, cpu: int = 0) -> bool:
+        """Let ``ms`` milliseconds pass; fires the flush-queue timer if it is due. True if fired."""
+        if ms < 0:
+            raise ValueError(f"advance_time: ms {ms} must be >= 0")
+        self.now_ms += ms
+        if self.fq_timer_on and self.now_ms >= self.fq_timer_deadline:
+            self.fq_flush_timeout(cpu)
+            return True
+        return False
+
+    def fq_pending(self) -> int:
+        """IOVA ranges waiting in flush queues."""
+        return sum(len(fq.entries) for fq in self.fqs)
+
+    # ---------------------------------------------------------------- classic map/unmap
+    def _api(self, func: str, dev: Device, cpu: int, result, **args) -> None:
+        self.log.emit(_L, func, "dma_api_calls", result, cpu=cpu, dev=dev.name, **args)
+
+    def __iommu_dma_map(self, dev: Device, phys: int, size: int, prot: int, dma_mask: int,
+                        cpu: int) -> int:
+        """``__iommu_dma_map(dev, phys, size, prot, dma_mask)`` (dma-iommu.c)."""
+        g = self.granule
+        if dev.min_align_mask > g - 1:
+            self.log.warn(_L, "__iommu_dma_map", 0, "Unsupported alignment constraint: "
+                          f"min_align_mask {dev.min_align_mask:#x} > iova_mask {g - 1:#x}", cpu=cpu)
+            return DMA_MAPPING_ERROR
+        off = iova_offset(g, phys)
+        size = iova_align(g, size + off)
+        iova = self.iommu_dma_alloc_iova(size, dma_mask, dev, cpu)
+        if not iova:
+            return DMA_MAPPING_ERROR
+        ret = self.iommu.iommu_map(iova, phys - off, size, prot, cpu=cpu)
+        if ret:
+            self.iommu_dma_free_iova(iova, size, None, cpu)
+            return DMA_MAPPING_ERROR
+        return iova + off
+
+    def __iommu_dma_unmap(self, dev: Device, dma_addr: int, size: int, cpu: int) -> int:
+        """``__iommu_dma_unmap(dev, dma_addr, size)`` (dma-iommu.c): unmap, sync (strict) or
+        queue (lazy), free the IOVA. Returns bytes unmapped."""
+        g = self.granule
+        off = iova_offset(g, dma_addr)
+        dma_addr -= off
+        size = iova_align(g, size + off)
+        gather = IotlbGather()
+        gather.queued = self.fq_domain
+        unmapped = self.iommu.iommu_unmap_fast(dma_addr, size, gather, cpu=cpu)
+        if unmapped != size:
+            self.log.warn(_L, "__iommu_dma_unmap", 0, f"WARN_ON(unmapped {unmapped:#x} != size {size:#x})",
+                          cpu=cpu)
+        if not gather.queued:
+            self.iommu.iommu_iotlb_sync(gather, cpu=cpu)
+        self.iommu_dma_free_iova(dma_addr, size, gather, cpu)
+        return unmapped
+
+    def _first_unmapped(self, iova: int, size: int) -> int | None:
+        """First granule address in ``[iova, iova + size)`` with no translation (steps by leaf size)."""
+        lookup = self.iommu.pgtable.lookup
+        a, end = iova, iova + size
+        while a < end:
+            hit = lookup(a)
+            if hit is None:
+                return a
+            leaf = hit[1]
+            a = (a & ~(leaf - 1)) + leaf
+        return None
+
+    def _mapped_granules(self, iova: int, size: int) -> list[int]:
+        """Granule addresses in ``[iova, iova + size)`` that have a translation."""
+        lookup = self.iommu.pgtable.lookup
+        out = []
+        a, end, g = iova, iova + size, self.granule
+        while a < end:
+            hit = lookup(a)
+            if hit is None:
+                a += g
+                continue
+            leaf = hit[1]
+            nxt = min((a & ~(leaf - 1)) + leaf, end)
+            out.extend(range(a, min(nxt, a + 16 * g), g))
+            a = nxt
+        return out
+
+    def _check_mapped(self, func: str, iova: int, size: int, cpu: int) -> None:
+        """Refuse (WARN + -EINVAL) an unmap of a range that is not fully mapped."""
+        a = self._first_unmapped(iova, size)
+        if a is not None:
+            self.log.warn(_L, func, EINVAL, f"IOVA {a:#x} in [{iova:#x}, {iova + size:#x}) is not "
+                          "mapped: WARN_ON(unmapped != size)", cpu=cpu)
+            raise DmaError(-EINVAL, f"IOVA {a:#x} is not mapped (the kernel WARNs: unmapped != size "
+                           "and unmaps only up to the hole)", func, warned=True)
+
+    def _bounce(self, dev: Device, size: int, dir: int, phys: int) -> bool:
+        return dev.dev_use_swiotlb(size, dir) and iova_offset(self.granule, phys | size) != 0
+
+    def dma_map_page(self, dev: Device, phys: int, size: int, dir: int = DMA_BIDIRECTIONAL,
+                     attrs: int = 0, cpu: int = 0) -> int:
+        """``dma_map_page_attrs()`` -> ``iommu_dma_map_page(dev, page, offset, size, dir, attrs)``.
+
+        :param phys: ``page_to_phys(page) + offset``.
+        :returns: the DMA address, or ``DMA_MAPPING_ERROR``.
+
+        Bounces through swiotlb when the device needs it and the buffer is not granule-aligned at
+        both ends; then ``__iommu_dma_map`` (allocate IOVA, ``iommu_map`` incl. ``iotlb_sync_map``).
+        """
+        self._validate_dir(dir)
+        if size <= 0:
+            raise ValueError(f"dma_map_page: size {size} must be > 0")
+        self.log.depth += 1
+        try:
+            orig = phys
+            if self._bounce(dev, size, dir, phys):
+                if self.swiotlb is None:
+                    self.log.warn(_L, "iommu_dma_map_page", 0, "DMA bounce buffers are inactive, "
+                                  "unable to map unaligned transaction.", cpu=cpu)
+                    addr = DMA_MAPPING_ERROR
+                    self._api("dma_map_page", dev, cpu, addr, dir=dir, phys=orig, size=size)
+                    return addr
+                phys = self.swiotlb.iommu_dma_map_swiotlb(dev, phys, size, self.granule, dir, attrs, cpu)
+                if phys == DMA_MAPPING_ERROR:
+                    self._api("dma_map_page", dev, cpu, phys, dir=dir, phys=orig, size=size, attrs=attrs)
+                    return phys
+            prot = dma_info_to_prot(dir, dev.coherent, attrs)
+            addr = self.__iommu_dma_map(dev, phys, size, prot, dev.dma_get_mask(), cpu)
+            if addr == DMA_MAPPING_ERROR and phys != orig:
+                self.swiotlb.swiotlb_tbl_unmap_single(phys, size, dir, attrs, cpu, dev=dev)
+        finally:
+            self.log.depth -= 1
+        self._api("dma_map_page", dev, cpu, addr, dir=dir, phys=orig, size=size, attrs=attrs)
+        return addr
+
+    def dma_unmap_page(self, dev: Device, dma_addr: int, size: int, dir: int = DMA_BIDIRECTIONAL,
+                       attrs: int = 0, cpu: int = 0) -> None:
+        """``dma_unmap_page_attrs()`` -> ``iommu_dma_unmap_page()`` (dma-iommu.c)."""
+        self._validate_dir(dir)
+        g = self.granule
+        start = dma_addr - iova_offset(g, dma_addr)
+        self._check_mapped("iommu_dma_unmap_page", start, iova_align(g, size + dma_addr - start), cpu)
+        phys = self.iommu.iommu_iova_to_phys(dma_addr)
+        self.log.depth += 1
+        try:
+            self.__iommu_dma_unmap(dev, dma_addr, size, cpu)
+            if self.swiotlb is not None and self.swiotlb.is_swiotlb_buffer(phys):
+                self.swiotlb.swiotlb_tbl_unmap_single(phys, size, dir, attrs, cpu, dev=dev)
+        finally:
+            self.log.depth -= 1
+        self._api("dma_unmap_page", dev, cpu, None, dir=dir, dma_addr=dma_addr, size=size)
+
+    # ---------------------------------------------------------------- scatterlists
+    def dma_map_sg(self, dev: Device, sgl: list[ScatterEntry], dir: int = DMA_BIDIRECTIONAL,
+                   attrs: int = 0, cpu: int = 0) -> int:
+        """``dma_map_sg_attrs()`` -> ``iommu_dma_map_sg()`` (dma-iommu.c).
+
+        One IOVA for the whole list (``iova_len`` = Σ granule-aligned segment lengths plus boundary
+        padding), one ``iommu_map_sg`` (a map call per physically contiguous run, one sync), then
+        ``__finalise_sg`` merges segments into DMA segments. Returns the number of DMA segments
+        (``ents``); 0 on failure, as ``dma_map_sg`` does.
+        """
+        self._validate_dir(dir)
+        if not sgl:
+            raise ValueError("dma_map_sg: empty scatterlist")
+        g = self.granule
+        self.log.depth += 1
+        try:
+            if dev.untrusted:  # dev_use_sg_swiotlb: map every segment on its own
+                for s in sgl:
+                    s.dma_address = self.dma_map_page(dev, s.phys, s.length, dir, attrs, cpu)
+                    s.dma_length = s.length
+                    if s.dma_address == DMA_MAPPING_ERROR:
+                        for t in sgl:
+                            if t is s:
+                                break
+                            self.dma_unmap_page(dev, t.dma_address, t.length, dir, attrs, cpu)
+                        ents = 0
+                        break
+                else:
+                    ents = len(sgl)
+                self._sg_swiotlb = True
+                return ents
+            mask = dev.dma_get_seg_boundary()
+            iova_len = 0
+            layout = []  # [phys_aligned, aligned_len, s_iova_off, s_len]
+            prev = None
+            for s in sgl:
+                s_iova_off = iova_offset(g, s.phys)
+                s_len = s.length
+                seg = [s.phys - s_iova_off, iova_align(g, s_len + s_iova_off), s_iova_off, s_len]
+                pad_len = (mask - iova_len + 1) & mask
+                if pad_len and pad_len < seg[1] - 1:
+                    prev[1] += pad_len
+                    iova_len += pad_len
+                iova_len += seg[1]
+                layout.append(seg)
+                prev = seg
+            iova = self.iommu_dma_alloc_iova(iova_len, dev.dma_get_mask(), dev, cpu)
+            if not iova:
+                ents = 0
+            else:
+                prot = dma_info_to_prot(dir, dev.coherent, attrs)
+                ret = self.iommu.iommu_map_sg(iova, [(p, n) for p, n, _, _ in layout], prot, cpu=cpu)
+                if ret < iova_len:
+                    self.iommu_dma_free_iova(iova, iova_len, None, cpu)
+                    ents = 0
+                else:
+                    ents = self.__finalise_sg(dev, sgl, layout, iova)
+        finally:
+            self.log.depth -= 1
+        self._api("dma_map_sg", dev, cpu, ents, dir=dir, nents=len(sgl),
+                  phys=[s.phys for s in sgl], dma_addrs=[s.dma_address for s in sgl[:ents]],
+                  sizes=[s.dma_length for s in sgl[:ents]])
+        return ents
+
+    def __finalise_sg(self, dev: Device, sgl: list[ScatterEntry], layout: list, dma_addr: int) -> int:
+        """``__finalise_sg(dev, sg, nents, dma_addr)`` (dma-iommu.c): merge into DMA segments."""
+        seg_mask = dev.dma_get_seg_boundary()
+        max_len = dev.dma_get_max_seg_size()
+        cur_len = 0
+        count = 0
+        out = []
+        for _s, (_, s_iova_len, s_iova_off, s_len) in zip(sgl, layout, strict=True):
+            if cur_len and not s_iova_off and (dma_addr & seg_mask) and max_len - cur_len >= s_len:
+                cur_len += s_len
+            else:
+                if count:
+                    out[-1][1] = cur_len
+                out.append([dma_addr + s_iova_off, s_len])
+                count += 1
+                cur_len = s_len
+            out[-1][1] = cur_len
+            dma_addr += s_iova_len
+            if s_len + s_iova_off < s_iova_len:
+                cur_len = 0
+        for i, s in enumerate(sgl):
+            if i < count:
+                s.dma_address, s.dma_length = out[i]
+            else:
+                s.dma_address, s.dma_length = 0, 0
+        return count
+
+    def dma_unmap_sg(self, dev: Device, sgl: list[ScatterEntry], dir: int = DMA_BIDIRECTIONAL,
+                     attrs: int = 0, cpu: int = 0) -> None:
+        """``dma_unmap_sg_attrs()`` -> ``iommu_dma_unmap_sg()`` (dma-iommu.c): one
+        ``__iommu_dma_unmap`` from the first segment's DMA address to the end of the last
+        non-empty one."""
+        self._validate_dir(dir)
+        self._api("dma_unmap_sg", dev, cpu, None, dir=dir, phys=[s.phys for s in sgl])
+        self.log.depth += 1
+        try:
+            if dev.untrusted:
+                for s in sgl:
+                    self.dma_unmap_page(dev, s.dma_address, s.length, dir, attrs, cpu)
+                return
+            start = sgl[0].dma_address
+            end = start
+            for s in sgl:
+                if not s.dma_length:
+                    break
+                end = s.dma_address + s.dma_length
+            g = self.granule
+            a = start - iova_offset(g, start)
+            self._check_mapped("iommu_dma_unmap_sg", a, iova_align(g, end - a), cpu)
+            self.__iommu_dma_unmap(dev, start, end - start, cpu)
+        finally:
+            self.log.depth -= 1
+
+    def dma_alloc_coherent(self, dev: Device, size: int, cpu: int = 0) -> tuple[int, int]:
+        """``dma_alloc_attrs()`` -> ``iommu_dma_alloc()`` (simplified: one physically contiguous
+        page-rounded buffer, mapped with the coherent mask). Returns ``(phys, dma_addr)``."""
+        from .units import PAGE_SIZE
+        size = iova_align(PAGE_SIZE, size)
+        phys = self._phys_next
+        self._phys_next += size
+        addr = self.__iommu_dma_map(dev, phys, size, dma_info_to_prot(DMA_BIDIRECTIONAL, dev.coherent, 0),
+                                    dev.coherent_dma_mask, cpu)
+        self._api("dma_alloc", dev, cpu, addr, size=size, phys=phys)
+        return phys, addr
+
+    # ---------------------------------------------------------------- the two-step API
+    def dma_iova_try_alloc(self, dev: Device, state: DmaIovaState, phys: int, size: int,
+                           cpu: int = 0) -> bool:
+        """``dma_iova_try_alloc(dev, state, phys, size)`` (dma-iommu.c).
+
+        :param phys: ``phys_addr_t``, only its offset inside the granule matters (0 is fine for
+            granule-aligned transfers).
+        :param size: ``size_t`` bytes.
+        Reserves ``iova_align(size + iova_offset(phys))`` bytes of IOVA (32-bit first for PCI, the
+        rcache, power-of-two rounding below 32 granules, size alignment) and sets
+        ``state->addr = iova + iova_offset(phys)``, ``state->__size = size``. No PTE is written.
+        """
+        state.addr = 0
+        state.size_field = 0
+        ok = False
+        self.log.depth += 1
+        try:
+            if size == 0 or size & DMA_IOVA_USE_SWIOTLB:
+                self.log.warn(_L, "dma_iova_try_alloc", 0,
+                              "WARN_ON_ONCE(!size)" if size == 0 else
+                              f"WARN_ON_ONCE(size {size:#x} & DMA_IOVA_USE_SWIOTLB)", cpu=cpu)
+            elif size < 0:
+                raise ValueError(f"dma_iova_try_alloc: size {size} must be >= 0")
+            else:
+                g = self.granule
+                off = iova_offset(g, phys)
+                addr = self.iommu_dma_alloc_iova(iova_align(g, size + off), dev.dma_get_mask(), dev, cpu)
+                if addr:
+                    state.addr = addr + off
+                    state.size_field = size
+                    ok = True
+        finally:
+            self.log.depth -= 1
+        self._api("dma_iova_try_alloc", dev, cpu, ok, phys=phys, size=size,
+                  addr=state.addr, iova_len=iova_align(self.granule, size + iova_offset(self.granule, phys)))
+        return ok
+
+    def _state_iova(self, state: DmaIovaState) -> tuple[int, int]:
+        g = self.granule
+        pad = iova_offset(g, state.addr)
+        return state.addr - pad, iova_align(g, dma_iova_size(state) + pad)
+
+    def dma_iova_free(self, dev: Device, state: DmaIovaState, cpu: int = 0) -> None:
+        """``dma_iova_free(dev, state)`` (dma-iommu.c): give the whole IOVA back at once
+        (never queued, no IOTLB work). Every linked range must have been unlinked first."""
+        if not dma_use_iova(state):
+            raise ValueError("dma_iova_free: state does not hold an IOVA (dma_use_iova() is false)")
+        base, length = self._state_iova(state)
+        linked = self._mapped_granules(base, length)
+        if linked:
+            self.log.emit(_L, "dma_iova_free", "contract", None, cpu=cpu,
+                          rule=f"granule(s) still linked (first {linked[0]:#x}); "
+                          "the kernel does not check and frees the IOVA with live PTEs")
+            if self.check_contract:
+                raise DmaError(-EINVAL, f"dma_iova_free with IOVA {linked[0]:#x} still linked",
+                               "dma_iova_free")
+        self.iommu_dma_free_iova(base, length, None, cpu)
+        self._api("dma_iova_free", dev, cpu, None, addr=state.addr, size=dma_iova_size(state))
+
+    def dma_iova_link(self, dev: Device, state: DmaIovaState, phys: int, offset: int, size: int,
+                      dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> int:
+        """``dma_iova_link(dev, state, phys, offset, size, dir, attrs)`` (dma-iommu.c).
+
+        Maps IOVA ``state->addr + offset - pad`` to ``phys - pad`` for ``iova_align(size + pad)``
+        bytes (``pad = iova_offset(phys)``) with ``iommu_map_nosync``: PTEs written, no sync.
+        Only the first range (offset 0) may start mid-granule: else WARN_ON_ONCE and ``-EIO``.
+        Returns 0; raises :class:`DmaError` with the kernel's errno.
+        """
+        self._validate_dir(dir)
+        if not dma_use_iova(state):
+            raise ValueError("dma_iova_link: state does not hold an IOVA (dma_iova_try_alloc failed "
+                             "or was not called)")
+        if size <= 0 or offset < 0:
+            raise ValueError(f"dma_iova_link: size {size:#x} must be > 0 and offset {offset:#x} >= 0")
+        g = self.granule
+        pad = iova_offset(g, phys)
+        if pad and offset > 0:
+            self.log.warn(_L, "dma_iova_link", EIO, f"phys {phys:#x} has granule offset {pad:#x} at "
+                          f"offset {offset:#x} > 0: only the first range may start mid-granule", cpu=cpu)
+            raise DmaError(-EIO, f"phys {phys:#x} is not granule-aligned (offset {pad:#x}) and "
+                           f"offset {offset:#x} > 0", "dma_iova_link", warned=True)
+        if offset + size > dma_iova_size(state):
+            self.log.emit(_L, "dma_iova_link", "contract", None, cpu=cpu,
+                          rule=f"offset {offset:#x} + size {size:#x} exceeds the reserved size "
+                          f"{dma_iova_size(state):#x} (the kernel does not check this)")
+            if self.check_contract:
+                raise DmaError(-EINVAL, f"offset {offset:#x} + size {size:#x} is past the reserved "
+                               f"size {dma_iova_size(state):#x}", "dma_iova_link")
+        self.log.depth += 1
+        try:
+            if self._bounce(dev, size, dir, phys):
+                ret = self._iova_link_swiotlb(dev, state, phys, offset, size, dir, attrs, cpu)
+            else:
+                ret = self.__dma_iova_link(dev, state.addr + offset - pad, phys - pad,
+                                           iova_align(g, size + pad), dir, attrs, cpu)
+        finally:
+            self.log.depth -= 1
+        self._api("dma_iova_link", dev, cpu, ret, phys=phys, offset=offset, size=size, dir=dir)
+        if ret:
+            raise DmaError(ret, f"iommu_map_nosync failed for IOVA {state.addr + offset - pad:#x}",
+                           "dma_iova_link")
+        return 0
+
+    def __dma_iova_link(self, dev: Device, iova: int, phys: int, size: int, dir: int, attrs: int,
+                        cpu: int) -> int:
+        """``__dma_iova_link()`` (dma-iommu.c): CPU cache sync for non-coherent devices, then
+        ``iommu_map_nosync`` (no ``iotlb_sync_map``)."""
+        if not dev.coherent and not attrs & DMA_ATTR_SKIP_CPU_SYNC:
+            self.log.emit(_L, "arch_sync_dma_for_device", "cpu_sync", None, cpu=cpu, phys=phys, size=size)
+        return self.iommu.iommu_map_nosync(iova, phys, size, dma_info_to_prot(dir, dev.coherent, attrs),
+                                           cpu=cpu)
+
+    def _iova_link_swiotlb(self, dev: Device, state: DmaIovaState, phys: int, offset: int, size: int,
+                           dir: int, attrs: int, cpu: int) -> int:
+        """``iommu_dma_iova_link_swiotlb()`` (dma-iommu.c, with stable fix 6ec91df8aff7): bounce
+        the unaligned head and tail granules, link the aligned middle directly."""
+        if attrs & DMA_ATTR_MMIO:
+            return -EPERM
+        if self.swiotlb is None:
+            self.log.warn(_L, "iommu_dma_map_swiotlb", 0, "DMA bounce buffers are inactive", cpu=cpu)
+            return -ENOMEM
+        g = self.granule
+        start_pad = iova_offset(g, phys)
+        end_pad = iova_offset(g, phys + size)
+        addr = state.addr + offset
+        mapped = 0
+        if start_pad:
+            blen = min(size, g - start_pad)
+            ret = self._bounce_and_link(dev, addr, phys, blen, dir, attrs, start_pad, cpu)
+            if ret:
+                return ret
+            state.size_field |= DMA_IOVA_USE_SWIOTLB
+            mapped += blen
+            size -= blen
+            if not size:
+                return 0
+        size -= end_pad
+        if size:
+            ret = self.__dma_iova_link(dev, addr + mapped, phys + mapped, size, dir, attrs, cpu)
+            if ret:
+                return ret
+            mapped += size
+        if end_pad:
+            ret = self._bounce_and_link(dev, addr + mapped, phys + mapped, end_pad, dir, attrs, 0, cpu)
+            if ret:
+                return ret
+            state.size_field |= DMA_IOVA_USE_SWIOTLB
+        return 0
+
+    def _bounce_and_link(self, dev, addr, phys, blen, dir, attrs, start_pad, cpu) -> int:
+        """``iommu_dma_iova_bounce_and_link()`` (dma-iommu.c)."""
+        bphys = self.swiotlb.iommu_dma_map_swiotlb(dev, phys, blen, self.granule, dir, attrs, cpu)
+        if bphys == DMA_MAPPING_ERROR:
+            return -ENOMEM
+        ret = self.__dma_iova_link(dev, addr - start_pad, bphys - start_pad,
+                                   iova_align(self.granule, blen), dir, attrs, cpu)
+        if ret:
+            self.swiotlb.swiotlb_tbl_unmap_single(bphys, blen, dir, attrs, cpu, dev=dev)
+        return ret
+
+    def dma_iova_sync(self, dev: Device, state: DmaIovaState, offset: int, size: int,
+                      cpu: int = 0) -> int:
+        """``dma_iova_sync(dev, state, offset, size)`` (dma-iommu.c): ``iommu_sync_map`` over the
+        granule-rounded range. Returns 0."""
+        g = self.granule
+        a = state.addr + offset
+        pad = iova_offset(g, a)
+        length = iova_align(g, size + pad)
+        hole = self._first_unmapped(a - pad, length)
+        if hole is not None:
+            self.log.emit(_L, "dma_iova_sync", "contract", None, cpu=cpu,
+                          rule=f"sync of IOVA never linked (first {hole:#x}); the kernel does not check")
+            if self.check_contract:
+                raise DmaError(-EINVAL, f"sync of IOVA {hole:#x} which is not linked", "dma_iova_sync")
+        self.log.depth += 1
+        try:
+            ret = self.iommu.iommu_sync_map(a - pad, length, cpu=cpu)
+        finally:
+            self.log.depth -= 1
+        self._api("dma_iova_sync", dev, cpu, ret, offset=offset, size=size)
+        return ret
+
+    def __iommu_dma_iova_unlink(self, func: str, dev: Device, state: DmaIovaState, offset: int,
+                                size: int, dir: int, attrs: int, free_iova: bool, cpu: int) -> None:
+        """``__iommu_dma_iova_unlink()`` (dma-iommu.c): slow path per granule for swiotlb or
+        non-coherent devices, then one ``iommu_unmap_fast``, a strict sync unless queued, and the
+        IOVA free when ``free_iova``."""
+        g = self.granule
+        addr = state.addr + offset
+        pad = iova_offset(g, addr)
+        length = iova_align(g, size + pad)
+        self._check_mapped(func, addr - pad, length, cpu)
+        slow = not dev.coherent and not attrs & DMA_ATTR_SKIP_CPU_SYNC
+        if (state.size_field & DMA_IOVA_USE_SWIOTLB) or slow:
+            # iommu_dma_iova_unlink_range_slow
+            end = addr + size
+            a = addr
+            while a < end:
+                chunk = min(end - a, g - iova_offset(g, a))
+                p = self.iommu.iommu_iova_to_phys(a)
+                if not dev.coherent and not attrs & DMA_ATTR_SKIP_CPU_SYNC:
+                    self.log.emit(_L, "arch_sync_dma_for_cpu", "cpu_sync", None, cpu=cpu, phys=p, size=chunk)
+                if self.swiotlb is not None and self.swiotlb.is_swiotlb_buffer(p):
+                    self.swiotlb.swiotlb_tbl_unmap_single(p, chunk, dir, attrs, cpu, dev=dev)
+                a += chunk
+        gather = IotlbGather()
+        gather.queued = free_iova and self.fq_domain
+        self.iommu.iommu_unmap_fast(addr - pad, length, gather, cpu=cpu)
+        if not gather.queued:
+            self.iommu.iommu_iotlb_sync(gather, cpu=cpu)
+        if free_iova:
+            self.iommu_dma_free_iova(addr - pad, length, gather, cpu)
+
+    def dma_iova_unlink(self, dev: Device, state: DmaIovaState, offset: int, size: int,
+                        dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> None:
+        """``dma_iova_unlink(dev, state, offset, size, dir, attrs)`` (dma-iommu.c): unmap a linked
+        range with its own (always strict) IOTLB sync; the IOVA stays reserved."""
+        self._validate_dir(dir)
+        if not dma_use_iova(state):
+            raise ValueError("dma_iova_unlink: state does not hold an IOVA")
+        self.log.depth += 1
+        try:
+            self.__iommu_dma_iova_unlink("dma_iova_unlink", dev, state, offset, size, dir, attrs, False, cpu)
+        finally:
+            self.log.depth -= 1
+        self._api("dma_iova_unlink", dev, cpu, None, offset=offset, size=size)
+
+    def dma_iova_destroy(self, dev: Device, state: DmaIovaState, mapped_len: int,
+                         dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> None:
+        """``dma_iova_destroy(dev, state, mapped_len, dir, attrs)`` (dma-iommu.c): one unmap of
+        ``[0, mapped_len)``, one sync (strict) or a flush-queue entry (lazy), and the IOVA free;
+        ``mapped_len == 0`` only frees (``dma_iova_free``)."""
+        self._validate_dir(dir)
+        if not dma_use_iova(state):
+            raise ValueError("dma_iova_destroy: state does not hold an IOVA")
+        if mapped_len:
+            self.log.depth += 1
+            try:
+                self.__iommu_dma_iova_unlink("dma_iova_destroy", dev, state, 0, mapped_len, dir, attrs,
+                                             True, cpu)
+            finally:
+                self.log.depth -= 1
+            self._api("dma_iova_destroy", dev, cpu, None, mapped_len=mapped_len)
+        else:
+            self.dma_iova_free(dev, state, cpu)
+
+    # ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _validate_dir(dir: int) -> None:
+        if dir not in DIR_NAMES or dir == DMA_NONE:
+            raise ValueError(f"DMA direction {dir!r} is not one of BIDIRECTIONAL(0), TO_DEVICE(1), "
+                             "FROM_DEVICE(2) (valid_dma_direction)")
+
+    def snapshot(self) -> tuple:
+        """Comparable copy of allocator, page table and flush-queue state (for "no change" tests)."""
+        return (self.iovad.snapshot(), self.iommu.snapshot(),
+                tuple(tuple((e.iova_pfn, e.pages, e.counter) for e in fq.entries) for fq in self.fqs),
+                self.fq_flush_start_cnt, self.fq_flush_finish_cnt)
+
+
+_ = (ENOMEM, EOPNOTSUPP)  # re-exported errno names used by callers' docs
+
+
+# --------------------------------------------------------------------------------------------
+def reference_replayer(header: dict):
+    """Replayer for one ``dma-iova-trace`` section (data/kernel-traces/README.md).
+
+    Domain as ``iommu_dma_init_domain()`` with the header's bitmap and aperture, strict, one CPU,
+    no reservations; device from the header (PCI + !forcedac -> 32-bit-first workaround).
+    """
+    from .iommu import IommuDomain as _Iommu
+    from .iommu import split_pages
+
+    bitmap = header["pgsize_bitmap"]
+    granule = header["granule"]
+    aperture_end = header["aperture_end"]
+    fmt = "x86-64" if granule == 0x1000 else "arm-lpae"
+    ias = max(aperture_end.bit_length(), 32)
+    log = EventLog(keep=True)
+    iommu = _Iommu(bitmap, fmt=fmt, ias=ias, aperture_start=0, aperture_end=aperture_end,
+                   force_aperture=True, log=log)
+    dom = DmaDomain(iommu, strict=True, log=log)
+    d = header["device"]
+    dev = Device(name="trace-dev", dma_mask=d["dma_mask"], bus_dma_limit=d.get("bus_dma_limit", 0),
+                 is_pci=d.get("pci", True), forcedac=d.get("forcedac", False))
+    states: dict[int, DmaIovaState] = {}
+
+    def run(op: dict):
+        k = op["op"]
+        if k == "try_alloc":
+            st = DmaIovaState()
+            ok = dom.dma_iova_try_alloc(dev, st, op["phys"], op["size"])
+            got = None
+            if ok:
+                base, length = dom._state_iova(st)
+                got = {"addr": st.addr, "iova_len": length}
+                states[st.addr] = st
+            log.clear()
+            return op["expect"], got
+        if k == "free":
+            st = states.pop(op["addr"])
+            dom.dma_iova_free(dev, st)
+            log.clear()
+            return None
+        if k == "map_page":
+            mark = log.mark()
+            addr = dom.dma_map_page(dev, op["phys"], op["size"])
+            got = None
+            if addr != DMA_MAPPING_ERROR:
+                # what iommu_map() hands the driver for each map call (the trace's driver maps a
+                # whole request per call; io-pgtable-arm would split at table ends, §5.1)
+                calls = [e for e in log.since(mark) if e.kind == "iommu_map_calls"]
+                pages = [list(c) for e in calls
+                         for c in split_pages(bitmap, e.args["iova"], e.args["paddr"], e.args["size"])]
+                off = iova_offset(granule, op["phys"])
+                got = {"dma_addr": addr, "iova_len": iova_align(granule, op["size"] + off), "pages": pages}
+            log.clear()
+            return op["expect"], got
+        if k == "unmap_page":
+            dom.dma_unmap_page(dev, op["dma_addr"], op["size"])
+            log.clear()
+            return None
+        raise KeyError(k)
+
+    run.domain = dom  # type: ignore[attr-defined]
+    return run
