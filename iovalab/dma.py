@@ -191,6 +191,8 @@ class DmaDomain:
         self.fq_timer_deadline = 0.0
         self.now_ms = 0.0
         self.swiotlb = swiotlb
+        if swiotlb is not None:
+            swiotlb.log = self.log  # one event log for every layer
         self._phys_next = 0x1_0000_0000  # bump allocator for dma_alloc_coherent pages
         regions = list(reserve or [])
         if reserve_msi:
