@@ -36,12 +36,16 @@ from dataclasses import dataclass, field
 from .device import Device
 from .dma import DmaDomain
 from .events import EventLog
-from .ftrace import FtraceCapture, parse_ftrace
+from .ftrace import (
+    FtraceCapture, format_dma_alloc, format_dma_map_page, format_dma_map_sg, format_dma_unmap_page,
+    format_dma_unmap_sg, format_line, format_map, format_unmap, parse_ftrace, write_ftrace,
+)
 from .iommu import IommuDomain, IotlbGather
 from .iova import IOVA_DEPOT_DELAY_MS, IOVA_RANGE_CACHE_MAX_SIZE
 from .units import DMA_BIT_MASK, iova_align
 
-__all__ = ["Allocation", "PhaseResult", "ReplayResult", "reconstruct", "replay_capture", "cli"]
+__all__ = ["Allocation", "PhaseResult", "ReplayResult", "reconstruct", "replay_capture", "events_to_ftrace",
+           "export_ftrace", "cli"]
 
 GRANULE = 0x1000
 _DMA_MAP_EVENTS = frozenset(("dma_map_page", "dma_map_sg", "dma_alloc", "dma_map_resource", "dma_map_phys",
@@ -61,6 +65,7 @@ class Allocation:
     freed_at: int | None = None
     timestamp: float = 0.0
     closed: bool = False
+    size_hint: int = 0   # size of the unmap that will free it (0 = never unmapped)
 
 
 @dataclass
@@ -113,6 +118,19 @@ def reconstruct(cap: FtraceCapture) -> list[tuple]:
     Unmaps of ranges not seen allocated become ``("unmatched", lineno)``.
     """
     steps: list[tuple] = []
+    # where each range will be unmapped: base -> [(lineno, size), ...] in file order, so that the
+    # extent of an allocation is known when its first map line is seen (two-step users emit no
+    # dma_* event that would close it)
+    unmaps: dict[int, list[tuple[int, int]]] = {}
+    for ln in cap.lines:
+        if ln.event == "unmap":
+            unmaps.setdefault(ln.fields["iova"], []).append((ln.lineno, ln.fields["size"]))
+
+    def extent(base: int, lineno: int) -> int:
+        later = unmaps.get(base, ())
+        i = bisect_right(later, (lineno, 1 << 64))
+        return later[i][1] if i < len(later) else 0
+
     open_by_cpu: dict[int, list[Allocation]] = {}   # allocations whose dma_* event is pending
     live: dict[int, Allocation] = {}        # base -> allocation
     live_bases: list[int] = []              # sorted bases of live allocations
@@ -122,14 +140,20 @@ def reconstruct(cap: FtraceCapture) -> list[tuple]:
             iova, size = ln.fields["iova"], ln.fields["size"]
             opened = open_by_cpu.setdefault(ln.cpu, [])
             for cur in reversed(opened):   # a further chunk of a mapping still being built
-                if cur.base <= iova <= cur.span_end:
+                limit = cur.base + cur.size_hint if cur.size_hint else cur.span_end + 1
+                if cur.base <= iova < limit:
                     cur.span_end = max(cur.span_end, iova + size)
                     break
             else:
-                a = Allocation(ln.lineno, ln.cpu, iova, 0, iova + size, timestamp=ln.timestamp)
+                a = Allocation(ln.lineno, ln.cpu, iova, 0, iova + size, timestamp=ln.timestamp,
+                               size_hint=extent(iova, ln.lineno))
                 opened.append(a)
+                old = live.get(iova)
+                if old is not None:  # the trace never unmapped the old one: keep its mapped span
+                    old.size = iova_align(GRANULE, old.span_end - old.base)
+                else:
+                    live_bases.insert(bisect_right(live_bases, iova), iova)
                 live[iova] = a
-                live_bases.insert(bisect_right(live_bases, iova), iova)
                 steps.append(("alloc", a))
         elif ev in _DMA_MAP_EVENTS:
             opened = open_by_cpu.get(ln.cpu)
@@ -167,6 +191,9 @@ def reconstruct(cap: FtraceCapture) -> list[tuple]:
             steps.append(("phase", ln.text.strip(), ln.lineno))
     for _, a in live.items():  # never unmapped: the span its map lines cover
         a.size = iova_align(GRANULE, a.span_end - a.base)
+    for st in steps:
+        if st[0] == "alloc" and st[1].size <= 0:
+            st[1].size = iova_align(GRANULE, max(st[1].span_end - st[1].base, GRANULE))
     return steps
 
 
@@ -241,7 +268,10 @@ class _Replayer:
 
     # -- steps
     def alloc(self, a: Allocation) -> int:
-        return self.dom.iommu_dma_alloc_iova(a.size, self.dev.dma_get_mask(), self.dev, a.cpu)
+        try:
+            return self.dom.iommu_dma_alloc_iova(a.size, self.dev.dma_get_mask(), self.dev, a.cpu)
+        except ValueError:  # e.g. a CPU beyond --cpus
+            return 0
 
     def free(self, a: Allocation, cpu: int, ts: float) -> None:
         try:
@@ -403,6 +433,70 @@ def _resync(rp: _Replayer, a: Allocation, got: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+_IRQ = "d.h.."
+_TASK = "....."
+
+
+def events_to_ftrace(events, *, start: float = 100.0, step_us: int = 10, task: str = "iovalab",
+                     pid: int = 4242, iotlb_events: bool = True) -> list[str]:
+    """A simulator run (its event list) as kernel ftrace text lines, in the formats of
+    ``include/trace/events/iommu.h`` (``map``, ``unmap``), ``include/trace/events/dma.h`` (6.12:
+    ``dma_map_page``, ``dma_unmap_page``, ``dma_map_sg``, ``dma_unmap_sg``, ``dma_alloc``) and, with
+    ``iotlb_events``, the VT-d ``cache_tag_flush_range``/``cache_tag_flush_all`` invalidations.
+
+    Unmaps and their ``dma_unmap_*`` lines get the hard-irq flags a completion interrupt shows;
+    timestamps advance ``step_us`` per line. Event order is the log's, which is the kernel's:
+    ``map`` before ``dma_map_*``, ``dma_unmap_sg`` before its ``unmap``, ``unmap`` before
+    ``dma_unmap_page``.
+    """
+    out = []
+    t = [int(start * 1e6)]
+
+    def line(cpu, flags, event, text):
+        ts = f"{t[0] // 1_000_000}.{t[0] % 1_000_000:06d}"
+        t[0] += step_us
+        out.append(format_line(task, pid, cpu, flags, ts, event, text))
+
+    for e in events:
+        a, k, f = e.args, e.kind, e.func
+        if k == "iommu_map_calls":
+            line(e.cpu, _TASK, "map", format_map(a["iova"], a["paddr"], a["size"]))
+        elif k == "iommu_unmap":
+            line(e.cpu, _IRQ, "unmap", format_unmap(a["iova"], a["size"], a["unmapped_size"]))
+        elif k == "iotlb_invalidations" and iotlb_events:
+            if a.get("scope") == "all":
+                line(e.cpu, "d.s2.", "cache_tag_flush_all", "dmar0/dmar0 type iotlb did 3 pasid 0 ref 1")
+            elif "start" in a:
+                lo, hi = a["start"], a["end"]
+                pages = (hi - lo + 1) >> 12
+                line(e.cpu, "d.h1.", "cache_tag_flush_range",
+                     f"dmar0 dmar0[0] type iotlb did 3 [{lo:#x}-{hi:#x}] addr {lo:#x} pages {pages:#x} "
+                     f"mask {max(pages - 1, 0).bit_length():#x}")
+        elif k == "dma_api_calls":
+            dev = a.get("dev", "0000:00:01.0")
+            d = a.get("dir", 0)
+            if f == "dma_map_page":
+                line(e.cpu, _TASK, "dma_map_page",
+                     format_dma_map_page(dev, d, e.result, a["size"], a["phys"], a.get("attrs", 0)))
+            elif f == "dma_unmap_page":
+                line(e.cpu, _IRQ, "dma_unmap_page",
+                     format_dma_unmap_page(dev, d, a["dma_addr"], a["size"], a.get("attrs", 0)))
+            elif f == "dma_map_sg" and e.result:
+                line(e.cpu, _TASK, "dma_map_sg",
+                     format_dma_map_sg(dev, d, a["dma_addrs"], a["sizes"], a["phys"], 0))
+            elif f == "dma_unmap_sg":
+                line(e.cpu, _IRQ, "dma_unmap_sg", format_dma_unmap_sg(dev, d, a["phys"], 0))
+            elif f == "dma_alloc":
+                line(e.cpu, _TASK, "dma_alloc", format_dma_alloc(dev, d, e.result, a["size"]))
+    return out
+
+
+def export_ftrace(events, path, *, nr_cpus: int = 1, **kw) -> int:
+    """Write :func:`events_to_ftrace` lines with the kernel's ``trace`` file header; returns lines."""
+    lines = events_to_ftrace(events, **kw)
+    return write_ftrace(lines, path, header=True, nr_cpus=nr_cpus)
+
+
 def cli(args) -> int:
     """``python -m iovalab replay-ftrace FILE [--cpus N] [--strict|--lazy] [--json]``."""
     from .ftrace import FtraceParseError
