@@ -830,6 +830,89 @@ class DmaDomain:
         else:
             self.dma_iova_free(dev, state, cpu)
 
+    # ---------------------------------------------------------------- bulk (no kernel analogue)
+    def _bulk_ok(self, dev: Device, state: DmaIovaState, offsets, size: int) -> bool:
+        """Whether the per-page calls would all take the same plain path (so a batch is exact)."""
+        import numpy as np
+
+        if self.log.keep or size != self.granule or not dev.coherent or not dma_use_iova(state):
+            return False
+        if state.size_field & DMA_IOVA_USE_SWIOTLB or self.iommu.has_iotlb_sync_map:
+            return False
+        if self.iommu._tlb or self.iommu._neg:  # cached translations would need per-page invalidation
+            return False
+        off = np.asarray(offsets, dtype=np.int64)
+        g = self.granule
+        return bool(len(off) > 1 and not (off & (g - 1)).any() and off.min() >= 0
+                    and off.max() + size <= dma_iova_size(state) and not iova_offset(g, state.addr))
+
+    def _scaled(self, first, rest_n: int, bulk) -> bool:
+        """Run ``first()`` (one page the normal way), then ``bulk()`` for the rest; the tallies of the
+        rest are the first page's per-kind counts times ``rest_n`` (table pages are counted by the bulk
+        call itself)."""
+        t = self.log.totals
+        before = dict(t)
+        first()
+        delta = {k: v - before.get(k, 0) for k, v in t.items() if v != before.get(k, 0)}
+        delta.pop("table_pages", None)
+        if not bulk():
+            return False
+        for k, v in delta.items():
+            t[k] += v * rest_n
+        self.log.seq += sum(delta.values()) * rest_n
+        return True
+
+    def dma_iova_link_sync_pages(self, dev: Device, state: DmaIovaState, phys, offsets, size: int,
+                                 dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> None:
+        """For each ``i``: ``dma_iova_link(dev, state, phys[i], offsets[i], size, dir, attrs)`` then
+        ``dma_iova_sync(dev, state, offsets[i], size)`` — what ``hmm_dma_map_pfn()`` (mm/hmm.c) does
+        per fault — as one batch with the same page-table state and the same counters.
+
+        No kernel analogue: a simulator speed path for multi-million-page workloads, used only when
+        the log keeps tallies (``EventLog(keep=False)``) and every call would take the plain path
+        (granule-sized, coherent, no bounce, no ``iotlb_sync_map`` callback); otherwise it makes the
+        per-page calls."""
+        import numpy as np
+
+        phys = np.asarray(phys, dtype=np.uint64)
+        offsets = np.asarray(offsets, dtype=np.int64)
+
+        def per_page_range(lo: int, hi: int | None = None) -> None:
+            for p, o in zip(phys[lo:hi].tolist(), offsets[lo:hi].tolist(), strict=True):
+                self.dma_iova_link(dev, state, p, o, size, dir, attrs, cpu)
+                self.dma_iova_sync(dev, state, o, size, cpu)
+
+        def per_page(lo: int) -> None:
+            per_page_range(lo)
+
+        if not (self._bulk_ok(dev, state, offsets, size) and not (phys & np.uint64(self.granule - 1)).any()):
+            return per_page(0)
+        iovas = np.uint64(state.addr) + offsets.astype(np.uint64)
+        prot = dma_info_to_prot(dir, dev.coherent, attrs)
+        if not self._scaled(lambda: per_page_range(0, 1), len(phys) - 1,
+                            lambda: self.iommu.pgtable.map_leaves_bulk(iovas[1:], phys[1:], prot, cpu)):
+            per_page(1)
+
+    def dma_iova_unlink_pages(self, dev: Device, state: DmaIovaState, offsets, size: int,
+                              dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> None:
+        """For each offset: ``dma_iova_unlink(dev, state, offset, size, dir, attrs)`` (each with its
+        own strict IOTLB sync, as ``hmm_dma_unmap_pfn()`` does), as one batch with identical state and
+        counters; same conditions as :meth:`dma_iova_link_sync_pages`."""
+        import numpy as np
+
+        offsets = np.asarray(offsets, dtype=np.int64)
+
+        def per_page(lo: int) -> None:
+            for o in offsets[lo:].tolist():
+                self.dma_iova_unlink(dev, state, o, size, dir, attrs, cpu)
+
+        if not self._bulk_ok(dev, state, offsets, size):
+            return per_page(0)
+        iovas = np.uint64(state.addr) + offsets.astype(np.uint64)
+        if not self._scaled(lambda: self.dma_iova_unlink(dev, state, int(offsets[0]), size, dir, attrs, cpu),
+                            len(offsets) - 1, lambda: self.iommu.pgtable.clear_leaves_bulk(iovas[1:])):
+            per_page(1)
+
     # ----------------------------------------------------------------------------------------
     @staticmethod
     def _validate_dir(dir: int) -> None:

@@ -599,6 +599,79 @@ class IoPageTable:
                           pgsize=pgsize, pgcount=count, level=self._lname[lvl])
         return mapped, 0
 
+    # -- bulk leaf writes (no kernel analogue: many map_pages/unmap_pages calls of one granule) ----
+    def _leaf_groups(self, iovas: np.ndarray):
+        """Split granule-aligned IOVAs by leaf table, in order of first touch."""
+        lvl, rep = self._pgsz.get(self.granule, (None, None))
+        if lvl is None or rep != 1 or lvl == 0:
+            return None
+        span = self._block[lvl - 1]
+        keys = iovas // np.uint64(span)
+        uniq, first = np.unique(keys, return_index=True)
+        order = np.argsort(first, kind="stable")
+        perm = np.argsort(keys, kind="stable")
+        sorted_keys = keys[perm]
+        bounds = np.searchsorted(sorted_keys, uniq)
+        ends = np.append(bounds[1:], len(perm))
+        idx = (iovas >> np.uint64(self._sh[lvl])) & np.uint64(self._mask[lvl])
+        groups = [(int(uniq[g]) * span, perm[bounds[g]:ends[g]]) for g in order]
+        return lvl, groups, idx.astype(np.intp)
+
+    def map_leaves_bulk(self, iovas: np.ndarray, paddrs: np.ndarray, prot: int, cpu: int = 0) -> bool:
+        """Many ``map_pages(iova, paddr, granule, 1, prot)`` calls at once, in array order: the same
+        table pages (allocated in order of first touch, each a ``table_pages`` event) and the same
+        PTE values. The ``pte_writes`` tallies are the caller's. Returns False, writing nothing, when
+        any slot is taken, covered by a block, out of range or the arrays are not unique/aligned."""
+        iovas = np.asarray(iovas, dtype=np.uint64)
+        paddrs = np.asarray(paddrs, dtype=np.uint64)
+        g = np.uint64(self.granule - 1)
+        n = len(iovas)
+        if (n == 0 or len(paddrs) != n or ((iovas | paddrs) & g).any() or not prot & (IOMMU_READ | IOMMU_WRITE)
+                or int(iovas.max()) + self.granule > 1 << self.ias or int(paddrs.max()) >> self.oas
+                or len(np.unique(iovas)) != n):
+            return False
+        grouped = self._leaf_groups(iovas)
+        if grouped is None:
+            return False
+        lvl, groups, idx = grouped
+        tables = []
+        for base, sel in groups:  # validate everything before writing anything
+            t, blk = self._find(base, lvl)
+            if blk >= 0 or (t is not None and t.ent[idx[sel]].any()):
+                return False
+            tables.append(t)
+        bits = np.uint64(self._leaf_bits(prot, lvl, 1))
+        enc = paddrs
+        if self._arm:
+            enc = (paddrs | (paddrs >> np.uint64(36))) & np.uint64(ARM_LPAE_PTE_ADDR_MASK)
+        for (base, sel), t in zip(groups, tables, strict=True):
+            if t is None:
+                t = self._alloc_path(base, lvl, cpu)
+            t.ent[idx[sel]] = enc[sel] | bits
+        self._leaves += n
+        return True
+
+    def clear_leaves_bulk(self, iovas: np.ndarray) -> bool:
+        """Clear granule-size leaf PTEs (many ``unmap_pages(iova, granule, 1)`` that each find a present
+        leaf). Returns False, clearing nothing, unless every IOVA holds a granule leaf."""
+        iovas = np.asarray(iovas, dtype=np.uint64)
+        if len(iovas) == 0 or (iovas & np.uint64(self.granule - 1)).any() or len(np.unique(iovas)) != len(iovas):
+            return False
+        grouped = self._leaf_groups(iovas)
+        if grouped is None:
+            return False
+        lvl, groups, idx = grouped
+        tables = []
+        for base, sel in groups:
+            t, blk = self._find(base, lvl)
+            if t is None or blk >= 0 or not t.ent[idx[sel]].all():
+                return False
+            tables.append(t)
+        for (_, sel), t in zip(groups, tables, strict=True):
+            t.ent[idx[sel]] = 0
+        self._leaves -= len(iovas)
+        return True
+
     # -- unmap --------------------------------------------------------------------------------
     def unmap_pages(self, iova: int, pgsize: int, count: int,
                     gather_cb: Callable[[int, int, int], None] | None = None, cpu: int = 0) -> int:
