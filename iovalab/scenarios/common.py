@@ -60,7 +60,7 @@ from ..units import DMA_MAPPING_ERROR, parse_int
 
 __all__ = [
     "SIZEOF", "APIS", "Bookkeeping", "DirectDma", "ScenarioResult", "ScenarioContext", "Step",
-    "make_device", "make_domain", "int_param", "modelled_costs",
+    "make_device", "make_domain", "int_param", "modelled_costs", "as_context",
 ]
 
 #: Sizes (bytes, x86-64) of the C objects the scenarios count as bookkeeping; see the module table.
@@ -326,10 +326,11 @@ class ScenarioContext:
         return self.dma.dma_get_merge_boundary(self.dev)
 
     # -- steps ---------------------------------------------------------------------------------
-    def begin(self, driver: str, **args: Any) -> None:
-        """Record the start of a driver-level action (a ``driver`` event) and name the next step."""
+    def begin(self, driver: str, calls: int = 1, **args: Any) -> None:
+        """Record the start of a driver-level action (a ``driver`` event standing for ``calls`` calls of
+        ``driver``, so per-phase and per-call runs tally the same) and name the next step."""
         self._driver = driver
-        self.log.emit("driver", driver, "driver", None, **args)
+        self.log.emit("driver", driver, "driver", None, count=calls, **args)
 
     def step(self, what: str, **info: Any) -> Step:
         """The step after the current driver action: events and counter deltas since the last step."""
@@ -360,3 +361,19 @@ class ScenarioContext:
         self.domain.advance_time(self.domain.fq_timeout)
         yield self.step(f"{self.domain.fq_timeout} ms later the flush-queue timer fires: one flush_iotlb_all, "
                         "then the queued IOVAs are freed")
+
+
+def as_context(obj: ScenarioContext | str | dict, api: str, scenario: str, default_device: str, *,
+               strict: bool = True, keep_events: bool = True, fine: bool = True) -> ScenarioContext:
+    """``obj`` if it is already a :class:`ScenarioContext`, else a new one for the preset ``obj`` (a name
+    from data/scenarios or a dict), which must be a ``scenario`` preset."""
+    if isinstance(obj, ScenarioContext):
+        return obj
+    if isinstance(obj, str):
+        from . import load_preset  # the package is loaded by the time a scenario runs
+        obj = load_preset(obj)
+    if not isinstance(obj, dict) or obj.get("scenario") != scenario:
+        got = obj.get("scenario") if isinstance(obj, dict) else obj
+        raise ValueError(f"expected a {scenario!r} preset, got {got!r}")
+    return ScenarioContext(obj, api, strict=strict, keep_events=keep_events, fine=fine,
+                           default_device=default_device)

@@ -35,9 +35,11 @@ after the faults, as an MMU-notifier invalidation would), ``refault`` (fault tho
 ``phys`` (``base``/``stride``/``run_pages``: where entry i's page lives). Random orders use numpy's
 PCG64 ``default_rng(seed).permutation`` (deterministic for a given numpy version).
 
-Speed: with ``keep_events=False`` and a DMA layer that offers the batch helpers (``dma_iova_link_pages``
-style, checked at run time), faults are applied in batches with identical counters; otherwise page by
-page.
+Speed: per-phase runs (``run_scenario``, ``iter_scenario(fine=False)``) with ``keep_events=False`` on the
+IOVA path hand each phase's new faults to ``DmaDomain.dma_iova_link_sync_pages`` (link + sync per
+page) and its unmaps to ``DmaDomain.dma_iova_unlink_pages`` (one unlink per page): batch forms of the
+same per-page calls with identical page tables and counters (the DMA layer falls back to the
+per-page calls itself when a batch would not be exact). Everything else goes page by page.
 """
 
 from __future__ import annotations
@@ -49,14 +51,15 @@ import numpy as np
 
 from ..dma import DMA_BIDIRECTIONAL, DmaIovaState, dma_use_iova
 from ..units import DMA_MAPPING_ERROR, EOPNOTSUPP, PAGE_SIZE, DmaError, hx
-from .common import SIZEOF, ScenarioContext, ScenarioResult, Step, int_param
+from .common import SIZEOF, ScenarioContext, ScenarioResult, Step, as_context, int_param
 
 __all__ = ["APIS", "FAULT_ORDERS", "fault_order", "iter_steps", "run"]
 
 #: mapping paths this scenario runs under (HMM never builds a scatterlist)
 APIS = ("iova", "page", "direct")
 FAULT_ORDERS = ("sequential", "random", "strided", "repeated")
-_CHUNK = 1 << 16
+_CHUNK = 1 << 16          # per-page loops convert this many indices to Python ints at a time
+_BULK_CHUNK = 1 << 22     # faults per batch call (bounded numpy temporaries: ~100 MB at most)
 
 
 def fault_order(params: dict, npages: int) -> np.ndarray:
@@ -129,6 +132,7 @@ class _Hmm:
             if a < 0 or b < 1 or a + b > self.npages:
                 raise ValueError(f"invalidate range [{a}, {a}+{b}) is outside 0..{self.npages}")
         self.refault = bool(p.get("refault", False))
+        self.unique_faults = True   # set by iter_steps: no index repeats within the fault sequence
         self.use_iova = False
         self.need_unmap = ctx.dma_need_unmap()
         self.bulk = self._bulk_helpers()
@@ -156,9 +160,7 @@ class _Hmm:
             raise DmaError(-EOPNOTSUPP, f"hmm_dma_map_alloc refuses the device: {why}", "hmm_dma_map_alloc")
         ctx.bk.add("pfn_list (unsigned long per entry)", SIZEOF["unsigned long"] * self.npages)
         ctx.bk.add("struct dma_iova_state (hmm_dma_map.state)", SIZEOF["struct dma_iova_state"])
-        if ctx.api == "iova":
-            self.use_iova = ctx.dma.dma_iova_try_alloc(dev, m.state, 0, self.npages * PAGE_SIZE)
-        elif ctx.api == "direct":
+        if ctx.api in ("iova", "direct"):   # api="page" stands for try_alloc failing
             self.use_iova = ctx.dma.dma_iova_try_alloc(dev, m.state, 0, self.npages * PAGE_SIZE)
         if not self.use_iova:
             m.addrs = array("Q", bytes(8 * self.npages))
@@ -232,7 +234,7 @@ class _Hmm:
                 yield ctx.step(f"{label}: hmm_dma_map_pfn({idx}) -> {hx(addr)}"
                                + (" (already mapped: no page-table work)" if was else ""), idx=idx, dma=addr)
             return
-        ctx.begin("hmm_dma_map_pfn", count=len(seq), label=label)
+        ctx.begin("hmm_dma_map_pfn", faults=len(seq), label=label, calls=len(seq))
         if self.bulk is not None and self.use_iova:
             self._bulk_faults(seq)
         else:
@@ -241,16 +243,17 @@ class _Hmm:
                     self.hmm_dma_map_pfn(idx)
         yield ctx.step(f"{label}: {len(seq)} fault(s) -> hmm_dma_map_pfn; {self.map.nmapped} entries mapped")
 
-    def _bulk_faults(self, seq: np.ndarray) -> None:  # pragma: no cover - needs the DMA layer's batch helper
+    def _bulk_faults(self, seq: np.ndarray) -> None:
         link, _ = self.bulk
         m = self.map
         mapped = np.frombuffer(m.mapped, dtype=np.uint8)
-        for i in range(0, len(seq), _CHUNK):
-            chunk = seq[i:i + _CHUNK]
-            # only first faults of an entry do work (later ones return the address at once)
-            _, first = np.unique(chunk, return_index=True)
-            new = chunk[np.sort(first)]
-            new = new[mapped[new] == 0]
+        for i in range(0, len(seq), _BULK_CHUNK):
+            chunk = seq[i:i + _BULK_CHUNK]
+            # only the first fault of an entry does work (later ones return the address at once);
+            # within a batch the order of distinct entries changes neither page tables nor counters
+            new = chunk[mapped[chunk] == 0]
+            if len(new) > 1 and not self.unique_faults:
+                new = np.unique(new)
             if len(new):
                 phys = self._phys(new)
                 link(self.ctx.dev, m.state, phys, new * self.entry, self.entry, DMA_BIDIRECTIONAL)
@@ -269,7 +272,7 @@ class _Hmm:
                 done = self.hmm_dma_unmap_pfn(idx)
                 yield ctx.step(f"{label}: hmm_dma_unmap_pfn({idx})" + ("" if done else " (not mapped)"), idx=idx)
             return
-        ctx.begin("hmm_dma_unmap_pfn", count=len(indices), label=label)
+        ctx.begin("hmm_dma_unmap_pfn", entries=len(indices), label=label, calls=len(indices))
         before = self.map.nmapped
         if self.bulk is not None and self.use_iova:
             self._bulk_unmap(indices)
@@ -280,7 +283,7 @@ class _Hmm:
         yield ctx.step(f"{label}: hmm_dma_unmap_pfn over {len(indices)} entries, {before - self.map.nmapped} "
                        "were mapped")
 
-    def _bulk_unmap(self, indices: np.ndarray) -> None:  # pragma: no cover - needs the batch helper
+    def _bulk_unmap(self, indices: np.ndarray) -> None:
         _, unlink = self.bulk
         m = self.map
         mapped = np.frombuffer(m.mapped, dtype=np.uint8)
@@ -303,14 +306,17 @@ class _Hmm:
                 "state_addr": m.state.addr if self.use_iova else None, "dma": dma}
 
 
-def iter_steps(ctx: ScenarioContext) -> Generator[Step, None, None]:
+def iter_steps(ctx: ScenarioContext | str | dict, api: str = "iova", *, strict: bool = True,
+               keep_events: bool = True, fine: bool = True) -> Generator[Step, None, None]:
     """The HMM scenario as steps: registration, faults, invalidations (and refaults), teardown.
     ``ctx.device_view`` is the MTT-like ``{"dma": ndarray(uint64) per entry, "mapped", "state_addr",
     ...}`` taken after the faults and invalidations, before teardown."""
+    ctx = as_context(ctx, api, "hmm", "mlx5", strict=strict, keep_events=keep_events, fine=fine)
     if ctx.api not in APIS:
         raise ValueError(f"api {ctx.api!r} does not apply to the hmm scenario; valid: {', '.join(APIS)}")
     h = _Hmm(ctx)
     seq = fault_order(ctx.params, h.npages)
+    h.unique_faults = ctx.params.get("fault_order", "sequential") != "repeated"
     yield from h.hmm_dma_map_alloc()
     yield from h.faults(seq, f"{ctx.params.get('fault_order', 'sequential')} faults")
     for a, b in h.invalidate:
@@ -332,8 +338,11 @@ def iter_steps(ctx: ScenarioContext) -> Generator[Step, None, None]:
                          "also in lazy domains")
 
 
-def run(ctx: ScenarioContext, cost_preset: str | None = None) -> ScenarioResult:
-    """Run :func:`iter_steps` to completion and return the :class:`ScenarioResult`."""
+def run(ctx: ScenarioContext | str | dict, cost_preset: str | None = None, api: str = "iova", *,
+        strict: bool = True, keep_events: bool = True) -> ScenarioResult:
+    """Run :func:`iter_steps` (per-phase steps) to completion and return the :class:`ScenarioResult`.
+    ``ctx``: a :class:`~iovalab.scenarios.common.ScenarioContext` or a hmm preset (name or dict)."""
+    ctx = as_context(ctx, api, "hmm", "mlx5", strict=strict, keep_events=keep_events, fine=False)
     for _ in iter_steps(ctx):
         pass
     return ctx.finish(cost_preset)

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 
 from ..dma import DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaIovaState, ScatterEntry, dma_iova_size, dma_use_iova
 from ..units import DMA_MAPPING_ERROR, PAGE_SIZE, SZ_128K, hx
-from .common import SIZEOF, ScenarioContext, ScenarioResult, Step, int_param
+from .common import SIZEOF, ScenarioContext, ScenarioResult, Step, as_context, int_param
 
 __all__ = [
     "APIS", "NVME_CTRL_PAGE_SIZE", "NVME_SMALL_POOL_SIZE", "NVME_MAX_BYTES", "NVME_MAX_SEGS",
@@ -690,10 +690,12 @@ class _Nvme:
 
 
 # ============================================================================================ entry points
-def iter_steps(ctx: ScenarioContext) -> Generator[Step, None, None]:
+def iter_steps(ctx: ScenarioContext | str | dict, api: str = "iova", *, strict: bool = True,
+               keep_events: bool = True, fine: bool = True) -> Generator[Step, None, None]:
     """The NVMe scenario as steps (see the module doc); fills ``ctx.device_view`` with one dict per
     command: ``io``, ``request``, ``payload``, ``segments`` (physical), ``path``, ``dma_segments``,
     ``format`` and the PRP/SGL fields the device reads."""
+    ctx = as_context(ctx, api, "nvme", "nvme", strict=strict, keep_events=keep_events, fine=fine)
     if ctx.api not in APIS:
         raise ValueError(f"api {ctx.api!r} is not one of {', '.join(APIS)} for the nvme scenario")
     drv = _Nvme(ctx)
@@ -726,8 +728,11 @@ def iter_steps(ctx: ScenarioContext) -> Generator[Step, None, None]:
                          "every path: the IOVA API is only used for multi-segment requests")
 
 
-def run(ctx: ScenarioContext, cost_preset: str | None = None) -> ScenarioResult:
-    """Run :func:`iter_steps` to completion and return the :class:`ScenarioResult`."""
+def run(ctx: ScenarioContext | str | dict, cost_preset: str | None = None, api: str = "iova", *,
+        strict: bool = True, keep_events: bool = True) -> ScenarioResult:
+    """Run :func:`iter_steps` (per-phase steps) to completion and return the :class:`ScenarioResult`.
+    ``ctx``: a :class:`~iovalab.scenarios.common.ScenarioContext` or a nvme preset (name or dict)."""
+    ctx = as_context(ctx, api, "nvme", "nvme", strict=strict, keep_events=keep_events, fine=False)
     for _ in iter_steps(ctx):
         pass
     return ctx.finish(cost_preset)

@@ -48,7 +48,7 @@ import numpy as np
 
 from ..dma import DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaIovaState, ScatterEntry, dma_use_iova
 from ..units import DMA_MAPPING_ERROR, PAGE_SIZE, hx
-from .common import SIZEOF, ScenarioContext, ScenarioResult, Step, int_param
+from .common import SIZEOF, ScenarioContext, ScenarioResult, Step, as_context, int_param
 
 __all__ = ["APIS", "SG_MAX_SINGLE_ALLOC", "VFIO_IOMMU_TLB_SYNC_MAX", "page_runs", "sg_slots",
            "vfio_type1_counts", "iter_steps", "run"]
@@ -227,10 +227,12 @@ class _Mlx5Vf:
         yield ctx.step(what)
 
 
-def iter_steps(ctx: ScenarioContext) -> Generator[Step, None, None]:
+def iter_steps(ctx: ScenarioContext | str | dict, api: str = "iova", *, strict: bool = True,
+               keep_events: bool = True, fine: bool = True) -> Generator[Step, None, None]:
     """The VFIO scenario as steps: register the buffer (mkey MTT), unregister it. ``ctx.device_view``:
     ``{"mtt": ndarray(uint64) per page, "log_page_size": 12, "mtt_bytes", "state_addr"}``;
     ``ctx.extra["vfio_type1"]``: the counting-only contrast."""
+    ctx = as_context(ctx, api, "vfio", "mlx5", strict=strict, keep_events=keep_events, fine=fine)
     if ctx.api not in APIS:
         raise ValueError(f"api {ctx.api!r} does not apply to the vfio scenario; valid: {', '.join(APIS)}")
     m = _Mlx5Vf(ctx)
@@ -245,8 +247,11 @@ def iter_steps(ctx: ScenarioContext) -> Generator[Step, None, None]:
                      "iommu_map() in an UNMANAGED domain, outside the DMA API")
 
 
-def run(ctx: ScenarioContext, cost_preset: str | None = None) -> ScenarioResult:
-    """Run :func:`iter_steps` to completion and return the :class:`ScenarioResult`."""
+def run(ctx: ScenarioContext | str | dict, cost_preset: str | None = None, api: str = "iova", *,
+        strict: bool = True, keep_events: bool = True) -> ScenarioResult:
+    """Run :func:`iter_steps` (per-phase steps) to completion and return the :class:`ScenarioResult`.
+    ``ctx``: a :class:`~iovalab.scenarios.common.ScenarioContext` or a vfio preset (name or dict)."""
+    ctx = as_context(ctx, api, "vfio", "mlx5", strict=strict, keep_events=keep_events, fine=False)
     for _ in iter_steps(ctx):
         pass
     return ctx.finish(cost_preset)
