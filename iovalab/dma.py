@@ -363,32 +363,12 @@ class DmaDomain:
         return unmapped
 
     def _first_unmapped(self, iova: int, size: int) -> int | None:
-        """First granule address in ``[iova, iova + size)`` with no translation (steps by leaf size)."""
-        lookup = self.iommu.pgtable.lookup
-        a, end = iova, iova + size
-        while a < end:
-            hit = lookup(a)
-            if hit is None:
-                return a
-            leaf = hit[1]
-            a = (a & ~(leaf - 1)) + leaf
-        return None
+        """First granule address in ``[iova, iova + size)`` with no translation, or None."""
+        return self.iommu.pgtable.first_unmapped(iova, iova + size)
 
     def _mapped_granules(self, iova: int, size: int) -> list[int]:
-        """Granule addresses in ``[iova, iova + size)`` that have a translation."""
-        lookup = self.iommu.pgtable.lookup
-        out = []
-        a, end, g = iova, iova + size, self.granule
-        while a < end:
-            hit = lookup(a)
-            if hit is None:
-                a += g
-                continue
-            leaf = hit[1]
-            nxt = min((a & ~(leaf - 1)) + leaf, end)
-            out.extend(range(a, min(nxt, a + 16 * g), g))
-            a = nxt
-        return out
+        """Up to 16 granule addresses in ``[iova, iova + size)`` that have a translation."""
+        return self.iommu.pgtable.find_mapped(iova, iova + size, 16)
 
     def _check_mapped(self, func: str, iova: int, size: int, cpu: int) -> None:
         """Refuse (WARN + -EINVAL) an unmap of a range that is not fully mapped."""

@@ -607,15 +607,19 @@ class IoPageTable:
             return None
         span = self._block[lvl - 1]
         keys = iovas // np.uint64(span)
-        uniq, first = np.unique(keys, return_index=True)
-        order = np.argsort(first, kind="stable")
         perm = np.argsort(keys, kind="stable")
-        sorted_keys = keys[perm]
-        bounds = np.searchsorted(sorted_keys, uniq)
-        ends = np.append(bounds[1:], len(perm))
+        sk = keys[perm]
+        starts = np.flatnonzero(np.concatenate(([True], sk[1:] != sk[:-1])))
+        ends = np.append(starts[1:], len(perm))
+        order = np.argsort(perm[starts], kind="stable")  # groups in order of first touch
         idx = (iovas >> np.uint64(self._sh[lvl])) & np.uint64(self._mask[lvl])
-        groups = [(int(uniq[g]) * span, perm[bounds[g]:ends[g]]) for g in order]
+        groups = [(int(sk[starts[g]]) * span, perm[starts[g]:ends[g]]) for g in order.tolist()]
         return lvl, groups, idx.astype(np.intp)
+
+    @staticmethod
+    def _has_duplicates(a: np.ndarray) -> bool:
+        s = np.sort(a)
+        return bool((s[1:] == s[:-1]).any())
 
     def map_leaves_bulk(self, iovas: np.ndarray, paddrs: np.ndarray, prot: int, cpu: int = 0) -> bool:
         """Many ``map_pages(iova, paddr, granule, 1, prot)`` calls at once, in array order: the same
@@ -628,7 +632,7 @@ class IoPageTable:
         n = len(iovas)
         if (n == 0 or len(paddrs) != n or ((iovas | paddrs) & g).any() or not prot & (IOMMU_READ | IOMMU_WRITE)
                 or int(iovas.max()) + self.granule > 1 << self.ias or int(paddrs.max()) >> self.oas
-                or len(np.unique(iovas)) != n):
+                or self._has_duplicates(iovas)):
             return False
         grouped = self._leaf_groups(iovas)
         if grouped is None:
@@ -651,11 +655,65 @@ class IoPageTable:
         self._leaves += n
         return True
 
+    def find_mapped(self, lo: int, hi: int, limit: int = 16) -> list[int]:
+        """Up to ``limit`` granule addresses in ``[lo, hi)`` that a leaf maps, ascending; walks only
+        the tables that exist (no kernel analogue: a query for contract checks and views)."""
+        out: list[int] = []
+        g = self.granule
+
+        def walk(t: _Tbl) -> None:
+            i = t.lvl
+            bsz = self._block[i]
+            first = max(lo, t.base)
+            last = min(hi, t.base + bsz * len(t.ent))
+            if first >= last:
+                return
+            a = (first - t.base) // bsz
+            b = (last - t.base + bsz - 1) // bsz
+            for j in np.flatnonzero(t.ent[a:b]).tolist():
+                k = t.kids.get(a + j)
+                if k is not None:
+                    walk(k)
+                else:
+                    start = max(first, t.base + (a + j) * bsz)
+                    end = min(last, t.base + (a + j + 1) * bsz)
+                    out.extend(range(start, min(end, start + g * (limit - len(out))), g))
+                if len(out) >= limit:
+                    return
+
+        walk(self.root)
+        return out[:limit]
+
+    def first_unmapped(self, lo: int, hi: int) -> int | None:
+        """Lowest granule address in ``[lo, hi)`` with no leaf, or None (walks existing tables)."""
+        g = self.granule
+
+        def walk(t: _Tbl, first: int, last: int) -> int | None:
+            bsz = self._block[t.lvl]
+            a = (first - t.base) // bsz
+            b = (last - t.base + bsz - 1) // bsz
+            ent = t.ent[a:b]
+            if not ent.all():
+                j = int(np.flatnonzero(ent == 0)[0])
+            else:
+                j = None
+            upto = b if j is None else a + j  # entries before the first empty one
+            for k_idx in sorted(x for x in t.kids if a <= x < upto):
+                k = t.kids[k_idx]
+                r = walk(k, max(first, k.base), min(last, k.base + bsz))
+                if r is not None:
+                    return r
+            if j is None:
+                return None
+            return max(first, t.base + (a + j) * bsz) & ~(g - 1)
+
+        return walk(self.root, lo, hi)
+
     def clear_leaves_bulk(self, iovas: np.ndarray) -> bool:
         """Clear granule-size leaf PTEs (many ``unmap_pages(iova, granule, 1)`` that each find a present
         leaf). Returns False, clearing nothing, unless every IOVA holds a granule leaf."""
         iovas = np.asarray(iovas, dtype=np.uint64)
-        if len(iovas) == 0 or (iovas & np.uint64(self.granule - 1)).any() or len(np.unique(iovas)) != len(iovas):
+        if len(iovas) == 0 or (iovas & np.uint64(self.granule - 1)).any() or self._has_duplicates(iovas):
             return False
         grouped = self._leaf_groups(iovas)
         if grouped is None:

@@ -51,3 +51,27 @@ def test_bulk_falls_back_to_kernel_errors():
         dom.dma_iova_link_sync_pages(dev, st_, 0x6000_0000 + offs, offs, 0x1000)
     # pages before the clash are linked, exactly as per-page calls would leave them
     assert dom.iommu.iommu_iova_to_phys(st_.addr + 9 * 0x1000) == 0x6000_0000 + 9 * 0x1000
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sets(st.integers(0, 3000), max_size=60), st.integers(0, 3000), st.integers(1, 1200),
+       st.sampled_from(["intel-vtd", "smmuv3-4k", "smmuv3-16k"]))
+def test_range_queries_match_page_walks(pages, lo_pg, n_pg, preset):
+    """find_mapped / first_unmapped (table walks) agree with one lookup per granule."""
+    dom = DmaDomain(preset)
+    g = dom.granule
+    pt = dom.iommu.pgtable
+    base = 0x4000_0000
+    for p in sorted(pages):
+        assert dom.iommu.iommu_map(base + p * g, 0x1_0000_0000 + p * g, g, 3) == 0
+    # one large page too, where the preset allows it
+    big = max(dom.iommu.pgtable.block_sizes[-2], g)
+    dom.iommu.iommu_map(base + 0x4000 * g, 0x2_0000_0000, big, 3)
+    lo, hi = base + lo_pg * g, base + (lo_pg + n_pg) * g
+    brute = [a for a in range(lo, hi, g) if pt.lookup(a) is not None]
+    assert pt.find_mapped(lo, hi, 16) == brute[:16]
+    holes = [a for a in range(lo, hi, g) if pt.lookup(a) is None]
+    assert pt.first_unmapped(lo, hi) == (holes[0] if holes else None)
+    big_lo = base + 0x4000 * g
+    assert pt.first_unmapped(big_lo, big_lo + big) is None
+    assert pt.find_mapped(big_lo + big - g, big_lo + big + g, 4) == [big_lo + big - g]

@@ -247,18 +247,17 @@ class _Hmm:
         link, _ = self.bulk
         m = self.map
         mapped = np.frombuffer(m.mapped, dtype=np.uint8)
-        for i in range(0, len(seq), _BULK_CHUNK):
-            chunk = seq[i:i + _BULK_CHUNK]
-            # only the first fault of an entry does work (later ones return the address at once);
-            # within a batch the order of distinct entries changes neither page tables nor counters
-            new = chunk[mapped[chunk] == 0]
-            if len(new) > 1 and not self.unique_faults:
-                new = np.unique(new)
-            if len(new):
-                phys = self._phys(new)
-                link(self.ctx.dev, m.state, phys, new * self.entry, self.entry, DMA_BIDIRECTIONAL)
-                mapped[new] = 1
-                m.nmapped += len(new)
+        # only the first fault of an entry does work (later ones return the address at once); one
+        # batch for the whole sequence, in fault order
+        perm = np.argsort(seq, kind="stable")
+        ss = seq[perm]
+        first = perm[np.concatenate(([True], ss[1:] != ss[:-1]))]  # first fault of each entry
+        new = seq[np.sort(first)]
+        new = new[mapped[new] == 0]
+        if len(new):
+            link(self.ctx.dev, m.state, self._phys(new), new * self.entry, self.entry, DMA_BIDIRECTIONAL)
+            mapped[new] = 1
+            m.nmapped += len(new)
 
     def _phys(self, idx: np.ndarray) -> np.ndarray:
         m = self.map
