@@ -1,0 +1,187 @@
+"""widgets: panels driven headlessly through .value, Button.click() and set_state() (as a browser would)."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+
+from iovalab import explain, widgets  # noqa: E402
+
+
+def iova_len(panel) -> str:
+    m = re.search(r"IOVA length = iova_align\(size \+ off\)</td><td>(0x[0-9a-f]+)<", panel.text.value)
+    assert m, panel.text.value
+    return m.group(1)
+
+
+# --- granule explorer ------------------------------------------------------------------------------
+def test_granule_4k_to_64k_changes_iova_length():
+    g = widgets.GranuleExplorer(granule=0x1000, phys=0x1234, size=0x3000)
+    assert iova_len(g) == "0x4000"
+    first = g.image.value
+    g.granule.value = 0x10000
+    assert iova_len(g) == "0x10000"
+    assert "0xffff1234" in g.text.value                  # dma_map_page's address on a fresh 64K domain
+    assert g.image.value != first and bytes(g.image.value).startswith(b"\x89PNG")
+
+
+def test_granule_explorer_set_state_like_a_browser():
+    g = widgets.GranuleExplorer()
+    g.granule.set_state({"index": 1})                    # a Dropdown change from the front end
+    assert g.granule.value == 0x4000 and iova_len(g) == "0x8000"
+    g.size.set_state({"value": "0x100"})
+    assert iova_len(g) == "0x4000"
+    g.phys.set_state({"value": "16K"})                   # units are accepted
+    assert "<td>phys</td><td>0x4000</td>" in g.text.value
+
+
+def test_granule_explorer_bad_input_is_reported_not_raised():
+    g = widgets.GranuleExplorer()
+    before = g.footprint
+    g.phys.value = "twelve"
+    assert 'class="iovalab-err"' in g.text.value and "'twelve' is not a number" in html.unescape(g.text.value)
+    assert g.footprint is before
+    g.phys.value = "0x1234"
+    g.size.value = "0"
+    assert "must be &gt; 0" in g.text.value
+    g.phys.value, g.size.value = "0x1234", "0x3000"
+    assert iova_len(g) == "0x4000"
+
+
+# --- mask explorer ---------------------------------------------------------------------------------
+def test_mask_explorer_fallback_and_failure():
+    m = widgets.MaskExplorer(mask_bits=64, count=6, free_below_4g=0x4000)
+    assert "Using 48-bit DMA addresses" in m.text.value
+    assert "0xfffffffff000" in m.text.value
+    m.mask_bits.value = 32
+    assert "Using" not in m.text.value
+    assert "2 allocation(s) failed" in m.text.value and "max32_alloc_size" in m.text.value
+    m.forcedac.value = True                              # a 32-bit limit never tries 32-bit-first anyway
+    assert "2 allocation(s) failed" in m.text.value
+
+
+def test_mask_explorer_controls_via_set_state():
+    m = widgets.MaskExplorer(mask_bits=64, count=2, free_below_4g=None)
+    assert m.walk.allocs[0].iova == 0xFFFFF000
+    m.forcedac.set_state({"value": True})
+    assert m.walk.allocs[0].iova == 0xFFFFFFFFF000
+    m.mask_bits.set_state({"index": explain.MASK_BITS.index(40)})
+    assert m.walk.allocs[0].iova == 0xFFFFFFF000
+    m.bus_limit.set_state({"index": 2})                  # 36 bits
+    assert m.walk.allocs[0].iova == 0xFFFFFF000
+    m.count.set_state({"value": 5})
+    assert len(m.walk.allocs) == 5
+    m.count.value = 99                                   # clamps to the slider's max, does not raise
+    assert len(m.walk.allocs) == 16
+    m.granules.value = 3                                 # rounded to 4 granules: 4-aligned
+    assert m.walk.allocs[0].size == 0x3000 and m.walk.allocs[0].iova % 0x4000 == 0
+
+
+# --- scenario player -------------------------------------------------------------------------------
+def shown(p) -> str:
+    return re.search(r"step (\d+) of (\d+)", p.text.value).group(0)
+
+
+def test_player_buttons_slider_and_play():
+    p = widgets.ScenarioPlayer("nvme-spec-example", "iova")
+    n = len(p.rec.bounds) - 1
+    assert shown(p) == f"step 0 of {n}"
+    p.next.click()
+    assert p.step.value == 1 and shown(p) == f"step 1 of {n}"
+    assert "dma_iova_try_alloc" in p.text.value
+    p.last.click()
+    assert shown(p) == f"step {n} of {n}" and "dma_iova_destroy" in p.text.value
+    p.back.click()
+    assert shown(p) == f"step {n - 1} of {n}"
+    p.first.click()
+    assert shown(p) == f"step 0 of {n}"
+    p.back.click()                                      # clamps at 0
+    assert p.step.value == 0
+    p.step.value = 3
+    assert shown(p) == f"step 3 of {n}" and "dma_iova_link" in p.text.value
+    p.step.set_state({"value": 2})                      # a slider drag from the front end
+    assert shown(p) == f"step 2 of {n}"
+    p.play.value = 5                                    # Play is linked to the slider
+    assert p.step.value == 5 and shown(p) == f"step 5 of {n}"
+
+
+def test_player_images_change_with_the_step():
+    p = widgets.ScenarioPlayer("nvme-spec-example", "page")
+    a = p.image.value
+    p.next.click()
+    assert p.image.value != a
+
+
+def test_player_workload_path_lazy_unit():
+    p = widgets.ScenarioPlayer("nvme-spec-example", "sg")
+    p.workload.value = "hmm-256k-strided"                # no sg path for HMM: the path follows
+    assert tuple(p.path.options) == ("page", "iova") and p.path.value == "page"
+    assert p.rec.workload == "hmm-256k-strided" and p.step.value == 0
+    p.workload.value = "demo:pages-8"
+    p.path.value = "page"
+    p.lazy.value = True
+    assert "lazy (DMA-FQ)" in p.text.value
+    p.last.click()
+    assert "fq_flush_timeout" in p.text.value
+    p.back.click()
+    assert "stale" in p.text.value and "(8 stale)" in p.text.value
+    p.unit.set_state({"index": 1})                        # single events
+    assert p.step.max == len(p.rec.events) - p.rec.setup
+    p.step.value = 1
+    assert "1 event(s)" in p.text.value
+
+
+def test_player_rejects_unknown_workload():
+    with pytest.raises(ValueError):
+        widgets.ScenarioPlayer("no-such-workload")
+
+
+def test_compare_players_share_workload_and_mode():
+    c = widgets.ComparePlayers("nvme-spec-example", ("page", "iova"))
+    assert c.left.rec.path == "page" and c.right.rec.path == "iova"
+    c.workload.value = "nvme-128k-scattered"
+    assert c.left.rec.workload == c.right.rec.workload == "nvme-128k-scattered"
+    c.lazy.value = True
+    assert not c.left.rec.strict and not c.right.rec.strict
+    c.right.last.click()
+    assert c.right.step.value == c.right.step.max and c.left.step.value == 0
+
+
+# --- comparisons -----------------------------------------------------------------------------------
+def test_path_comparison_text_and_modelled_label():
+    pc = widgets.PathComparison("nvme-128k-scattered")
+    t = pc.text.value
+    assert "modelled" in t and "not a measurement" in t
+    row = re.search(r"<td>iova_allocs</td><td>(\d+)</td><td>(\d+)</td><td>(\d+)</td>", t)
+    assert row.groups() == ("32", "1", "1")
+    first = pc.image.value
+    pc.cost_preset.value = "arm-smmuv3"
+    assert "arm-smmuv3" in pc.text.value and pc.image.value != first
+    pc.workload.set_state({"index": pc.workload.options.index("demo:pages-8")})
+    assert re.search(r"<td>iova_allocs</td><td>8</td>", pc.text.value)
+
+
+def test_scaling_explorer():
+    s = widgets.ScalingExplorer("iova_allocs")
+    assert "<th>page: iova_allocs</th>" in s.text.value
+    assert re.search(r"<tr><td>1024</td><td>1024</td><td>1</td><td>1</td>", s.text.value)
+    s.contiguous.value = True
+    s.kind.value = "iommu_map_calls"
+    assert re.search(r"<tr><td>1024</td><td>1024</td><td>1</td><td>1024</td>", s.text.value)
+
+
+def test_plain_functions_give_what_the_panels_show():
+    g = widgets.GranuleExplorer(granule=0x4000, phys=0x10, size=0x10)
+    assert g.text.value == widgets.footprint_html(explain.footprint(0x4000, 0x10, 0x10))
+    m = widgets.MaskExplorer(mask_bits=40, count=3, free_below_4g=None)
+    assert m.text.value == widgets.mask_html(explain.mask_walk(40, count=3))
+    p = widgets.ScenarioPlayer("nvme-4k-read", "page")
+    p.step.value = 1
+    rec = explain.record("nvme-4k-read", "page")
+    assert p.text.value == widgets.step_html(rec, 1, rec.state(1))

@@ -1,0 +1,40 @@
+"""Every combination of every Dropdown of the comparison panels renders without an exception, shows a PNG
+and no error (one refresh per combination, set inside ``panel.batch()``)."""
+
+from __future__ import annotations
+
+import itertools
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from iovalab import widgets  # noqa: E402
+
+
+def ok(panel) -> None:
+    assert 'class="iovalab-err"' not in panel.text.value, panel.text.value
+    assert bytes(panel.image.value).startswith(b"\x89PNG")
+
+
+def options(dropdown) -> list:
+    return [o[1] if isinstance(o, tuple) else o for o in dropdown.options]
+
+
+def test_sweep_path_comparison():
+    pc = widgets.PathComparison()
+    for workload, lazy, cp in itertools.product(options(pc.workload), (False, True), options(pc.cost_preset)):
+        with pc.batch():
+            pc.workload.value, pc.lazy.value, pc.cost_preset.value = workload, lazy, cp
+        ok(pc)
+        assert cp in pc.text.value
+
+
+def test_sweep_scaling_explorer():
+    s = widgets.ScalingExplorer()
+    for contiguous, lazy, cp, kind in itertools.product((False, True), (False, True), options(s.cost_preset),
+                                                        options(s.kind)):
+        with s.batch():
+            s.contiguous.value, s.lazy.value, s.cost_preset.value, s.kind.value = contiguous, lazy, cp, kind
+        ok(s)
+        assert f"<th>page: {kind}</th>" in s.text.value
