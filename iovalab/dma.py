@@ -519,11 +519,8 @@ class DmaDomain:
             dma_addr += s_iova_len
             if s_len + s_iova_off < s_iova_len:
                 cur_len = 0
-        for i, s in enumerate(sgl):
-            if i < count:
-                s.dma_address, s.dma_length = out[i]
-            else:
-                s.dma_address, s.dma_length = 0, 0
+        for i, s in enumerate(sgl):  # entries past the last output segment keep the reset values
+            s.dma_address, s.dma_length = out[i] if i < count else (DMA_MAPPING_ERROR, 0)
         return count
 
     def dma_unmap_sg(self, dev: Device, sgl: list[ScatterEntry], dir: int = DMA_BIDIRECTIONAL,

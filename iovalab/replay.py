@@ -42,7 +42,7 @@ from .ftrace import (
 )
 from .iommu import IommuDomain, IotlbGather
 from .iova import IOVA_DEPOT_DELAY_MS, IOVA_RANGE_CACHE_MAX_SIZE
-from .units import DMA_BIT_MASK, iova_align
+from .units import DMA_BIT_MASK, DMA_MAPPING_ERROR, iova_align
 
 __all__ = ["Allocation", "PhaseResult", "ReplayResult", "reconstruct", "replay_capture", "events_to_ftrace",
            "export_ftrace", "cli"]
@@ -157,8 +157,8 @@ def reconstruct(cap: FtraceCapture) -> list[tuple]:
                 steps.append(("alloc", a))
         elif ev in _DMA_MAP_EVENTS:
             opened = open_by_cpu.get(ln.cpu)
-            if opened:
-                f = ln.fields
+            f = ln.fields
+            if opened and f.get("dma_addr") != DMA_MAPPING_ERROR:  # a failed map allocated nothing
                 addr = f.get("dma_addr")
                 if addr is None and f.get("dma_addrs"):
                     addr = f["dma_addrs"][0]
