@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("handout", help="render the executed book to static HTML")
     h.add_argument("--out", default="build/handout")
+    h.add_argument("--only", action="append", metavar="NAME[,NAME...]",
+                   help="build only these notebooks (names or shell patterns; repeatable)")
     h.set_defaults(func=_delegate("handout", "cli"))
     return p
 

@@ -1,0 +1,371 @@
+"""The book in a real browser: JupyterLab and Voila driven by Playwright in Debian's Chromium.
+
+- ``test_jupyterlab_granule_explorer``: JupyterLab on a free 127.0.0.1 port with a token opens
+  ``01-iova-granule-and-offset.ipynb``, runs all cells, switches the granule explorer's Dropdown from 4K to
+  64K and sees the IOVA length it shows change (0x4000 -> 0x10000 for phys 0x1234, size 0x3000).
+- ``test_voila_granule_explorer``: the same notebook as a Voila app (code hidden), same interaction.
+
+Screenshots go to ``tests/artifacts/`` (git-ignored). Without a Chromium these tests skip, saying why;
+with ``CI=true`` they fail instead. Each test runs its own server with its own port, token, Jupyter
+directories and Chromium profile, in its own xdist group, and always stops the server (SIGTERM to its
+process group, wait, SIGKILL if it lingers).
+
+JupyterLab serves a *copy* of ``notebooks/`` (``data/`` linked next to it) with autosave off, so running
+the book in the browser can never write outputs into the committed notebooks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import jupyter_env
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = "01-iova-granule-and-offset.ipynb"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+# the 4K -> 64K footprint of phys 0x1234, size 0x3000: iova_align(granule, iova_offset + size)
+EXPECTED = {"4K": "0x4000", "64K": "0x10000"}
+
+pytestmark = pytest.mark.browser
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def _chromium() -> str | None:
+    """$IOVALAB_CHROMIUM when set (only it), else Debian's /usr/bin/chromium or one on PATH."""
+    if "IOVALAB_CHROMIUM" in os.environ:
+        cands = [os.environ["IOVALAB_CHROMIUM"]]
+    else:
+        cands = ["/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")]
+    return next((c for c in cands if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+
+
+def _skip_or_fail(msg: str) -> None:
+    if _ci():
+        pytest.fail(msg + " -- CI=true, so this is a failure, not a skip")
+    pytest.skip(msg)
+
+
+@pytest.fixture
+def chromium() -> str:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as e:
+        _skip_or_fail(f"Playwright is not importable ({e}); pip install -e '.[dev]'")
+    exe = _chromium()
+    if exe is None:
+        _skip_or_fail("no Chromium found (looked for $IOVALAB_CHROMIUM, else /usr/bin/chromium, chromium, "
+                      "chromium-browser on PATH); install Debian's: apt-get install -y chromium")
+    return exe
+
+
+@pytest.fixture
+def notebook_path() -> Path:
+    path = ROOT / "notebooks" / NOTEBOOK
+    if not path.exists():
+        pytest.fail(f"{path} does not exist")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def _http_status(url: str) -> int | None:
+    """Status of a GET without following redirects (a redirect to "/" would start a Voila kernel)."""
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=5)
+    try:
+        conn.request("GET", u.path + (f"?{u.query}" if u.query else ""))
+        return conn.getresponse().status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+@contextmanager
+def _server(argv: list[str], *, env: dict[str, str], cwd: Path, log: Path, ready_url: str,
+            ready_status: tuple[int, ...] = (200,), timeout: float = 90):
+    """Start a server in its own process group; yield once ``ready_url`` answers; always stop it."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            if _http_status(ready_url) in ready_status:
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready after {timeout} s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.3)
+        yield proc
+    finally:
+        _stop(proc)
+
+
+try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+except ImportError:   # conftest skips collecting this module then, unless CI=true
+    PlaywrightTimeout = TimeoutError
+
+
+@contextmanager
+def _browser(exe: str, profile: Path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(profile), executable_path=exe, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 1400})
+        try:
+            yield ctx.pages[0] if ctx.pages else ctx.new_page()
+        finally:
+            ctx.close()
+
+
+def _root_args() -> list[str]:
+    return ["--allow-root"] if os.geteuid() == 0 else []
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- interacting with the granule explorer (same DOM in JupyterLab and Voila) --------------------
+
+def _explorer(page, timeout_ms: int):
+    """The granule Dropdown's <select> and the output area that holds it (its HTML/Label text)."""
+    select = page.locator(".widget-dropdown select").filter(
+        has=page.locator("option", has_text=re.compile(r"^\s*64\s*K", re.I))).first
+    select.wait_for(state="attached", timeout=timeout_ms)
+    # JupyterLab 4 skips rendering cells out of view (content-visibility), and innerText reads rendering
+    select.scroll_into_view_if_needed()
+    select.wait_for(state="visible", timeout=timeout_ms)
+    box = select.locator("xpath=ancestor::*[contains(concat(' ', @class, ' '), ' jp-OutputArea-output ')][1]")
+    if not box.count() or not _iova_length(box.inner_text()):
+        box = page.locator("body")   # controls and readout in different outputs: watch the whole page
+    return box, select
+
+
+def _option_label(select, rx: str) -> str:
+    """The label of the first option that starts with ``rx`` (r"4\\s*K" finds "4 KiB (0x1000)")."""
+    labels = [o.inner_text().strip() for o in select.locator("option").all()]
+    for label in labels:
+        if re.match(rx, label, re.I):
+            return label
+    pytest.fail(f"no option matching {rx!r} in the granule Dropdown: {labels}")
+
+
+def _iova_length(text: str) -> str | None:
+    """The last hex number on the line that names the IOVA length ("IOVA length = ...\t0x4000")."""
+    for line in text.splitlines():
+        if re.search(r"\bIOVA[\s_]+len(gth)?\b", line, re.I):
+            hexes = re.findall(r"0x[0-9a-f]+", line, re.I)
+            if hexes:
+                return hexes[-1].lower()
+    return None
+
+
+def _wait_for_length(page, box, expected: str, timeout_ms: int) -> str:
+    """Poll the explorer's text until the IOVA length it shows is ``expected``; return that text."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        text = box.inner_text()
+        if _iova_length(text) == expected:
+            return text
+        if time.monotonic() > deadline:
+            pytest.fail(f"the explorer never showed IOVA length {expected}; it shows:\n{text}")
+        page.wait_for_timeout(100)
+
+
+def _settle(page, box, quiet_ms: int = 600, timeout_ms: int = 15_000) -> None:
+    """Wait until the explorer's images stop changing (the figure arrives after the table), so the
+    screenshot shows one consistent state."""
+    srcs = "el => Array.from(el.querySelectorAll('img')).map(i => i.src).join(' ')"
+    last, stable_since, deadline = None, time.monotonic(), time.monotonic() + timeout_ms / 1000
+    while time.monotonic() < deadline:
+        now = box.evaluate(srcs)
+        if now != last:
+            last, stable_since = now, time.monotonic()
+        elif time.monotonic() - stable_since >= quiet_ms / 1000:
+            return
+        page.wait_for_timeout(100)
+
+
+def _change_granule_and_check(page, shot: Path, timeout_ms: int = 60_000) -> tuple[str, str]:
+    box, select = _explorer(page, timeout_ms)
+    small, big = _option_label(select, r"4\s*K"), _option_label(select, r"64\s*K")
+    # the explorer's phys/size boxes (if it has them): the buffer of the expected numbers
+    for label, value in (("phys", "0x1234"), ("size", "0x3000")):
+        entry = box.locator(".widget-text").filter(
+            has=page.locator(".widget-label", has_text=re.compile(rf"^\s*{label}\s*$", re.I))).locator("input")
+        if entry.count():
+            entry.first.fill(value)
+            entry.first.press("Enter")
+    if select.evaluate("s => s.options[s.selectedIndex].text").strip() != small:
+        select.select_option(label=small)
+    before = _wait_for_length(page, box, EXPECTED["4K"], timeout_ms)
+    _settle(page, box)
+    select.scroll_into_view_if_needed()
+    page.screenshot(path=str(shot.with_name(shot.name.replace("64K", "4K"))), full_page=True)
+    select.select_option(label=big)
+    try:
+        after = _wait_for_length(page, box, EXPECTED["64K"], timeout_ms)
+        _settle(page, box)
+    finally:   # JupyterLab scrolls inside the notebook panel: bring the explorer into the picture
+        select.scroll_into_view_if_needed()
+        page.screenshot(path=str(shot), full_page=True)
+    assert after != before
+    return before, after
+
+
+# --- JupyterLab --------------------------------------------------------------------------------------
+
+LAB_OVERRIDES = {
+    "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False},
+    "@jupyterlab/docmanager-extension:plugin": {"autosave": False},
+}
+
+
+def _lab_wait_idle(page, timeout_ms: int) -> None:
+    """Wait until the kernel is idle in both the toolbar indicator and the status bar. A notebook
+    without kernelspec metadata first asks which kernel to start: take the default (the venv's python3)."""
+    idle = page.locator(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status='idle']")
+    status_idle = page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\|\s*Idle"))
+    select_kernel = page.locator(".jp-Dialog", has_text="Select Kernel").locator(
+        "button", has_text=re.compile(r"^\s*Select\s*$"))
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not (idle.count() and status_idle.count() and status_idle.first.is_visible()):
+        if time.monotonic() > deadline:
+            pytest.fail("the notebook's kernel never became idle; status bar: "
+                        + page.locator(".jp-StatusBar-Left").inner_text())
+        if select_kernel.count():
+            select_kernel.first.click()
+        page.wait_for_timeout(200)
+
+
+def _lab_run_all(page, timeout_ms: int = 180_000) -> None:
+    """Run All Cells the way that proved reliable here: wait for the toolbar's idle indicator and the
+    status bar's "Idle", then Run All; if the first code cell's prompt has not left "[ ]" a few seconds
+    later (the run was silently dropped), do it again. Then wait for the prompt's number. The prompt is
+    read with textContent: once scrolled out of view, a cell is not rendered and its innerText is empty."""
+    prompt = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt").first
+    for _attempt in range(5):
+        _lab_wait_idle(page, timeout_ms)
+        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+        try:   # started: "[*]" or already "[1]"
+            page.wait_for_function("el => /\\[(\\*|\\d+)\\]/.test(el.textContent)",
+                                   arg=prompt.element_handle(), timeout=8_000)
+        except PlaywrightTimeout:
+            continue
+        page.wait_for_function("el => /\\[\\d+\\]/.test(el.textContent)", arg=prompt.element_handle(),
+                               timeout=timeout_ms)
+        return
+    pytest.fail("Run All Cells never started the first code cell (5 attempts)")
+
+
+@pytest.mark.xdist_group("browser-jupyterlab")
+def test_jupyterlab_granule_explorer(tmp_path, chromium, notebook_path, record_property):
+    t0 = time.perf_counter()
+    ARTIFACTS.mkdir(exist_ok=True)
+    before_sha = _sha(notebook_path)
+    book = tmp_path / "book"
+    shutil.copytree(ROOT / "notebooks", book / "notebooks",
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    (book / "data").symlink_to(ROOT / "data", target_is_directory=True)
+    settings = tmp_path / "app-settings"
+    settings.mkdir()
+    (settings / "overrides.json").write_text(json.dumps(LAB_OVERRIDES))
+    env = dict(os.environ, **jupyter_env(tmp_path / "home"))
+    port, token = _free_port(), secrets.token_hex(16)
+    argv = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={book}",
+            f"--LabServerApp.app_settings_dir={settings}", "--ServerApp.port_retries=0", *_root_args()]
+    base = f"http://127.0.0.1:{port}"
+    with _server(argv, env=env, cwd=book, log=tmp_path / "jupyterlab.log",
+                 ready_url=f"{base}/api/status?token={token}"):
+        # the token is required: without it the API answers 403
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{base}/api/status", timeout=5)
+        assert e.value.code == 403
+        with _browser(chromium, tmp_path / "chromium-profile") as page:
+            try:
+                page.goto(f"{base}/lab/tree/notebooks/{NOTEBOOK}?token={token}", timeout=60_000)
+                page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+                _lab_run_all(page)
+                before, after = _change_granule_and_check(page, ARTIFACTS / "jupyterlab-01-granule-64K.png")
+            except BaseException:
+                page.screenshot(path=str(ARTIFACTS / "jupyterlab-failure.png"))
+                raise
+            print("JupyterLab explorer, 4K:", before.replace("\n", " | "))
+            print("JupyterLab explorer, 64K:", after.replace("\n", " | "))
+    assert _sha(notebook_path) == before_sha, "the committed notebook was modified by the browser run"
+    seconds = time.perf_counter() - t0
+    record_property("iovalab_timing", ("browser JupyterLab", seconds))
+    print(f"JupyterLab browser test: {seconds:.1f} s")
+
+
+# --- Voila ---------------------------------------------------------------------------------------------
+
+@pytest.mark.xdist_group("browser-voila")
+def test_voila_granule_explorer(tmp_path, chromium, notebook_path, record_property):
+    t0 = time.perf_counter()
+    ARTIFACTS.mkdir(exist_ok=True)
+    env = dict(os.environ, **jupyter_env(tmp_path / "home"))
+    port = _free_port()
+    argv = [sys.executable, "-m", "voila", str(notebook_path), "--no-browser", f"--port={port}",
+            "--Voila.ip=127.0.0.1", "--Voila.port_retries=0"]
+    base = f"http://127.0.0.1:{port}"
+    with _server(argv, env=env, cwd=ROOT, log=tmp_path / "voila.log", ready_url=f"{base}/api/status",
+                 ready_status=(200, 302, 403)):
+        with _browser(chromium, tmp_path / "chromium-profile") as page:
+            page.goto(base + "/", timeout=120_000)
+            before, after = _change_granule_and_check(page, ARTIFACTS / "voila-01-granule-64K.png",
+                                                      timeout_ms=120_000)
+            # Voila hides code: no code cell input is on the page
+            assert page.locator(".jp-InputArea-editor, .jp-CodeMirrorEditor").count() == 0
+            print("Voila explorer, 4K:", before.replace("\n", " | "))
+            print("Voila explorer, 64K:", after.replace("\n", " | "))
+    seconds = time.perf_counter() - t0
+    record_property("iovalab_timing", ("browser Voila", seconds))
+    print(f"Voila browser test: {seconds:.1f} s")

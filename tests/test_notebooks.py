@@ -1,0 +1,135 @@
+"""The book runs: every notebook top to bottom in a fresh kernel, and every notebook is shaped like a chapter.
+
+- ``test_notebook_runs[NAME]``: executes ``notebooks/NAME`` with nbclient in a fresh ``python3`` kernel that
+  is this venv's interpreter (checked from inside the kernel), cwd = ``notebooks/``, with the Jupyter
+  directories isolated under a temporary folder. A cell that raises fails the test with the notebook name,
+  the cell number, its source and the error, unless the cell is tagged ``raises-exception``
+  (``skip-execution`` cells are skipped, as nbclient does). The seconds are printed and listed in the
+  session summary; only a generous per-cell timeout limits them.
+- ``test_notebook_is_stripped[NAME]``: the file as committed has no outputs, no execution counts and no
+  saved widget state.
+- ``test_notebook_has_chapter_shape[NAME]``: the first markdown cell says what you will learn, the
+  prerequisites and a time estimate; a "Self-check" heading with at least two questions closes the notebook.
+
+Notebooks are found by globbing ``notebooks/*.ipynb`` at collection time: a new notebook is a new test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NB_DIR = ROOT / "notebooks"
+NOTEBOOKS = sorted(p.name for p in NB_DIR.glob("*.ipynb"))
+CELL_TIMEOUT = int(os.environ.get("IOVALAB_CELL_TIMEOUT", "600"))   # generous: a hang, not a slow cell
+STARTUP_TIMEOUT = 120
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_PROBE = "import sys as _s; print(repr((_s.executable, _s.prefix)))"
+
+
+def _read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(NB_DIR / name, as_version=4)
+
+
+def _error_message(name: str, index: int, cell, err) -> str:
+    errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+    if errors:
+        e = errors[-1]
+        detail = _ANSI.sub("", "\n".join(e.get("traceback", []))) or f"{e.get('ename')}: {e.get('evalue')}"
+    else:
+        detail = _ANSI.sub("", str(err))
+    number = sum(1 for c in _read(name).cells[: index + 1] if c.cell_type == "code")
+    return (f"{name}: cell {index} (code cell #{number}) raised\n"
+            f"---- source ----\n{cell.source}\n---- error ----\n{detail}")
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs(name, isolated_jupyter, record_property):
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    nb = _read(name)
+    probe = nbformat.v4.new_code_cell(_PROBE)
+    nb.cells.append(probe)  # in memory only: runs last, in the same kernel
+    current = {"index": 0}
+
+    def on_cell_start(cell, cell_index):
+        current["index"] = cell_index
+
+    client = NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT,
+                            startup_timeout=STARTUP_TIMEOUT, allow_errors=False,
+                            resources={"metadata": {"path": str(NB_DIR)}},
+                            on_cell_start=on_cell_start)
+    failure = None
+    t0 = time.perf_counter()
+    try:
+        client.execute()
+    except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
+        i = current["index"]
+        failure = (_error_message(name, i, nb.cells[i], err) if i < len(nb.cells) - 1
+                   else f"{name}: the kernel failed after the last cell: {err}")
+    finally:
+        seconds = time.perf_counter() - t0
+        record_property("iovalab_timing", (f"notebook {name}", seconds))
+        print(f"{name}: {seconds:.1f} s")
+    if failure:
+        pytest.fail(failure, pytrace=False)
+
+    text = "".join(o.get("text", "") for o in probe.outputs if o.get("output_type") == "stream")
+    executable, prefix = eval(text.strip())  # noqa: S307 - our own repr of two strings
+    assert Path(prefix).resolve() == Path(sys.prefix).resolve(), (
+        f"{name} ran in {executable} (prefix {prefix}), not this venv's python {sys.executable}")
+    assert Path(executable).resolve() == Path(sys.executable).resolve(), executable
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_stripped(name):
+    """Committed notebooks carry no outputs, execution counts or widget state (strip before committing)."""
+    nb = _read(name)
+    dirty = [i for i, c in enumerate(nb.cells)
+             if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
+    assert not dirty, f"{name}: cells {dirty} have outputs or execution counts; clear them before committing"
+    assert "widgets" not in nb.metadata, f"{name}: saved widget state in the notebook metadata"
+
+
+# --- chapter shape ----------------------------------------------------------------------------------
+
+_LEARN = re.compile(r"\b(you(?:'ll| will)\s+(?:learn|see|be able)|learn(?:ing)?\b|goals?\b|objectives?\b"
+                    r"|by the end|what you will)", re.I)
+_PREREQ = re.compile(r"\b(pre-?requisites?|prereqs?\b|requires?\b|assumes?\b|before (?:you )?(?:start|begin)"
+                     r"|you (?:should|need to) (?:know|have)|background\b|read (?:first|before))", re.I)
+_TIME = re.compile(r"\b\d+(?:\s*(?:-|–|to)\s*\d+)?\s*(?:min(?:ute)?s?|h(?:ours?|rs?)?)\b\.?", re.I)
+_SELF_CHECK = re.compile(r"^\s{0,3}#{1,6}\s*.*\bself[-\s]?check", re.I | re.M)
+_QUESTION = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+\S|\?\s*\**\s*$")   # a list item, or a line ending in "?"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_has_chapter_shape(name):
+    nb = _read(name)
+    md = [(i, c.source) for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.strip()]
+    assert md, f"{name}: no markdown cells"
+    first_i, first = md[0]
+    assert first_i <= 1, f"{name}: the notebook should open with its markdown introduction"
+    missing = [what for what, rx in (("what you will learn", _LEARN), ("prerequisites", _PREREQ),
+                                     ("a time estimate (e.g. '20 min')", _TIME)) if not rx.search(first)]
+    assert not missing, f"{name}: the first markdown cell does not state {', '.join(missing)}:\n{first}"
+
+    heads = [i for i, src in md if _SELF_CHECK.search(src)]
+    assert heads, f"{name}: no 'Self-check' heading"
+    start = heads[-1]
+    tail_window = max(4, len(nb.cells) // 4)
+    assert start >= len(nb.cells) - tail_window, (
+        f"{name}: the Self-check heading is in cell {start} of {len(nb.cells)}; it belongs to the last part")
+    tail = "\n".join(c.source for c in nb.cells[start:] if c.cell_type == "markdown")
+    tail = _SELF_CHECK.sub("", tail, count=1)
+    n_questions = sum(1 for line in tail.splitlines() if _QUESTION.search(line))
+    assert n_questions >= 2, f"{name}: the Self-check part holds {n_questions} question(s); expected at least 2"
