@@ -31,8 +31,8 @@ from .units import (
 )
 from .explain_steps import (
     DEMO_WORKLOADS, LEADING_EVENTS, PATH_TITLES, PATHS, PLAYER_PRESETS, PLAYER_VARIANTS, Recording, StepState,
-    Timeline, player_workloads, preset_dict, record, recording_state, run_segments, state_at, step_bounds,
-    workload_paths,
+    Timeline, describe_events, hexify, player_workloads, preset_dict, record, recording_state, run_segments, state_at,
+    step_bounds, workload_paths,
 )
 
 __all__ = [
@@ -40,7 +40,7 @@ __all__ = [
     "MASK_BITS", "BUS_LIMIT_BITS", "MaskAlloc", "MaskWalk", "preset_granule", "mask_walk",
     "PATHS", "PATH_TITLES", "DEMO_WORKLOADS", "run_segments", "Recording", "record", "LEADING_EVENTS",
     "step_bounds", "PLAYER_VARIANTS", "PLAYER_PRESETS", "preset_dict", "player_workloads", "workload_paths",
-    "StepState", "state_at", "Timeline", "recording_state",
+    "StepState", "state_at", "Timeline", "recording_state", "describe_events", "hexify",
     "COST_PRESET", "path_totals", "compare_paths", "COMPARE_PRESETS", "compare_workloads", "compare_workload",
     "scattered_pages", "scaling", "with_cost_preset",
 ]
@@ -51,6 +51,11 @@ GRANULE_PRESETS = {SZ_4K: "smmuv3-4k", SZ_16K: "smmuv3-16k", SZ_64K: "smmuv3-64k
 
 #: ``IOVA_RANGE_CACHE_MAX_SIZE`` (iova.c): sizes below ``1 << (6 - 1)`` granules are rounded up.
 _RCACHE_BINS = 6
+
+
+def _lines(rows) -> str:
+    w = max(len(a) for a, _ in rows)
+    return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)
 
 
 def _check_granule(granule: int) -> None:
@@ -108,6 +113,10 @@ class Footprint:
     def waste(self) -> int:
         """Bytes of the node that are allocated but never mapped (power-of-two rounding)."""
         return self.node_bytes - self.iova_len
+
+    def describe(self) -> str:
+        """:meth:`rows` as aligned text lines (for ``print`` in a cell)."""
+        return _lines(self.rows())
 
     def rows(self) -> list[tuple[str, str]]:
         """``[(label, value), ...]`` in display order, numbers in hex (what the widget shows)."""
@@ -246,6 +255,16 @@ class MaskWalk:
     @property
     def failures(self) -> int:
         return sum(1 for a in self.allocs if not a.iova)
+
+    def describe(self) -> str:
+        """The set-up and one line per allocation, as text (for ``print`` in a cell)."""
+        out = [_lines(self.rows()), ""]
+        for a in self.allocs:
+            where = hex(a.iova) if a.iova else f"failed ({a.why})"
+            src = f" from the {a.source}" if a.source else ""
+            note = f"   <- dev_notice: {a.notice}" if a.notice else ""
+            out.append(f"#{a.index:<3} {where:<20} {a.attempt}{src}{note}")
+        return "\n".join(out)
 
     def rows(self) -> list[tuple[str, str]]:
         """Set-up lines for display (hex)."""
@@ -391,9 +410,8 @@ def compare_paths(segments, *, preset: str = "intel-vtd", strict: bool = True, r
 
 #: Workloads the path comparison offers: scenario presets that run in about a second or less
 #: (``data/scenarios``), then the demo workloads.
-COMPARE_PRESETS = ("nvme-spec-example", "nvme-unaligned-12k", "nvme-4k-read", "nvme-128k-scattered",
-                   "nvme-128k-scattered-sgl", "nvme-196k-read", "nvme-1m-direct", "hmm-16mib-strided",
-                   "vfio-migration-4mib")
+COMPARE_PRESETS = ("nvme-spec-example", "nvme-4k-read", "nvme-128k-scattered", "nvme-196k-read", "nvme-1m-direct",
+                   "hmm-16mib-strided", "vfio-migration-4mib")
 
 
 def compare_workloads() -> list[str]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "PATHS", "PATH_TITLES", "DEMO_WORKLOADS", "run_segments", "Recording", "record", "LEADING_EVENTS",
     "step_bounds", "PLAYER_VARIANTS", "PLAYER_PRESETS", "preset_dict", "player_workloads", "workload_paths",
-    "StepState", "state_at", "Timeline", "recording_state",
+    "StepState", "state_at", "Timeline", "recording_state", "describe_events", "hexify",
 ]
 
 PATHS = ("page", "sg", "iova")
@@ -138,6 +138,13 @@ class Recording:
             return self.labels[0]
         e = self.events[b[step] - 1]
         return f"{e.layer}: {e.func}"
+
+    def find(self, text: str, *, last: bool = False) -> int:
+        """Index of the first (or ``last``) step whose label contains ``text``; ValueError if none."""
+        hits = [i for i, lab in enumerate(self.labels) if text in lab]
+        if not hits:
+            raise ValueError(f"no step of {self.workload}/{self.path} mentions {text!r}")
+        return hits[-1] if last else hits[0]
 
     def state(self, step: int, unit: str = "call") -> StepState:
         """:class:`StepState` after step ``step`` (0-based, clamped), from a checkpointed replay."""
@@ -496,7 +503,7 @@ class _Replay:
             self.notices.append(f"dev_notice: {a.get('message', '')}")
         elif kind in ("warn", "contract"):
             self.notices.append(f"{kind.upper()} in {e.func}: {a.get('rule', '')}")
-        if touch and kind in ("iommu_map_calls", "iommu_unmap") and a.get("size"):
+        if touch and kind in ("iommu_map_calls", "iommu_unmap", "iotlb_syncs") and a.get("size"):
             touch(a["iova"], a["iova"] + a["size"])
 
     def state(self, k: int, current: list, changed: set, span: list) -> StepState:
@@ -590,3 +597,31 @@ def recording_state(rec: Recording, step: int, unit: str = "call") -> StepState:
     return rec.state(step, unit)
 
 
+def describe_events(events, *, limit: int | None = None) -> str:
+    """One line per event - the kernel function, its arguments and its result
+    (:meth:`~iovalab.events.Event.describe`) - indented by call depth, tagged with the layer, and with
+    the step kind after ``#`` when it is not a counter (``# rcache_miss``, ``# tree_free``, ``# warn``).
+    ``limit`` keeps the first ``limit`` lines and says how many were left out."""
+    events = list(events)
+    shown = events if limit is None else events[:limit]
+    from .events import COUNTER_KINDS
+
+    lines = [f"{'  ' * e.depth}[{e.layer}] {e.describe()}"
+             + ("" if e.kind in COUNTER_KINDS or e.kind == "step" else f"  # {e.kind}") for e in shown]
+    if len(shown) < len(events):
+        lines.append(f"... {len(events) - len(shown)} more event(s)")
+    return "\n".join(lines)
+
+
+def hexify(obj):
+    """``obj`` with every int (not bool) written as a hex string, through dicts, lists and tuples -
+    for printing driver views (PRP lists, MTT entries) the way the kernel's traces print them."""
+    if isinstance(obj, bool) or obj is None:
+        return obj
+    if isinstance(obj, int):
+        return hex(obj)
+    if isinstance(obj, dict):
+        return {k: hexify(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(hexify(v) for v in obj)
+    return obj

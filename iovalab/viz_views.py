@@ -175,7 +175,7 @@ class FootprintView(View):
         self.span_text = self.dyn(ax.text(0.5, 0.93, "", ha="center", va="bottom", fontsize=FONT))
         self.addr = self.dyn(ax.annotate("", xy=(0, 0.2), xytext=(0, -0.3), ha="center", va="top",
                                          fontsize=FONT, arrowprops=dict(arrowstyle="->", lw=0.8)))
-        self.xlabel = self.dyn(self.fig.text(0.37, 0.08, "", ha="center", fontsize=FONT))
+        self.xlabel = self.dyn(self.fig.text(0.37, 0.12, "", ha="center", fontsize=FONT))
         self.title = self.dyn(self.fig.text(0.37, 0.92, "", ha="center", fontsize=FONT + 1))
         self.fig.legend(handles=[Patch(facecolor=COLORS[c], edgecolor="black", hatch=h, label=label)
                                  for label, c, h in self._PARTS],

@@ -39,7 +39,9 @@ __all__ = [
     "footprint_html", "mask_html", "step_html", "compare_html", "scaling_html", "cached_record",
 ]
 
-_IMG = dict(width="100%", max_width="960px")
+_IMG = dict(max_width="100%", height="auto")   # natural size (no blur), shrinks in narrow columns
+_S = {"description_width": "initial"}
+_TD = "padding:1px 10px 1px 0;font-family:monospace;font-size:12px;border:none;text-align:left"
 _CSS = ("<style>.iovalab-t td{padding:1px 8px;font-family:monospace;font-size:12px}"
         ".iovalab-t th{text-align:left;padding:1px 8px;font-size:12px}"
         ".iovalab-err{color:#b00020;font-weight:bold}.iovalab-note{color:#8a4b00;font-size:12px}"
@@ -47,17 +49,24 @@ _CSS = ("<style>.iovalab-t td{padding:1px 8px;font-family:monospace;font-size:12
 
 
 def _table(rows, head: tuple[str, ...] | None = None) -> str:
-    out = ['<table class="iovalab-t">']
+    # inline styles: JupyterLab's rendered-HTML table rules would otherwise win over a class
+    th = _TD.replace("font-family:monospace;", "font-weight:bold;")
+    out = ['<table class="iovalab-t" style="border-collapse:collapse;margin:4px 0">']
     if head:
-        out.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
+        out.append("<tr>" + "".join(f'<th style="{th}">{html.escape(h)}</th>' for h in head) + "</tr>")
     for r in rows:
-        out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>")
+        out.append("<tr>" + "".join(f'<td style="{_TD}">{html.escape(str(c))}</td>' for c in r) + "</tr>")
     out.append("</table>")
     return "".join(out)
 
 
+def _wrap(inner: str) -> str:
+    """Every panel text: our styles, and a normal line height (the HTML widget's is 28px)."""
+    return f'{_CSS}<div style="line-height:1.4">{inner}</div>'
+
+
 def _error(msg: str) -> str:
-    return f'{_CSS}<div class="iovalab-err">{html.escape(msg)}</div>'
+    return _wrap(f'<div class="iovalab-err">{html.escape(msg)}</div>')
 
 
 def _image() -> W.Image:
@@ -86,7 +95,7 @@ class _Batch:
 # --------------------------------------------------------------------------------------------
 def footprint_html(fp: explain.Footprint) -> str:
     """The :class:`GranuleExplorer` text: every number of the footprint, in hex."""
-    return _CSS + _table(fp.rows(), ("quantity", "value"))
+    return _wrap(_table(fp.rows(), ("quantity", "value")))
 
 
 class GranuleExplorer(_Batch, W.VBox):
@@ -99,9 +108,10 @@ class GranuleExplorer(_Batch, W.VBox):
 
     def __init__(self, granule: int = 0x1000, phys: int = 0x1234, size: int = 0x3000):
         self.granule = W.Dropdown(options=[("4 KiB (0x1000)", 0x1000), ("16 KiB (0x4000)", 0x4000),
-                                           ("64 KiB (0x10000)", 0x10000)], value=granule, description="granule")
-        self.phys = W.Text(value=hx(phys), description="phys", continuous_update=False)
-        self.size = W.Text(value=hx(size), description="size", continuous_update=False)
+                                           ("64 KiB (0x10000)", 0x10000)], value=granule, description="granule",
+                                    style=_S)
+        self.phys = W.Text(value=hx(phys), description="phys", style=_S, continuous_update=False)
+        self.size = W.Text(value=hx(size), description="size", style=_S, continuous_update=False)
         self.text = W.HTML()
         self.image = _image()
         self.view = FootprintView()
@@ -138,8 +148,8 @@ def mask_html(walk: explain.MaskWalk) -> str:
     if walk.failures:
         notes += (f"<p><b>{walk.failures} allocation(s) failed</b>: <code>dma_iova_try_alloc</code> returns false "
                   "(<code>dma_map_page</code> would return <code>DMA_MAPPING_ERROR</code>).</p>")
-    return (_CSS + _table(walk.rows(), ("set-up", "value")) + notes
-            + _table(rows, ("#", "IOVA", "size", "attempt", "from", "notice")))
+    return _wrap(_table(walk.rows(), ("set-up", "value")) + notes
+                 + _table(rows, ("#", "IOVA", "size", "attempt", "from", "notice")))
 
 
 class MaskExplorer(_Batch, W.VBox):
@@ -157,14 +167,15 @@ class MaskExplorer(_Batch, W.VBox):
     def __init__(self, mask_bits: int = 64, count: int = 8, free_below_4g: int | None = 0x4000, *,
                  preset: str = "intel-vtd"):
         self.preset = preset
-        self.mask_bits = W.Dropdown(options=list(explain.MASK_BITS), value=mask_bits, description="mask bits")
+        self.mask_bits = W.Dropdown(options=list(explain.MASK_BITS), value=mask_bits, description="mask bits", style=_S)
         self.bus_limit = W.Dropdown(options=[("none", 0)] + [(f"{b} bits", b) for b in self.BUS if b],
-                                    value=0, description="bus limit")
-        self.free_below_4g = W.Dropdown(options=list(self.FREE), value=free_below_4g, description="free < 4 GiB")
-        self.pci = W.Checkbox(value=True, description="PCI device", indent=False)
-        self.forcedac = W.Checkbox(value=False, description="iommu.forcedac=1", indent=False)
-        self.count = W.IntSlider(value=count, min=1, max=16, description="allocations")
-        self.granules = W.IntSlider(value=1, min=1, max=32, description="granules each")
+                                    value=0, description="bus limit", style=_S)
+        self.free_below_4g = W.Dropdown(options=list(self.FREE), value=free_below_4g, description="free < 4 GiB",
+                                        style=_S)
+        self.pci = W.Checkbox(value=True, description="PCI device", style=_S, indent=False)
+        self.forcedac = W.Checkbox(value=False, description="iommu.forcedac=1", style=_S, indent=False)
+        self.count = W.IntSlider(value=count, min=1, max=16, description="allocations", style=_S)
+        self.granules = W.IntSlider(value=1, min=1, max=32, description="granules each", style=_S)
         self.text = W.HTML()
         self.image = _image()
         self.view = MaskView(capacity=16)
@@ -230,9 +241,10 @@ def step_html(rec: explain.Recording, step: int, state: explain.StepState, unit:
     notes = "".join(f"<div class='iovalab-note'>{html.escape(n)}</div>" for n in state.notices[-3:])
     head = (f"<b>{html.escape(rec.workload)}</b>, path <b>{rec.path}</b> ({explain.PATH_TITLES[rec.path]}), {mode} "
             f"- step {step} of {nsteps - 1} ({len(evs)} event(s))")
-    return (f"{_CSS}<div>{head}</div><div><b>{html.escape(rec.label(step, unit))}</b></div>"
-            f"<div class='iovalab-ev'>{'<br>'.join(lines) or '(no kernel-visible event)'}</div>"
-            f"<div style='font-size:12px'>{summary}</div>{notes}")
+    events = "<br>".join(lines) or "(no kernel-visible event)"
+    return _wrap(f"<div>{head}</div><div><b>{html.escape(rec.label(step, unit))}</b></div>"
+                 f"<div class='iovalab-ev' style='font-family:monospace;font-size:12px;margin:2px 0'>{events}</div>"
+                 f"<div style='font-size:12px'>{summary}</div>{notes}")
 
 
 class ScenarioPlayer(_Batch, W.VBox):
@@ -248,19 +260,22 @@ class ScenarioPlayer(_Batch, W.VBox):
 
     def __init__(self, workload: str = "nvme-spec-example", path: str = "iova", *, strict: bool = True,
                  compact: bool = False):
+        """``compact``: a narrower figure, and no ``workload``/``lazy`` row (a parent such as
+        :class:`ComparePlayers` shows shared ones and links them)."""
         names = explain.player_workloads()
         if workload not in names:
             raise ValueError(f"workload {workload!r} is not one of {names}")
-        self.workload = W.Dropdown(options=names, value=workload, description="workload")
+        self.workload = W.Dropdown(options=names, value=workload, description="workload", style=_S)
         paths = explain.workload_paths(workload)
-        self.path = W.Dropdown(options=list(paths), value=path if path in paths else paths[0], description="path")
-        self.lazy = W.Checkbox(value=not strict, description="lazy (DMA-FQ)", indent=False)
-        self.unit = W.Dropdown(options=list(self.UNITS), value="call", description="step by")
+        self.path = W.Dropdown(options=list(paths), value=path if path in paths else paths[0], description="path",
+                               style=_S)
+        self.lazy = W.Checkbox(value=not strict, description="lazy (DMA-FQ)", style=_S, indent=False)
+        self.unit = W.Dropdown(options=list(self.UNITS), value="call", description="step by", style=_S)
         self.first = W.Button(description="|<", tooltip="first step", layout=W.Layout(width="44px"))
         self.back = W.Button(description="<", tooltip="previous step", layout=W.Layout(width="44px"))
         self.next = W.Button(description=">", tooltip="next step", layout=W.Layout(width="44px"))
         self.last = W.Button(description=">|", tooltip="last step", layout=W.Layout(width="44px"))
-        self.step = W.IntSlider(value=0, min=0, max=1, description="step", continuous_update=True,
+        self.step = W.IntSlider(value=0, min=0, max=1, description="step", style=_S, continuous_update=True,
                                 layout=W.Layout(width="420px"))
         self.play = W.Play(value=0, min=0, max=1, interval=800, description="play")
         W.link((self.play, "value"), (self.step, "value"))
@@ -278,7 +293,11 @@ class ScenarioPlayer(_Batch, W.VBox):
         self.workload.observe(self._workload_changed, names="value")
         for c in (self.path, self.lazy, self.unit):
             c.observe(self._changed, names="value")
-        top = [W.HBox([self.workload, self.path]), W.HBox([self.lazy, self.unit])]
+        if compact:   # workload and lazy belong to the parent (ComparePlayers)
+            self.step.layout.width = "240px"
+            top = [W.HBox([self.path, self.unit])]
+        else:
+            top = [W.HBox([self.workload, self.path]), W.HBox([self.lazy, self.unit])]
         nav = W.HBox([self.first, self.back, self.next, self.last, self.step, self.play])
         super().__init__(top + [nav, self.image, self.text])
         self.refresh()
@@ -345,12 +364,11 @@ class ComparePlayers(W.VBox):
                  strict: bool = True):
         self.left = ScenarioPlayer(workload, paths[0], strict=strict, compact=True)
         self.right = ScenarioPlayer(workload, paths[1], strict=strict, compact=True)
-        self.workload = W.Dropdown(options=explain.player_workloads(), value=workload, description="workload")
-        self.lazy = W.Checkbox(value=not strict, description="lazy (DMA-FQ)", indent=False)
+        self.workload = W.Dropdown(options=explain.player_workloads(), value=workload, description="workload", style=_S)
+        self.lazy = W.Checkbox(value=not strict, description="lazy (DMA-FQ)", style=_S, indent=False)
         for p in (self.left, self.right):
             W.link((self.workload, "value"), (p.workload, "value"))
             W.link((self.lazy, "value"), (p.lazy, "value"))
-            p.children = p.children[1:]  # the shared controls replace the players' own first row
         cols = [W.VBox([p], layout=W.Layout(width="50%")) for p in (self.left, self.right)]
         super().__init__([W.HBox([self.workload, self.lazy]), W.HBox(cols)])
 
@@ -367,10 +385,10 @@ def compare_html(results: dict) -> str:
         for n in results[p].get("notes", [])[:2]:
             notes.append(f"<li>{p}: {html.escape(n)}</li>")
     preset = results[paths[0]]["modelled"].preset if paths else ""
-    return (_CSS + _table(rows, ("counter", *paths))
-            + f"<p style='font-size:12px'>Modelled with cost preset <code>{html.escape(preset)}</code> from "
-              "data/cost-model.csv: sourced or assumed per-operation costs, not a measurement.</p>"
-            + (f"<ul style='font-size:12px'>{''.join(notes)}</ul>" if notes else ""))
+    return _wrap(_table(rows, ("counter", *paths))
+                 + f"<p style='font-size:12px'>Modelled with cost preset <code>{html.escape(preset)}</code> from "
+                   "data/cost-model.csv: sourced or assumed per-operation costs, not a measurement.</p>"
+                 + (f"<ul style='font-size:12px'>{''.join(notes)}</ul>" if notes else ""))
 
 
 @lru_cache(maxsize=64)
@@ -395,10 +413,10 @@ class PathComparison(_Batch, W.VBox):
 
         names = explain.compare_workloads()
         self.workload = W.Dropdown(options=names, value=workload if workload in names else names[0],
-                                   description="workload")
+                                   description="workload", style=_S)
         presets = load_cost_model().presets
-        self.cost_preset = W.Dropdown(options=list(presets), value=presets[0], description="cost preset")
-        self.lazy = W.Checkbox(value=not strict, description="lazy (DMA-FQ)", indent=False)
+        self.cost_preset = W.Dropdown(options=list(presets), value=presets[0], description="cost preset", style=_S)
+        self.lazy = W.Checkbox(value=not strict, description="lazy (DMA-FQ)", style=_S, indent=False)
         self.text = W.HTML()
         self.image = _image()
         self.view = PathsView()
@@ -424,7 +442,7 @@ def scaling_html(scale: dict, kind: str) -> str:
     rows = [[n] + [scale["paths"][p][kind][i] for p in paths]
             + [f"{scale['paths'][p]['modelled_ns'][i]:,.0f}" for p in paths] for i, n in enumerate(scale["npages"])]
     head = ("pages", *[f"{p}: {kind}" for p in paths], *[f"{p}: modelled ns" for p in paths])
-    return _CSS + _table(rows, head)
+    return _wrap(_table(rows, head))
 
 
 class ScalingExplorer(_Batch, W.VBox):
@@ -434,18 +452,19 @@ class ScalingExplorer(_Batch, W.VBox):
     (Checkboxes). Output: ``text`` (the numbers), ``image`` (log-log lines).
     """
 
-    NPAGES = tuple(2 ** i for i in range(11))
+    NPAGES = tuple(2 ** i for i in range(10))
 
     def __init__(self, kind: str = "iommu_map_calls", *, contiguous: bool = False, strict: bool = True):
         from .cost import load_cost_model
         from .events import COUNTER_KINDS
 
         self.kind = W.Dropdown(options=[k for k in COUNTER_KINDS if k != "swiotlb_bounces"], value=kind,
-                               description="counter")
+                               description="counter", style=_S)
         presets = load_cost_model().presets
-        self.cost_preset = W.Dropdown(options=list(presets), value=presets[0], description="cost preset")
-        self.contiguous = W.Checkbox(value=contiguous, description="physically contiguous pages", indent=False)
-        self.lazy = W.Checkbox(value=not strict, description="lazy (DMA-FQ)", indent=False)
+        self.cost_preset = W.Dropdown(options=list(presets), value=presets[0], description="cost preset", style=_S)
+        self.contiguous = W.Checkbox(value=contiguous, description="physically contiguous pages", style=_S,
+                                     indent=False)
+        self.lazy = W.Checkbox(value=not strict, description="lazy (DMA-FQ)", style=_S, indent=False)
         self.text = W.HTML()
         self.image = _image()
         self.view = ScalingView()

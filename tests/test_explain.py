@@ -209,3 +209,28 @@ def test_compare_paths_and_scaling_counts():
     assert contig["paths"]["sg"]["iommu_map_calls"] == [1]    # iommu_map_sg merges a contiguous list
     with pytest.raises(ValueError):
         explain.scattered_pages(0)
+
+
+# --- display helpers -----------------------------------------------------------------------------
+def test_describe_helpers():
+    fp = footprint(0x1000, 0x1FF0, 0x20)
+    text = fp.describe()
+    assert "IOVA length = iova_align(size + off)      0x2000" in text
+    w = mask_walk(64, count=5, free_below_4g=0x4000)
+    assert "#4   0xfffffffff000" in w.describe() and "Using 48-bit DMA addresses" in w.describe()
+    rec = record("demo:nvme-demo", "sg")
+    out = explain.describe_events(rec.events[rec.bounds[-2]:], limit=3)
+    lines = out.splitlines()
+    assert lines[0].startswith("[dma] dma_unmap_sg(") and lines[-1].endswith("more event(s)")
+    assert "  # pte_clear" in explain.describe_events(rec.events)
+    assert explain.hexify({"a": [1, (16, None)], "b": True}) == {"a": ["0x1", ("0x10", None)], "b": True}
+
+
+def test_recording_find():
+    rec = record("nvme-spec-example", "iova")
+    first, last = rec.find("dma_iova_link"), rec.find("dma_iova_link", last=True)
+    assert first < last and "offset 0x0" in rec.labels[first]
+    with pytest.raises(ValueError):
+        rec.find("no such call")
+    sync = rec.state(rec.find("dma_iova_sync"))
+    assert sync.focus == (0xFFFF8000, 0xFFFFE000)           # iommu_sync_map over the linked range

@@ -37,4 +37,4 @@ def test_sweep_scaling_explorer():
         with s.batch():
             s.contiguous.value, s.lazy.value, s.cost_preset.value, s.kind.value = contiguous, lazy, cp, kind
         ok(s)
-        assert f"<th>page: {kind}</th>" in s.text.value
+        assert f">page: {kind}</th>" in s.text.value
