@@ -406,7 +406,7 @@ class MaskView(View):
                                       fontsize=FONT + 1))
         handles = [Line2D([], [], color=c, ls=ls, label=label) for label, c, ls in self._LINES]
         for key, marker, label in (("below 4 GiB", "o", "IOVA from the 32-bit-first try"),
-                                   ("full width", "o", "IOVA from the full-width try"),
+                                   ("full width", "o", "IOVA from the try at the full limit"),
                                    ("fail", "x", "failed (no IOVA)")):
             handles.append(Line2D([], [], color=COLORS[key], marker=marker, ls="", label=label))
         self.fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.71, 0.9), fontsize=FONT - 0.5,
