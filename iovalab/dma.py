@@ -377,7 +377,7 @@ class DmaDomain:
             self.log.warn(_L, func, EINVAL, f"IOVA {a:#x} in [{iova:#x}, {iova + size:#x}) is not "
                           "mapped: WARN_ON(unmapped != size)", cpu=cpu)
             raise DmaError(-EINVAL, f"IOVA {a:#x} is not mapped (the kernel WARNs: unmapped != size "
-                           "and unmaps only up to the hole)", func, warned=True)
+                           "and unmaps only up to the hole)", func, warned="WARN_ON")
 
     def _bounce(self, dev: Device, size: int, dir: int, phys: int) -> bool:
         return dev.dev_use_swiotlb(size, dir) and iova_offset(self.granule, phys | size) != 0

@@ -76,13 +76,15 @@ class DmaError(Exception):
     the call broke; ``func`` names the kernel function that refused it.
     """
 
-    def __init__(self, errno: int, rule: str, func: str = "", warned: bool = False):
+    def __init__(self, errno: int, rule: str, func: str = "", warned: bool | str = False):
         self.errno = -abs(errno)
         self.rule = rule
         self.func = func
+        #: False, or the kernel macro that warned: True means ``WARN_ON_ONCE``; a string names it
+        #: (``"WARN_ON"`` for the unmap paths' ``WARN_ON(unmapped != size)``)
         self.warned = warned
         where = f"{func}: " if func else ""
-        warn = "WARN_ON_ONCE, " if warned else ""
+        warn = f"{'WARN_ON_ONCE' if warned is True else warned}, " if warned else ""
         super().__init__(f"{where}{warn}{errname(self.errno)}: {rule}")
 
 
