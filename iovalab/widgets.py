@@ -36,7 +36,7 @@ from .viz_views import FootprintView, MaskView, PathsView, ScalingView, StepView
 
 __all__ = [
     "GranuleExplorer", "MaskExplorer", "ScenarioPlayer", "ComparePlayers", "PathComparison", "ScalingExplorer",
-    "footprint_html", "mask_html", "step_html", "compare_html", "scaling_html", "cached_record",
+    "footprint_html", "mask_html", "step_html", "compare_html", "scaling_html", "cached_record", "bench_cases",
 ]
 
 _IMG = dict(max_width="100%", height="auto")   # natural size (no blur), shrinks in narrow columns
@@ -481,3 +481,39 @@ class ScalingExplorer(_Batch, W.VBox):
                                               self.cost_preset.value)
         self.text.value = scaling_html(self.scale, self.kind.value)
         self.image.value = self.view.update(self.scale, self.kind.value).png()
+
+
+# ------------------------------------------------------------------------------------------------
+def bench_cases():
+    """``(name, make, change)`` per widget for ``python -m iovalab bench``: ``change(w, i)`` makes the
+    i-th control change (always a new value, so the observer and the redraw run)."""
+
+    def cycle(options):
+        opts = [o[1] if isinstance(o, tuple) else o for o in options]
+        return lambda ctl, i: setattr(ctl, "value", opts[(opts.index(ctl.value) + 1) % len(opts)])
+
+    def granule(w, i):
+        if i % 2:
+            cycle(w.granule.options)(w.granule, i)
+        else:
+            w.phys.value = hx(0x1000 + 0x10 * (i + 1))
+
+    def mask(w, i):
+        cycle(w.mask_bits.options)(w.mask_bits, i)
+
+    def player(w, i):
+        w.step.value = (w.step.value + 1) % (w.step.max + 1)
+
+    def compare(w, i):
+        p = w.left if i % 2 else w.right
+        p.step.value = (p.step.value + 1) % (p.step.max + 1)
+
+    def paths(w, i):
+        cycle(w.cost_preset.options)(w.cost_preset, i)
+
+    def scaling(w, i):
+        cycle(w.kind.options)(w.kind, i)
+
+    return [("GranuleExplorer", GranuleExplorer, granule), ("MaskExplorer", MaskExplorer, mask),
+            ("ScenarioPlayer", ScenarioPlayer, player), ("ComparePlayers", ComparePlayers, compare),
+            ("PathComparison", PathComparison, paths), ("ScalingExplorer", ScalingExplorer, scaling)]
