@@ -334,8 +334,9 @@ def test_jupyterlab_granule_explorer(tmp_path, chromium, notebook_path, record_p
                 page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
                 _lab_run_all(page)
                 before, after = _change_granule_and_check(page, ARTIFACTS / "jupyterlab-01-granule-64K.png")
-            except BaseException:
+            except BaseException:   # keep what a failure looked like, for CI's artifacts
                 page.screenshot(path=str(ARTIFACTS / "jupyterlab-failure.png"))
+                shutil.copy(tmp_path / "jupyterlab.log", ARTIFACTS / "jupyterlab-failure.log")
                 raise
             print("JupyterLab explorer, 4K:", before.replace("\n", " | "))
             print("JupyterLab explorer, 64K:", after.replace("\n", " | "))
