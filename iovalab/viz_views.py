@@ -163,19 +163,22 @@ class FootprintView(View):
         self.rects = [self.dyn(ax.add_patch(Rectangle((0, 0.2), 0, 0.6, facecolor=COLORS[c], hatch=h, lw=0.8,
                                                       edgecolor="black", zorder=3 if c == "data" else 2)))
                       for _, c, h in self._PARTS]
+        # grid, ticks, tick labels and the axis label change only with the node (granule, size):
+        # drawn on the cached "slow" layer, so a phys change redraws only the bars and a few texts
         self.grid = self.dyn(ax.add_collection(LineCollection([], colors="#555555", linewidths=0.6,
-                                                              linestyles=":")))
+                                                              linestyles=":")), slow=True)
         xt = ax.get_xaxis_transform()
         self.ticks = self.dyn(ax.add_collection(LineCollection([], colors="black", linewidths=0.8,
-                                                               transform=xt, clip_on=False)))
+                                                               transform=xt, clip_on=False)), slow=True)
         self.ticklabels = [self.dyn(ax.text(0, -0.05, "", transform=xt, ha="center", va="top",
-                                            fontsize=FONT - 0.5)) for _ in range(9)]
+                                            fontsize=FONT - 0.5), slow=True) for _ in range(9)]
+        self._slow_key = None
         self.span = self.dyn(ax.annotate("", xy=(1, 0.9), xytext=(0, 0.9),
                                          arrowprops=dict(arrowstyle="<->", lw=0.8)))
         self.span_text = self.dyn(ax.text(0.5, 0.93, "", ha="center", va="bottom", fontsize=FONT))
         self.addr = self.dyn(ax.annotate("", xy=(0, 0.2), xytext=(0, -0.3), ha="center", va="top",
                                          fontsize=FONT, arrowprops=dict(arrowstyle="->", lw=0.8)))
-        self.xlabel = self.dyn(self.fig.text(0.37, 0.12, "", ha="center", fontsize=FONT))
+        self.xlabel = self.dyn(self.fig.text(0.37, 0.12, "", ha="center", fontsize=FONT), slow=True)
         self.title = self.dyn(self.fig.text(0.37, 0.92, "", ha="center", fontsize=FONT + 1))
         self.fig.legend(handles=[Patch(facecolor=COLORS[c], edgecolor="black", hatch=h, label=label)
                                  for label, c, h in self._PARTS],
@@ -195,6 +198,10 @@ class FootprintView(View):
             r.set_visible(w > 0)
             x += f
         n = fp.node_granules
+        key = (g, total, base, n, fp.preset, fp.fresh_iova if fp.preset else None)
+        if key != self._slow_key:
+            self._slow_key = key
+            self.touch()
         self.grid.set_segments([[(i * g / total, 0.1), (i * g / total, 0.9)] for i in range(n + 1)]
                                if n <= 64 else [])
         pos = hex_ticks(base, base + total, max_ticks=6, step=g if n <= 8 else None)
