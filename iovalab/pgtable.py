@@ -887,9 +887,9 @@ class IoPageTable:
                           "superpage stays mapped", True, cpu, iova=e_lo, level=self.level_name(i))
         return cleared
 
-    def _amd_fetch(self, iova: int):
-        """``fetch_pte()``: ``(table, first index, level, replicas, page size)`` or None."""
-        if iova >> self.ias:
+    def _leaf(self, iova: int) -> tuple[_Tbl, int, int, int] | None:
+        """The hardware walk: ``(table, index, level, PTE value)`` of the leaf that maps ``iova``."""
+        if iova >> self.ias or iova < 0:
             return None
         t = self.root
         sh, mask = self._sh, self._mask
@@ -898,13 +898,19 @@ class IoPageTable:
             k = t.kids.get(idx)
             if k is None:
                 v = int(t.ent[idx])
-                if not v:
-                    return None
-                size = self._decode(v, i)[1]
-                rep = size // self._block[i]
-                return t, idx & ~(rep - 1), i, rep, size
+                return (t, idx, i, v) if v else None
             t = k
         raise AssertionError("unreachable: the bottom level has no child tables")
+
+    def _amd_fetch(self, iova: int):
+        """``fetch_pte()``: ``(table, first index, level, replicas, page size)`` or None."""
+        hit = self._leaf(iova)
+        if hit is None:
+            return None
+        t, idx, i, v = hit
+        size = self._decode(v, i)[1]
+        rep = size // self._block[i]
+        return t, idx & ~(rep - 1), i, rep, size
 
     def _unmap_amd(self, iova, pgsize, count, cpu) -> tuple[int, int, tuple | None]:
         size = count * pgsize
@@ -934,21 +940,12 @@ class IoPageTable:
     # -- lookups ------------------------------------------------------------------------------
     def lookup(self, iova: int) -> tuple[int, int, int] | None:
         """Hardware-style walk: ``(phys of iova, leaf page size, IOMMU prot)`` or None."""
-        if iova >> self.ias or iova < 0:
+        hit = self._leaf(iova)
+        if hit is None:
             return None
-        t = self.root
-        sh, mask = self._sh, self._mask
-        for i in range(self.nlevels):
-            idx = (iova >> sh[i]) & mask[i]
-            k = t.kids.get(idx)
-            if k is None:
-                v = int(t.ent[idx])
-                if not v:
-                    return None
-                base, size, prot = self._decode(v, i)
-                return base + (iova & (size - 1)), size, prot
-            t = k
-        return None
+        _, _, i, v = hit
+        base, size, prot = self._decode(v, i)
+        return base + (iova & (size - 1)), size, prot
 
     def iova_to_phys(self, iova: int) -> int:
         """``ops->iova_to_phys(ops, iova)`` (``arm_lpae_iova_to_phys``, ``intel_iommu_iova_to_phys``,

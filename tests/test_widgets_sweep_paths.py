@@ -5,20 +5,9 @@ from __future__ import annotations
 
 import itertools
 
-import matplotlib
+from sweep_helpers import ok, options
 
-matplotlib.use("Agg")
-
-from iovalab import widgets  # noqa: E402
-
-
-def ok(panel) -> None:
-    assert 'class="iovalab-err"' not in panel.text.value, panel.text.value
-    assert bytes(panel.image.value).startswith(b"\x89PNG")
-
-
-def options(dropdown) -> list:
-    return [o[1] if isinstance(o, tuple) else o for o in dropdown.options]
+from iovalab import widgets
 
 
 def test_sweep_path_comparison():
