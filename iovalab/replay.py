@@ -114,7 +114,7 @@ def reconstruct(cap: FtraceCapture) -> list[tuple]:
     """Turn the capture into an ordered list of steps:
 
     ``("alloc", Allocation)``, ``("free", Allocation, cpu, irq, lineno, ts)``,
-    ``("flush", cpu, lineno, ts)`` (a ``cache_tag_flush_all``), ``("phase", name, lineno)``.
+    ``("flush", cpu, lineno, ts, softirq)`` (a ``cache_tag_flush_all``), ``("phase", name, lineno)``.
     Unmaps of ranges not seen allocated become ``("unmatched", lineno)``.
     """
     steps: list[tuple] = []
@@ -186,7 +186,7 @@ def reconstruct(cap: FtraceCapture) -> list[tuple]:
                 opened.remove(a)
             steps.append(("free", a, ln.cpu, ln.in_irq, ln.lineno, ln.timestamp))
         elif ev == "cache_tag_flush_all":
-            steps.append(("flush", ln.cpu, ln.lineno, ln.timestamp))
+            steps.append(("flush", ln.cpu, ln.lineno, ln.timestamp, ln.in_softirq))
         elif ev == "tracing_mark_write":
             steps.append(("phase", ln.text.strip(), ln.lineno))
     for _, a in live.items():  # never unmapped: the span its map lines cover
@@ -222,6 +222,7 @@ class _Replayer:
         self.depot_sizes = [0] * IOVA_RANGE_CACHE_MAX_SIZE
         self.fq_deadline: float | None = None
         self.desync_frees = 0
+        self.other_flushes = 0
 
     # -- state save/restore for trying another order
     def save(self):
@@ -294,9 +295,16 @@ class _Replayer:
             self.dom.iommu_dma_free_iova(a.base, a.size, g, cpu)
         self._note_depot(ts)
 
-    def flush(self, cpu: int) -> None:
-        if self.trace_flushes < 0:   # already done by the simulator's own queue-full flush
-            self.trace_flushes += 1
+    def flush(self, cpu: int, timer: bool = True) -> None:
+        """A ``flush_iotlb_all`` seen in the capture. In softirq context it is the flush-queue timer
+        (``fq_flush_timeout``: flush, then free what every queue holds). Elsewhere it is the
+        queue-full flush inside ``queue_iova`` (which the simulator does by itself when its queue is
+        full) or a flush outside the flush queue, which frees nothing."""
+        if not timer:
+            if self.trace_flushes < 0:   # already done by the simulator's own queue-full flush
+                self.trace_flushes += 1
+            else:
+                self.other_flushes += 1
             return
         try:
             self.dom.fq_flush_timeout(cpu)
@@ -351,11 +359,11 @@ def _replay(cap: FtraceCapture, cpus: int | None, mode: str, path: str, why: str
             res.frees += 1
             pending.append((a, cpu, irq, ln, ts))
         elif kind == "flush":
-            _, cpu, ln, ts = st
+            _, cpu, ln, ts, softirq = st
             apply_pending()
             rp.advance(ts, cpu)
             res.flushes += 1
-            rp.flush(cpu)
+            rp.flush(cpu, timer=softirq)
         elif kind == "alloc":
             a = st[1]
             rp.advance(a.timestamp, a.cpu)
@@ -457,7 +465,8 @@ def events_to_ftrace(events, *, start: float = 100.0, step_us: int = 10, task: s
         t[0] += step_us
         out.append(format_line(task, pid, cpu, flags, ts, event, text))
 
-    for e in events:
+    events = list(events)
+    for n, e in enumerate(events):
         a, k, f = e.args, e.kind, e.func
         if k == "iommu_map_calls":
             line(e.cpu, _TASK, "map", format_map(a["iova"], a["paddr"], a["size"]))
@@ -465,7 +474,10 @@ def events_to_ftrace(events, *, start: float = 100.0, step_us: int = 10, task: s
             line(e.cpu, _IRQ, "unmap", format_unmap(a["iova"], a["size"], a["unmapped_size"]))
         elif k == "iotlb_invalidations" and iotlb_events:
             if a.get("scope") == "all":
-                line(e.cpu, "d.s2.", "cache_tag_flush_all", "dmar0/dmar0 type iotlb did 3 pasid 0 ref 1")
+                # the flush-queue timer runs in softirq; a queue-full flush in the unmap's context
+                why = next((x.args.get("why") for x in events[n + 1:n + 4] if x.kind == "fq_flush"), None)
+                flags = _IRQ if why == "queue full" else "d.s2."
+                line(e.cpu, flags, "cache_tag_flush_all", "dmar0/dmar0 type iotlb did 3 pasid 0 ref 1")
             elif "start" in a:
                 lo, hi = a["start"], a["end"]
                 pages = (hi - lo + 1) >> 12

@@ -129,6 +129,29 @@ def test_export_parse_replay_round_trip(tmp_path, strict, ncpus):
     assert res.matched == res.allocations and res.mismatched == 0, res.mismatches[:3]
 
 
+def test_lazy_queue_full_flushes_round_trip(tmp_path):
+    """300 unmaps without a timer tick: the simulator's queue-full flush (exported in the unmap's
+    context) and a later timer flush (softirq) both replay exactly."""
+    dom = DmaDomain("intel-vtd", strict=False, reserve_msi=True)
+    dev = Device.nvme(name="0000:00:01.0")
+    addrs = [dom.dma_map_page(dev, 0x1000_0000 + i * 0x2000, 4096) for i in range(300)]
+    for a in addrs:
+        dom.dma_unmap_page(dev, a, 4096)
+    assert dom.fq_flush_start_cnt == 1
+    again = [dom.dma_map_page(dev, 0x3000_0000 + i * 0x2000, 4096) for i in range(300)]
+    dom.advance_time(10)
+    for a in again[:50]:
+        dom.dma_unmap_page(dev, a, 4096)
+    dom.advance_time(10)
+    dom.dma_map_page(dev, 0x5000_0000, 4096)
+    export_ftrace(dom.log.events, tmp_path / "lazy.trace")
+    cap = parse_ftrace(tmp_path / "lazy.trace")
+    flush_ctx = [ln.in_softirq for ln in cap.lines if ln.event == "cache_tag_flush_all"]
+    assert flush_ctx.count(False) == 1 and flush_ctx.count(True) >= 2
+    res = replay_capture(cap)
+    assert res.mode == "lazy" and res.allocations == 601 and res.mismatched == 0, res.mismatches[:3]
+
+
 def test_export_order_matches_kernel_event_order():
     dom = DmaDomain("intel-vtd")
     dev = Device(dma_mask=DMA_BIT_MASK(64))
