@@ -42,7 +42,7 @@ __all__ = [
     "DMA_ATTR_SKIP_CPU_SYNC", "DMA_ATTR_PRIVILEGED", "DMA_ATTR_MMIO", "DMA_IOVA_USE_SWIOTLB",
     "IOMMU_READ", "IOMMU_WRITE", "IOMMU_CACHE", "IOMMU_NOEXEC", "IOMMU_MMIO", "IOMMU_PRIV",
     "dma_info_to_prot", "DmaIovaState", "ScatterEntry", "DmaDomain", "dma_use_iova",
-    "dma_iova_size", "dma_mapping_error", "reference_replayer", "IOVA_DEFAULT_FQ_SIZE",
+    "dma_iova_size", "dma_mapping_error", "IOVA_DEFAULT_FQ_SIZE",
     "IOVA_DEFAULT_FQ_TIMEOUT", "IOVA_SINGLE_FQ_SIZE", "IOVA_SINGLE_FQ_TIMEOUT",
 ]
 
@@ -905,68 +905,3 @@ class DmaDomain:
 
 
 _ = (ENOMEM, EOPNOTSUPP)  # re-exported errno names used by callers' docs
-
-
-# --------------------------------------------------------------------------------------------
-def reference_replayer(header: dict):
-    """Replayer for one ``dma-iova-trace`` section (data/kernel-traces/README.md).
-
-    Domain as ``iommu_dma_init_domain()`` with the header's bitmap and aperture, strict, one CPU,
-    no reservations; device from the header (PCI + !forcedac -> 32-bit-first workaround).
-    """
-    from .iommu import IommuDomain as _Iommu
-    from .iommu import split_pages
-
-    bitmap = header["pgsize_bitmap"]
-    granule = header["granule"]
-    aperture_end = header["aperture_end"]
-    fmt = "x86-64" if granule == 0x1000 else "arm-lpae"
-    ias = max(aperture_end.bit_length(), 32)
-    log = EventLog(keep=True)
-    iommu = _Iommu(bitmap, fmt=fmt, ias=ias, aperture_start=0, aperture_end=aperture_end,
-                   force_aperture=True, log=log)
-    dom = DmaDomain(iommu, strict=True, log=log)
-    d = header["device"]
-    dev = Device(name="trace-dev", dma_mask=d["dma_mask"], bus_dma_limit=d.get("bus_dma_limit", 0),
-                 is_pci=d.get("pci", True), forcedac=d.get("forcedac", False))
-    states: dict[int, DmaIovaState] = {}
-
-    def run(op: dict):
-        k = op["op"]
-        if k == "try_alloc":
-            st = DmaIovaState()
-            ok = dom.dma_iova_try_alloc(dev, st, op["phys"], op["size"])
-            got = None
-            if ok:
-                base, length = dom._state_iova(st)
-                got = {"addr": st.addr, "iova_len": length}
-                states[st.addr] = st
-            log.clear()
-            return op["expect"], got
-        if k == "free":
-            st = states.pop(op["addr"])
-            dom.dma_iova_free(dev, st)
-            log.clear()
-            return None
-        if k == "map_page":
-            mark = log.mark()
-            addr = dom.dma_map_page(dev, op["phys"], op["size"])
-            got = None
-            if addr != DMA_MAPPING_ERROR:
-                # what iommu_map() hands the driver for each map call (the trace's driver maps a
-                # whole request per call; io-pgtable-arm would split at table ends, §5.1)
-                calls = [e for e in log.since(mark) if e.kind == "iommu_map_calls"]
-                pages = [list(c) for e in calls
-                         for c in split_pages(bitmap, e.args["iova"], e.args["paddr"], e.args["size"])]
-                off = iova_offset(granule, op["phys"])
-                got = {"dma_addr": addr, "iova_len": iova_align(granule, op["size"] + off), "pages": pages}
-            log.clear()
-            return op["expect"], got
-        if k == "unmap_page":
-            dom.dma_unmap_page(dev, op["dma_addr"], op["size"])
-            log.clear()
-            return None
-        raise KeyError(k)
-
-    run.domain = dom  # type: ignore[attr-defined]
-    return run

@@ -135,9 +135,70 @@ def _pgsize_section(header: dict) -> Callable[[dict], object]:
 
 
 def _dma_section(header: dict) -> Callable[[dict], object]:
-    from .dma import reference_replayer
+    """Replayer for one ``dma-iova-trace`` section (data/kernel-traces/README.md).
 
-    return reference_replayer(header)
+    Domain as ``iommu_dma_init_domain()`` with the header's bitmap and aperture, strict, one CPU,
+    no reservations; device from the header (PCI + !forcedac -> 32-bit-first workaround).
+    """
+    from .device import Device
+    from .dma import DMA_MAPPING_ERROR, DmaDomain, DmaIovaState
+    from .iommu import IommuDomain as _Iommu
+    from .iommu import split_pages
+    from .units import iova_align, iova_offset
+
+    bitmap = header["pgsize_bitmap"]
+    granule = header["granule"]
+    aperture_end = header["aperture_end"]
+    fmt = "x86-64" if granule == 0x1000 else "arm-lpae"
+    ias = max(aperture_end.bit_length(), 32)
+    log = EventLog(keep=True)
+    iommu = _Iommu(bitmap, fmt=fmt, ias=ias, aperture_start=0, aperture_end=aperture_end,
+                   force_aperture=True, log=log)
+    dom = DmaDomain(iommu, strict=True, log=log)
+    d = header["device"]
+    dev = Device(name="trace-dev", dma_mask=d["dma_mask"], bus_dma_limit=d.get("bus_dma_limit", 0),
+                 is_pci=d.get("pci", True), forcedac=d.get("forcedac", False))
+    states: dict[int, DmaIovaState] = {}
+
+    def run(op: dict):
+        k = op["op"]
+        if k == "try_alloc":
+            st = DmaIovaState()
+            ok = dom.dma_iova_try_alloc(dev, st, op["phys"], op["size"])
+            got = None
+            if ok:
+                base, length = dom._state_iova(st)
+                got = {"addr": st.addr, "iova_len": length}
+                states[st.addr] = st
+            log.clear()
+            return op["expect"], got
+        if k == "free":
+            st = states.pop(op["addr"])
+            dom.dma_iova_free(dev, st)
+            log.clear()
+            return None
+        if k == "map_page":
+            mark = log.mark()
+            addr = dom.dma_map_page(dev, op["phys"], op["size"])
+            got = None
+            if addr != DMA_MAPPING_ERROR:
+                # what iommu_map() hands the driver for each map call (the trace's driver maps a
+                # whole request per call; io-pgtable-arm would split at table ends, §5.1)
+                calls = [e for e in log.since(mark) if e.kind == "iommu_map_calls"]
+                pages = [list(c) for e in calls
+                         for c in split_pages(bitmap, e.args["iova"], e.args["paddr"], e.args["size"])]
+                off = iova_offset(granule, op["phys"])
+                got = {"dma_addr": addr, "iova_len": iova_align(granule, op["size"] + off), "pages": pages}
+            log.clear()
+            return op["expect"], got
+        if k == "unmap_page":
+            dom.dma_unmap_page(dev, op["dma_addr"], op["size"])
+            log.clear()
+            return None
+        raise KeyError(k)
+
+    run.domain = dom  # type: ignore[attr-defined]
+    return run
 
 
 #: trace kind -> factory(header) -> replayer(op) -> None | (expected, got)
