@@ -223,15 +223,17 @@ class IovaDomain:
         else:
             self.cached_node = new
 
-    def __cached_rbnode_delete_update(self, free: Iova) -> None:
-        """``__cached_rbnode_delete_update()`` (iova.c); runs before ``free`` leaves the tree."""
+    def __cached_rbnode_delete_update(self, free: Iova, nxt: Iova | None) -> None:
+        """``__cached_rbnode_delete_update()`` (iova.c); runs before ``free`` leaves the tree.
+
+        ``nxt`` is ``rb_next(free)``, looked up once by the caller."""
         cached = self.cached32_node
         if free is cached or (free.pfn_hi < self.dma_32bit_pfn and free.pfn_lo >= cached.pfn_lo):
-            self.cached32_node = self.rb_next(free)
+            self.cached32_node = nxt
         if free.pfn_lo < self.dma_32bit_pfn:
             self.max32_alloc_size = self.dma_32bit_pfn
         if free.pfn_lo >= self.cached_node.pfn_lo:
-            self.cached_node = self.rb_next(free)
+            self.cached_node = nxt
 
     def iova_find_limit(self, limit_pfn: int) -> Iova:
         """``iova_find_limit()`` (iova.c), used by the retry pass; ``limit_pfn`` exclusive.
@@ -320,7 +322,7 @@ class IovaDomain:
                      size=size, limit_pfn=limit_pfn, size_aligned=size_aligned,
                      walked=walked, retried=retried, below=prev.pfn_lo)
         else:
-            log.tally("tree_alloc")
+            log.totals["tree_alloc"] += 1
         return new
 
     def _check_size_limit(self, func: str, size: int, limit_pfn: int) -> None:
@@ -340,11 +342,17 @@ class IovaDomain:
         :param size_aligned: ``bool``; align the start to ``roundup_pow_of_two(size)``.
         :returns: the new ``struct iova`` or None.
         """
-        self._check_size_limit("alloc_iova", size, limit_pfn)
+        if size.__class__ is not int or size < 1 or limit_pfn.__class__ is not int \
+                or limit_pfn < self.start_pfn or limit_pfn >= IOVA_ANCHOR:
+            self._check_size_limit("alloc_iova", size, limit_pfn)
         new = self._alloc_and_insert_iova_range(size, limit_pfn + 1, size_aligned, cpu)
         if new is not None:
-            self.log.emit(_L, "alloc_iova", "iova_allocs", new.pfn_lo, cpu=cpu, size=size,
-                          limit_pfn=limit_pfn, size_aligned=size_aligned)
+            log = self.log
+            if log.keep:
+                log.emit(_L, "alloc_iova", "iova_allocs", new.pfn_lo, cpu=cpu, size=size,
+                         limit_pfn=limit_pfn, size_aligned=size_aligned)
+            else:
+                log.totals["iova_allocs"] += 1
         return new
 
     # -- lookups and frees -----------------------------------------------------------------
@@ -359,14 +367,17 @@ class IovaDomain:
 
     def _remove_iova(self, node: Iova, cpu: int, why: str) -> None:
         """``remove_iova()`` (iova.c): cached-node update, then ``rb_erase``."""
-        self.__cached_rbnode_delete_update(node)
-        self._erase(node)
+        neg, nodes = self._neg, self._nodes
+        i = bisect_left(neg, -node.pfn_lo)  # one index lookup serves rb_next() and rb_erase()
+        self.__cached_rbnode_delete_update(node, nodes[-neg[i - 1]] if i > 0 else None)
+        del neg[i]
+        del nodes[node.pfn_lo]
         log = self.log
         if log.keep:
             log.emit(_L, "remove_iova", "tree_free", node.pfn_lo, cpu=cpu,
                      pfn_lo=node.pfn_lo, pfn_hi=node.pfn_hi, why=why)
         else:
-            log.tally("tree_free")
+            log.totals["tree_free"] += 1
 
     def free_iova(self, pfn: int, cpu: int = 0) -> None:
         """``free_iova(iovad, pfn)`` (iova.c): free the whole node that holds ``pfn``.
@@ -383,7 +394,7 @@ class IovaDomain:
         if log.keep:
             log.emit(_L, "free_iova", "iova_frees", None, cpu=cpu, pfn=pfn)
         else:
-            log.tally("iova_frees")
+            log.totals["iova_frees"] += 1
 
     def reserve_iova(self, pfn_lo: int, pfn_hi: int) -> Iova:
         """``reserve_iova(iovad, pfn_lo, pfn_hi)`` (iova.c): mark a range as never allocatable.
@@ -456,7 +467,7 @@ class IovaDomain:
             log.emit(_L, "iova_rcache_insert", "rcache_insert", True, cpu=cpu, pfn=pfn,
                      size=size, bin=log_size, how=how)
         else:
-            log.tally("rcache_insert")
+            log.totals["rcache_insert"] += 1
         return True
 
     def iova_rcache_get(self, size: int, limit_pfn: int, cpu: int = 0) -> int:
@@ -482,8 +493,19 @@ class IovaDomain:
                               depot_size=rcache.depot_size)
             else:
                 return 0
-        pfn = c.loaded.pop(limit_pfn - size)
-        if pfn and src != "loaded" and self.log.keep:
+        # iova_magazine_pop(loaded, limit_pfn - size), inline: first pfn from the top that fits
+        p = c.loaded.pfns
+        lim = limit_pfn - size
+        i = len(p) - 1
+        while p[i] > lim:
+            if i == 0:
+                return 0
+            i -= 1
+        pfn = p[i]
+        last = p.pop()
+        if i < len(p):
+            p[i] = last
+        if src != "loaded" and self.log.keep:
             self.log.emit(_L, "__iova_rcache_get", "magazine_swap", pfn, cpu=cpu, bin=log_size,
                           source=src)
         return pfn
@@ -516,15 +538,16 @@ class IovaDomain:
                 log.emit(_L, "alloc_iova_fast", "iova_allocs", pfn, cpu=cpu, size=asked,
                          limit_pfn=limit_pfn, source="rcache")
             else:
-                log.tally("rcache_hits")
-                log.tally("iova_allocs")
+                t = log.totals
+                t["rcache_hits"] += 1
+                t["iova_allocs"] += 1
             return pfn
         if size <= (1 << (IOVA_RANGE_CACHE_MAX_SIZE - 1)):
             if keep:
                 log.emit(_L, "iova_rcache_get", "rcache_miss", 0, cpu=cpu, size=size,
                          limit_pfn=limit_pfn)
             else:
-                log.tally("rcache_miss")
+                log.totals["rcache_miss"] += 1
         while True:
             new = self._alloc_and_insert_iova_range(size, limit_pfn + 1, True, cpu)
             if new is not None:
@@ -532,7 +555,7 @@ class IovaDomain:
                     log.emit(_L, "alloc_iova_fast", "iova_allocs", new.pfn_lo, cpu=cpu,
                              size=asked, limit_pfn=limit_pfn, source="tree")
                 else:
-                    log.tally("iova_allocs")
+                    log.totals["iova_allocs"] += 1
                 return new.pfn_lo
             if not flush_rcache:
                 log.emit(_L, "alloc_iova_fast", "alloc_failed", 0, cpu=cpu, size=asked,
@@ -557,8 +580,10 @@ class IovaDomain:
             self._check_cpu(cpu)
         if size.__class__ is not int or size < 1:
             raise ValueError(f"free_iova_fast: size {size!r} must be >= 1 granule")
-        node = self.find_iova(pfn)
-        if node is None:
+        neg = self._neg
+        i = bisect_left(neg, -pfn)  # find_iova(pfn), inline
+        node = self._nodes[-neg[i]] if i < len(neg) else None
+        if node is None or node.pfn_hi < pfn or node is self.anchor:
             raise ValueError(f"free_iova_fast: no IOVA range holds pfn {pfn:#x}")
         log = self.log
         if self.iova_rcache_insert(pfn, size, cpu):
@@ -566,7 +591,7 @@ class IovaDomain:
                 log.emit(_L, "free_iova_fast", "iova_frees", None, cpu=cpu, pfn=pfn, size=size,
                          dest="rcache")
             else:
-                log.tally("iova_frees")
+                log.totals["iova_frees"] += 1
             return
         self._remove_iova(node, cpu, "free_iova")
         log.emit(_L, "free_iova_fast", "iova_frees", None, cpu=cpu, pfn=pfn, size=size,
