@@ -152,7 +152,12 @@ def _dma_section(header: dict) -> Callable[[dict], object]:
     fmt = "x86-64" if granule == 0x1000 else "arm-lpae"
     ias = max(aperture_end.bit_length(), 32)
     log = EventLog(keep=True)
-    iommu = _Iommu(bitmap, fmt=fmt, ias=ias, aperture_start=0, aperture_end=aperture_end,
+    # iommu_dma_init_domain: start_pfn = max(1, aperture_start >> order); honour a header that names
+    # another start_pfn (or aperture_start) instead of assuming 0
+    shift = granule.bit_length() - 1
+    aperture_start = header.get("aperture_start", max(header.get("start_pfn", 1), 1) << shift
+                                if header.get("start_pfn", 1) > 1 else 0)
+    iommu = _Iommu(bitmap, fmt=fmt, ias=ias, aperture_start=aperture_start, aperture_end=aperture_end,
                    force_aperture=True, log=log)
     dom = DmaDomain(iommu, strict=True, log=log)
     d = header["device"]
