@@ -345,6 +345,9 @@ def test_random_interleavings(seq, strict):
             assert dom.iommu.device_access(addr) is not None
         elif act[0] == "tick":
             dom.advance_time(10)
+        # no PTE without a live mapping: the leaves are exactly the live mappings' granules
+        expect = sum(((x[1] & 0xFFF) + x[2] + 0xFFF) >> 12 if x[0] == "page" else x[2] for x in live)
+        assert dom.iommu.pgtable.leaf_count() == expect
         # every linked byte translates to the right phys; no IOVA is mapped twice
         for item in live:
             if item[0] == "page":
