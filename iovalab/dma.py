@@ -28,9 +28,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .device import Device
+from .device import (
+    DMA_ATTR_PRIVILEGED, DMA_ATTR_SKIP_CPU_SYNC, DMA_BIDIRECTIONAL, DMA_DIR_NAMES, DMA_FROM_DEVICE, DMA_NONE,
+    DMA_TO_DEVICE, Device,
+)
 from .events import EventLog
-from .iommu import IommuDomain, IotlbGather
+from .iommu import (
+    IOMMU_CACHE, IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE, IommuDomain, IotlbGather,
+)
 from .iova import IovaDomain
 from .units import (
     DMA_BIT_MASK, DMA_MAPPING_ERROR, EINVAL, EIO, ENOMEM, EOPNOTSUPP, EPERM, DmaError, bits_per,
@@ -46,18 +51,12 @@ __all__ = [
     "IOVA_DEFAULT_FQ_TIMEOUT", "IOVA_SINGLE_FQ_SIZE", "IOVA_SINGLE_FQ_TIMEOUT",
 ]
 
-# enum dma_data_direction (include/linux/dma-direction.h)
-DMA_BIDIRECTIONAL, DMA_TO_DEVICE, DMA_FROM_DEVICE, DMA_NONE = 0, 1, 2, 3
-DIR_NAMES = {0: "BIDIRECTIONAL", 1: "TO_DEVICE", 2: "FROM_DEVICE", 3: "NONE"}
-# DMA attributes (include/linux/dma-mapping.h)
-DMA_ATTR_SKIP_CPU_SYNC = 1 << 5
-DMA_ATTR_PRIVILEGED = 1 << 9
+#: enum dma_data_direction names (include/linux/dma-direction.h); the values come from device.py
+DIR_NAMES = DMA_DIR_NAMES
+#: DMA_ATTR_MMIO (include/linux/dma-mapping.h, 6.18+)
 DMA_ATTR_MMIO = 1 << 10
 #: private flag in ``dma_iova_state.__size`` (include/linux/dma-mapping.h)
 DMA_IOVA_USE_SWIOTLB = 1 << 63
-# IOMMU prot bits (include/linux/iommu.h)
-IOMMU_READ, IOMMU_WRITE, IOMMU_CACHE, IOMMU_NOEXEC, IOMMU_MMIO, IOMMU_PRIV = (
-    1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5)
 # flush queue parameters (drivers/iommu/dma-iommu.c)
 IOVA_DEFAULT_FQ_SIZE = 256
 IOVA_DEFAULT_FQ_TIMEOUT = 10      # ms

@@ -493,19 +493,8 @@ class IovaDomain:
                               depot_size=rcache.depot_size)
             else:
                 return 0
-        # iova_magazine_pop(loaded, limit_pfn - size), inline: first pfn from the top that fits
-        p = c.loaded.pfns
-        lim = limit_pfn - size
-        i = len(p) - 1
-        while p[i] > lim:
-            if i == 0:
-                return 0
-            i -= 1
-        pfn = p[i]
-        last = p.pop()
-        if i < len(p):
-            p[i] = last
-        if src != "loaded" and self.log.keep:
+        pfn = c.loaded.pop(limit_pfn - size)
+        if pfn and src != "loaded" and self.log.keep:
             self.log.emit(_L, "__iova_rcache_get", "magazine_swap", pfn, cpu=cpu, bin=log_size,
                           source=src)
         return pfn
