@@ -60,7 +60,7 @@ from ..units import DMA_MAPPING_ERROR, parse_int
 
 __all__ = [
     "SIZEOF", "APIS", "Bookkeeping", "DirectDma", "ScenarioResult", "ScenarioContext", "Step",
-    "make_device", "make_domain", "int_param", "modelled_costs", "as_context",
+    "make_device", "make_domain", "int_param", "modelled_costs", "as_context", "make_run",
 ]
 
 #: Sizes (bytes, x86-64) of the C objects the scenarios count as bookkeeping; see the module table.
@@ -377,3 +377,19 @@ def as_context(obj: ScenarioContext | str | dict, api: str, scenario: str, defau
         raise ValueError(f"expected a {scenario!r} preset, got {got!r}")
     return ScenarioContext(obj, api, strict=strict, keep_events=keep_events, fine=fine,
                            default_device=default_device)
+
+
+def make_run(scenario: str, default_device: str, iter_steps):
+    """The ``run()`` of a scenario module: :func:`iter_steps` (per-phase steps) to completion."""
+
+    def run(ctx: ScenarioContext | str | dict, cost_preset: str | None = None, api: str = "iova", *,
+            strict: bool = True, keep_events: bool = True) -> ScenarioResult:
+        ctx = as_context(ctx, api, scenario, default_device, strict=strict, keep_events=keep_events, fine=False)
+        for _ in iter_steps(ctx):
+            pass
+        return ctx.finish(cost_preset)
+
+    run.__doc__ = (f"Run the {scenario} scenario's ``iter_steps`` (per-phase steps) to completion and return the "
+                   f":class:`ScenarioResult`. ``ctx``: a :class:`ScenarioContext` or a {scenario} preset (name "
+                   "or dict).")
+    return run

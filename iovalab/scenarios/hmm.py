@@ -51,7 +51,7 @@ import numpy as np
 
 from ..dma import DMA_BIDIRECTIONAL, DmaIovaState, dma_use_iova
 from ..units import DMA_MAPPING_ERROR, EOPNOTSUPP, PAGE_SIZE, DmaError, hx
-from .common import SIZEOF, ScenarioContext, ScenarioResult, Step, as_context, int_param
+from .common import SIZEOF, ScenarioContext, Step, as_context, int_param, make_run
 
 __all__ = ["APIS", "FAULT_ORDERS", "fault_order", "iter_steps", "run"]
 
@@ -337,11 +337,4 @@ def iter_steps(ctx: ScenarioContext | str | dict, api: str = "iova", *, strict: 
                          "also in lazy domains")
 
 
-def run(ctx: ScenarioContext | str | dict, cost_preset: str | None = None, api: str = "iova", *,
-        strict: bool = True, keep_events: bool = True) -> ScenarioResult:
-    """Run :func:`iter_steps` (per-phase steps) to completion and return the :class:`ScenarioResult`.
-    ``ctx``: a :class:`~iovalab.scenarios.common.ScenarioContext` or a hmm preset (name or dict)."""
-    ctx = as_context(ctx, api, "hmm", "mlx5", strict=strict, keep_events=keep_events, fine=False)
-    for _ in iter_steps(ctx):
-        pass
-    return ctx.finish(cost_preset)
+run = make_run("hmm", "mlx5", iter_steps)

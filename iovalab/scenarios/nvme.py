@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 
 from ..dma import DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaIovaState, ScatterEntry, dma_iova_size, dma_use_iova
 from ..units import DMA_MAPPING_ERROR, PAGE_SIZE, SZ_128K, hx
-from .common import SIZEOF, ScenarioContext, ScenarioResult, Step, as_context, int_param
+from .common import SIZEOF, ScenarioContext, Step, as_context, int_param, make_run
 
 __all__ = [
     "APIS", "NVME_CTRL_PAGE_SIZE", "NVME_SMALL_POOL_SIZE", "NVME_MAX_BYTES", "NVME_MAX_SEGS",
@@ -728,11 +728,4 @@ def iter_steps(ctx: ScenarioContext | str | dict, api: str = "iova", *, strict: 
                          "every path: the IOVA API is only used for multi-segment requests")
 
 
-def run(ctx: ScenarioContext | str | dict, cost_preset: str | None = None, api: str = "iova", *,
-        strict: bool = True, keep_events: bool = True) -> ScenarioResult:
-    """Run :func:`iter_steps` (per-phase steps) to completion and return the :class:`ScenarioResult`.
-    ``ctx``: a :class:`~iovalab.scenarios.common.ScenarioContext` or a nvme preset (name or dict)."""
-    ctx = as_context(ctx, api, "nvme", "nvme", strict=strict, keep_events=keep_events, fine=False)
-    for _ in iter_steps(ctx):
-        pass
-    return ctx.finish(cost_preset)
+run = make_run("nvme", "nvme", iter_steps)

@@ -48,7 +48,7 @@ import numpy as np
 
 from ..dma import DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaIovaState, ScatterEntry, dma_use_iova
 from ..units import DMA_MAPPING_ERROR, PAGE_SIZE, hx
-from .common import SIZEOF, ScenarioContext, ScenarioResult, Step, as_context, int_param
+from .common import SIZEOF, ScenarioContext, Step, as_context, int_param, make_run
 
 __all__ = ["APIS", "SG_MAX_SINGLE_ALLOC", "VFIO_IOMMU_TLB_SYNC_MAX", "page_runs", "sg_slots",
            "vfio_type1_counts", "iter_steps", "run"]
@@ -247,11 +247,4 @@ def iter_steps(ctx: ScenarioContext | str | dict, api: str = "iova", *, strict: 
                      "iommu_map() in an UNMANAGED domain, outside the DMA API")
 
 
-def run(ctx: ScenarioContext | str | dict, cost_preset: str | None = None, api: str = "iova", *,
-        strict: bool = True, keep_events: bool = True) -> ScenarioResult:
-    """Run :func:`iter_steps` (per-phase steps) to completion and return the :class:`ScenarioResult`.
-    ``ctx``: a :class:`~iovalab.scenarios.common.ScenarioContext` or a vfio preset (name or dict)."""
-    ctx = as_context(ctx, api, "vfio", "mlx5", strict=strict, keep_events=keep_events, fine=False)
-    for _ in iter_steps(ctx):
-        pass
-    return ctx.finish(cost_preset)
+run = make_run("vfio", "mlx5", iter_steps)
