@@ -13,6 +13,7 @@ RANK = {
     "iova": 1, "pgtable": 1, "ftrace": 1,
     "iommu": 2, "device": 2,
     "swiotlb": 3,
+    "dma_iova": 3.5,
     "dma": 4,
     "cost": 5,
     "scenarios": 6,
