@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from .device import Device
 from .dma import DmaDomain
 from .events import EventLog
-from .ftrace import (
-    FtraceCapture, format_dma_alloc, format_dma_map_page, format_dma_map_sg, format_dma_unmap_page,
-    format_dma_unmap_sg, format_line, format_map, format_unmap, parse_ftrace, write_ftrace,
+from .ftrace import FtraceCapture, parse_ftrace
+from .ftrace_write import (
+    format_dma_alloc, format_dma_map_page, format_dma_map_sg, format_dma_unmap_page, format_dma_unmap_sg,
+    format_line, format_map, format_unmap, write_ftrace,
 )
 from .iommu import IommuDomain, IotlbGather
 from .iova import IOVA_DEPOT_DELAY_MS, IOVA_RANGE_CACHE_MAX_SIZE

@@ -16,6 +16,12 @@ from iovalab.ftrace import (
     KNOWN_EVENTS,
     FtraceParseError,
     decode_dma_attrs,
+    parse_dma_attrs,
+    parse_ftrace,
+    parse_line,
+    phases,
+)
+from iovalab.ftrace_write import (
     format_dma_alloc,
     format_dma_free,
     format_dma_map_page,
@@ -28,10 +34,6 @@ from iovalab.ftrace import (
     format_map,
     format_swiotlb_bounced,
     format_unmap,
-    parse_dma_attrs,
-    parse_ftrace,
-    parse_line,
-    phases,
     write_ftrace,
 )
 

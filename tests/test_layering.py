@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parent.parent / "iovalab"
 #: layer of every module; a module may import only modules of a strictly lower layer
 RANK = {
     "events": 0, "units": 0,
-    "iova": 1, "pgtable": 1, "ftrace": 1,
+    "iova": 1, "pgtable": 1, "ftrace": 1, "ftrace_write": 1.5,
     "iommu": 2, "device": 2,
     "swiotlb": 3,
     "dma_iova": 3.5,

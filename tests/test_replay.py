@@ -9,7 +9,8 @@ import pytest
 
 from iovalab.device import Device
 from iovalab.dma import DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaDomain, DmaIovaState, ScatterEntry
-from iovalab.ftrace import format_fields, parse_ftrace
+from iovalab.ftrace import parse_ftrace
+from iovalab.ftrace_write import format_fields
 from iovalab.replay import events_to_ftrace, export_ftrace, reconstruct, replay_capture
 from iovalab.units import DMA_BIT_MASK
 
