@@ -25,6 +25,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 
 lab: $(VENV)/.lab-installed
 	$(BIN)/python -m jupyterlab --ip=127.0.0.1 --port=$(PORT) --ServerApp.root_dir=notebooks \
+		--LabApp.default_url=/lab/tree/00-start-here.ipynb \
 		$(if $(filter 0,$(shell id -u)),--allow-root,) notebooks/00-start-here.ipynb
 
 lint: $(VENV)/.dev-installed

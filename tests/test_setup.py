@@ -68,9 +68,10 @@ def test_make_lab_starts_jupyterlab_with_token(tmp_path):
                     break
                 continue
             out.append(line)
-            m = re.search(rf"http://127\.0\.0\.1:{port}/\S*\?token=([0-9a-f]+)", line)
+            m = re.search(rf"http://127\.0\.0\.1:{port}/(\S*)\?token=([0-9a-f]+)", line)
             if m:
-                token = m.group(1)
+                assert m.group(1) == "lab/tree/00-start-here.ipynb", line  # opens the first chapter
+                token = m.group(2)
         assert token, "no tokenised URL printed:\n" + "".join(out[-30:])
         url = f"http://127.0.0.1:{port}/api/status"
         for _ in range(60):
