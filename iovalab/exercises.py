@@ -261,6 +261,15 @@ def _gen_addr(api: str, frees: bool) -> Callable[[random.Random], dict]:
     return gen
 
 
+def _replayed(p: dict):
+    """A fresh domain and device with the problem's history replayed: ``(dom, dev, derivation lines)``."""
+    dom = fresh_domain(p["granule"])
+    dev = _mkdev(p["device"])
+    lines = [f"replay on {_dom_text(p['granule'])}, {_dev_text(p['device'])}:"]
+    _replay(dom, dev, p["history"], lines)
+    return dom, dev, lines
+
+
 def _q_addr(p: dict) -> str:
     fn = "dma_iova_try_alloc(dev, &state" if p["api"] == "try_alloc" else "dma_map_page(dev"
     what = "state->addr" if p["api"] == "try_alloc" else "the DMA address it returns"
@@ -270,10 +279,7 @@ def _q_addr(p: dict) -> str:
 
 
 def _solve_addr(p: dict) -> tuple[Any, list[str]]:
-    dom = fresh_domain(p["granule"])
-    dev = _mkdev(p["device"])
-    lines = [f"replay on {_dom_text(p['granule'])}, {_dev_text(p['device'])}:"]
-    _replay(dom, dev, p["history"], lines)
+    dom, dev, lines = _replayed(p)
     mark = dom.log.mark()
     if p["api"] == "try_alloc":
         st = DmaIovaState()
@@ -319,10 +325,7 @@ def _q_attempt(p: dict) -> str:
 
 
 def _solve_attempt(p: dict) -> tuple[Any, list[str]]:
-    dom = fresh_domain(p["granule"])
-    dev = _mkdev(p["device"])
-    lines = [f"replay on {_dom_text(p['granule'])}, {_dev_text(p['device'])}:"]
-    _replay(dom, dev, p["history"], lines)
+    dom, dev, lines = _replayed(p)
     lines.append(f"pci_32bit_workaround before the call: {dev.pci_32bit_workaround}")
     mark = dom.log.mark()
     st = DmaIovaState()
