@@ -177,17 +177,6 @@ class IovaDomain:
                       dma_32bit_pfn=self.dma_32bit_pfn)
 
     # -- tree primitives -------------------------------------------------------------------
-    def rb_prev(self, node: Iova) -> Iova | None:
-        """Predecessor in pfn order (``rb_prev``), or None."""
-        neg = self._neg
-        i = bisect_left(neg, -node.pfn_lo) + 1
-        return self._nodes[-neg[i]] if i < len(neg) else None
-
-    def rb_next(self, node: Iova) -> Iova | None:
-        """Successor in pfn order (``rb_next``), or None."""
-        i = bisect_left(self._neg, -node.pfn_lo)
-        return self._nodes[-self._neg[i - 1]] if i > 0 else None
-
     def _insert(self, node: Iova) -> None:
         if node.pfn_lo in self._nodes:  # iova_insert_rbtree: WARN_ON(1) on a duplicate key
             raise AssertionError(f"duplicate pfn_lo {node.pfn_lo:#x} in the IOVA tree")
