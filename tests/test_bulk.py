@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iovalab.device import Device
-from iovalab.dma import DmaDomain, DmaIovaState
-from iovalab.events import EventLog
+from iovalab.kernel.device import Device
+from iovalab.kernel.dma_iommu import DmaDomain, DmaIovaState
+from iovalab.kernel.events import EventLog
 
 
 def run(keep, preset, order, unlink, npages=2048):
@@ -40,7 +40,7 @@ def test_bulk_equals_per_page(seed, preset):
 
 def test_bulk_falls_back_to_kernel_errors():
     """A page that is already linked makes the batch go page by page, which raises as the kernel would."""
-    from iovalab.units import DmaError
+    from iovalab.kernel.units import DmaError
     dom = DmaDomain("intel-vtd", log=EventLog(keep=False))
     dev = Device.mlx5()
     st_ = DmaIovaState()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from iovalab.traces import TraceFormatError, check_trace
+from iovalab.trace.reference import TraceFormatError, check_trace
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "kernel-traces"
 

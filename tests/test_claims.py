@@ -1,4 +1,4 @@
-"""iovalab.claims (the reviewer's claim checker and the review-lab drivers) and iovalab.viz_replay."""
+"""iovalab.lab.claims (the reviewer's claim checker and the review-lab drivers) and iovalab.book.viz_replay."""
 
 import json
 from pathlib import Path
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import iovalab
-from iovalab.claims import (
+from iovalab.lab.claims import (
     check, evaluate, hint_effect, iova_space_use, parse_errno, parse_statement, path_counts, table,
     unaligned_buffers, aligned_pages,
 )
@@ -156,9 +156,9 @@ def test_path_counts():
 def test_replay_figure_and_summary(tmp_path):
     import matplotlib
     matplotlib.use("Agg")
-    from iovalab.ftrace import parse_ftrace
-    from iovalab.replay import replay_capture
-    from iovalab.viz_replay import plot_replay, replay_summary
+    from iovalab.trace.ftrace import parse_ftrace
+    from iovalab.trace.replay import replay_capture
+    from iovalab.book.viz_replay import plot_replay, replay_summary
     path = ROOT / "data" / "real" / "strict-smp1.trace"
     cap = parse_ftrace(path)
     res = replay_capture(cap, path=str(path))

@@ -1,18 +1,18 @@
-"""iovalab.cost: the shipped CSV, loader errors, modelled_ns arithmetic, sensitivity."""
+"""iovalab.lab.cost: the shipped CSV, loader errors, modelled_ns arithmetic, sensitivity."""
 
 import csv
 import re
 
 import pytest
 
-from iovalab.cost import (
+from iovalab.lab.cost import (
     CSV_COLUMNS,
     OPERATIONS,
     CostModelError,
     default_cost_model_path,
     load_cost_model,
 )
-from iovalab.events import COUNTER_KINDS, Counters, EventLog
+from iovalab.kernel.events import COUNTER_KINDS, Counters, EventLog
 
 PRESETS = ("x86-vtd", "arm-smmuv3", "smmu-noncoherent")
 V_LEVEL = re.compile(r"\b(V-txt|V-exc|V-abs|2nd|NV)\b")

@@ -1,17 +1,17 @@
-"""iovalab.device: defaults per pci_device_add, presets per the drivers, mask helpers, bounce tests."""
+"""iovalab.kernel.device: defaults per pci_device_add, presets per the drivers, mask helpers, bounce tests."""
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iovalab.device import (
+from iovalab.kernel.device import (
     DMA_BIDIRECTIONAL,
     DMA_FROM_DEVICE,
     DMA_TO_DEVICE,
     Device,
     kmalloc_size_roundup,
 )
-from iovalab.units import DMA_BIT_MASK, ULONG_MAX
+from iovalab.kernel.units import DMA_BIT_MASK, ULONG_MAX
 
 
 def test_pci_defaults():

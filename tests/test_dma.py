@@ -5,14 +5,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iovalab.device import Device
-from iovalab.dma import (
+from iovalab.kernel.device import Device
+from iovalab.kernel.dma_iommu import (
     DMA_BIDIRECTIONAL, DMA_IOVA_USE_SWIOTLB, DMA_NONE, DMA_TO_DEVICE, DmaDomain, DmaIovaState,
     ScatterEntry, dma_iova_size, dma_mapping_error, dma_use_iova,
 )
-from iovalab.events import COUNTER_KINDS, EventLog
-from iovalab.swiotlb import SwiotlbPool
-from iovalab.units import DMA_BIT_MASK, EEXIST, EINVAL, EIO, DmaError
+from iovalab.kernel.events import COUNTER_KINDS, EventLog
+from iovalab.kernel.swiotlb import SwiotlbPool
+from iovalab.kernel.units import DMA_BIT_MASK, EEXIST, EINVAL, EIO, DmaError
 
 
 def fresh(strict=True, ncpus=1, iommu="intel-vtd", **kw):

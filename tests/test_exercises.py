@@ -1,4 +1,4 @@
-"""iovalab.exercises and iovalab.quizwidget: seeded problems, simulator-computed answers, the quiz CLI,
+"""iovalab.lab.exercises and iovalab.book.quizwidget: seeded problems, simulator-computed answers, the quiz CLI,
 agreement with the kernel-oracle traces, and the widget callbacks driven headlessly."""
 
 import argparse
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iovalab.claims import format_split, parse_split
-from iovalab.exercises import KINDS, cli, generate, make_problem, parse_id, problem, wrong_answer
+from iovalab.lab.claims import format_split, parse_split
+from iovalab.lab.exercises import KINDS, cli, generate, make_problem, parse_id, problem, wrong_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACES = ROOT / "data" / "kernel-traces"
@@ -268,7 +268,7 @@ def test_cli_subprocess_round_trip():
 
 # ------------------------------------------------------------------------------------------------ widgets
 def test_quiz_panel_headless():
-    from iovalab.quizwidget import QuizPanel
+    from iovalab.book.quizwidget import QuizPanel
     q = QuizPanel(seed=9, count=5)
     p = q.current
     assert p.id == "s9-p01" and p.id in q.question.value
@@ -297,7 +297,7 @@ def test_quiz_panel_headless():
 
 
 def test_claim_panel_headless():
-    from iovalab.quizwidget import ClaimPanel
+    from iovalab.book.quizwidget import ClaimPanel
     c = ClaimPanel()
     c.check_button.click()
     assert c.last.ok and "✓" in c.result.value

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iovalab import explain
-from iovalab.explain import (
+from iovalab.lab import explain
+from iovalab.lab.explain import (
     footprint, mask_walk, record, scaling, state_at, step_bounds,
 )
-from iovalab.units import DMA_BIT_MASK
+from iovalab.kernel.units import DMA_BIT_MASK
 
 
 # --- footprint ------------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def test_workload_lists():
 
 # --- comparisons ---------------------------------------------------------------------------------
 def test_compare_workload_matches_scenario_counters():
-    from iovalab.scenarios import run_scenario
+    from iovalab.lab.scenarios import run_scenario
     res = explain.compare_workload("nvme-128k-scattered")
     assert set(res) == {"page", "sg", "iova"}
     for path, r in res.items():

@@ -1,4 +1,4 @@
-"""Tests for iovalab.ftrace: parsing the real 6.12 capture, format variants, errors, fuzzing,
+"""Tests for iovalab.trace.ftrace: parsing the real 6.12 capture, format variants, errors, fuzzing,
 and the writer (exact kernel layout, loss-free round trips)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iovalab.ftrace import (
+from iovalab.trace.ftrace import (
     DMA_ATTR_NAMES,
     DMA_TRACE_MAX_ENTRIES,
     KNOWN_EVENTS,
@@ -21,7 +21,7 @@ from iovalab.ftrace import (
     parse_line,
     phases,
 )
-from iovalab.ftrace_write import (
+from iovalab.trace.ftrace_write import (
     format_dma_alloc,
     format_dma_free,
     format_dma_map_page,

@@ -29,7 +29,7 @@ import nbformat
 import pytest
 from conftest import jupyter_env
 
-from iovalab.handout import WIDGET_MIME, build_handout, select_notebooks
+from iovalab.cli.handout import WIDGET_MIME, build_handout, select_notebooks
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iovalab.events import EventLog
-from iovalab.iommu import (
+from iovalab.kernel.events import EventLog
+from iovalab.kernel.iommu import (
     IOMMU_FAULT_WRITE,
     IOMMU_READ,
     IOMMU_WRITE,
@@ -23,8 +23,8 @@ from iovalab.iommu import (
     iommu_pgsize,
     split_pages,
 )
-from iovalab.pgtable import AMD_IOMMU_PGSIZES
-from iovalab.units import EEXIST, EINVAL, SZ_1G, SZ_2M, SZ_4K, SZ_64K, SZ_512M, ULONG_MAX
+from iovalab.kernel.pgtable import AMD_IOMMU_PGSIZES
+from iovalab.kernel.units import EEXIST, EINVAL, SZ_1G, SZ_2M, SZ_4K, SZ_64K, SZ_512M, ULONG_MAX
 
 RW = IOMMU_READ | IOMMU_WRITE
 K4, M2 = SZ_4K, SZ_2M

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iovalab.events import EventLog
-from iovalab.iova import IOVA_MAG_SIZE, IovaDomain, iova_rcache_range
+from iovalab.kernel.events import EventLog
+from iovalab.kernel.iova import IOVA_MAG_SIZE, IovaDomain, iova_rcache_range
 
 LIM32 = 0xFFFFF  # 32-bit limit_pfn for a 4 KiB granule (inclusive)
 

@@ -3,8 +3,8 @@ map/unmap per driver, overlap, partial blocks, holes, table freeing, AMD replica
 
 import pytest
 
-from iovalab.events import EventLog
-from iovalab.pgtable import (
+from iovalab.kernel.events import EventLog
+from iovalab.kernel.pgtable import (
     AMD_IOMMU_PGSIZES,
     IOMMU_CACHE,
     IOMMU_READ,
@@ -12,7 +12,7 @@ from iovalab.pgtable import (
     IoPageTable,
     arm_lpae_pgsizes,
 )
-from iovalab.units import EEXIST, EFAULT, EINVAL, ERANGE, SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M
+from iovalab.kernel.units import EEXIST, EFAULT, EINVAL, ERANGE, SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M
 
 RW = IOMMU_READ | IOMMU_WRITE
 K4, M2 = SZ_4K, SZ_2M

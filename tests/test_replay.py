@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from iovalab.device import Device
-from iovalab.dma import DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaDomain, DmaIovaState, ScatterEntry
-from iovalab.ftrace import parse_ftrace
-from iovalab.ftrace_write import format_fields
-from iovalab.replay import events_to_ftrace, export_ftrace, reconstruct, replay_capture
-from iovalab.units import DMA_BIT_MASK
+from iovalab.kernel.device import Device
+from iovalab.kernel.dma_iommu import DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaDomain, DmaIovaState, ScatterEntry
+from iovalab.trace.ftrace import parse_ftrace
+from iovalab.trace.ftrace_write import format_fields
+from iovalab.trace.replay import events_to_ftrace, export_ftrace, reconstruct, replay_capture
+from iovalab.kernel.units import DMA_BIT_MASK
 
 REAL = Path(__file__).resolve().parent.parent / "data" / "real" / "strict-smp1.trace"
 

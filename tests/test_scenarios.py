@@ -1,4 +1,4 @@
-"""Tests for iovalab.scenarios (NVMe, HMM, VFIO under every mapping path).
+"""Tests for iovalab.lab.scenarios (NVMe, HMM, VFIO under every mapping path).
 
 Counts are asserted from the run's event log (``result.log``), not re-derived.
 """
@@ -16,17 +16,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iovalab.scenarios import (
+from iovalab.lab.scenarios import (
     COUNTER_KEYS, cli, iter_scenario, list_presets, load_preset, run_scenario, valid_apis,
 )
-from iovalab.scenarios.common import SIZEOF, Bookkeeping
-from iovalab.scenarios.nvme import (
+from iovalab.drivers.common import SIZEOF, Bookkeeping
+from iovalab.drivers.nvme import (
     NVME_CTRL_PAGE_SIZE, blk_map_iter_segments, blk_split_requests, bio_vecs, nvme_prp_layout,
 )
-from iovalab.scenarios.vfio import sg_slots
+from iovalab.drivers.vfio_mlx5 import sg_slots
 
 ROOT = Path(__file__).resolve().parent.parent
-SCEN = ROOT / "iovalab" / "scenarios"
+SCEN = ROOT / "iovalab" / "drivers"
 
 REQUIRED = ["nvme-4k-read", "nvme-128k-scattered", "nvme-unaligned-12k", "nvme-1m-direct",
             "hmm-1gib-random", "vfio-migration-256mib"]
@@ -347,7 +347,7 @@ def test_hmm_fallback_page_path():
 
 
 def test_hmm_random_order_is_deterministic():
-    from iovalab.scenarios.hmm import fault_order
+    from iovalab.drivers.hmm import fault_order
     a = fault_order({"fault_order": "random", "seed": 7}, 1000)
     b = fault_order({"fault_order": "random", "seed": 7}, 1000)
     assert np.array_equal(a, b) and sorted(a.tolist()) == list(range(1000))
@@ -413,7 +413,7 @@ def test_iter_scenario_steps_add_up():
 
 
 def test_scenarios_use_only_the_dma_layer():
-    forbidden = ("iovalab.iova", "iovalab.iommu", "iovalab.pgtable")
+    forbidden = ("iovalab.kernel.iova", "iovalab.kernel.iommu", "iovalab.kernel.pgtable")
 
     def bad(name: str) -> bool:
         return any(name == f or name.startswith(f + ".") for f in forbidden)
@@ -495,7 +495,8 @@ def test_valid_apis():
 
 
 def test_module_entry_points_take_preset_names():
-    from iovalab.scenarios import nvme, vfio
+    from iovalab.drivers import nvme
+    from iovalab.drivers import vfio_mlx5 as vfio
     r = nvme.run("nvme-4k-read", api="page")
     assert r.counters.iova_allocs == 1 and r.api == "page"
     steps = list(vfio.iter_steps("vfio-migration-4mib", api="sg"))

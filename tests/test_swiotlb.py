@@ -1,18 +1,18 @@
-"""iovalab.swiotlb: slot search and alignment (kernel/dma/swiotlb.c), copies, errors, padding zeroing."""
+"""iovalab.kernel.swiotlb: slot search and alignment (kernel/dma/swiotlb.c), copies, errors, padding zeroing."""
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iovalab.device import (
+from iovalab.kernel.device import (
     DMA_ATTR_SKIP_CPU_SYNC,
     DMA_BIDIRECTIONAL,
     DMA_FROM_DEVICE,
     DMA_TO_DEVICE,
     Device,
 )
-from iovalab.events import EventLog
-from iovalab.swiotlb import (
+from iovalab.kernel.events import EventLog
+from iovalab.kernel.swiotlb import (
     IO_TLB_DEFAULT_SIZE,
     IO_TLB_SEGSIZE,
     IO_TLB_SIZE,
@@ -21,7 +21,7 @@ from iovalab.swiotlb import (
     swiotlb_align_offset,
     swiotlb_max_mapping_size,
 )
-from iovalab.units import DMA_MAPPING_ERROR, DmaError
+from iovalab.kernel.units import DMA_MAPPING_ERROR, DmaError
 
 BASE = 0x8000_0000
 SEG = IO_TLB_SEGSIZE * IO_TLB_SIZE  # 256 KiB

@@ -13,10 +13,11 @@ from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from iovalab import explain, viz  # noqa: E402
-from iovalab.device import Device  # noqa: E402
-from iovalab.dma import DmaDomain, DmaIovaState  # noqa: E402
-from iovalab.viz_views import FootprintView, StepView, hex_label, hex_ticks  # noqa: E402
+from iovalab.book import viz  # noqa: E402
+from iovalab.lab import explain  # noqa: E402
+from iovalab.kernel.device import Device  # noqa: E402
+from iovalab.kernel.dma_iommu import DmaDomain, DmaIovaState  # noqa: E402
+from iovalab.book.viz_views import FootprintView, StepView, hex_label, hex_ticks  # noqa: E402
 
 
 def texts(fig: Figure) -> list[str]:

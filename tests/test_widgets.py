@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 
-from iovalab import explain, widgets  # noqa: E402
+from iovalab.book import widgets  # noqa: E402
+from iovalab.lab import explain  # noqa: E402
 
 
 def text(panel) -> str:

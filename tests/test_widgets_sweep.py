@@ -9,7 +9,7 @@ import itertools
 
 from sweep_helpers import ok, options
 
-from iovalab import widgets
+from iovalab.book import widgets
 
 
 def test_sweep_granule_explorer():

@@ -1,0 +1,116 @@
+"""The command line: ``python -m iovalab COMMAND ...``.
+
+Commands: ``check-trace`` (replay kernel reference traces), ``replay-ftrace`` (replay a real ftrace
+capture), ``scenario`` (run a workload preset under a mapping path), ``quiz`` (seeded exercises),
+``bench`` (measure speed budgets), ``handout`` (static HTML of the executed book).
+Each command's module is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from iovalab.resources import resolve_data_paths
+
+__all__ = ["main"]
+
+
+def _cmd_check_trace(args: argparse.Namespace) -> int:
+    from iovalab.trace.reference import TraceFormatError, check_trace
+
+    total_ops = total_bad = 0
+    paths = []
+    for arg in args.files:
+        found = resolve_data_paths(arg)
+        if not found:
+            print(f"error: {arg}: no such file, nor a bundled data file of that name "
+                  "(bundled: kernel-traces/*.jsonl)", file=sys.stderr)
+            return 2
+        paths.extend(found)
+    for path in paths:
+        try:
+            res = check_trace(path)
+        except TraceFormatError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        total_ops += res.ops
+        total_bad += res.n_mismatches
+        print(f"{path}: {res.ops} ops, {res.n_mismatches} mismatches")
+        for m in res.mismatches[: args.show]:
+            print(f"  {m}")
+        if res.n_mismatches > args.show:
+            print(f"  ... {res.n_mismatches - args.show} more")
+    print(f"TOTAL: {total_ops} ops, {total_bad} mismatches")
+    return 0 if total_bad == 0 else 1
+
+
+def _delegate(module: str, func: str):
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        mod = importlib.import_module(f"iovalab.{module}")
+        return getattr(mod, func)(args)
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="iovalab",
+                                description="Kernel-exact IOVA/DMA-mapping simulator and lab book tools.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("check-trace", help="replay kernel reference traces (JSON Lines) and compare")
+    c.add_argument("files", nargs="+", metavar="FILE")
+    c.add_argument("--show", type=int, default=5, help="mismatches to print per file (default 5)")
+    c.set_defaults(func=_cmd_check_trace)
+
+    r = sub.add_parser("replay-ftrace", help="replay a real kernel ftrace capture through the simulator")
+    r.add_argument("file", metavar="FILE")
+    r.add_argument("--cpus", type=int, default=None, help="CPU count (default: inferred from the trace)")
+    mode = r.add_mutually_exclusive_group()
+    mode.add_argument("--strict", dest="mode", action="store_const", const="strict")
+    mode.add_argument("--lazy", dest="mode", action="store_const", const="lazy")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(func=_delegate("trace.replay", "cli"), mode=None)
+
+    s = sub.add_parser("scenario", help="run a workload preset under a mapping path")
+    s.add_argument("preset", nargs="?", help="preset name (omit to list them)")
+    s.add_argument("--api", default="iova", help="page | sg | iova | direct")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--cost-preset", default=None)
+    s.add_argument("--lazy", action="store_true", help="lazy (flush-queue) domain instead of strict")
+    s.set_defaults(func=_delegate("lab.scenarios", "cli"))
+
+    q = sub.add_parser("quiz", help="seeded exercises with answers computed by the simulator")
+    q.add_argument("--seed", type=int, default=1)
+    q.add_argument("--count", type=int, default=10)
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--answers", action="store_true")
+    q.add_argument("--check", nargs=2, metavar=("ID", "ANSWER"))
+    q.set_defaults(func=_delegate("lab.exercises", "cli"))
+
+    b = sub.add_parser("bench", help="measure the speed budgets on this machine")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--quick", action="store_true")
+    b.set_defaults(func=_delegate("cli.bench", "cli"))
+
+    h = sub.add_parser("handout", help="render the executed book to static HTML")
+    h.add_argument("--out", default="build/handout")
+    h.add_argument("--only", action="append", metavar="NAME[,NAME...]",
+                   help="build only these notebooks (names or shell patterns; repeatable)")
+    h.add_argument("--notebooks", default=None, metavar="DIR",
+                   help="the book's folder (default: notebooks/ of the checkout this package is in)")
+    h.set_defaults(func=_delegate("cli.handout", "cli"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

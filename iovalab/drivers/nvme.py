@@ -1,0 +1,733 @@
+"""NVMe reads and writes under every mapping path: ``drivers/nvme/host/pci.c`` + ``block/blk-mq-dma.c``.
+
+Mirrors (Linux 6.17 unless said otherwise): ``nvme_map_data``, ``nvme_pci_setup_data_simple``,
+``nvme_pci_setup_data_prp``, ``nvme_pci_setup_data_sgl``, ``nvme_pci_use_sgls``,
+``nvme_pci_avg_seg_size``, ``nvme_pci_prp_iter_next``, ``nvme_unmap_data`` (drivers/nvme/host/pci.c);
+``blk_rq_dma_map_iter_start``, ``blk_rq_dma_map_iter_next``, ``blk_rq_dma_map_iova``,
+``blk_dma_map_direct``, ``blk_can_dma_map_iova``, ``blk_map_iter_next``, ``blk_rq_dma_unmap``
+(block/blk-mq-dma.c, include/linux/blk-mq-dma.h); ``biovec_phys_mergeable``, ``get_max_segment_size``,
+``bvec_gap_to_prev`` (block/blk.h, block/blk-merge.c). The ``sg`` path is the 6.12-6.16 driver
+(``blk_rq_map_sg`` + ``dma_map_sgtable``, ``nvme_pci_setup_prps``/``nvme_pci_setup_sgls``) that the
+real capture in data/real/ (Linux 6.12) shows.
+
+Mapping paths (``api``):
+
+* ``"iova"`` - the 6.17 block layer: ``blk_can_dma_map_iova()`` (the queue's virt boundary, 4 KiB
+  for NVMe, must be a multiple of the IOMMU granule) and ``dma_iova_try_alloc(dev, state,
+  first.paddr, payload)`` -> one IOVA for the whole request, ``dma_iova_link`` per physical segment,
+  one ``dma_iova_sync``; completion: one ``dma_iova_destroy``. If either test fails the request falls
+  back to per-segment ``dma_map_page`` exactly as the kernel does (e.g. a 16K/64K-granule SMMU).
+* ``"page"`` - the same 6.17 code when the IOVA branch is not taken (as when
+  ``blk_can_dma_map_iova()`` is false): ``blk_dma_map_direct()`` = one ``dma_map_page`` per physical
+  segment, recorded in ``iod->dma_vecs`` for unmap; completion: ``dma_unmap_page`` per segment.
+* ``"sg"`` - 6.12-6.16: ``dma_map_sgtable`` over the request's scatterlist (one IOVA for the list,
+  a map call per physically contiguous run, one sync); completion: one ``dma_unmap_sg``.
+* ``"direct"`` - no IOMMU (see :class:`~iovalab.drivers.common.DirectDma`): ``dma_iova_try_alloc``
+  is false, each segment's DMA address is its physical address; ``dma_need_unmap()`` is false so the
+  block layer skips the unmaps (the single-segment path still calls ``dma_unmap_page``, as the driver
+  does unconditionally).
+
+In every path a request with exactly one physical segment takes the driver's single-segment fast path
+(``nvme_pci_setup_data_simple``, 6.12: ``nvme_setup_prp_simple``/``nvme_setup_sgl_simple``): one
+``dma_map_page`` ("dma_map_bvec"), never the IOVA API - the block layer's comment: "there is no point
+in using the slightly more complicated IOVA based path for single segment mappings".
+
+The I/O buffer: ``parameters.segments`` (explicit ``[[phys, len], ...]`` bio_vecs) or a user buffer
+``length``/``offset`` whose page i lives at ``phys.base + (i // run_pages) * phys.stride + (i %
+run_pages) * 4096``. Physically contiguous pieces form one multi-page bio_vec (``bio_add_page`` merges
+them). The I/O is split into requests (``bio_split_rw``) at ``max_hw_sectors`` =
+``min(NVME_MAX_BYTES, dma_opt_mapping_size(dev), MDTS)`` - 128 KiB behind an IOMMU
+(``dma_opt_mapping_size`` = ``iova_rcache_range()`` = ``PAGE_SIZE << 5``), 8 MiB (or MDTS) with
+dma-direct - at ``NVME_MAX_SEGS`` segments (256; 128 before 6.17) and wherever two bio_vecs leave a
+gap at the 4 KiB virt boundary. All requests of one I/O are in flight together (mapped in order,
+then completed in order), as the real capture's 1 MiB reads show.
+
+Model limits (stated, not hidden): the descriptor pages (PRP lists, SGL segments) come from
+``dma_pool`` memory mapped once at probe time; their DMA addresses are not modelled (shown as
+``prp2_kind="list"`` with ``prp2=None``) and they take no IOVA here, so a fresh domain's first
+request gets the first IOVA (as in kernel-spec §6.2's worked example). Splitting ignores the logical
+block size beyond requiring a 512-byte multiple; no integrity metadata, no P2P.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+from iovalab.kernel.dma_iommu import (
+    DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaIovaState, ScatterEntry, dma_iova_size, dma_use_iova,
+)
+from iovalab.kernel.units import DMA_MAPPING_ERROR, PAGE_SIZE, SZ_128K, hx
+from iovalab.drivers.common import SIZEOF, ScenarioContext, Step, as_context, int_param, make_run
+
+__all__ = [
+    "APIS", "NVME_CTRL_PAGE_SIZE", "NVME_SMALL_POOL_SIZE", "NVME_MAX_BYTES", "NVME_MAX_SEGS",
+    "NVME_MAX_SEGS_PRE_6_17", "NVME_SGL_DESC_SIZE", "PRPS_PER_PAGE", "SGL_THRESHOLD_DEFAULT",
+    "SGL_UNSUPPORTED", "SGL_SUPPORTED", "SGL_FORCED", "NvmeRequest", "bio_vecs", "get_max_segment_size",
+    "biovec_phys_mergeable", "blk_split_requests", "blk_map_iter_segments", "nvme_prp_layout",
+    "iter_steps", "run",
+]
+
+#: mapping paths this scenario runs under
+APIS = ("page", "sg", "iova", "direct")
+
+NVME_CTRL_PAGE_SIZE = 4096          # drivers/nvme/host/nvme.h
+NVME_SMALL_POOL_SIZE = 256          # pci.c: "Optimisation for I/Os between 4k and 128k"
+NVME_MAX_BYTES = 8 << 20            # pci.c (6.17); NVME_MAX_KB_SZ 8192 before
+NVME_SGL_DESC_SIZE = 16             # sizeof(struct nvme_sgl_desc)
+NVME_MAX_SEGS = NVME_CTRL_PAGE_SIZE // NVME_SGL_DESC_SIZE   # 256 (6.17)
+NVME_MAX_SEGS_PRE_6_17 = 128        # pci.c 6.3-6.16
+PRPS_PER_PAGE = NVME_CTRL_PAGE_SIZE // 8 - 1                 # 511 (the last slot chains)
+SGL_THRESHOLD_DEFAULT = 32 * 1024   # module parameter sgl_threshold
+UINT_MAX = 0xFFFFFFFF
+#: ``dma_opt_mapping_size()`` behind an IOMMU: ``iova_rcache_range()`` = ``PAGE_SIZE << (6 - 1)``
+DMA_OPT_MAPPING_SIZE_IOMMU = SZ_128K
+
+# enum nvme_use_sgl (pci.c 6.17)
+SGL_UNSUPPORTED, SGL_SUPPORTED, SGL_FORCED = 0, 1, 2
+_SGL_NAMES = {0: "SGL_UNSUPPORTED", 1: "SGL_SUPPORTED", 2: "SGL_FORCED"}
+
+
+class NvmeError(RuntimeError):
+    """The driver would fail the request (BLK_STS_RESOURCE / BLK_STS_IOERR); the message says why."""
+
+
+# ============================================================================================ block layer
+def bio_vecs(params: dict) -> list[tuple[int, int]]:
+    """The I/O's bio_vecs ``[(phys, len), ...]`` from the preset parameters (see the module doc).
+
+    Physically contiguous neighbours are merged into one multi-page bio_vec (``bio_add_page`` ->
+    ``bvec_try_merge_page``). Raises ValueError for an empty buffer or a length that is not a
+    multiple of 512 (the logical block size O_DIRECT requires).
+    """
+    if "segments" in params:
+        raw = []
+        for i, s in enumerate(params["segments"]):
+            if not isinstance(s, (list, tuple)) or len(s) != 2:
+                raise ValueError(f"segments[{i}] = {s!r} must be [phys, len]")
+            p, n = int_param({"p": s[0]}, "p"), int_param({"n": s[1]}, "n")
+            if n <= 0 or p < 0:
+                raise ValueError(f"segments[{i}] = [{hx(p)}, {hx(n)}]: phys must be >= 0 and len > 0")
+            raw.append((p, n))
+    else:
+        length = int_param(params, "length")
+        offset = int_param(params, "offset", 0)
+        ph = params.get("phys", {})
+        base = int_param(ph, "base", 0x1_0000_0000)
+        stride = int_param(ph, "stride", PAGE_SIZE)
+        run = int_param(ph, "run_pages", 1)
+        if length <= 0 or not 0 <= offset < PAGE_SIZE or run < 1 or stride < PAGE_SIZE * run:
+            raise ValueError(f"buffer length {length} must be > 0, offset {offset:#x} in [0, 0x1000), "
+                             f"run_pages {run} >= 1 and stride {stride:#x} >= run_pages * 4 KiB")
+        if base & (PAGE_SIZE - 1) or stride & (PAGE_SIZE - 1):
+            raise ValueError(f"phys.base {base:#x} and phys.stride {stride:#x} must be page aligned")
+        raw = []
+        i, off, left = 0, offset, length
+        while left:
+            n = min(left, PAGE_SIZE - off)
+            raw.append((base + (i // run) * stride + (i % run) * PAGE_SIZE + off, n))
+            left -= n
+            off = 0
+            i += 1
+    total = sum(n for _, n in raw)
+    if total % 512:
+        raise ValueError(f"I/O length {total:#x} is not a multiple of the 512-byte logical block size")
+    out: list[list[int]] = []
+    for p, n in raw:
+        if out and out[-1][0] + out[-1][1] == p and out[-1][1] + n <= UINT_MAX:
+            out[-1][1] += n
+        else:
+            out.append([p, n])
+    return [(p, n) for p, n in out]
+
+
+def get_max_segment_size(seg_boundary_mask: int, max_segment_size: int, paddr: int, length: int) -> int:
+    """``get_max_segment_size(lim, paddr, len)`` (block/blk.h): the longest segment starting at
+    ``paddr`` that stays inside one segment-boundary window and within ``max_segment_size``."""
+    return min(length, min(seg_boundary_mask - (seg_boundary_mask & paddr), max_segment_size - 1) + 1)
+
+
+def biovec_phys_mergeable(seg_boundary_mask: int, v1: tuple[int, int], v2: tuple[int, int]) -> bool:
+    """``biovec_phys_mergeable(q, vec1, vec2)`` (block/blk.h): physically contiguous and inside one
+    segment-boundary window (``biovec_within_boundary``)."""
+    a1, n1 = v1
+    a2, n2 = v2
+    if a1 + n1 != a2:
+        return False
+    return (a1 | seg_boundary_mask) == ((a2 + n2 - 1) | seg_boundary_mask)
+
+
+def blk_map_iter_segments(bvecs: list[tuple[int, int]], seg_boundary_mask: int = UINT_MAX,
+                          max_segment_size: int = UINT_MAX) -> list[tuple[int, int]]:
+    """Physical segments ``[(paddr, len), ...]`` in the order ``blk_map_iter_next()`` (block/blk-mq-dma.c)
+    produces them: each bio_vec clipped by ``get_max_segment_size``, then the following bio_vecs merged
+    while ``biovec_phys_mergeable`` and the total stays within that size."""
+    segs: list[tuple[int, int]] = []
+    i, done = 0, 0
+    while i < len(bvecs):
+        p, n = bvecs[i]
+        p += done
+        n -= done
+        max_size = get_max_segment_size(seg_boundary_mask, max_segment_size, p, UINT_MAX)
+        take = min(n, max_size)
+        if take < n:
+            done += take
+            segs.append((p, take))
+            continue
+        i += 1
+        done = 0
+        while i < len(bvecs):
+            nxt = bvecs[i]
+            if take + nxt[1] > max_size or not biovec_phys_mergeable(seg_boundary_mask, (p, take), nxt):
+                break
+            take += nxt[1]
+            i += 1
+        segs.append((p, take))
+    return segs
+
+
+def blk_split_requests(bvecs: list[tuple[int, int]], max_bytes: int, max_segs: int,
+                       virt_boundary_mask: int = NVME_CTRL_PAGE_SIZE - 1,
+                       seg_boundary_mask: int = UINT_MAX) -> list[list[tuple[int, int]]]:
+    """Split an I/O's bio_vecs into requests as ``bio_split_rw_at()`` (block/blk-merge.c) would:
+    at ``max_bytes`` (``max_sectors``, cut to a 512-byte multiple), at ``max_segs`` physical
+    segments, and before a bio_vec that leaves a gap at the virt boundary (``bvec_gap_to_prev``:
+    the previous one does not end, or this one does not start, on the boundary)."""
+    if max_bytes < 512 or max_segs < 1:
+        raise ValueError(f"max_bytes {max_bytes} must be >= 512 and max_segs {max_segs} >= 1")
+    reqs: list[list[tuple[int, int]]] = []
+    cur: list[tuple[int, int]] = []
+    cur_bytes = 0
+    nsegs = 0
+
+    def close() -> None:
+        nonlocal cur, cur_bytes, nsegs
+        if cur:
+            reqs.append(cur)
+        cur, cur_bytes, nsegs = [], 0, 0
+
+    for p, n in bvecs:
+        while n:
+            if cur and virt_boundary_mask and ((p & virt_boundary_mask)
+                                               or ((cur[-1][0] + cur[-1][1]) & virt_boundary_mask)):
+                close()
+            room = max_bytes - cur_bytes
+            take = min(n, room)
+            if take < n:
+                take &= ~511
+            if take == 0:
+                close()
+                continue
+            new_seg = not cur or not biovec_phys_mergeable(seg_boundary_mask, cur[-1], (p, take))
+            if new_seg and nsegs == max_segs:
+                close()
+                continue
+            if cur and not new_seg:
+                cur[-1] = (cur[-1][0], cur[-1][1] + take)
+            else:
+                cur.append((p, take))
+                nsegs += 1
+            cur_bytes += take
+            p += take
+            n -= take
+            if cur_bytes == max_bytes:
+                close()
+    close()
+    return reqs
+
+
+# ============================================================================================ PRP layout
+def nvme_prp_layout(dma_segments: list[tuple[int, int]], length: int) -> dict:
+    """PRP entries for DMA segments ``[(addr, len), ...]`` carrying ``length`` payload bytes, as
+    ``nvme_pci_setup_data_prp`` (and 6.12's ``nvme_pci_setup_prps``) fill the command.
+
+    Pure function (the scenario runs the same walk with lazy mapping): ``{"prp1", "prp2",
+    "prp2_kind": "none"|"data"|"list", "prp_lists": [{"pool", "entries", "chained"}]}``. Raises
+    :class:`NvmeError` where the driver WARNs "Incorrectly formed request".
+    """
+    segs = list(dma_segments)
+    if not segs:
+        raise ValueError("no DMA segments")
+    state = {"i": 0, "addr": segs[0][0], "len": segs[0][1]}
+
+    def nxt() -> bool:
+        if state["len"]:
+            return True
+        state["i"] += 1
+        if state["i"] >= len(segs):
+            return False
+        state["addr"], state["len"] = segs[state["i"]]
+        return True
+
+    gen = _prp_walk(state, length, nxt)
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return stop.value
+
+
+def _prp_walk(it: dict, length: int, iter_next) -> Generator[Step, None, dict]:
+    """The PRP walk of ``nvme_pci_setup_data_prp`` over an iterator ``it`` (``addr``/``len``);
+    ``iter_next()`` returns a bool or a generator of steps returning one (lazy mapping)."""
+
+    def advance() -> Generator[Step, None, bool]:
+        r = iter_next()
+        if isinstance(r, bool):
+            return r
+        return (yield from r)
+
+    prp1 = it["addr"]
+    prp_len = min(length, NVME_CTRL_PAGE_SIZE - (it["addr"] & (NVME_CTRL_PAGE_SIZE - 1)))
+    it["addr"] += prp_len
+    it["len"] -= prp_len
+    length -= prp_len
+    out = {"prp1": prp1, "prp2": None, "prp2_kind": "none", "prp_lists": []}
+    if not length:
+        return out
+    if not (yield from advance()):
+        raise NvmeError("Incorrectly formed request: the iterator ran out after PRP1 (WARN_ON_ONCE)")
+    if length <= NVME_CTRL_PAGE_SIZE:
+        out["prp2"], out["prp2_kind"] = it["addr"], "data"
+        return out
+    small = -(-length // NVME_CTRL_PAGE_SIZE) <= NVME_SMALL_POOL_SIZE // 8
+    lists = [{"pool": "small" if small else "large", "entries": [], "chained": False}]
+    i = 0
+    while True:
+        lists[-1]["entries"].append(it["addr"])
+        i += 1
+        prp_len = min(length, NVME_CTRL_PAGE_SIZE)
+        if it["len"] < prp_len:
+            raise NvmeError(f"Incorrectly formed request for payload: DMA segment has {it['len']:#x} bytes "
+                            f"left, PRP entry needs {prp_len:#x} (WARN_ON_ONCE, BLK_STS_IOERR)")
+        it["addr"] += prp_len
+        it["len"] -= prp_len
+        length -= prp_len
+        if not length:
+            break
+        if not (yield from advance()):
+            raise NvmeError("Incorrectly formed request: the iterator ran out inside the PRP list")
+        if i == NVME_CTRL_PAGE_SIZE >> 3:
+            moved = lists[-1]["entries"].pop()
+            lists[-1]["chained"] = True
+            lists.append({"pool": "large", "entries": [moved], "chained": False})
+            i = 1
+    out["prp2_kind"] = "list"
+    out["prp_lists"] = lists
+    return out
+
+
+# ============================================================================================ requests
+@dataclass
+class NvmeRequest:
+    """One block request and the driver state of its ``struct nvme_iod`` (pci.c)."""
+
+    io: int
+    index: int
+    bvecs: list[tuple[int, int]]
+    segments: list[tuple[int, int]]
+    dir: int
+    state: DmaIovaState = field(default_factory=DmaIovaState)
+    single_segment: bool = False          # IOD_SINGLE_SEGMENT
+    path: str = ""
+    use_sgl: int = SGL_UNSUPPORTED
+    dma_vecs: list[tuple[int, int]] = field(default_factory=list)   # iod->dma_vecs (6.17, non-IOVA PRP)
+    sgl: list[ScatterEntry] | None = None   # iod->sgt (6.12 path)
+    nents: int = 0                         # iod->sgt.nents after dma_map_sgtable
+    dma_segments: list[tuple[int, int]] = field(default_factory=list)  # what the iterator produced
+    cmd: dict = field(default_factory=dict)
+    total_len: int = 0                     # iod->total_len
+    held: list[tuple[str, int]] = field(default_factory=list)  # bookkeeping to release at completion
+
+    @property
+    def payload(self) -> int:
+        """``blk_rq_payload_bytes(req)``."""
+        return sum(n for _, n in self.bvecs)
+
+    @property
+    def nr_phys_segments(self) -> int:
+        """``blk_rq_nr_phys_segments(req)``."""
+        return len(self.segments)
+
+
+class _Iter:
+    """``struct blk_dma_iter``: ``addr``, ``len`` and the cursor over the request's physical segments
+    (for the 6.12 ``sg`` path: over the mapped DMA segments)."""
+
+    def __init__(self) -> None:
+        self.it = {"addr": 0, "len": 0}
+        self.pos = 0
+
+
+def _hold(ctx: ScenarioContext, rq: NvmeRequest, what: str, nbytes: int) -> None:
+    ctx.bk.add(what, nbytes)
+    rq.held.append((what, nbytes))
+
+
+def _fail(addr: int, what: str) -> None:
+    if addr == DMA_MAPPING_ERROR:
+        raise NvmeError(f"{what} returned DMA_MAPPING_ERROR (BLK_STS_RESOURCE)")
+
+
+class _Nvme:
+    """The driver for one run: queue limits, controller capabilities, the mapping path."""
+
+    def __init__(self, ctx: ScenarioContext):
+        p = ctx.params
+        self.ctx = ctx
+        self.api = ctx.api
+        d = str(p.get("direction", "read"))
+        if d not in ("read", "write"):
+            raise ValueError(f"direction {d!r} must be 'read' or 'write'")
+        self.dir = DMA_FROM_DEVICE if d == "read" else DMA_TO_DEVICE
+        q = str(p.get("queue", "io"))
+        if q not in ("io", "admin"):
+            raise ValueError(f"queue {q!r} must be 'io' or 'admin'")
+        self.qid = 1 if q == "io" else 0
+        self.sgl_supported = bool(p.get("sgl_supported", False))
+        self.sgl_threshold = int_param(p, "sgl_threshold", SGL_THRESHOLD_DEFAULT)
+        self.passthrough = bool(p.get("passthrough", False))
+        self.vbm = int_param(p, "virt_boundary_mask", NVME_CTRL_PAGE_SIZE - 1)
+        self.ios = int_param(p, "ios", 1)
+        if self.ios < 1:
+            raise ValueError(f"ios {self.ios} must be >= 1")
+        mdts = int_param(p, "mdts", 0)
+        # max_hw_sectors = min(NVME_MAX_BYTES, dma_opt_mapping_size(dev)) and MDTS; dma-direct has no
+        # opt_mapping_size op (SIZE_MAX, capped by dma_max_mapping_size: SIZE_MAX without swiotlb)
+        opt = NVME_MAX_BYTES if ctx.direct else DMA_OPT_MAPPING_SIZE_IOMMU
+        self.max_bytes = min(NVME_MAX_BYTES, opt, mdts or NVME_MAX_BYTES)
+        self.max_segs = NVME_MAX_SEGS_PRE_6_17 if self.api == "sg" else NVME_MAX_SEGS
+        self.bvecs = bio_vecs(p)
+
+    # ---------------------------------------------------------------- helpers
+    def nvme_pci_use_sgls(self) -> int:
+        """``nvme_pci_use_sgls(dev, req)`` (6.17): FORCED for passthrough on an SGL-capable I/O queue,
+        SUPPORTED for other I/O-queue requests there, else UNSUPPORTED (admin queue: always PRP)."""
+        if self.qid and self.sgl_supported:
+            return SGL_FORCED if self.passthrough else SGL_SUPPORTED
+        return SGL_UNSUPPORTED
+
+    def requests(self, io: int) -> list[NvmeRequest]:
+        out = []
+        for k, bv in enumerate(blk_split_requests(self.bvecs, self.max_bytes, self.max_segs, self.vbm)):
+            out.append(NvmeRequest(io, k, bv, blk_map_iter_segments(bv), self.dir))
+        return out
+
+    # ---------------------------------------------------------------- map
+    def nvme_map_data(self, rq: NvmeRequest) -> Generator[Step, None, None]:
+        """``nvme_map_data(req)``: the single-segment fast path, else the block DMA iterator (6.17) or
+        the scatterlist (``api="sg"``, 6.12), then PRP or SGL."""
+        ctx = self.ctx
+        rq.use_sgl = self.nvme_pci_use_sgls()
+        if self.api != "sg":
+            _hold(ctx, rq, "struct dma_iova_state (nvme_iod.dma_state)", SIZEOF["struct dma_iova_state"])
+        else:
+            _hold(ctx, rq, "struct sg_table (nvme_iod.sgt)", SIZEOF["struct sg_table"])
+        if rq.nr_phys_segments == 1:
+            done = yield from self.setup_data_simple(rq)
+            if done:
+                return
+        if self.api == "sg":
+            yield from self.map_data_sg(rq)
+            return
+        it = _Iter()
+        yield from self.blk_rq_dma_map_iter_start(rq, it)
+        coalesced = dma_use_iova(rq.state)
+        nseg = 1 if coalesced else rq.nr_phys_segments
+        avg = -(-rq.payload // nseg)
+        if rq.use_sgl == SGL_FORCED or (rq.use_sgl == SGL_SUPPORTED and self.sgl_threshold
+                                        and avg >= self.sgl_threshold):
+            yield from self.setup_data_sgl(rq, it, avg)
+        else:
+            yield from self.setup_data_prp(rq, it, avg)
+
+    def setup_data_simple(self, rq: NvmeRequest) -> Generator[Step, None, bool]:
+        """6.17 ``nvme_pci_setup_data_simple`` / 6.12 ``nvme_setup_prp_simple``+``nvme_setup_sgl_simple``:
+        one ``dma_map_page`` of the only bio_vec; False (BLK_STS_AGAIN) when it does not apply."""
+        ctx = self.ctx
+        phys, n = rq.bvecs[0]
+        prp1_offset = phys & (NVME_CTRL_PAGE_SIZE - 1)
+        prp_possible = prp1_offset + n <= NVME_CTRL_PAGE_SIZE * 2
+        if self.api == "sg":  # 6.12
+            use = "prp" if prp_possible else (
+                "sgl" if self.qid and self.sgl_threshold and self.sgl_supported else None)
+        else:
+            if not rq.use_sgl and not prp_possible:
+                use = None
+            else:
+                use = "sgl" if rq.use_sgl == SGL_FORCED or not prp_possible else "prp"
+        if use is None:
+            return False
+        ctx.begin("nvme_pci_setup_data_simple" if self.api != "sg" else f"nvme_setup_{use}_simple",
+                  request=rq.index, phys=phys, len=n)
+        addr = ctx.dma.dma_map_page(ctx.dev, phys, n, rq.dir)
+        _fail(addr, "dma_map_bvec")
+        rq.single_segment = True
+        rq.total_len = n
+        rq.path = "single segment (dma_map_bvec)"
+        rq.dma_segments = [(addr, n)]
+        if use == "sgl":
+            rq.cmd = {"format": "SGL", "sgl": {"type": "DATA_DESC", "addr": addr, "length": n},
+                      "descriptors": [], "descriptor_bytes": 0}
+        else:
+            first = NVME_CTRL_PAGE_SIZE - prp1_offset
+            prp2 = addr + first if n > first else None
+            rq.cmd = {"format": "PRP", "prp1": addr, "prp2": prp2, "prp2_kind": "data" if prp2 else "none",
+                      "prp_lists": [], "descriptor_bytes": 0}
+        yield ctx.step(f"one physical segment: single-segment fast path, dma_map_page -> {hx(addr)}; "
+                       f"{rq.cmd['format']} in the command (IOD_SINGLE_SEGMENT)", request=rq.index, dma=addr)
+        return True
+
+    # -- 6.17 block-layer iterator --------------------------------------------------------------
+    def blk_rq_dma_map_iter_start(self, rq: NvmeRequest, it: _Iter) -> Generator[Step, None, None]:
+        """``blk_rq_dma_map_iter_start()``: IOVA coalescing iff ``blk_can_dma_map_iova()`` and
+        ``dma_iova_try_alloc(dev, state, first.paddr, payload)``, else ``blk_dma_map_direct()``."""
+        ctx = self.ctx
+        first = rq.segments[0]
+        it.pos = 1
+        ctx.begin("blk_rq_dma_map_iter_start", request=rq.index, payload=rq.payload,
+                  nr_phys_segments=rq.nr_phys_segments)
+        if self.api == "page":
+            can = False
+            why = "api='page': the IOVA branch is not taken (as when blk_can_dma_map_iova() is false)"
+        else:
+            mb = ctx.dma_get_merge_boundary()
+            can = ((self.vbm + 1) & mb) == 0
+            why = (f"blk_can_dma_map_iova: (virt_boundary {self.vbm:#x} + 1) & merge_boundary {mb:#x} = "
+                   f"{(self.vbm + 1) & mb:#x}")
+        if can:
+            ok = ctx.dma.dma_iova_try_alloc(ctx.dev, rq.state, first[0], rq.payload)
+            if ctx.fine:
+                yield ctx.step(f"{why}; dma_iova_try_alloc(phys {hx(first[0])}, {hx(rq.payload)}) -> {ok}"
+                               + (f", state.addr = {hx(rq.state.addr)}" if ok else ""), request=rq.index)
+            if ok:
+                yield from self.blk_rq_dma_map_iova(rq, it)
+                return
+        elif ctx.fine:
+            yield ctx.step(f"{why}: map segment by segment", request=rq.index)
+        yield from self.blk_dma_map_direct(rq, it, first)
+
+    def blk_rq_dma_map_iova(self, rq: NvmeRequest, it: _Iter) -> Generator[Step, None, None]:
+        """``blk_rq_dma_map_iova()``: link every physical segment at its payload offset, one sync."""
+        ctx = self.ctx
+        rq.path = "IOVA (dma_iova_link per segment)"
+        it.it["addr"], it.it["len"] = rq.state.addr, dma_iova_size(rq.state)
+        mapped = 0
+        for p, n in rq.segments:
+            ctx.begin("blk_rq_dma_map_iova", request=rq.index, phys=p, offset=mapped, len=n)
+            ctx.dma.dma_iova_link(ctx.dev, rq.state, p, mapped, n, rq.dir)
+            mapped += n
+            if ctx.fine:
+                yield ctx.step(f"dma_iova_link(phys {hx(p)}, offset {hx(mapped - n)}, {hx(n)})", request=rq.index)
+        ctx.begin("blk_rq_dma_map_iova", request=rq.index, sync=mapped)
+        ctx.dma.dma_iova_sync(ctx.dev, rq.state, 0, mapped)
+        it.pos = len(rq.segments)
+        rq.dma_segments = [(rq.state.addr, dma_iova_size(rq.state))]
+        yield ctx.step(f"{len(rq.segments)} link(s), one dma_iova_sync(0, {hx(mapped)}): the request is one DMA "
+                       f"segment {hx(rq.state.addr)}+{hx(mapped)}", request=rq.index)
+
+    def blk_dma_map_direct(self, rq: NvmeRequest, it: _Iter, seg: tuple[int, int]) -> Generator[Step, None, None]:
+        """``blk_dma_map_direct()``: ``dma_map_page`` of one physical segment."""
+        ctx = self.ctx
+        rq.path = "dma-direct (phys = DMA address)" if ctx.direct else "dma_map_page per segment"
+        ctx.begin("blk_dma_map_direct", request=rq.index, phys=seg[0], len=seg[1])
+        addr = ctx.dma.dma_map_page(ctx.dev, seg[0], seg[1], rq.dir)
+        _fail(addr, "dma_map_page")
+        it.it["addr"], it.it["len"] = addr, seg[1]
+        rq.dma_segments.append((addr, seg[1]))
+        if ctx.fine:
+            yield ctx.step(f"dma_map_page(phys {hx(seg[0])}, {hx(seg[1])}) -> {hx(addr)}", request=rq.index)
+
+    def blk_rq_dma_map_iter_next(self, rq: NvmeRequest, it: _Iter) -> Generator[Step, None, bool]:
+        """``blk_rq_dma_map_iter_next()``: map the next physical segment (non-IOVA case only)."""
+        if it.pos >= len(rq.segments):
+            return False
+        seg = rq.segments[it.pos]
+        it.pos += 1
+        yield from self.blk_dma_map_direct(rq, it, seg)
+        return True
+
+    def nvme_pci_prp_iter_next(self, rq: NvmeRequest, it: _Iter) -> Generator[Step, None, bool]:
+        """``nvme_pci_prp_iter_next()``: next segment when this one is used up; record it in
+        ``iod->dma_vecs`` when not coalesced and ``dma_need_unmap()``."""
+        if it.it["len"]:
+            return True
+        if not (yield from self.blk_rq_dma_map_iter_next(rq, it)):
+            return False
+        if not dma_use_iova(rq.state) and self.ctx.dma_need_unmap():
+            rq.dma_vecs.append((it.it["addr"], it.it["len"]))
+            _hold(self.ctx, rq, "struct nvme_dma_vec (iod->dma_vecs)", SIZEOF["struct nvme_dma_vec"])
+        return True
+
+    def setup_data_prp(self, rq: NvmeRequest, it: _Iter, avg: int) -> Generator[Step, None, None]:
+        """``nvme_pci_setup_data_prp()``: PRP1 (may be unaligned), PRP2 = data pointer or list."""
+        ctx = self.ctx
+        ctx.begin("nvme_pci_setup_data_prp", request=rq.index, payload=rq.payload, avg_seg_size=avg)
+        if not dma_use_iova(rq.state) and ctx.dma_need_unmap():
+            rq.dma_vecs = [(it.it["addr"], it.it["len"])]
+            _hold(ctx, rq, "struct nvme_dma_vec (iod->dma_vecs)", SIZEOF["struct nvme_dma_vec"])
+        out = yield from _prp_walk(it.it, rq.payload, lambda: self.nvme_pci_prp_iter_next(rq, it))
+        rq.total_len = rq.payload
+        self._prp_cmd(rq, out)
+        yield ctx.step(self._describe(rq, avg), request=rq.index, cmd=rq.cmd)
+
+    def setup_data_sgl(self, rq: NvmeRequest, it: _Iter, avg: int) -> Generator[Step, None, None]:
+        """``nvme_pci_setup_data_sgl()``: one data descriptor in the SQE if one segment or coalesced,
+        else a descriptor list (small pool if <= 16 entries) and a last-segment descriptor."""
+        ctx = self.ctx
+        ctx.begin("nvme_pci_setup_data_sgl", request=rq.index, payload=rq.payload, avg_seg_size=avg)
+        entries = rq.nr_phys_segments
+        if entries == 1 or dma_use_iova(rq.state):
+            rq.cmd = {"format": "SGL", "sgl": {"type": "DATA_DESC", "addr": it.it["addr"], "length": it.it["len"]},
+                      "descriptors": [], "descriptor_bytes": 0}
+            rq.total_len += it.it["len"]
+        else:
+            descs = []
+            while True:
+                descs.append({"type": "DATA_DESC", "addr": it.it["addr"], "length": it.it["len"]})
+                rq.total_len += it.it["len"]
+                if not (yield from self.blk_rq_dma_map_iter_next(rq, it)):
+                    break
+            self._sgl_list_cmd(rq, descs)
+        yield ctx.step(self._describe(rq, avg), request=rq.index, cmd=rq.cmd)
+
+    # -- 6.12 scatterlist path -----------------------------------------------------------------------
+    def map_data_sg(self, rq: NvmeRequest) -> Generator[Step, None, None]:
+        """6.12-6.16 ``nvme_map_data``: ``blk_rq_map_sg`` + ``dma_map_sgtable``, then
+        ``nvme_pci_use_sgls(dev, req, iod->sgt.nents)`` picks SGL or PRP over the DMA segments."""
+        ctx = self.ctx
+        ctx.begin("blk_rq_map_sg", request=rq.index, nr_phys_segments=rq.nr_phys_segments)
+        rq.sgl = [ScatterEntry(p, n) for p, n in rq.segments]
+        _hold(ctx, rq, "struct scatterlist (iod->sgt.sgl)", SIZEOF["struct scatterlist"] * len(rq.sgl))
+        ctx.begin("dma_map_sgtable", request=rq.index, nents=len(rq.sgl))
+        ents = ctx.dma.dma_map_sg(ctx.dev, rq.sgl, rq.dir)
+        if not ents:
+            raise NvmeError("dma_map_sgtable failed (BLK_STS_RESOURCE)")
+        rq.nents = ents
+        rq.path = "dma_map_sg (one IOVA for the list)"
+        rq.dma_segments = [(s.dma_address, s.dma_length) for s in rq.sgl[:ents]]
+        if ctx.fine:
+            yield ctx.step(f"dma_map_sgtable: {len(rq.sgl)} entries -> {ents} DMA segment(s) "
+                           + ", ".join(f"{hx(a)}+{hx(n)}" for a, n in rq.dma_segments[:4])
+                           + (" ..." if ents > 4 else ""), request=rq.index)
+        avg = -(-rq.payload // ents)
+        use_sgl = (self.sgl_supported and self.qid and self.sgl_threshold and avg >= self.sgl_threshold)
+        rq.total_len = rq.payload
+        if use_sgl:
+            ctx.begin("nvme_pci_setup_sgls", request=rq.index, avg_seg_size=avg)
+            if ents == 1:
+                a, n = rq.dma_segments[0]
+                rq.cmd = {"format": "SGL", "sgl": {"type": "DATA_DESC", "addr": a, "length": n},
+                          "descriptors": [], "descriptor_bytes": 0}
+            else:
+                self._sgl_list_cmd(rq, [{"type": "DATA_DESC", "addr": a, "length": n}
+                                        for a, n in rq.dma_segments])
+        else:
+            ctx.begin("nvme_pci_setup_prps", request=rq.index, avg_seg_size=avg)
+            self._prp_cmd(rq, nvme_prp_layout(rq.dma_segments, rq.payload))
+        yield ctx.step(self._describe(rq, avg), request=rq.index, cmd=rq.cmd)
+
+    # -- command views ----------------------------------------------------------------------------------
+    def _prp_cmd(self, rq: NvmeRequest, out: dict) -> None:
+        nbytes = sum(NVME_SMALL_POOL_SIZE if lst["pool"] == "small" else NVME_CTRL_PAGE_SIZE
+                     for lst in out["prp_lists"])
+        rq.cmd = {"format": "PRP", **out, "descriptor_bytes": nbytes}
+
+    def _sgl_list_cmd(self, rq: NvmeRequest, descs: list[dict]) -> None:
+        small = len(descs) <= NVME_SMALL_POOL_SIZE // NVME_SGL_DESC_SIZE
+        rq.cmd = {"format": "SGL",
+                  "sgl": {"type": "LAST_SEG_DESC", "addr": None, "length": len(descs) * NVME_SGL_DESC_SIZE},
+                  "descriptors": descs, "pool": "small" if small else "large",
+                  "descriptor_bytes": NVME_SMALL_POOL_SIZE if small else NVME_CTRL_PAGE_SIZE}
+
+    @staticmethod
+    def _describe(rq: NvmeRequest, avg: int) -> str:
+        c = rq.cmd
+        if c["format"] == "PRP":
+            s = f"PRP (avg segment {hx(avg)}): PRP1 = {hx(c['prp1'])}"
+            if c["prp2_kind"] == "data":
+                s += f", PRP2 = {hx(c['prp2'])} (data)"
+            elif c["prp2_kind"] == "list":
+                n = sum(len(lst["entries"]) for lst in c["prp_lists"])
+                first = c["prp_lists"][0]
+                s += (f", PRP2 -> {len(c['prp_lists'])} list page(s) ({first['pool']} pool), {n} entries "
+                      f"{hx(first['entries'][0])} ... {hx(c['prp_lists'][-1]['entries'][-1])}")
+            return s
+        d = c["sgl"]
+        if d["type"] == "DATA_DESC":
+            return f"SGL (avg segment {hx(avg)}): one data descriptor {hx(d['addr'])}+{hx(d['length'])} in the SQE"
+        return (f"SGL (avg segment {hx(avg)}): {len(c['descriptors'])} data descriptors in a "
+                f"{c['pool']}-pool list, last-segment descriptor in the SQE")
+
+    # ---------------------------------------------------------------- unmap
+    def nvme_unmap_data(self, rq: NvmeRequest) -> Generator[Step, None, None]:
+        """``nvme_unmap_data(req)`` at completion (6.17; ``api="sg"``: 6.12's ``dma_unmap_sgtable``)."""
+        ctx = self.ctx
+        dev = ctx.dev
+        ctx.begin("nvme_unmap_data", request=rq.index, total_len=rq.total_len)
+        if rq.single_segment:
+            ctx.dma.dma_unmap_page(dev, rq.dma_segments[0][0], rq.total_len, rq.dir)
+            what = "single segment: dma_unmap_page"
+        elif self.api == "sg":
+            ctx.dma.dma_unmap_sg(dev, rq.sgl, rq.dir)
+            what = "dma_unmap_sgtable: one unmap of the list's IOVA"
+        elif dma_use_iova(rq.state):
+            ctx.dma.dma_iova_destroy(dev, rq.state, rq.total_len, rq.dir)
+            what = f"blk_rq_dma_unmap -> dma_iova_destroy(mapped_len {hx(rq.total_len)})"
+        elif not ctx.dma_need_unmap():
+            what = "blk_rq_dma_unmap: dma_need_unmap() is false (dma-direct, coherent): nothing to unmap"
+        elif rq.cmd["format"] == "SGL":
+            descs = rq.cmd["descriptors"] or [rq.cmd["sgl"]]
+            for d in descs:
+                ctx.dma.dma_unmap_page(dev, d["addr"], d["length"], rq.dir)
+            what = f"nvme_free_sgls: dma_unmap_page x {len(descs)}"
+        else:
+            for a, n in rq.dma_vecs:
+                ctx.dma.dma_unmap_page(dev, a, n, rq.dir)
+            what = f"nvme_free_prps: dma_unmap_page x {len(rq.dma_vecs)} (iod->dma_vecs)"
+        for w, n in rq.held:
+            ctx.bk.remove(w, n)
+        rq.held.clear()
+        yield ctx.step(what, request=rq.index)
+
+
+# ============================================================================================ entry points
+def iter_steps(ctx: ScenarioContext | str | dict, api: str = "iova", *, strict: bool = True,
+               keep_events: bool = True, fine: bool = True) -> Generator[Step, None, None]:
+    """The NVMe scenario as steps (see the module doc); fills ``ctx.device_view`` with one dict per
+    command: ``io``, ``request``, ``payload``, ``segments`` (physical), ``path``, ``dma_segments``,
+    ``format`` and the PRP/SGL fields the device reads."""
+    ctx = as_context(ctx, api, "nvme", "nvme", strict=strict, keep_events=keep_events, fine=fine)
+    if ctx.api not in APIS:
+        raise ValueError(f"api {ctx.api!r} is not one of {', '.join(APIS)} for the nvme scenario")
+    drv = _Nvme(ctx)
+    view: list[dict] = []
+    ctx.device_view = view
+    ctx.extra.update({"max_transfer": drv.max_bytes, "requests": 0, "descriptor_bytes_peak": 0})
+    reqs0 = drv.requests(0)
+    ctx.begin("submit_bio", ios=drv.ios, length=sum(n for _, n in drv.bvecs), max_transfer=drv.max_bytes)
+    yield ctx.step(f"{drv.ios} I/O(s) of {hx(sum(n for _, n in drv.bvecs))} bytes, {len(drv.bvecs)} bio_vec(s); "
+                   f"max transfer {hx(drv.max_bytes)} -> {len(reqs0)} request(s) per I/O "
+                   f"({', '.join(str(r.nr_phys_segments) for r in reqs0)} physical segment(s))")
+    for io in range(drv.ios):
+        reqs = reqs0 if io == 0 else drv.requests(io)
+        for rq in reqs:
+            ctx.begin("nvme_queue_rq", io=io, request=rq.index, payload=rq.payload)
+            yield from drv.nvme_map_data(rq)
+        desc = sum(rq.cmd.get("descriptor_bytes", 0) for rq in reqs)
+        ctx.extra["descriptor_bytes_peak"] = max(ctx.extra["descriptor_bytes_peak"], desc)
+        for rq in reqs:
+            view.append({"io": io, "request": rq.index, "payload": rq.payload, "segments": list(rq.segments),
+                         "path": rq.path, "dma_segments": list(rq.dma_segments), **rq.cmd})
+            yield from drv.nvme_unmap_data(rq)
+        ctx.extra["requests"] += len(reqs)
+    yield from ctx.settle()
+    if ctx.direct:
+        ctx.notes.append("api='direct': no IOMMU; DMA address = physical address; dma_need_unmap() is false, "
+                         "so the block layer skips unmaps (the single-segment path still calls dma_unmap_page)")
+    if any(v["path"].startswith("single") for v in view) and ctx.api in ("iova", "sg", "page"):
+        ctx.notes.append("single-segment requests take nvme_pci_setup_data_simple (one dma_map_page) under "
+                         "every path: the IOVA API is only used for multi-segment requests")
+
+
+run = make_run("nvme", "nvme", iter_steps)

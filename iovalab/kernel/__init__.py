@@ -1,0 +1,15 @@
+"""The kernel model: one module per kernel source file of one idea (imports point down the list).
+
+==========================  ====================================================================
+module                      kernel file it models (Linux 6.17 unless a docstring says otherwise)
+==========================  ====================================================================
+``events``, ``units``       the typed event log every layer writes; sizes, masks, errno
+``iova``                    ``drivers/iommu/iova.c``
+``pgtable``                 ``drivers/iommu/intel/iommu.c`` (VT-d), ``amd/io_pgtable.c``, ``io-pgtable-arm.c``
+``iommu``                   ``drivers/iommu/iommu.c``: ``iommu_map``/``iommu_unmap``/``iommu_pgsize``, gather
+``device``                  ``struct device`` DMA fields, masks, limits
+``swiotlb``                 ``kernel/dma/swiotlb.c``
+``dma_iova``                ``drivers/iommu/dma-iommu.c``: the two-step ``dma_iova_*`` API
+``dma_iommu``               ``drivers/iommu/dma-iommu.c``: classic paths, flush queue, the DMA domain
+==========================  ====================================================================
+"""

@@ -1,0 +1,528 @@
+"""The DMA-API-to-IOMMU glue: ``drivers/iommu/dma-iommu.c`` (Linux 6.16/6.17) and the two-step
+IOVA API of ``include/linux/dma-mapping.h`` / ``kernel/dma/mapping.c``.
+
+A :class:`DmaDomain` is an ``IOMMU_DOMAIN_DMA`` (strict) or ``IOMMU_DOMAIN_DMA_FQ`` (lazy) domain
+together with its ``struct iommu_dma_cookie``: the IOVA domain (:mod:`iovalab.kernel.iova`), the flush
+queues, and the :class:`~iovalab.kernel.iommu.IommuDomain` whose page table it fills. Devices
+(:class:`~iovalab.kernel.device.Device`) attach to it.
+
+The two-step API's calls (``dma_iova_*``) are inherited from :class:`iovalab.kernel.dma_iova.IovaApi`.
+Classic paths: ``dma_map_page``/``dma_unmap_page`` (``iommu_dma_map_page``, ``__iommu_dma_map``,
+``__iommu_dma_unmap``), ``dma_map_sg``/``dma_unmap_sg`` (``iommu_dma_map_sg``: one IOVA for the
+whole list, boundary padding, ``__finalise_sg`` merging), ``dma_alloc_coherent``.
+
+Error conventions (see DESIGN.md "Errors are data"): where the kernel returns an errno, the
+simulator raises :class:`~iovalab.kernel.units.DmaError` with that errno *before* changing any state
+(a ``warn`` event is logged first where the kernel WARNs). ``dma_map_page`` returns
+``DMA_MAPPING_ERROR`` and ``dma_iova_try_alloc`` returns False exactly where the kernel does.
+Misuse the kernel does *not* catch (linking past the reserved size, syncing a range never linked)
+is recorded as a ``contract`` event and otherwise behaves as the kernel does; with
+``DmaDomain(check_contract=True)`` such calls are refused instead (like a dma-debug build).
+The kernel's void unlink/destroy WARN (``WARN_ON(unmapped != size)``) and unmap a prefix; here the
+call is refused with ``-EINVAL`` after the WARN event so the simulator state stays consistent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from iovalab.kernel.device import (
+    DMA_ATTR_PRIVILEGED, DMA_ATTR_SKIP_CPU_SYNC, DMA_BIDIRECTIONAL, DMA_DIR_NAMES, DMA_FROM_DEVICE, DMA_NONE,
+    DMA_TO_DEVICE, Device,
+)
+from iovalab.kernel.events import EventLog
+from iovalab.kernel.iommu import (
+    IOMMU_CACHE, IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE, IommuDomain, IotlbGather,
+)
+from iovalab.kernel.dma_iova import (
+    DMA_ATTR_MMIO, DMA_IOVA_USE_SWIOTLB, DmaIovaState, IovaApi, dma_info_to_prot, dma_iova_size, dma_use_iova,
+)
+from iovalab.kernel.iova import IovaDomain
+from iovalab.kernel.units import (
+    DMA_BIT_MASK, DMA_MAPPING_ERROR, EINVAL, ENOMEM, EOPNOTSUPP, DmaError, bits_per,
+    iova_align, iova_offset,
+)
+
+__all__ = [
+    "DMA_BIDIRECTIONAL", "DMA_TO_DEVICE", "DMA_FROM_DEVICE", "DMA_NONE", "DIR_NAMES",
+    "DMA_ATTR_SKIP_CPU_SYNC", "DMA_ATTR_PRIVILEGED", "DMA_ATTR_MMIO", "DMA_IOVA_USE_SWIOTLB",
+    "IOMMU_READ", "IOMMU_WRITE", "IOMMU_CACHE", "IOMMU_NOEXEC", "IOMMU_MMIO", "IOMMU_PRIV",
+    "dma_info_to_prot", "DmaIovaState", "ScatterEntry", "DmaDomain", "dma_use_iova",
+    "dma_iova_size", "dma_mapping_error", "IOVA_DEFAULT_FQ_SIZE",
+    "IOVA_DEFAULT_FQ_TIMEOUT", "IOVA_SINGLE_FQ_SIZE", "IOVA_SINGLE_FQ_TIMEOUT",
+]
+
+#: enum dma_data_direction names (include/linux/dma-direction.h); the values come from device.py
+DIR_NAMES = DMA_DIR_NAMES
+# flush queue parameters (drivers/iommu/dma-iommu.c)
+IOVA_DEFAULT_FQ_SIZE = 256
+IOVA_DEFAULT_FQ_TIMEOUT = 10      # ms
+IOVA_SINGLE_FQ_SIZE = 32768
+IOVA_SINGLE_FQ_TIMEOUT = 1000     # ms
+
+_L = "dma"
+
+
+def dma_mapping_error(addr: int) -> bool:
+    """``dma_mapping_error(dev, addr)`` (dma-mapping.h): ``addr == DMA_MAPPING_ERROR``."""
+    return addr == DMA_MAPPING_ERROR
+
+
+@dataclass
+class ScatterEntry:
+    """One ``struct scatterlist`` entry: ``sg_phys(s)`` as ``phys``, ``s->length`` as ``length``;
+    after mapping, ``dma_address``/``dma_length`` (``sg_dma_address``/``sg_dma_len``)."""
+
+    phys: int
+    length: int
+    dma_address: int = 0
+    dma_length: int = 0
+
+
+@dataclass
+class _FqEntry:
+    """``struct iova_fq_entry`` (dma-iommu.c)."""
+    iova_pfn: int
+    pages: int
+    counter: int
+
+
+@dataclass
+class _FlushQueue:
+    """``struct iova_fq`` (dma-iommu.c): a ring of ``size`` slots, usable ``size - 1``."""
+    size: int
+    entries: list = field(default_factory=list)  # head first
+
+    def full(self) -> bool:
+        """``fq_full()``: one slot of the ring always stays empty."""
+        return len(self.entries) == self.size - 1
+
+
+class DmaDomain(IovaApi):
+    """An IOMMU DMA domain: ``struct iommu_domain`` + ``struct iommu_dma_cookie``.
+
+    :param iommu: an :class:`IommuDomain` or a preset name (``"intel-vtd"``, ``"smmuv3-64k"``...).
+    :param strict: True for ``IOMMU_DOMAIN_DMA`` (invalidate on every unmap), False for
+        ``IOMMU_DOMAIN_DMA_FQ`` (lazy: frees wait in flush queues until a ``flush_iotlb_all``).
+    :param ncpus: CPUs (per-CPU rcaches and flush queues).
+    :param reserve: ``[(start, end_inclusive), ...]`` byte ranges reserved at init
+        (``iova_reserve_iommu_regions``); ``reserve_msi=True`` adds the x86 MSI window
+        0xfee00000-0xfeefffff.
+    :param single_queue: ``IOMMU_DMA_OPTS_SINGLE_QUEUE`` (``shadow_on_flush``): one queue of 32768
+        entries, 1000 ms.
+    """
+
+    def __init__(self, iommu: IommuDomain | str = "intel-vtd", *, strict: bool = True, ncpus: int = 1,
+                 log: EventLog | None = None, reserve: list[tuple[int, int]] | None = None,
+                 reserve_msi: bool = False, single_queue: bool = False,
+                 check_contract: bool = False, swiotlb=None):
+        self.log = log if log is not None else EventLog()
+        if isinstance(iommu, str):
+            iommu = IommuDomain.preset(iommu, log=self.log)
+        else:
+            iommu.log = self.log
+        self.iommu = iommu
+        self.ncpus = ncpus
+        self.strict = strict
+        self.check_contract = check_contract
+        # iommu_dma_init_domain: order = __ffs(pgsize_bitmap), base_pfn = max(1, aperture_start >> order)
+        order = (iommu.pgsize_bitmap & -iommu.pgsize_bitmap).bit_length() - 1
+        self.granule = 1 << order
+        base_pfn = max(1, iommu.aperture_start >> order)
+        self.iovad = IovaDomain(self.granule, base_pfn, ncpus=ncpus, log=self.log)
+        self.single_queue = single_queue
+        fq_size = IOVA_SINGLE_FQ_SIZE if single_queue else IOVA_DEFAULT_FQ_SIZE
+        self.fq_timeout = IOVA_SINGLE_FQ_TIMEOUT if single_queue else IOVA_DEFAULT_FQ_TIMEOUT
+        nq = 1 if single_queue else ncpus
+        self.fqs = [_FlushQueue(fq_size) for _ in range(nq)]
+        self.fq_flush_start_cnt = 0
+        self.fq_flush_finish_cnt = 0
+        self.fq_timer_on = False
+        self.fq_timer_deadline = 0.0
+        self.now_ms = 0.0
+        self.swiotlb = swiotlb
+        if swiotlb is not None:
+            swiotlb.log = self.log  # one event log for every layer
+        self._phys_next = 0x1_0000_0000  # bump allocator for dma_alloc_coherent pages
+        regions = list(reserve or [])
+        if reserve_msi:
+            regions.append((0xFEE00000, 0xFEEFFFFF))
+        for start, end in regions:
+            self.iovad.reserve_iova(start >> order, end >> order)
+        self.log.emit(_L, "iommu_dma_init_domain", "step", None, granule=self.granule,
+                      start_pfn=base_pfn, strict=strict, reserved=len(regions))
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def fq_domain(self) -> bool:
+        """``cookie->fq_domain != NULL``: the domain is lazy (DMA-FQ)."""
+        return not self.strict
+
+    def _shift(self) -> int:
+        return self.iovad.shift
+
+    def dma_get_merge_boundary(self, dev: Device | None = None) -> int:
+        """``dma_get_merge_boundary()`` -> ``iommu_dma_get_merge_boundary()``: granule - 1."""
+        return self.granule - 1
+
+    # ---------------------------------------------------------------- IOVA alloc / free
+    def iommu_dma_alloc_iova(self, size: int, dma_limit: int, dev: Device, cpu: int = 0) -> int:
+        """``iommu_dma_alloc_iova(domain, size, dma_limit, dev)`` (dma-iommu.c).
+
+        :param size: ``size_t``, bytes, granule-aligned.
+        :param dma_limit: ``u64``, the device mask (or coherent mask).
+        :returns: ``dma_addr_t`` IOVA, 0 on failure.
+
+        Clamps the limit to ``bus_dma_limit`` and (``force_aperture``) the aperture end; PCI devices
+        with ``pci_32bit_workaround`` first try below 4 GiB without flushing the rcache and drop the
+        workaround for good on the first failure ("Using N-bit DMA addresses").
+        """
+        shift = self._shift()
+        iova_len = size >> shift
+        if dev.bus_dma_limit:
+            dma_limit = min(dma_limit, dev.bus_dma_limit)
+        if self.iommu.force_aperture:
+            dma_limit = min(dma_limit, self.iommu.aperture_end)
+        iova = 0
+        if dma_limit > DMA_BIT_MASK(32) and dev.pci_32bit_workaround:
+            iova = self.iovad.alloc_iova_fast(iova_len, DMA_BIT_MASK(32) >> shift, False, cpu)
+            self.log.emit(_L, "iommu_dma_alloc_iova", "step", iova << shift, cpu=cpu,
+                          attempt="below 4 GiB", size=size, limit=DMA_BIT_MASK(32))
+            if iova:
+                return iova << shift
+            dev.pci_32bit_workaround = False
+            self.log.emit(_L, "iommu_dma_alloc_iova", "dev_notice", None, cpu=cpu,
+                          message=f"Using {bits_per(dma_limit)}-bit DMA addresses", dev=dev.name)
+        iova = self.iovad.alloc_iova_fast(iova_len, dma_limit >> shift, True, cpu)
+        self.log.emit(_L, "iommu_dma_alloc_iova", "step", iova << shift, cpu=cpu,
+                      attempt="full width", size=size, limit=dma_limit)
+        return iova << shift
+
+    def iommu_dma_free_iova(self, iova: int, size: int, gather: IotlbGather | None,
+                            cpu: int = 0) -> None:
+        """``iommu_dma_free_iova(domain, iova, size, gather)`` (dma-iommu.c).
+
+        Lazy (``gather->queued``): ``queue_iova``; else ``free_iova_fast`` right away. ``size`` is
+        what the caller computed at unmap time: it chooses the rcache bin.
+        """
+        shift = self._shift()
+        if gather is not None and gather.queued:
+            self.queue_iova(iova >> shift, size >> shift, cpu)
+        else:
+            self.iovad.free_iova_fast(iova >> shift, size >> shift, cpu)
+
+    # ---------------------------------------------------------------- flush queue
+    def _fq(self, cpu: int) -> _FlushQueue:
+        return self.fqs[0 if self.single_queue else cpu]
+
+    def fq_ring_free(self, fq: _FlushQueue, cpu: int) -> int:
+        """``fq_ring_free_locked()`` (dma-iommu.c): free head entries whose counter is below
+        ``fq_flush_finish_cnt`` into the rcache of ``cpu``. Returns how many."""
+        n = 0
+        while fq.entries and fq.entries[0].counter < self.fq_flush_finish_cnt:
+            e = fq.entries.pop(0)
+            self.iovad.free_iova_fast(e.iova_pfn, e.pages, cpu)
+            n += 1
+        if n:
+            self.log.emit(_L, "fq_ring_free", "fq_free", None, cpu=cpu, count=n)
+        return n
+
+    def fq_flush_iotlb(self, cpu: int = 0, why: str = "") -> None:
+        """``fq_flush_iotlb()`` (dma-iommu.c): start count, ``flush_iotlb_all``, finish count."""
+        self.fq_flush_start_cnt += 1
+        self.iommu.iommu_flush_iotlb_all(cpu=cpu)
+        self.fq_flush_finish_cnt += 1
+        self.log.emit(_L, "fq_flush_iotlb", "fq_flush", None, cpu=cpu, why=why,
+                      finish_cnt=self.fq_flush_finish_cnt)
+
+    def queue_iova(self, pfn: int, pages: int, cpu: int = 0) -> None:
+        """``queue_iova(cookie, pfn, pages, freelist)`` (dma-iommu.c): defer a free until a flush."""
+        fq = self._fq(cpu)
+        self.fq_ring_free(fq, cpu)
+        if fq.full():
+            self.fq_flush_iotlb(cpu, why="queue full")
+            self.fq_ring_free(fq, cpu)
+        fq.entries.append(_FqEntry(pfn, pages, self.fq_flush_start_cnt))
+        self.log.emit(_L, "queue_iova", "fq_add", None, cpu=cpu, pfn=pfn, pages=pages,
+                      counter=self.fq_flush_start_cnt, queued=len(fq.entries))
+        if not self.fq_timer_on:
+            self.fq_timer_on = True
+            self.fq_timer_deadline = self.now_ms + self.fq_timeout
+
+    def fq_flush_timeout(self, cpu: int = 0) -> None:
+        """``fq_flush_timeout()`` (dma-iommu.c), the timer callback, run on ``cpu``: one
+        ``flush_iotlb_all``, then free what is ready in every queue (into ``cpu``'s rcache)."""
+        self.fq_timer_on = False
+        self.fq_flush_iotlb(cpu, why="timeout")
+        for fq in self.fqs:
+            self.fq_ring_free(fq, cpu)
+
+    def advance_time(self, ms: float, cpu: int = 0) -> bool:
+        """Let ``ms`` milliseconds pass; fires the flush-queue timer if it is due. True if fired."""
+        if ms < 0:
+            raise ValueError(f"advance_time: ms {ms} must be >= 0")
+        self.now_ms += ms
+        if self.fq_timer_on and self.now_ms >= self.fq_timer_deadline:
+            self.fq_flush_timeout(cpu)
+            return True
+        return False
+
+    def fq_pending(self) -> int:
+        """IOVA ranges waiting in flush queues."""
+        return sum(len(fq.entries) for fq in self.fqs)
+
+    # ---------------------------------------------------------------- classic map/unmap
+    def _api(self, func: str, dev: Device, cpu: int, result, **args) -> None:
+        self.log.emit(_L, func, "dma_api_calls", result, cpu=cpu, dev=dev.name, **args)
+
+    def __iommu_dma_map(self, dev: Device, phys: int, size: int, prot: int, dma_mask: int,
+                        cpu: int) -> int:
+        """``__iommu_dma_map(dev, phys, size, prot, dma_mask)`` (dma-iommu.c)."""
+        g = self.granule
+        if dev.min_align_mask > g - 1:
+            self.log.warn(_L, "__iommu_dma_map", 0, "Unsupported alignment constraint: "
+                          f"min_align_mask {dev.min_align_mask:#x} > iova_mask {g - 1:#x}", cpu=cpu)
+            return DMA_MAPPING_ERROR
+        off = iova_offset(g, phys)
+        size = iova_align(g, size + off)
+        iova = self.iommu_dma_alloc_iova(size, dma_mask, dev, cpu)
+        if not iova:
+            return DMA_MAPPING_ERROR
+        ret = self.iommu.iommu_map(iova, phys - off, size, prot, cpu=cpu)
+        if ret:
+            self.iommu_dma_free_iova(iova, size, None, cpu)
+            return DMA_MAPPING_ERROR
+        return iova + off
+
+    def __iommu_dma_unmap(self, dev: Device, dma_addr: int, size: int, cpu: int) -> int:
+        """``__iommu_dma_unmap(dev, dma_addr, size)`` (dma-iommu.c): unmap, sync (strict) or
+        queue (lazy), free the IOVA. Returns bytes unmapped."""
+        g = self.granule
+        off = iova_offset(g, dma_addr)
+        dma_addr -= off
+        size = iova_align(g, size + off)
+        gather = IotlbGather()
+        gather.queued = self.fq_domain
+        unmapped = self.iommu.iommu_unmap_fast(dma_addr, size, gather, cpu=cpu)
+        if unmapped != size:
+            self.log.warn(_L, "__iommu_dma_unmap", 0, f"WARN_ON(unmapped {unmapped:#x} != size {size:#x})",
+                          cpu=cpu)
+        if not gather.queued:
+            self.iommu.iommu_iotlb_sync(gather, cpu=cpu)
+        self.iommu_dma_free_iova(dma_addr, size, gather, cpu)
+        return unmapped
+
+    def _first_unmapped(self, iova: int, size: int) -> int | None:
+        """First granule address in ``[iova, iova + size)`` with no translation, or None."""
+        return self.iommu.pgtable.first_unmapped(iova, iova + size)
+
+    def _mapped_granules(self, iova: int, size: int) -> list[int]:
+        """Up to 16 granule addresses in ``[iova, iova + size)`` that have a translation."""
+        return self.iommu.pgtable.find_mapped(iova, iova + size, 16)
+
+    def _check_mapped(self, func: str, iova: int, size: int, cpu: int) -> None:
+        """Refuse (WARN + -EINVAL) an unmap of a range that is not fully mapped."""
+        a = self._first_unmapped(iova, size)
+        if a is not None:
+            self.log.warn(_L, func, EINVAL, f"IOVA {a:#x} in [{iova:#x}, {iova + size:#x}) is not "
+                          "mapped: WARN_ON(unmapped != size)", cpu=cpu)
+            raise DmaError(-EINVAL, f"IOVA {a:#x} is not mapped (the kernel WARNs: unmapped != size "
+                           "and unmaps only up to the hole)", func, warned="WARN_ON")
+
+    def _bounce(self, dev: Device, size: int, dir: int, phys: int) -> bool:
+        return dev.dev_use_swiotlb(size, dir) and iova_offset(self.granule, phys | size) != 0
+
+    def dma_map_page(self, dev: Device, phys: int, size: int, dir: int = DMA_BIDIRECTIONAL,
+                     attrs: int = 0, cpu: int = 0) -> int:
+        """``dma_map_page_attrs()`` -> ``iommu_dma_map_page(dev, page, offset, size, dir, attrs)``.
+
+        :param phys: ``page_to_phys(page) + offset``.
+        :returns: the DMA address, or ``DMA_MAPPING_ERROR``.
+
+        Bounces through swiotlb when the device needs it and the buffer is not granule-aligned at
+        both ends; then ``__iommu_dma_map`` (allocate IOVA, ``iommu_map`` incl. ``iotlb_sync_map``).
+        """
+        self._validate_dir(dir)
+        if size <= 0:
+            raise ValueError(f"dma_map_page: size {size} must be > 0")
+        self.log.depth += 1
+        try:
+            orig = phys
+            if self._bounce(dev, size, dir, phys):
+                if self.swiotlb is None:
+                    self.log.warn(_L, "iommu_dma_map_page", 0, "DMA bounce buffers are inactive, "
+                                  "unable to map unaligned transaction.", cpu=cpu)
+                    addr = DMA_MAPPING_ERROR
+                    self._api("dma_map_page", dev, cpu, addr, dir=dir, phys=orig, size=size)
+                    return addr
+                phys = self.swiotlb.iommu_dma_map_swiotlb(dev, phys, size, self.granule, dir, attrs, cpu)
+                if phys == DMA_MAPPING_ERROR:
+                    self._api("dma_map_page", dev, cpu, phys, dir=dir, phys=orig, size=size, attrs=attrs)
+                    return phys
+            prot = dma_info_to_prot(dir, dev.coherent, attrs)
+            addr = self.__iommu_dma_map(dev, phys, size, prot, dev.dma_get_mask(), cpu)
+            if addr == DMA_MAPPING_ERROR and phys != orig:
+                self.swiotlb.swiotlb_tbl_unmap_single(phys, size, dir, attrs, cpu, dev=dev)
+        finally:
+            self.log.depth -= 1
+        self._api("dma_map_page", dev, cpu, addr, dir=dir, phys=orig, size=size, attrs=attrs)
+        return addr
+
+    def dma_unmap_page(self, dev: Device, dma_addr: int, size: int, dir: int = DMA_BIDIRECTIONAL,
+                       attrs: int = 0, cpu: int = 0) -> None:
+        """``dma_unmap_page_attrs()`` -> ``iommu_dma_unmap_page()`` (dma-iommu.c)."""
+        self._validate_dir(dir)
+        g = self.granule
+        start = dma_addr - iova_offset(g, dma_addr)
+        self._check_mapped("iommu_dma_unmap_page", start, iova_align(g, size + dma_addr - start), cpu)
+        phys = self.iommu.iommu_iova_to_phys(dma_addr)
+        self.log.depth += 1
+        try:
+            self.__iommu_dma_unmap(dev, dma_addr, size, cpu)
+            if self.swiotlb is not None and self.swiotlb.is_swiotlb_buffer(phys):
+                self.swiotlb.swiotlb_tbl_unmap_single(phys, size, dir, attrs, cpu, dev=dev)
+        finally:
+            self.log.depth -= 1
+        self._api("dma_unmap_page", dev, cpu, None, dir=dir, dma_addr=dma_addr, size=size)
+
+    # ---------------------------------------------------------------- scatterlists
+    def dma_map_sg(self, dev: Device, sgl: list[ScatterEntry], dir: int = DMA_BIDIRECTIONAL,
+                   attrs: int = 0, cpu: int = 0) -> int:
+        """``dma_map_sg_attrs()`` -> ``iommu_dma_map_sg()`` (dma-iommu.c).
+
+        One IOVA for the whole list (``iova_len`` = Σ granule-aligned segment lengths plus boundary
+        padding), one ``iommu_map_sg`` (a map call per physically contiguous run, one sync), then
+        ``__finalise_sg`` merges segments into DMA segments. Returns the number of DMA segments
+        (``ents``); 0 on failure, as ``dma_map_sg`` does.
+        """
+        self._validate_dir(dir)
+        if not sgl:
+            raise ValueError("dma_map_sg: empty scatterlist")
+        g = self.granule
+        self.log.depth += 1
+        try:
+            if dev.untrusted:  # dev_use_sg_swiotlb: map every segment on its own
+                for s in sgl:
+                    s.dma_address = self.dma_map_page(dev, s.phys, s.length, dir, attrs, cpu)
+                    s.dma_length = s.length
+                    if s.dma_address == DMA_MAPPING_ERROR:
+                        for t in sgl:
+                            if t is s:
+                                break
+                            self.dma_unmap_page(dev, t.dma_address, t.length, dir, attrs, cpu)
+                        ents = 0
+                        break
+                else:
+                    ents = len(sgl)
+                self._sg_swiotlb = True
+                return ents
+            mask = dev.dma_get_seg_boundary()
+            iova_len = 0
+            layout = []  # [phys_aligned, aligned_len, s_iova_off, s_len]
+            prev = None
+            for s in sgl:
+                s_iova_off = iova_offset(g, s.phys)
+                s_len = s.length
+                seg = [s.phys - s_iova_off, iova_align(g, s_len + s_iova_off), s_iova_off, s_len]
+                pad_len = (mask - iova_len + 1) & mask
+                if pad_len and pad_len < seg[1] - 1:
+                    prev[1] += pad_len
+                    iova_len += pad_len
+                iova_len += seg[1]
+                layout.append(seg)
+                prev = seg
+            iova = self.iommu_dma_alloc_iova(iova_len, dev.dma_get_mask(), dev, cpu)
+            if not iova:
+                ents = 0
+            else:
+                prot = dma_info_to_prot(dir, dev.coherent, attrs)
+                ret = self.iommu.iommu_map_sg(iova, [(p, n) for p, n, _, _ in layout], prot, cpu=cpu)
+                if ret < iova_len:
+                    self.iommu_dma_free_iova(iova, iova_len, None, cpu)
+                    ents = 0
+                else:
+                    ents = self.__finalise_sg(dev, sgl, layout, iova)
+        finally:
+            self.log.depth -= 1
+        self._api("dma_map_sg", dev, cpu, ents, dir=dir, nents=len(sgl),
+                  phys=[s.phys for s in sgl], dma_addrs=[s.dma_address for s in sgl[:ents]],
+                  sizes=[s.dma_length for s in sgl[:ents]])
+        return ents
+
+    def __finalise_sg(self, dev: Device, sgl: list[ScatterEntry], layout: list, dma_addr: int) -> int:
+        """``__finalise_sg(dev, sg, nents, dma_addr)`` (dma-iommu.c): merge into DMA segments."""
+        seg_mask = dev.dma_get_seg_boundary()
+        max_len = dev.dma_get_max_seg_size()
+        cur_len = 0
+        count = 0
+        out = []
+        for _s, (_, s_iova_len, s_iova_off, s_len) in zip(sgl, layout, strict=True):
+            if cur_len and not s_iova_off and (dma_addr & seg_mask) and max_len - cur_len >= s_len:
+                cur_len += s_len
+            else:
+                if count:
+                    out[-1][1] = cur_len
+                out.append([dma_addr + s_iova_off, s_len])
+                count += 1
+                cur_len = s_len
+            out[-1][1] = cur_len
+            dma_addr += s_iova_len
+            if s_len + s_iova_off < s_iova_len:
+                cur_len = 0
+        for i, s in enumerate(sgl):  # entries past the last output segment keep the reset values
+            s.dma_address, s.dma_length = out[i] if i < count else (DMA_MAPPING_ERROR, 0)
+        return count
+
+    def dma_unmap_sg(self, dev: Device, sgl: list[ScatterEntry], dir: int = DMA_BIDIRECTIONAL,
+                     attrs: int = 0, cpu: int = 0) -> None:
+        """``dma_unmap_sg_attrs()`` -> ``iommu_dma_unmap_sg()`` (dma-iommu.c): one
+        ``__iommu_dma_unmap`` from the first segment's DMA address to the end of the last
+        non-empty one."""
+        self._validate_dir(dir)
+        self._api("dma_unmap_sg", dev, cpu, None, dir=dir, phys=[s.phys for s in sgl])
+        self.log.depth += 1
+        try:
+            if dev.untrusted:
+                for s in sgl:
+                    self.dma_unmap_page(dev, s.dma_address, s.length, dir, attrs, cpu)
+                return
+            start = sgl[0].dma_address
+            end = start
+            for s in sgl:
+                if not s.dma_length:
+                    break
+                end = s.dma_address + s.dma_length
+            g = self.granule
+            a = start - iova_offset(g, start)
+            self._check_mapped("iommu_dma_unmap_sg", a, iova_align(g, end - a), cpu)
+            self.__iommu_dma_unmap(dev, start, end - start, cpu)
+        finally:
+            self.log.depth -= 1
+
+    def dma_alloc_coherent(self, dev: Device, size: int, cpu: int = 0) -> tuple[int, int]:
+        """``dma_alloc_attrs()`` -> ``iommu_dma_alloc()`` (simplified: one physically contiguous
+        page-rounded buffer, mapped with the coherent mask). Returns ``(phys, dma_addr)``."""
+        from iovalab.kernel.units import PAGE_SIZE
+        size = iova_align(PAGE_SIZE, size)
+        phys = self._phys_next
+        self._phys_next += size
+        addr = self.__iommu_dma_map(dev, phys, size, dma_info_to_prot(DMA_BIDIRECTIONAL, dev.coherent, 0),
+                                    dev.coherent_dma_mask, cpu)
+        self._api("dma_alloc", dev, cpu, addr, size=size, phys=phys)
+        return phys, addr
+
+    # ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _validate_dir(dir: int) -> None:
+        if dir not in DIR_NAMES or dir == DMA_NONE:
+            raise ValueError(f"DMA direction {dir!r} is not one of BIDIRECTIONAL(0), TO_DEVICE(1), "
+                             "FROM_DEVICE(2) (valid_dma_direction)")
+
+    def snapshot(self) -> tuple:
+        """Comparable copy of allocator, page table and flush-queue state (for "no change" tests)."""
+        return (self.iovad.snapshot(), self.iommu.snapshot(),
+                tuple(tuple((e.iova_pfn, e.pages, e.counter) for e in fq.entries) for fq in self.fqs),
+                self.fq_flush_start_cnt, self.fq_flush_finish_cnt)
+
+
+_ = (ENOMEM, EOPNOTSUPP)  # re-exported errno names used by callers' docs

@@ -1,0 +1,414 @@
+"""The two-step IOVA-based DMA API: ``include/linux/dma-mapping.h`` (``struct dma_iova_state``,
+``dma_use_iova``, ``dma_iova_size``) and the ``dma_iova_*`` functions of ``drivers/iommu/dma-iommu.c``
+(Linux 6.16/6.17), plus ``dma_info_to_prot`` which both DMA paths share.
+
+``dma_iova_try_alloc`` reserves IOVA once (``phys`` only sets the sub-granule offset);
+``dma_iova_link`` writes page-table entries without syncing; one ``dma_iova_sync`` makes them
+visible; ``dma_iova_unlink`` (always strict, keeps the IOVA), ``dma_iova_destroy`` (one unmap, one
+sync or flush-queue entry, and the free) and ``dma_iova_free`` undo it. The swiotlb variant of the
+link (``iommu_dma_iova_link_swiotlb``) bounces unaligned head and tail granules.
+
+:class:`IovaApi` holds these calls; :class:`iovalab.kernel.dma_iommu.DmaDomain` inherits them and supplies the
+IOVA allocator, the IOMMU domain, the flush queues and the shared checks they use
+(``iommu_dma_alloc_iova``, ``iommu_dma_free_iova``, ``_check_mapped``...). Error conventions are
+those of :mod:`iovalab.kernel.dma_iommu`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from iovalab.kernel.device import (
+    DMA_ATTR_PRIVILEGED, DMA_ATTR_SKIP_CPU_SYNC, DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_TO_DEVICE, Device,
+)
+from iovalab.kernel.iommu import IOMMU_CACHE, IOMMU_MMIO, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE, IotlbGather
+from iovalab.kernel.units import DMA_MAPPING_ERROR, EINVAL, EIO, ENOMEM, EPERM, DmaError, iova_align, iova_offset
+
+__all__ = ["DMA_ATTR_MMIO", "DMA_IOVA_USE_SWIOTLB", "dma_info_to_prot", "DmaIovaState", "dma_use_iova",
+           "dma_iova_size", "IovaApi"]
+
+#: DMA_ATTR_MMIO (include/linux/dma-mapping.h, 6.18+)
+DMA_ATTR_MMIO = 1 << 10
+#: private flag in ``dma_iova_state.__size`` (include/linux/dma-mapping.h)
+DMA_IOVA_USE_SWIOTLB = 1 << 63
+
+_L = "dma"
+
+
+def dma_info_to_prot(dir: int, coherent: bool, attrs: int) -> int:
+    """``dma_info_to_prot(dir, coherent, attrs)`` (dma-iommu.c): IOMMU prot bits for a mapping.
+
+    6.18+ ``DMA_ATTR_MMIO`` uses ``IOMMU_MMIO`` instead of ``IOMMU_CACHE``.
+    """
+    if attrs & DMA_ATTR_MMIO:
+        prot = IOMMU_MMIO
+    else:
+        prot = IOMMU_CACHE if coherent else 0
+    if attrs & DMA_ATTR_PRIVILEGED:
+        prot |= IOMMU_PRIV
+    if dir == DMA_BIDIRECTIONAL:
+        return prot | IOMMU_READ | IOMMU_WRITE
+    if dir == DMA_TO_DEVICE:
+        return prot | IOMMU_READ
+    if dir == DMA_FROM_DEVICE:
+        return prot | IOMMU_WRITE
+    return 0
+
+
+@dataclass
+class DmaIovaState:
+    """``struct dma_iova_state`` (include/linux/dma-mapping.h): ``addr`` and ``__size``.
+
+    ``__size`` carries the requested size with bit 63 = ``DMA_IOVA_USE_SWIOTLB``. Allocated by the
+    caller, zeroed by ``dma_iova_try_alloc``, kept until unmap time.
+    """
+
+    addr: int = 0
+    size_field: int = 0  # the kernel's __size
+
+    def __repr__(self) -> str:
+        flag = " USE_SWIOTLB" if self.size_field & DMA_IOVA_USE_SWIOTLB else ""
+        return f"DmaIovaState(addr={self.addr:#x}, size={dma_iova_size(self):#x}{flag})"
+
+
+def dma_use_iova(state: DmaIovaState) -> bool:
+    """``dma_use_iova(state)`` (dma-mapping.h): ``state->__size != 0``."""
+    return state.size_field != 0
+
+
+def dma_iova_size(state: DmaIovaState) -> int:
+    """``dma_iova_size(state)`` (dma-mapping.h): ``__size`` without ``DMA_IOVA_USE_SWIOTLB``."""
+    return state.size_field & ~DMA_IOVA_USE_SWIOTLB
+
+
+class IovaApi:
+    """The ``dma_iova_*`` calls of ``drivers/iommu/dma-iommu.c``, as methods of a DMA domain
+    (:class:`iovalab.kernel.dma_iommu.DmaDomain`)."""
+
+    def dma_iova_try_alloc(self, dev: Device, state: DmaIovaState, phys: int, size: int,
+                           cpu: int = 0) -> bool:
+        """``dma_iova_try_alloc(dev, state, phys, size)`` (dma-iommu.c).
+
+        :param phys: ``phys_addr_t``, only its offset inside the granule matters (0 is fine for
+            granule-aligned transfers).
+        :param size: ``size_t`` bytes.
+        Reserves ``iova_align(size + iova_offset(phys))`` bytes of IOVA (32-bit first for PCI, the
+        rcache, power-of-two rounding below 32 granules, size alignment) and sets
+        ``state->addr = iova + iova_offset(phys)``, ``state->__size = size``. No PTE is written.
+        """
+        state.addr = 0
+        state.size_field = 0
+        ok = False
+        self.log.depth += 1
+        try:
+            if size == 0 or size & DMA_IOVA_USE_SWIOTLB:
+                self.log.warn(_L, "dma_iova_try_alloc", 0,
+                              "WARN_ON_ONCE(!size)" if size == 0 else
+                              f"WARN_ON_ONCE(size {size:#x} & DMA_IOVA_USE_SWIOTLB)", cpu=cpu)
+            elif size < 0:
+                raise ValueError(f"dma_iova_try_alloc: size {size} must be >= 0")
+            else:
+                g = self.granule
+                off = iova_offset(g, phys)
+                addr = self.iommu_dma_alloc_iova(iova_align(g, size + off), dev.dma_get_mask(), dev, cpu)
+                if addr:
+                    state.addr = addr + off
+                    state.size_field = size
+                    ok = True
+        finally:
+            self.log.depth -= 1
+        self._api("dma_iova_try_alloc", dev, cpu, ok, phys=phys, size=size,
+                  addr=state.addr, iova_len=iova_align(self.granule, size + iova_offset(self.granule, phys)))
+        return ok
+
+    def _state_iova(self, state: DmaIovaState) -> tuple[int, int]:
+        g = self.granule
+        pad = iova_offset(g, state.addr)
+        return state.addr - pad, iova_align(g, dma_iova_size(state) + pad)
+
+    def dma_iova_free(self, dev: Device, state: DmaIovaState, cpu: int = 0) -> None:
+        """``dma_iova_free(dev, state)`` (dma-iommu.c): give the whole IOVA back at once
+        (never queued, no IOTLB work). Every linked range must have been unlinked first."""
+        if not dma_use_iova(state):
+            raise ValueError("dma_iova_free: state does not hold an IOVA (dma_use_iova() is false)")
+        base, length = self._state_iova(state)
+        linked = self._mapped_granules(base, length)
+        if linked:
+            self.log.emit(_L, "dma_iova_free", "contract", None, cpu=cpu,
+                          rule=f"granule(s) still linked (first {linked[0]:#x}); "
+                          "the kernel does not check and frees the IOVA with live PTEs")
+            if self.check_contract:
+                raise DmaError(-EINVAL, f"dma_iova_free with IOVA {linked[0]:#x} still linked",
+                               "dma_iova_free")
+        self.iommu_dma_free_iova(base, length, None, cpu)
+        self._api("dma_iova_free", dev, cpu, None, addr=state.addr, size=dma_iova_size(state))
+
+    def dma_iova_link(self, dev: Device, state: DmaIovaState, phys: int, offset: int, size: int,
+                      dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> int:
+        """``dma_iova_link(dev, state, phys, offset, size, dir, attrs)`` (dma-iommu.c).
+
+        Maps IOVA ``state->addr + offset - pad`` to ``phys - pad`` for ``iova_align(size + pad)``
+        bytes (``pad = iova_offset(phys)``) with ``iommu_map_nosync``: PTEs written, no sync.
+        Only the first range (offset 0) may start mid-granule: else WARN_ON_ONCE and ``-EIO``.
+        Returns 0; raises :class:`DmaError` with the kernel's errno.
+        """
+        self._validate_dir(dir)
+        if not dma_use_iova(state):
+            raise ValueError("dma_iova_link: state does not hold an IOVA (dma_iova_try_alloc failed "
+                             "or was not called)")
+        if size <= 0 or offset < 0:
+            raise ValueError(f"dma_iova_link: size {size:#x} must be > 0 and offset {offset:#x} >= 0")
+        g = self.granule
+        pad = iova_offset(g, phys)
+        if pad and offset > 0:
+            self.log.warn(_L, "dma_iova_link", EIO, f"phys {phys:#x} has granule offset {pad:#x} at "
+                          f"offset {offset:#x} > 0: only the first range may start mid-granule", cpu=cpu)
+            raise DmaError(-EIO, f"phys {phys:#x} is not granule-aligned (offset {pad:#x}) and "
+                           f"offset {offset:#x} > 0", "dma_iova_link", warned=True)
+        if offset + size > dma_iova_size(state):
+            self.log.emit(_L, "dma_iova_link", "contract", None, cpu=cpu,
+                          rule=f"offset {offset:#x} + size {size:#x} exceeds the reserved size "
+                          f"{dma_iova_size(state):#x} (the kernel does not check this)")
+            if self.check_contract:
+                raise DmaError(-EINVAL, f"offset {offset:#x} + size {size:#x} is past the reserved "
+                               f"size {dma_iova_size(state):#x}", "dma_iova_link")
+        self.log.depth += 1
+        try:
+            if self._bounce(dev, size, dir, phys):
+                ret = self._iova_link_swiotlb(dev, state, phys, offset, size, dir, attrs, cpu)
+            else:
+                ret = self.__dma_iova_link(dev, state.addr + offset - pad, phys - pad,
+                                           iova_align(g, size + pad), dir, attrs, cpu)
+        finally:
+            self.log.depth -= 1
+        self._api("dma_iova_link", dev, cpu, ret, phys=phys, offset=offset, size=size, dir=dir)
+        if ret:
+            raise DmaError(ret, f"iommu_map_nosync failed for IOVA {state.addr + offset - pad:#x}",
+                           "dma_iova_link")
+        return 0
+
+    def __dma_iova_link(self, dev: Device, iova: int, phys: int, size: int, dir: int, attrs: int,
+                        cpu: int) -> int:
+        """``__dma_iova_link()`` (dma-iommu.c): CPU cache sync for non-coherent devices, then
+        ``iommu_map_nosync`` (no ``iotlb_sync_map``)."""
+        if not dev.coherent and not attrs & DMA_ATTR_SKIP_CPU_SYNC:
+            self.log.emit(_L, "arch_sync_dma_for_device", "cpu_sync", None, cpu=cpu, phys=phys, size=size)
+        return self.iommu.iommu_map_nosync(iova, phys, size, dma_info_to_prot(dir, dev.coherent, attrs),
+                                           cpu=cpu)
+
+    def _iova_link_swiotlb(self, dev: Device, state: DmaIovaState, phys: int, offset: int, size: int,
+                           dir: int, attrs: int, cpu: int) -> int:
+        """``iommu_dma_iova_link_swiotlb()`` (dma-iommu.c, with stable fix 6ec91df8aff7): bounce
+        the unaligned head and tail granules, link the aligned middle directly."""
+        if attrs & DMA_ATTR_MMIO:
+            return -EPERM
+        if self.swiotlb is None:
+            self.log.warn(_L, "iommu_dma_map_swiotlb", 0, "DMA bounce buffers are inactive", cpu=cpu)
+            return -ENOMEM
+        g = self.granule
+        start_pad = iova_offset(g, phys)
+        end_pad = iova_offset(g, phys + size)
+        addr = state.addr + offset
+        mapped = 0
+        if start_pad:
+            blen = min(size, g - start_pad)
+            ret = self._bounce_and_link(dev, addr, phys, blen, dir, attrs, start_pad, cpu)
+            if ret:
+                return ret
+            state.size_field |= DMA_IOVA_USE_SWIOTLB
+            mapped += blen
+            size -= blen
+            if not size:
+                return 0
+        size -= end_pad
+        if size:
+            ret = self.__dma_iova_link(dev, addr + mapped, phys + mapped, size, dir, attrs, cpu)
+            if ret:
+                return ret
+            mapped += size
+        if end_pad:
+            ret = self._bounce_and_link(dev, addr + mapped, phys + mapped, end_pad, dir, attrs, 0, cpu)
+            if ret:
+                return ret
+            state.size_field |= DMA_IOVA_USE_SWIOTLB
+        return 0
+
+    def _bounce_and_link(self, dev, addr, phys, blen, dir, attrs, start_pad, cpu) -> int:
+        """``iommu_dma_iova_bounce_and_link()`` (dma-iommu.c)."""
+        bphys = self.swiotlb.iommu_dma_map_swiotlb(dev, phys, blen, self.granule, dir, attrs, cpu)
+        if bphys == DMA_MAPPING_ERROR:
+            return -ENOMEM
+        ret = self.__dma_iova_link(dev, addr - start_pad, bphys - start_pad,
+                                   iova_align(self.granule, blen), dir, attrs, cpu)
+        if ret:
+            self.swiotlb.swiotlb_tbl_unmap_single(bphys, blen, dir, attrs, cpu, dev=dev)
+        return ret
+
+    def dma_iova_sync(self, dev: Device, state: DmaIovaState, offset: int, size: int,
+                      cpu: int = 0) -> int:
+        """``dma_iova_sync(dev, state, offset, size)`` (dma-iommu.c): ``iommu_sync_map`` over the
+        granule-rounded range. Returns 0."""
+        g = self.granule
+        a = state.addr + offset
+        pad = iova_offset(g, a)
+        length = iova_align(g, size + pad)
+        hole = self._first_unmapped(a - pad, length)
+        if hole is not None:
+            self.log.emit(_L, "dma_iova_sync", "contract", None, cpu=cpu,
+                          rule=f"sync of IOVA never linked (first {hole:#x}); the kernel does not check")
+            if self.check_contract:
+                raise DmaError(-EINVAL, f"sync of IOVA {hole:#x} which is not linked", "dma_iova_sync")
+        self.log.depth += 1
+        try:
+            ret = self.iommu.iommu_sync_map(a - pad, length, cpu=cpu)
+        finally:
+            self.log.depth -= 1
+        self._api("dma_iova_sync", dev, cpu, ret, offset=offset, size=size)
+        return ret
+
+    def __iommu_dma_iova_unlink(self, func: str, dev: Device, state: DmaIovaState, offset: int,
+                                size: int, dir: int, attrs: int, free_iova: bool, cpu: int) -> None:
+        """``__iommu_dma_iova_unlink()`` (dma-iommu.c): slow path per granule for swiotlb or
+        non-coherent devices, then one ``iommu_unmap_fast``, a strict sync unless queued, and the
+        IOVA free when ``free_iova``."""
+        g = self.granule
+        addr = state.addr + offset
+        pad = iova_offset(g, addr)
+        length = iova_align(g, size + pad)
+        self._check_mapped(func, addr - pad, length, cpu)
+        slow = not dev.coherent and not attrs & DMA_ATTR_SKIP_CPU_SYNC
+        if (state.size_field & DMA_IOVA_USE_SWIOTLB) or slow:
+            # iommu_dma_iova_unlink_range_slow
+            end = addr + size
+            a = addr
+            while a < end:
+                chunk = min(end - a, g - iova_offset(g, a))
+                p = self.iommu.iommu_iova_to_phys(a)
+                if not dev.coherent and not attrs & DMA_ATTR_SKIP_CPU_SYNC:
+                    self.log.emit(_L, "arch_sync_dma_for_cpu", "cpu_sync", None, cpu=cpu, phys=p, size=chunk)
+                if self.swiotlb is not None and self.swiotlb.is_swiotlb_buffer(p):
+                    self.swiotlb.swiotlb_tbl_unmap_single(p, chunk, dir, attrs, cpu, dev=dev)
+                a += chunk
+        gather = IotlbGather()
+        gather.queued = free_iova and self.fq_domain
+        self.iommu.iommu_unmap_fast(addr - pad, length, gather, cpu=cpu)
+        if not gather.queued:
+            self.iommu.iommu_iotlb_sync(gather, cpu=cpu)
+        if free_iova:
+            self.iommu_dma_free_iova(addr - pad, length, gather, cpu)
+
+    def dma_iova_unlink(self, dev: Device, state: DmaIovaState, offset: int, size: int,
+                        dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> None:
+        """``dma_iova_unlink(dev, state, offset, size, dir, attrs)`` (dma-iommu.c): unmap a linked
+        range with its own (always strict) IOTLB sync; the IOVA stays reserved."""
+        self._validate_dir(dir)
+        if not dma_use_iova(state):
+            raise ValueError("dma_iova_unlink: state does not hold an IOVA")
+        self.log.depth += 1
+        try:
+            self.__iommu_dma_iova_unlink("dma_iova_unlink", dev, state, offset, size, dir, attrs, False, cpu)
+        finally:
+            self.log.depth -= 1
+        self._api("dma_iova_unlink", dev, cpu, None, offset=offset, size=size)
+
+    def dma_iova_destroy(self, dev: Device, state: DmaIovaState, mapped_len: int,
+                         dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> None:
+        """``dma_iova_destroy(dev, state, mapped_len, dir, attrs)`` (dma-iommu.c): one unmap of
+        ``[0, mapped_len)``, one sync (strict) or a flush-queue entry (lazy), and the IOVA free;
+        ``mapped_len == 0`` only frees (``dma_iova_free``)."""
+        self._validate_dir(dir)
+        if not dma_use_iova(state):
+            raise ValueError("dma_iova_destroy: state does not hold an IOVA")
+        if mapped_len:
+            self.log.depth += 1
+            try:
+                self.__iommu_dma_iova_unlink("dma_iova_destroy", dev, state, 0, mapped_len, dir, attrs,
+                                             True, cpu)
+            finally:
+                self.log.depth -= 1
+            self._api("dma_iova_destroy", dev, cpu, None, mapped_len=mapped_len)
+        else:
+            self.dma_iova_free(dev, state, cpu)
+
+    # ---------------------------------------------------------------- bulk (no kernel analogue)
+    def _bulk_ok(self, dev: Device, state: DmaIovaState, offsets, size: int) -> bool:
+        """Whether the per-page calls would all take the same plain path (so a batch is exact)."""
+        import numpy as np
+
+        if self.log.keep or size != self.granule or not dev.coherent or not dma_use_iova(state):
+            return False
+        if state.size_field & DMA_IOVA_USE_SWIOTLB or self.iommu.has_iotlb_sync_map:
+            return False
+        if self.iommu._tlb or self.iommu._neg:  # cached translations would need per-page invalidation
+            return False
+        off = np.asarray(offsets, dtype=np.int64)
+        g = self.granule
+        return bool(len(off) > 1 and not (off & (g - 1)).any() and off.min() >= 0
+                    and off.max() + size <= dma_iova_size(state) and not iova_offset(g, state.addr))
+
+    def _scaled(self, first, rest_n: int, bulk) -> bool:
+        """Run ``first()`` (one page the normal way), then ``bulk()`` for the rest; the tallies of the
+        rest are the first page's per-kind counts times ``rest_n`` (table pages are counted by the bulk
+        call itself)."""
+        t = self.log.totals
+        before = dict(t)
+        first()
+        delta = {k: v - before.get(k, 0) for k, v in t.items() if v != before.get(k, 0)}
+        delta.pop("table_pages", None)
+        if not bulk():
+            return False
+        for k, v in delta.items():
+            t[k] += v * rest_n
+        self.log.seq += sum(delta.values()) * rest_n
+        return True
+
+    def dma_iova_link_sync_pages(self, dev: Device, state: DmaIovaState, phys, offsets, size: int,
+                                 dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> None:
+        """For each ``i``: ``dma_iova_link(dev, state, phys[i], offsets[i], size, dir, attrs)`` then
+        ``dma_iova_sync(dev, state, offsets[i], size)`` — what ``hmm_dma_map_pfn()`` (mm/hmm.c) does
+        per fault — as one batch with the same page-table state and the same counters.
+
+        No kernel analogue: a simulator speed path for multi-million-page workloads, used only when
+        the log keeps tallies (``EventLog(keep=False)``) and every call would take the plain path
+        (granule-sized, coherent, no bounce, no ``iotlb_sync_map`` callback); otherwise it makes the
+        per-page calls."""
+        import numpy as np
+
+        phys = np.asarray(phys, dtype=np.uint64)
+        offsets = np.asarray(offsets, dtype=np.int64)
+
+        def per_page_range(lo: int, hi: int | None = None) -> None:
+            for p, o in zip(phys[lo:hi].tolist(), offsets[lo:hi].tolist(), strict=True):
+                self.dma_iova_link(dev, state, p, o, size, dir, attrs, cpu)
+                self.dma_iova_sync(dev, state, o, size, cpu)
+
+        def per_page(lo: int) -> None:
+            per_page_range(lo)
+
+        if not (self._bulk_ok(dev, state, offsets, size) and not (phys & np.uint64(self.granule - 1)).any()):
+            return per_page(0)
+        iovas = np.uint64(state.addr) + offsets.astype(np.uint64)
+        prot = dma_info_to_prot(dir, dev.coherent, attrs)
+        if not self._scaled(lambda: per_page_range(0, 1), len(phys) - 1,
+                            lambda: self.iommu.pgtable.map_leaves_bulk(iovas[1:], phys[1:], prot, cpu)):
+            per_page(1)
+
+    def dma_iova_unlink_pages(self, dev: Device, state: DmaIovaState, offsets, size: int,
+                              dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> None:
+        """For each offset: ``dma_iova_unlink(dev, state, offset, size, dir, attrs)`` (each with its
+        own strict IOTLB sync, as ``hmm_dma_unmap_pfn()`` does), as one batch with identical state and
+        counters; same conditions as :meth:`dma_iova_link_sync_pages`."""
+        import numpy as np
+
+        offsets = np.asarray(offsets, dtype=np.int64)
+
+        def per_page(lo: int) -> None:
+            for o in offsets[lo:].tolist():
+                self.dma_iova_unlink(dev, state, o, size, dir, attrs, cpu)
+
+        if not self._bulk_ok(dev, state, offsets, size):
+            return per_page(0)
+        iovas = np.uint64(state.addr) + offsets.astype(np.uint64)
+        if not self._scaled(lambda: self.dma_iova_unlink(dev, state, int(offsets[0]), size, dir, attrs, cpu),
+                            len(offsets) - 1, lambda: self.iommu.pgtable.clear_leaves_bulk(iovas[1:])):
+            per_page(1)

@@ -1,0 +1,626 @@
+"""The IOMMU core: ``drivers/iommu/iommu.c`` and ``include/linux/iommu.h`` (Linux 6.16/6.17).
+
+An :class:`IommuDomain` is a paging ``struct iommu_domain``: its ``pgsize_bitmap``, geometry
+(aperture), the driver's page table (:class:`~iovalab.kernel.pgtable.IoPageTable`) and a model of the
+IOMMU's translation cache (IOTLB). The functions keep the kernel's names and steps:
+
+* map: ``iommu_map_nosync`` (alignment check, one ``iommu_pgsize`` + ``map_pages`` per step, unwind
+  on error, one ``iommu:map`` trace on success), ``iommu_sync_map`` (the driver's
+  ``iotlb_sync_map``), ``iommu_map``, ``iommu_map_sg``;
+* unmap: ``__iommu_unmap`` (one ``iommu_pgsize`` + ``unmap_pages`` per step, stop at 0, one
+  ``iommu:unmap`` trace), ``iommu_unmap_fast``, ``iommu_unmap``, ``iommu_iotlb_sync``,
+  ``iommu_flush_iotlb_all`` and the ``struct iommu_iotlb_gather`` helpers;
+* ``iommu_pgsize`` exactly as the kernel computes it, and :func:`split_pages`, the
+  ``iommu_map_nosync`` loop without side effects (what ``data/kernel-traces/pgsize.jsonl`` checks).
+
+Driver behaviour (``driver`` = ``"intel"``, ``"amd"`` or ``"arm"``), as read in the 6.17 sources:
+
+* IOTLB gather, ``gather_style``: ``"page"`` = io-pgtable-arm + SMMUv3 (``io_pgtable_tlb_add_page``
+  -> ``iommu_iotlb_gather_add_page(domain, gather, iova, leaf size)`` for every cleared PTE, skipped
+  when ``gather->queued``); ``"chunk"`` = VT-d ``intel_iommu_unmap`` (one
+  ``iommu_iotlb_gather_add_page(domain, gather, iova, size)`` per ``unmap_pages`` call, size =
+  the whole (rounded) chunk, skipped when queued); ``"range"`` = AMD ``amd_iommu_iotlb_gather_add_page``
+  (``iommu_iotlb_gather_add_range``, with an early sync on a disjoint range only when the IOMMU
+  caches non-present entries (``amd_iommu_np_cache``); recorded even when queued).
+  ``add_page`` syncs early when the page size changes or the range is disjoint: under VT-d an unmap
+  whose chunks differ in size (4K head, 2M body) therefore issues several invalidations.
+* ``iotlb_sync_map``: VT-d ``intel_iommu_iotlb_sync_map`` flushes (``cache_tag_flush_range_np``) only
+  with ``dmar_domain->iotlb_sync_map`` (caching mode, e.g. QEMU ``caching-mode=on``, or RWBF);
+  AMD ``amd_iommu_iotlb_sync_map`` only with ``amd_iommu_np_cache``; SMMUv3 has no callback.
+  ``has_iotlb_sync_map`` says whether the callback flushes.
+* ``map_pages``/``unmap_pages`` semantics (overlap, partial blocks, holes, table freeing): see
+  :mod:`iovalab.kernel.pgtable`.
+
+IOTLB model (hardware, no kernel function): one entry per leaf translation the device used
+(``leaf size -> {iova base: (phys base, prot)}``), filled by :meth:`IommuDomain.device_access` on a
+miss by a page walk; a walk that finds nothing is an ``io_page_fault``. With
+``caches_non_present`` (default: the same as ``has_iotlb_sync_map``) a fault is cached as a
+negative entry until something invalidates that page - that is why caching-mode IOMMUs need
+``iotlb_sync_map``. Invalidations drop every entry that overlaps the range; the work is
+O(min(entries, slots in range)).
+
+Differences from the kernel on purpose: an empty gather is not handed to the driver's
+``iotlb_sync`` (no event; SMMUv3 returns at once for it, VT-d would call ``cache_tag_flush_range``
+with ``start = ULONG_MAX``); ``iommu_iova_to_phys`` records no event (a read-only query).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from iovalab.kernel.events import EventLog
+from iovalab.kernel.pgtable import (
+    AMD_IOMMU_PGSIZES, IOMMU_CACHE, IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE,
+    IoPageTable,
+)
+from iovalab.kernel.units import EINVAL, SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M, ULONG_MAX, U64_MASK
+
+__all__ = [
+    "IOMMU_READ", "IOMMU_WRITE", "IOMMU_CACHE", "IOMMU_NOEXEC", "IOMMU_MMIO", "IOMMU_PRIV",
+    "IOMMU_FAULT_READ", "IOMMU_FAULT_WRITE",
+    "PRESETS", "GATHER_STYLES",
+    "iommu_pgsize", "split_pages",
+    "IotlbGather", "iommu_iotlb_gather_init", "iommu_iotlb_gather_is_disjoint",
+    "iommu_iotlb_gather_add_range", "iommu_iotlb_gather_add_page", "iommu_iotlb_gather_queued",
+    "IommuDomain",
+]
+
+#: ``IOMMU_FAULT_READ`` / ``IOMMU_FAULT_WRITE`` (include/linux/iommu.h), ``report_iommu_fault`` flags.
+IOMMU_FAULT_READ = 0x0
+IOMMU_FAULT_WRITE = 0x1
+
+GATHER_STYLES = ("page", "chunk", "range")
+_DRIVER_GATHER = {"arm": "page", "intel": "chunk", "amd": "range"}
+_OPS = {
+    "intel": {"iotlb_sync": "intel_iommu_tlb_sync", "iotlb_sync_map": "intel_iommu_iotlb_sync_map",
+              "sync_map_flush": "cache_tag_flush_range_np", "flush_iotlb_all": "intel_flush_iotlb_all"},
+    "amd": {"iotlb_sync": "amd_iommu_iotlb_sync", "iotlb_sync_map": "amd_iommu_iotlb_sync_map",
+            "sync_map_flush": "domain_flush_np_cache", "flush_iotlb_all": "amd_iommu_flush_iotlb_all"},
+    "arm": {"iotlb_sync": "arm_smmu_iotlb_sync", "iotlb_sync_map": None, "sync_map_flush": "iotlb_sync_map",
+            "flush_iotlb_all": "arm_smmu_flush_iotlb_all"},
+}
+
+_L = "iommu"
+_A48 = (1 << 48) - 1
+
+#: Named IOMMU set-ups for :meth:`IommuDomain.preset` (arguments of :class:`IommuDomain`).
+PRESETS: dict[str, dict] = {
+    # VT-d second stage, 2-level superpage support: SZ_4K | SZ_2M | SZ_1G; aperture __DOMAIN_MAX_ADDR(48)
+    "intel-vtd": dict(pgsize_bitmap=SZ_4K | SZ_2M | SZ_1G, fmt="x86-64", driver="intel", ias=48,
+                      aperture_end=_A48, has_iotlb_sync_map=False, gather_style="chunk"),
+    # the same under QEMU's emulated VT-d with caching-mode=on: dmar_domain->iotlb_sync_map = true
+    "intel-vtd-caching-mode": dict(pgsize_bitmap=SZ_4K | SZ_2M | SZ_1G, fmt="x86-64", driver="intel", ias=48,
+                                   aperture_end=_A48, has_iotlb_sync_map=True, gather_style="chunk"),
+    # AMD-Vi v1: AMD_IOMMU_PGSIZES = GENMASK_ULL(51, 12) ^ SZ_512G (aperture as the brief gives it)
+    "amd-v1": dict(pgsize_bitmap=AMD_IOMMU_PGSIZES, fmt="x86-64", driver="amd", ias=48, aperture_end=_A48,
+                   has_iotlb_sync_map=False, gather_style="range"),
+    # SMMUv3 + io-pgtable-arm, per arm_lpae_restrict_pgsizes()
+    "smmuv3-4k": dict(pgsize_bitmap=SZ_4K | SZ_2M | SZ_1G, fmt="arm-lpae", driver="arm", ias=48,
+                      aperture_end=_A48, has_iotlb_sync_map=False, gather_style="page"),
+    "smmuv3-16k": dict(pgsize_bitmap=SZ_16K | SZ_32M, fmt="arm-lpae", driver="arm", ias=48,
+                       aperture_end=_A48, has_iotlb_sync_map=False, gather_style="page"),
+    "smmuv3-64k": dict(pgsize_bitmap=SZ_64K | SZ_512M, fmt="arm-lpae", driver="arm", ias=48,
+                       aperture_end=_A48, has_iotlb_sync_map=False, gather_style="page"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+def iommu_pgsize(pgsize_bitmap: int, iova: int, paddr: int, size: int) -> tuple[int, int]:
+    """``iommu_pgsize(domain, iova, paddr, size, &count)`` (iommu.c): ``(pgsize, count)``.
+
+    ``pgsize_bitmap`` (``unsigned long``), ``iova`` (``unsigned long``), ``paddr``
+    (``phys_addr_t``), ``size`` (``size_t``). The largest supported size allowed by ``size`` and by
+    the common alignment of ``iova | paddr``; ``count`` stops at the next boundary of the next larger
+    size when both addresses are equally offset in it and a whole larger page fits after it.
+    Raises ``ValueError`` where the kernel would ``BUG_ON(!pgsizes)`` (or ``__fls(0)``).
+    """
+    if size <= 0:
+        raise ValueError(f"iommu_pgsize: size {size:#x} (__fls(0) is undefined)")
+    addr_merge = (paddr | iova) & U64_MASK
+    pgsizes = pgsize_bitmap & ((1 << size.bit_length()) - 1)          # GENMASK(__fls(size), 0)
+    if addr_merge:
+        pgsizes &= ((addr_merge & -addr_merge) << 1) - 1              # GENMASK(__ffs(addr_merge), 0)
+    if not pgsizes:
+        raise ValueError(f"iommu_pgsize: BUG_ON(!pgsizes): iova {iova:#x} paddr {paddr:#x} size {size:#x} "
+                         f"bitmap {pgsize_bitmap:#x}")
+    idx = pgsizes.bit_length() - 1
+    pgsize = 1 << idx
+    bigger = pgsize_bitmap & ~((pgsize << 1) - 1)                      # & ~GENMASK(pgsize_idx, 0)
+    if bigger:
+        nxt = bigger & -bigger
+        if not (iova ^ paddr) & (nxt - 1):
+            offset = nxt - (addr_merge & (nxt - 1))
+            end = offset + nxt
+            if end <= U64_MASK and end <= size:                        # !check_add_overflow && <= size
+                size = offset
+    return pgsize, size >> idx
+
+
+def split_pages(pgsize_bitmap: int, iova: int, paddr: int, size: int) -> list[tuple[int, int, int, int]]:
+    """The ``iommu_map_nosync()`` loop with no side effects: ``[(iova, paddr, pgsize, count), ...]``,
+    each step mapping all ``pgsize * count`` bytes (a driver that maps the whole request, as VT-d
+    and AMD do; ARM io-pgtable stops at table ends, see :mod:`iovalab.kernel.pgtable`)."""
+    out = []
+    while size:
+        pgsize, count = iommu_pgsize(pgsize_bitmap, iova, paddr, size)
+        out.append((iova, paddr, pgsize, count))
+        n = pgsize * count
+        iova += n
+        paddr += n
+        size -= n
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class IotlbGather:
+    """``struct iommu_iotlb_gather`` (include/linux/iommu.h): ``start``/``end`` (inclusive) of the
+    range to invalidate, ``pgsize`` of the pages gathered (``add_page``), ``queued`` (a flush queue
+    will do a global flush), ``freelist`` (table pages to free after the sync; a count here)."""
+
+    start: int = ULONG_MAX
+    end: int = 0
+    pgsize: int = 0
+    queued: bool = False
+    freelist: int = 0
+
+    def empty(self) -> bool:
+        return self.start > self.end
+
+
+def iommu_iotlb_gather_init(gather: IotlbGather) -> None:
+    """``iommu_iotlb_gather_init(gather)``: ``start = ULONG_MAX``, everything else zero (``queued`` too)."""
+    gather.start, gather.end, gather.pgsize, gather.queued, gather.freelist = ULONG_MAX, 0, 0, False, 0
+
+
+def iommu_iotlb_gather_is_disjoint(gather: IotlbGather, iova: int, size: int) -> bool:
+    """``iommu_iotlb_gather_is_disjoint(gather, iova, size)``: a non-empty gather that neither
+    overlaps nor touches ``[iova, iova + size - 1]`` (adjacent ranges are not disjoint)."""
+    end = iova + size - 1
+    return gather.end != 0 and (end + 1 < gather.start or iova > gather.end + 1)
+
+
+def iommu_iotlb_gather_add_range(gather: IotlbGather, iova: int, size: int) -> None:
+    """``iommu_iotlb_gather_add_range(gather, iova, size)``: widen ``[start, end]``."""
+    end = iova + size - 1
+    if gather.start > iova:
+        gather.start = iova
+    if gather.end < end:
+        gather.end = end
+
+
+def iommu_iotlb_gather_add_page(domain: IommuDomain, gather: IotlbGather, iova: int, size: int,
+                                cpu: int = 0) -> None:
+    """``iommu_iotlb_gather_add_page(domain, gather, iova, size)``: sync first if the page size
+    differs from the gathered one or the range is disjoint, then record ``size`` and the range."""
+    if (gather.pgsize and gather.pgsize != size) or iommu_iotlb_gather_is_disjoint(gather, iova, size):
+        domain.iommu_iotlb_sync(gather, cpu=cpu, caller="iommu_iotlb_gather_add_page")
+    gather.pgsize = size
+    iommu_iotlb_gather_add_range(gather, iova, size)
+
+
+def iommu_iotlb_gather_queued(gather: IotlbGather | None) -> bool:
+    """``iommu_iotlb_gather_queued(gather)``: ``gather && gather->queued``."""
+    return gather is not None and gather.queued
+
+
+# --------------------------------------------------------------------------------------------
+class IommuDomain:
+    """A paging ``struct iommu_domain`` with its driver page table and an IOTLB model.
+
+    :param pgsize_bitmap: ``domain->pgsize_bitmap``; granule = ``1 << __ffs(pgsize_bitmap)``.
+    :param fmt: page-table format, ``"x86-64"`` or ``"arm-lpae"``.
+    :param ias: IOVA bits of the page table (``domain->gaw`` / ``cfg->ias``).
+    :param aperture_start, aperture_end, force_aperture: ``domain->geometry`` (used by the DMA layer).
+    :param has_iotlb_sync_map: the driver's ``iotlb_sync_map`` flushes (VT-d caching mode, AMD np-cache).
+    :param gather_style: ``"page"``, ``"chunk"`` or ``"range"`` (module docstring); ``None`` = the
+        driver's own.
+    :param log: the :class:`~iovalab.kernel.events.EventLog` (a new one when ``None``).
+    :param driver: ``"intel"``/``"amd"`` (x86-64) or ``"arm"`` (arm-lpae); default from ``fmt``.
+    :param caches_non_present: the IOTLB caches faults (default: ``has_iotlb_sync_map``).
+    :param name: a label (presets set it).
+    """
+
+    def __init__(self, pgsize_bitmap: int, fmt: str = "x86-64", ias: int = 48, aperture_start: int = 0,
+                 aperture_end: int = _A48, force_aperture: bool = True, has_iotlb_sync_map: bool = False,
+                 gather_style: str | None = None, log: EventLog | None = None, *, driver: str | None = None,
+                 caches_non_present: bool | None = None, oas: int | None = None, name: str | None = None):
+        if not isinstance(pgsize_bitmap, int) or pgsize_bitmap <= 0:
+            raise ValueError(f"pgsize_bitmap {pgsize_bitmap!r}: no page sizes (iommu_map_nosync would "
+                             "WARN_ON(domain->pgsize_bitmap == 0) and return -ENODEV)")
+        granule = pgsize_bitmap & -pgsize_bitmap
+        if granule > SZ_64K:
+            raise ValueError(f"pgsize_bitmap {pgsize_bitmap:#x}: smallest page {granule:#x} is above 64K "
+                             "(no IOMMU page-table format has such a granule)")
+        if not 0 <= aperture_start <= aperture_end:
+            raise ValueError(f"aperture [{aperture_start:#x}, {aperture_end:#x}] is empty")
+        if aperture_end >> ias:
+            raise ValueError(f"aperture_end {aperture_end:#x} is beyond the {ias}-bit page table")
+        self._log = log if log is not None else EventLog()
+        self.pgtable = IoPageTable(fmt, granule, ias, self._log, driver=driver, pgsize_bitmap=pgsize_bitmap,
+                                   oas=oas, tlb_flush=self._driver_flush)
+        self.driver = self.pgtable.driver
+        if gather_style is None:
+            gather_style = _DRIVER_GATHER[self.driver]
+        if gather_style not in GATHER_STYLES:
+            raise ValueError(f"gather_style {gather_style!r} is not one of {GATHER_STYLES}")
+        self.pgsize_bitmap = pgsize_bitmap
+        self.granule = granule
+        self.granule_shift = granule.bit_length() - 1
+        self.fmt, self.ias = fmt, ias
+        self.aperture_start, self.aperture_end = aperture_start, aperture_end
+        self.force_aperture = force_aperture
+        self.has_iotlb_sync_map = bool(has_iotlb_sync_map)
+        self.caches_non_present = self.has_iotlb_sync_map if caches_non_present is None \
+            else bool(caches_non_present)
+        self.gather_style = gather_style
+        self.name = name
+        self._ops = _OPS[self.driver]
+        self._tlb: dict[int, dict[int, tuple[int, int]]] = {}
+        self._neg: set[int] = set()
+
+    @classmethod
+    def preset(cls, name: str, log: EventLog | None = None, **overrides) -> IommuDomain:
+        """A domain from :data:`PRESETS` (``"intel-vtd"``, ``"intel-vtd-caching-mode"``, ``"amd-v1"``,
+        ``"smmuv3-4k"``, ``"smmuv3-16k"``, ``"smmuv3-64k"``); ``overrides`` replace arguments."""
+        if name not in PRESETS:
+            raise ValueError(f"IOMMU preset {name!r} is not one of {sorted(PRESETS)}")
+        kw = dict(PRESETS[name])
+        kw.update(overrides)
+        kw.setdefault("name", name)
+        return cls(log=log, **kw)
+
+    @property
+    def log(self) -> EventLog:
+        return self._log
+
+    @log.setter
+    def log(self, log: EventLog) -> None:
+        self._log = log
+        self.pgtable.log = log
+
+    def __repr__(self) -> str:
+        return (f"<IommuDomain {self.name or self.driver} bitmap={self.pgsize_bitmap:#x} "
+                f"granule={self.granule:#x} {self.pgtable!r}>")
+
+    # -- map -------------------------------------------------------------------------------
+    def iommu_pgsize(self, iova: int, paddr: int, size: int) -> tuple[int, int]:
+        """``iommu_pgsize(domain, iova, paddr, size, &count)`` with this domain's bitmap."""
+        return iommu_pgsize(self.pgsize_bitmap, iova, paddr, size)
+
+    def iommu_map_nosync(self, iova: int, paddr: int, size: int, prot: int, cpu: int = 0) -> int:
+        """``iommu_map_nosync(domain, iova, paddr, size, prot, gfp)`` (iommu.c): 0 or -errno.
+
+        ``iova`` (``unsigned long``), ``paddr`` (``phys_addr_t``), ``size`` (``size_t``), ``prot``
+        (``int``). ``(iova | paddr | size)`` not granule-aligned: ``pr_err("unaligned: ...")``,
+        -EINVAL, nothing changes. Then ``iommu_pgsize`` + ``map_pages`` until done; on an error the
+        bytes mapped so far are undone with ``iommu_unmap`` (which syncs) and the driver's errno is
+        returned (table pages allocated on the way stay allocated, as in the kernel). On success one
+        ``iommu_map_calls`` event (the ``iommu:map`` trace: ``iova``, ``paddr``, ``size``) carrying
+        ``chunks`` = every ``(iova, paddr, pgsize, count)`` handed to ``map_pages``.
+        """
+        log = self._log
+        g = self.granule
+        if (iova | paddr | size) & (g - 1):
+            log.emit(_L, "iommu_map_nosync", "pr_err", -EINVAL, cpu=cpu, iova=iova, paddr=paddr, size=size,
+                     min_pagesz=g, msg=f"unaligned: iova {iova:#x} pa {paddr:#x} size {size:#x} "
+                     f"min_pagesz {g:#x}")
+            return -EINVAL
+        bitmap = self.pgsize_bitmap
+        map_pages = self.pgtable.map_pages
+        orig_iova, orig_paddr, orig_size = iova, paddr, size
+        chunks = []
+        ret = 0
+        log.depth += 1
+        try:
+            while size:
+                if size == g:  # iommu_pgsize() always gives (granule, 1) here
+                    pgsize, count = g, 1
+                else:
+                    pgsize, count = iommu_pgsize(bitmap, iova, paddr, size)
+                chunks.append((iova, paddr, pgsize, count))
+                mapped, ret = map_pages(iova, paddr, pgsize, count, prot, cpu)
+                size -= mapped
+                if ret:
+                    break
+                iova += mapped
+                paddr += mapped
+            if ret:
+                self.iommu_unmap(orig_iova, orig_size - size, cpu=cpu)
+        finally:
+            log.depth -= 1
+        if ret:
+            log.emit(_L, "iommu_map_nosync", "error", ret, cpu=cpu, iova=orig_iova, paddr=orig_paddr,
+                     size=orig_size, chunks=chunks)
+        else:
+            log.emit(_L, "iommu_map_nosync", "iommu_map_calls", 0, cpu=cpu, iova=orig_iova, paddr=orig_paddr,
+                     size=orig_size, prot=prot, chunks=chunks)
+        return ret
+
+    def iommu_sync_map(self, iova: int, size: int, cpu: int = 0) -> int:
+        """``iommu_sync_map(domain, iova, size)``: ``ops->iotlb_sync_map ? ops->iotlb_sync_map(...) : 0``.
+
+        One ``iotlb_syncs`` event per call (``callback`` = the driver op or None, ``flushed`` =
+        whether it invalidated ``[iova, iova + size - 1]``). Always returns 0 (no driver fails it)."""
+        flushed = self.has_iotlb_sync_map
+        if flushed and size:
+            self._tlb_invalidate(iova, iova + size - 1)
+        self._log.emit(_L, "iommu_sync_map", "iotlb_syncs", 0, cpu=cpu, iova=iova, size=size,
+                       callback=self._ops["iotlb_sync_map"], flushed=flushed,
+                       flush=self._ops["sync_map_flush"] if flushed else None)
+        return 0
+
+    def iommu_map(self, iova: int, paddr: int, size: int, prot: int, cpu: int = 0) -> int:
+        """``iommu_map(domain, iova, paddr, size, prot, gfp)``: ``iommu_map_nosync`` then
+        ``iommu_sync_map``; if the sync fails the range is unmapped again."""
+        ret = self.iommu_map_nosync(iova, paddr, size, prot, cpu)
+        if ret:
+            return ret
+        ret = self.iommu_sync_map(iova, size, cpu)
+        if ret:
+            self.iommu_unmap(iova, size, cpu=cpu)
+        return ret
+
+    def iommu_map_sg(self, iova: int, segments: list[tuple[int, int]], prot: int, cpu: int = 0) -> int:
+        """``iommu_map_sg(domain, iova, sg, nents, prot, gfp)`` (iommu.c): bytes mapped or -errno.
+
+        ``segments`` = ``[(phys, length), ...]`` already granule-aligned (dma-iommu rewrites them).
+        Physically contiguous neighbours are merged into runs; one ``iommu_map_nosync`` per run at
+        ``iova + mapped``, then one ``iommu_sync_map(iova, mapped)``; on error everything mapped is
+        undone with ``iommu_unmap``. (The kernel loop runs to ``i <= nents``, re-reading the last
+        entry to flush the final run; the model does the same.)"""
+        nents = len(segments)
+        length = mapped = start = 0
+        i = 0
+        ret = 0
+        log = self._log
+        log.depth += 1
+        try:
+            while i <= nents and nents:
+                s_phys, s_len = segments[min(i, nents - 1)]
+                if length and s_phys != start + length:
+                    ret = self.iommu_map_nosync(iova + mapped, start, length, prot, cpu)
+                    if ret:
+                        break
+                    mapped += length
+                    length = 0
+                if length:
+                    length += s_len
+                else:
+                    length, start = s_len, s_phys
+                i += 1
+            if not ret:
+                ret = self.iommu_sync_map(iova, mapped, cpu)
+            if ret:
+                self.iommu_unmap(iova, mapped, cpu=cpu)
+        finally:
+            log.depth -= 1
+        log.emit(_L, "iommu_map_sg", "step", ret if ret else mapped, cpu=cpu, iova=iova, nents=nents)
+        return ret if ret else mapped
+
+    # -- unmap -----------------------------------------------------------------------------
+    def _gather_cb(self, gather: IotlbGather, cpu: int):
+        style = self.gather_style
+
+        def add(iova: int, size: int, leaf: int) -> None:
+            if style == "range":
+                if self.caches_non_present and iommu_iotlb_gather_is_disjoint(gather, iova, size):
+                    self.iommu_iotlb_sync(gather, cpu=cpu, caller="amd_iommu_iotlb_gather_add_page")
+                iommu_iotlb_gather_add_range(gather, iova, size)
+            elif gather.queued:
+                return
+            elif style == "page":
+                iommu_iotlb_gather_add_page(self, gather, iova, leaf, cpu)
+                if size > leaf:  # the further PTEs of the run: same size, adjacent, never a sync
+                    iommu_iotlb_gather_add_range(gather, iova, size)
+            else:
+                iommu_iotlb_gather_add_page(self, gather, iova, size, cpu)
+        return add
+
+    def __iommu_unmap(self, iova: int, size: int, gather: IotlbGather, cpu: int = 0) -> int:
+        """``__iommu_unmap(domain, iova, size, iotlb_gather)`` (iommu.c): bytes unmapped.
+
+        ``(iova | size)`` not granule-aligned: ``pr_err("unaligned: ...")`` and 0 (no trace). Loop
+        ``iommu_pgsize(iova, iova, size - unmapped)`` + ``unmap_pages`` while ``unmapped < size``,
+        stopping when the driver returns 0. One ``iommu_unmap`` event = the ``iommu:unmap`` trace
+        (``iova``, ``size``, ``unmapped_size``), with ``chunks`` = ``(iova, pgsize, count, returned)``.
+        (Python name-mangles this method to ``_IommuDomain__iommu_unmap``; use
+        :meth:`iommu_unmap_fast`.)
+        """
+        log = self._log
+        g = self.granule
+        if (iova | size) & (g - 1):
+            log.emit(_L, "__iommu_unmap", "pr_err", 0, cpu=cpu, iova=iova, size=size, min_pagesz=g,
+                     msg=f"unaligned: iova {iova:#x} size {size:#x} min_pagesz {g:#x}")
+            return 0
+        pt = self.pgtable
+        bitmap = self.pgsize_bitmap
+        cb = self._gather_cb(gather, cpu)
+        intel = self.driver == "intel"
+        orig = iova
+        unmapped = 0
+        chunks = []
+        log.depth += 1
+        try:
+            while unmapped < size:
+                if size - unmapped == g:
+                    pgsize, count = g, 1
+                else:
+                    pgsize, count = iommu_pgsize(bitmap, iova, iova, size - unmapped)
+                n = pt.unmap_pages(iova, pgsize, count, cb, cpu)
+                if intel and pt.last_freed:
+                    gather.freelist += pt.last_freed
+                chunks.append((iova, pgsize, count, n))
+                if not n:
+                    break
+                iova += n
+                unmapped += n
+        finally:
+            log.depth -= 1
+        log.emit(_L, "__iommu_unmap", "iommu_unmap", unmapped, cpu=cpu, iova=orig, size=size,
+                 unmapped_size=unmapped, chunks=chunks)
+        return unmapped
+
+    def iommu_unmap_fast(self, iova: int, size: int, gather: IotlbGather, cpu: int = 0) -> int:
+        """``iommu_unmap_fast(domain, iova, size, iotlb_gather)``: ``__iommu_unmap`` only; the caller
+        syncs (``iommu_iotlb_sync``) or, with ``gather.queued``, leaves it to a flush queue."""
+        return self.__iommu_unmap(iova, size, gather, cpu)
+
+    def iommu_unmap(self, iova: int, size: int, cpu: int = 0) -> int:
+        """``iommu_unmap(domain, iova, size)``: gather init, ``__iommu_unmap``, ``iommu_iotlb_sync``."""
+        gather = IotlbGather()
+        ret = self.__iommu_unmap(iova, size, gather, cpu)
+        self.iommu_iotlb_sync(gather, cpu=cpu)
+        return ret
+
+    def iommu_iotlb_sync(self, gather: IotlbGather, cpu: int = 0, caller: str | None = None) -> None:
+        """``iommu_iotlb_sync(domain, iotlb_gather)``: the driver's ``iotlb_sync`` invalidates
+        ``[start, end]`` (one ``iotlb_invalidations`` event), then ``iommu_iotlb_gather_init``.
+        ``caller`` names a helper that synced early (``iommu_iotlb_gather_add_page``)."""
+        if not gather.empty():
+            dropped = self._tlb_invalidate(gather.start, gather.end)
+            self._log.emit(_L, "iommu_iotlb_sync", "iotlb_invalidations", None, cpu=cpu, start=gather.start,
+                           end=gather.end, pgsize=gather.pgsize, scope="range",
+                           callback=self._ops["iotlb_sync"], freed_tables=gather.freelist,
+                           early=caller is not None, caller=caller, dropped=dropped)
+        iommu_iotlb_gather_init(gather)
+
+    def iommu_flush_iotlb_all(self, cpu: int = 0) -> None:
+        """``iommu_flush_iotlb_all(domain)`` -> ``ops->flush_iotlb_all``: invalidate everything."""
+        dropped = sum(len(d) for d in self._tlb.values()) + len(self._neg)
+        self._tlb.clear()
+        self._neg.clear()
+        self._log.emit(_L, "iommu_flush_iotlb_all", "iotlb_invalidations", None, cpu=cpu, scope="all",
+                       callback=self._ops["flush_iotlb_all"], dropped=dropped)
+
+    def _driver_flush(self, iova: int, size: int, func: str, cpu: int) -> None:
+        """Immediate invalidation inside the driver (``io_pgtable_tlb_flush_walk``,
+        VT-d ``cache_tag_flush_range`` in ``switch_to_super_page``, AMD ``amd_iommu_domain_flush_pages``)."""
+        dropped = self._tlb_invalidate(iova, iova + size - 1)
+        self._log.emit(_L, func, "iotlb_invalidations", None, cpu=cpu, start=iova, end=iova + size - 1,
+                       scope="range", dropped=dropped)
+
+    # -- queries ---------------------------------------------------------------------------
+    def iommu_iova_to_phys(self, iova: int) -> int:
+        """``iommu_iova_to_phys(domain, iova)`` -> ``ops->iova_to_phys``: phys or 0."""
+        return self.pgtable.iova_to_phys(iova)
+
+    def snapshot(self) -> tuple:
+        """Comparable copy of the translations (per leaf PTE); table-page counts are not included."""
+        return self.pgtable.snapshot()
+
+    # -- IOTLB model -----------------------------------------------------------------------
+    def _tlb_invalidate(self, start: int, end: int) -> int:
+        dropped = 0
+        for s, d in self._tlb.items():
+            if not d:
+                continue
+            lo = start & ~(s - 1)
+            if (end - lo) // s + 1 <= len(d):
+                for k in range(lo, end + 1, s):
+                    if d.pop(k, None) is not None:
+                        dropped += 1
+            else:
+                dead = [k for k in d if k <= end and k + s - 1 >= start]
+                for k in dead:
+                    del d[k]
+                dropped += len(dead)
+        if self._neg:
+            sh = self.granule_shift
+            a, b = start >> sh, end >> sh
+            if b - a + 1 <= len(self._neg):
+                for p in range(a, b + 1):
+                    if p in self._neg:
+                        self._neg.discard(p)
+                        dropped += 1
+            else:
+                dead = [p for p in self._neg if a <= p <= b]
+                self._neg.difference_update(dead)
+                dropped += len(dead)
+        return dropped
+
+    def _fault(self, iova: int, write: bool, cpu: int, reason: str) -> None:
+        self._log.emit(_L, "report_iommu_fault", "io_page_fault", None, cpu=cpu, iova=iova,
+                       flags=IOMMU_FAULT_WRITE if write else IOMMU_FAULT_READ, reason=reason)
+
+    def _translate(self, a: int, write: bool, cpu: int) -> int | None:
+        need = IOMMU_WRITE if write else IOMMU_READ
+        log = self._log
+        for s, d in self._tlb.items():
+            e = d.get(a & ~(s - 1))
+            if e is not None:
+                log.emit(_L, "device_access", "iotlb_hit", e[0] + (a & (s - 1)), cpu=cpu, iova=a, pgsize=s)
+                if not e[1] & need:
+                    self._fault(a, write, cpu, "permission")
+                    return None
+                return e[0] + (a & (s - 1))
+        if self.caches_non_present and (a >> self.granule_shift) in self._neg:
+            log.emit(_L, "device_access", "iotlb_hit", None, cpu=cpu, iova=a, negative=True)
+            self._fault(a, write, cpu, "cached non-present entry")
+            return None
+        r = self.pgtable.lookup(a)
+        log.emit(_L, "device_access", "iotlb_miss", None if r is None else r[0], cpu=cpu, iova=a)
+        if r is None:
+            if self.caches_non_present:
+                self._neg.add(a >> self.granule_shift)
+            self._fault(a, write, cpu, "not present")
+            return None
+        phys, leaf, prot = r
+        base = a & ~(leaf - 1)
+        self._tlb.setdefault(leaf, {})[base] = (phys - (a - base), prot)
+        if not prot & need:
+            self._fault(a, write, cpu, "permission")
+            return None
+        return phys
+
+    def device_access(self, iova: int, size: int | None = None, write: bool = False,
+                      cpu: int = 0) -> int | None:
+        """A device DMA to ``[iova, iova + size)`` (default: to the end of ``iova``'s granule page).
+
+        No kernel analogue (it is what the hardware does): every granule page touched is translated
+        by the IOTLB (``iotlb_hit``) or a page walk that fills it (``iotlb_miss``); an unmapped
+        page, a cached non-present entry or a missing permission is a fault (``io_page_fault``
+        event, as ``report_iommu_fault`` traces it). Returns the physical address of ``iova`` or
+        None if any page faulted. Note a stale IOTLB entry is used as the hardware would use it.
+        """
+        g = self.granule
+        size = g - (iova & (g - 1)) if size is None else size
+        if size <= 0:
+            raise ValueError(f"device_access: size {size} must be > 0")
+        first = iova & ~(g - 1)
+        out = None
+        for a in range(first, iova + size, g):
+            p = self._translate(a, write, cpu)
+            if p is None:
+                return None
+            if a == first:
+                out = p + (iova - first)
+        return out
+
+    def iotlb_entries(self) -> list[tuple[int, int | None, int, int]]:
+        """Cached translations ``(iova base, phys base, leaf size, prot)``; negative entries have
+        phys ``None`` and size = granule."""
+        out = [(base, e[0], s, e[1]) for s, d in self._tlb.items() for base, e in d.items()]
+        out += [(p << self.granule_shift, None, self.granule, 0) for p in self._neg]
+        return sorted(out)
+
+    def stale_iotlb_entries(self) -> list[tuple[int, int | None, int]]:
+        """IOTLB entries that no longer match the page table: ``(iova base, cached phys, size)``
+        (a negative entry is stale once the page is mapped)."""
+        out = []
+        lookup = self.pgtable.lookup
+        g = self.granule
+        for s, d in self._tlb.items():
+            for base, (phys, prot) in d.items():
+                r = lookup(base)
+                if r is not None and r[1] >= s:
+                    ok = r[0] == phys and r[2] == prot
+                else:
+                    ok = all((x := lookup(base + o)) is not None and x[0] == phys + o and x[2] == prot
+                             for o in range(0, s, g))
+                if not ok:
+                    out.append((base, phys, s))
+        for p in self._neg:
+            if lookup(p << self.granule_shift) is not None:
+                out.append((p << self.granule_shift, None, g))
+        return sorted(out, key=lambda e: e[0])

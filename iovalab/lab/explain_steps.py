@@ -1,0 +1,627 @@
+"""Recordings and step states for the lab book's players (part of :mod:`iovalab.lab.explain`).
+
+No kernel analogue. A workload - a scenario preset of :mod:`iovalab.lab.scenarios` (NVMe, HMM, VFIO
+drivers) or a small demo request - is run once on a fresh domain with every event kept
+(:func:`record`); a player then shows step ``k`` as :func:`state_at` of the first events: the IOVA
+allocator nodes, the leaf PTEs, the IOTLB and the counters that the *event descriptions* imply.
+Nothing is re-simulated, so what a player shows is exactly what the log says the kernel code did.
+
+Layering: imports :mod:`iovalab.kernel.events`, :mod:`iovalab.kernel.device`, :mod:`iovalab.kernel.dma_iommu` and
+:mod:`iovalab.lab.scenarios`; never :mod:`iovalab.book.viz` or :mod:`iovalab.book.widgets`.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+__all__ = [
+    "PATHS", "PATH_TITLES", "DEMO_WORKLOADS", "run_segments", "Recording", "record", "LEADING_EVENTS",
+    "step_bounds", "PLAYER_VARIANTS", "PLAYER_PRESETS", "preset_dict", "player_workloads", "workload_paths",
+    "StepState", "state_at", "Timeline", "recording_state", "describe_events", "hexify",
+]
+
+PATHS = ("page", "sg", "iova")
+PATH_TITLES = {
+    "page": "dma_map_page per segment",
+    "sg": "one dma_map_sg",
+    "iova": "two-step dma_iova_* API",
+}
+
+#: Built-in demo workloads: one request each, ``[(phys, length), ...]`` in bytes. ``nvme-demo`` is
+#: the worked example of kernel-spec §6.2 (an unaligned first segment, a partial last one).
+DEMO_WORKLOADS: dict[str, tuple[str, tuple[tuple[int, int], ...]]] = {
+    "nvme-demo": ("NVMe-like request: 4 segments, unaligned start, partial last page",
+                  ((0x12345200, 0xE00), (0x20000000, 0x1000), (0x30000000, 0x3000), (0x40000000, 0x800))),
+    "pages-8": ("8 scattered 4 KiB pages (HMM/VFIO-like page array)",
+                tuple((0x80000000 + i * 0x3000, 0x1000) for i in range(8))),
+    "contig-64k": ("one physically contiguous 64 KiB buffer in 16 page segments",
+                   tuple((0x90000000 + i * 0x1000, 0x1000) for i in range(16))),
+}
+
+
+def run_segments(dom, dev, segments, path: str, *, device_dma: bool = True, cpu: int = 0) -> None:
+    """Map ``segments`` (``[(phys, length), ...]``, one I/O request) with ``path``, let the device
+    read them (``device_dma``: :meth:`~iovalab.kernel.iommu.IommuDomain.device_access`, fills the IOTLB),
+    then unmap. A tiny driver, no kernel analogue beyond the call sequences it makes:
+
+    * ``page``: ``dma_map_page`` per segment, ``dma_unmap_page`` per segment (what a driver without
+      the new API, or the block layer's ``blk_dma_map_direct`` fallback, does);
+    * ``sg``: one ``dma_map_sg`` of the list, one ``dma_unmap_sg`` (``iommu_dma_map_sg``);
+    * ``iova``: ``dma_iova_try_alloc`` of the total, ``dma_iova_link`` per segment at the running
+      offset, one ``dma_iova_sync``, one ``dma_iova_destroy`` (``blk_rq_dma_map_iova`` /
+      ``blk_rq_dma_unmap``, block/blk-mq-dma.c).
+    """
+    from iovalab.kernel.dma_iommu import ScatterEntry
+
+    if path not in PATHS:
+        raise ValueError(f"path {path!r} is not one of {PATHS}")
+    if not segments:
+        raise ValueError("segments: empty request")
+    iommu = dom.iommu
+    if path == "page":
+        addrs = [dom.dma_map_page(dev, p, n, cpu=cpu) for p, n in segments]
+        if device_dma:
+            for a, (_, n) in zip(addrs, segments, strict=True):
+                iommu.device_access(a, n, cpu=cpu)
+        for a, (_, n) in zip(addrs, segments, strict=True):
+            dom.dma_unmap_page(dev, a, n, cpu=cpu)
+    elif path == "sg":
+        sgl = [ScatterEntry(p, n) for p, n in segments]
+        ents = dom.dma_map_sg(dev, sgl, cpu=cpu)
+        if device_dma:
+            for s in sgl[:ents]:
+                iommu.device_access(s.dma_address, s.dma_length, cpu=cpu)
+        dom.dma_unmap_sg(dev, sgl, cpu=cpu)
+    else:
+        from iovalab.kernel.dma_iommu import DmaIovaState
+        total = sum(n for _, n in segments)
+        st = DmaIovaState()
+        if not dom.dma_iova_try_alloc(dev, st, segments[0][0], total, cpu=cpu):
+            return
+        off = 0
+        for p, n in segments:
+            dom.dma_iova_link(dev, st, p, off, n, cpu=cpu)
+            off += n
+        dom.dma_iova_sync(dev, st, 0, off, cpu=cpu)
+        if device_dma:
+            iommu.device_access(st.addr, off, cpu=cpu)
+        dom.dma_iova_destroy(dev, st, off, cpu=cpu)
+
+
+@dataclass
+class Recording:
+    """A workload run once with every event kept (see :func:`record`).
+
+    ``events`` is the whole log (domain set-up first); ``bounds`` the exclusive end index of each
+    step when stepping by driver action / API call (step 0 ends after the domain set-up);
+    ``labels`` one line per step saying what the driver did (scenario steps) or which call it was;
+    ``window`` an IOVA byte range ``[lo, hi)`` that holds every IOVA node the run allocates;
+    ``result`` the :class:`~iovalab.drivers.common.ScenarioResult` for scenario recordings.
+    """
+
+    workload: str
+    path: str
+    strict: bool
+    granule: int
+    events: list
+    bounds: list[int]
+    labels: list[str]
+    window: tuple[int, int]
+    title: str = ""
+    result: object = None
+    _timeline: object = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    @property
+    def setup(self) -> int:
+        return self.bounds[0]
+
+    def steps(self, unit: str = "call") -> list[int]:
+        """Exclusive end indexes of the steps: ``"call"`` (one driver action or API call with
+        everything it did inside) or ``"event"`` (every event; step 0 is still the set-up)."""
+        if unit == "call":
+            return self.bounds
+        if unit == "event":
+            return [self.setup] + list(range(self.setup + 1, len(self.events) + 1))
+        raise ValueError(f"step unit {unit!r} is not 'call' or 'event'")
+
+    def label(self, step: int, unit: str = "call") -> str:
+        """What step ``step`` is, in words."""
+        b = self.steps(unit)
+        step = max(0, min(step, len(b) - 1))
+        if unit == "call":
+            return self.labels[step]
+        if step == 0:
+            return self.labels[0]
+        e = self.events[b[step] - 1]
+        return f"{e.layer}: {e.func}"
+
+    def find(self, text: str, *, last: bool = False) -> int:
+        """Index of the first (or ``last``) step whose label contains ``text``; ValueError if none."""
+        hits = [i for i, lab in enumerate(self.labels) if text in lab]
+        if not hits:
+            raise ValueError(f"no step of {self.workload}/{self.path} mentions {text!r}")
+        return hits[-1] if last else hits[0]
+
+    def state(self, step: int, unit: str = "call") -> StepState:
+        """:class:`StepState` after step ``step`` (0-based, clamped), from a checkpointed replay."""
+        if self._timeline is None:
+            self._timeline = Timeline(self.events, self.granule)
+        b = self.steps(unit)
+        step = max(0, min(step, len(b) - 1))
+        return self._timeline.state(b[step], start=b[step - 1] if step else 0)
+
+
+def _is_hw(e) -> bool:
+    return e.func in ("device_access", "report_iommu_fault")
+
+
+#: Entry points whose top-level event comes *before* the work they do, as the kernel's trace
+#: does (``dma_unmap_sg_attrs`` emits ``trace_dma_unmap_sg`` before unmapping); every other entry
+#: point records its top-level event last.
+LEADING_EVENTS = frozenset({"dma_unmap_sg"})
+
+
+def step_bounds(events, setup: int = 0) -> list[int]:
+    """Group events into steps: the set-up, then one step per top-level (``depth == 0``) event
+    with the nested events it caused (before it, or after it for :data:`LEADING_EVENTS`), and
+    each run of consecutive device DMA events (``device_access``, ``report_iommu_fault``)."""
+    bounds = [setup]
+    n = len(events)
+    i = setup
+    while i < n:
+        e = events[i]
+        if e.depth == 0 and _is_hw(e):
+            while i + 1 < n and events[i + 1].depth == 0 and _is_hw(events[i + 1]):
+                i += 1
+        elif e.depth == 0 and e.func in LEADING_EVENTS:
+            while i + 1 < n and events[i + 1].depth > 0:
+                i += 1
+        elif e.depth > 0:
+            i += 1
+            continue
+        bounds.append(i + 1)
+        i += 1
+    if bounds[-1] != n:
+        bounds.append(n)
+    return bounds
+
+
+def _iova_window(events, granule: int) -> tuple[int, int]:
+    lo, hi = None, None
+    for e in events:
+        if e.kind == "tree_alloc":
+            a = e.result * granule
+            b = (e.result + e.args["size"]) * granule
+            lo = a if lo is None else min(lo, a)
+            hi = b if hi is None else max(hi, b)
+    if lo is None:
+        return (0xFFFF0000, 0x100000000)
+    span = hi - lo
+    pad = max(granule, (span // 8) // granule * granule)
+    return (max(0, lo - pad), hi + pad)
+
+
+#: Player-sized variants of scenario presets: ``name -> (preset in data/scenarios, parameter
+#: overrides)``. The HMM and VFIO presets map thousands of pages; a player needs tens.
+PLAYER_VARIANTS: dict[str, tuple[str, dict]] = {
+    "hmm-256k-strided": ("hmm-16mib-strided", {"npages": 64, "stride": 16, "invalidate": [[0, 8]]}),
+    "vfio-migration-256k": ("vfio-migration-4mib", {"npages": 64}),
+}
+#: Workloads small enough for the step-through players: scenario presets (``data/scenarios``) and
+#: :data:`PLAYER_VARIANTS`.
+PLAYER_PRESETS = ("nvme-spec-example", "nvme-unaligned-12k", "nvme-4k-read", "nvme-128k-scattered",
+                  "nvme-196k-read", "hmm-256k-strided", "vfio-migration-256k")
+
+
+def preset_dict(name: str) -> dict:
+    """The scenario preset ``name`` as a dict: a file of ``data/scenarios`` or a
+    :data:`PLAYER_VARIANTS` entry (the base preset with its parameters overridden)."""
+    import copy
+
+    from iovalab.lab.scenarios import load_preset
+
+    if name in PLAYER_VARIANTS:
+        base, over = PLAYER_VARIANTS[name]
+        pre = copy.deepcopy(load_preset(base))
+        pre["parameters"].update(copy.deepcopy(over))
+        pre["name"] = name
+        pre["description"] = f"{base} with {', '.join(f'{k}={v}' for k, v in over.items())} (player size)"
+        return pre
+    return load_preset(name)
+
+
+def player_workloads() -> list[str]:
+    """Workload names the players offer: the :data:`PLAYER_PRESETS` that exist, then the
+    :data:`DEMO_WORKLOADS` (those include device DMA, so the IOTLB fills)."""
+    try:
+        from iovalab.lab.scenarios import list_presets
+        have = set(list_presets()) | {n for n, (b, _) in PLAYER_VARIANTS.items() if b in list_presets()}
+    except ImportError:  # pragma: no cover - scenarios are part of the package
+        have = set()
+    return [p for p in PLAYER_PRESETS if p in have] + [f"demo:{d}" for d in DEMO_WORKLOADS]
+
+
+def workload_paths(workload: str) -> tuple[str, ...]:
+    """The mapping paths (of :data:`PATHS`) a workload can run with."""
+    if workload.startswith("demo:") or workload in DEMO_WORKLOADS:
+        return PATHS
+    from iovalab.lab.scenarios import valid_apis
+    return tuple(p for p in PATHS if p in valid_apis(preset_dict(workload)))
+
+
+def record(workload: str = "nvme-spec-example", path: str = "iova", *, strict: bool = True,
+           preset: str = "intel-vtd", device=None) -> Recording:
+    """Run ``workload`` once with ``path`` on a fresh domain and keep every event.
+
+    :param workload: a scenario preset (``data/scenarios`` or :data:`PLAYER_VARIANTS`, run with
+        :func:`iovalab.lab.scenarios.iter_scenario`: one step per driver action), ``"demo:NAME"`` or a
+        :data:`DEMO_WORKLOADS` name (:func:`run_segments` with device DMA, one step per API call),
+        or a ``[(phys, length), ...]`` list (a demo of those segments).
+    :param path: ``"page"``, ``"sg"`` or ``"iova"``.
+    :param strict: strict (``IOMMU_DOMAIN_DMA``) or lazy (DMA-FQ) domain.
+    :param preset: IOMMU preset for demo workloads (scenario presets name their own).
+    :param device: a :class:`~iovalab.kernel.device.Device` for demo workloads (default: ``Device.nvme()``).
+    """
+    if path not in PATHS:
+        raise ValueError(f"path {path!r} is not one of {PATHS}")
+    if isinstance(workload, str) and not workload.startswith("demo:") and workload not in DEMO_WORKLOADS:
+        return _record_scenario(workload, path, strict)
+    from iovalab.kernel.device import Device
+    from iovalab.kernel.dma_iommu import DmaDomain
+
+    if isinstance(workload, str):
+        name = workload.removeprefix("demo:")
+        if name not in DEMO_WORKLOADS:
+            raise ValueError(f"demo workload {name!r} is not one of {sorted(DEMO_WORKLOADS)}")
+        title, segments = DEMO_WORKLOADS[name]
+        name = f"demo:{name}"
+    else:
+        segments = tuple((int(p), int(n)) for p, n in workload)
+        title, name = f"{len(segments)} segments", "demo:custom"
+    dom = DmaDomain(preset, strict=strict)
+    dev = device if device is not None else Device.nvme()
+    setup = len(dom.log)
+    run_segments(dom, dev, segments, path, device_dma=True)
+    work = len(dom.log)
+    if not strict and dom.fq_pending():
+        dom.advance_time(dom.fq_timeout)
+    events = list(dom.log.events)
+    bounds = step_bounds(events[:work], setup)
+    labels = ["domain set-up (iommu_dma_init_domain)"]
+    for i in range(1, len(bounds)):
+        top = [e for e in events[bounds[i - 1]:bounds[i]] if e.depth == 0]
+        e = top[-1] if top else events[bounds[i] - 1]
+        if _is_hw(e):
+            labels.append(f"device DMA through the IOMMU ({len(top)} granule access(es))")
+        elif e.func in LEADING_EVENTS:
+            labels.append(f"{e.func}(...)")
+        else:
+            labels.append(f"{e.func}(...)" + ("" if e.result is None else f" -> {_fmt(e.result)}"))
+    if len(events) > work:
+        bounds.append(len(events))
+        labels.append(f"{dom.fq_timeout} ms later: fq_flush_timeout (the flush-queue timer): one flush_iotlb_all, "
+                      "then the queued IOVAs are freed")
+    return Recording(name, path, strict, dom.granule, events, bounds, labels, _iova_window(events, dom.granule),
+                     title)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool) or not isinstance(v, int):
+        return str(v)
+    return hex(v)
+
+
+def _record_scenario(name: str, path: str, strict: bool) -> Recording:
+    from iovalab.lab.scenarios import iter_scenario
+
+    pre = preset_dict(name)
+    events: list = []
+    bounds: list[int] = []
+    labels: list[str] = []
+    result = None
+    for st in iter_scenario(pre, api=path, strict=strict, keep_events=True, fine=True):
+        if st["driver"] == "done":
+            result = st.get("result")
+            if not st["events"]:
+                break
+        events.extend(st["events"])
+        bounds.append(len(events))
+        labels.append(f"{st['driver']}: {st['what']}")
+    dom = getattr(result, "domain", None)
+    granule = dom.granule if dom is not None else 0x1000
+    return Recording(name, path, strict, granule, events, bounds, labels, _iova_window(events, granule),
+                     pre.get("description", ""), result)
+
+
+@dataclass
+class StepState:
+    """What the log implies after its first ``k`` events (a pure function of the events).
+
+    ``nodes``: IOVA allocator nodes ``(start, end_exclusive, status)`` in bytes, status
+    ``"in use"`` (handed to a driver), ``"cached"`` (in a per-CPU magazine or depot: still a tree
+    node), ``"queued"`` (in a flush queue, lazy mode) or ``"reserved"``; ``mapped``: leaf
+    translations ``(iova, size, pgsize, phys)``; ``iotlb``: IOTLB entries a device access loaded
+    ``(iova, size, phys, stale)`` where ``stale`` means the page table no longer maps it;
+    ``unflushed``: IOVA ranges ``(start, end_exclusive)`` unmapped from the page table but not yet
+    covered by an IOTLB invalidation (the device may still hold translations for them);
+    ``tables``: page-table pages allocated; ``counters``: :class:`~iovalab.kernel.events.Counters`;
+    ``notices``: dev_notice, WARN and contract messages so far; ``fq_pending``: ranges in flush
+    queues; ``current``: the events of the step that ends at ``k``; ``changed``: counter names the
+    current step increased; ``focus``: the IOVA byte range ``[lo, hi)`` the current step touched
+    (None if none).
+    """
+
+    k: int
+    granule: int
+    nodes: list[tuple[int, int, str]]
+    mapped: list[tuple[int, int, int, int]]
+    iotlb: list[tuple[int, int, int | None, bool]]
+    unflushed: list[tuple[int, int]]
+    tables: int
+    counters: object
+    notices: list[str]
+    fq_pending: int
+    current: list = field(default_factory=list)
+    changed: frozenset = frozenset()
+    focus: tuple[int, int] | None = None
+
+    @property
+    def stale(self) -> int:
+        return sum(1 for *_, s in self.iotlb if s)
+
+
+class _Replay:
+    """The bookkeeping :func:`state_at` replays (copyable for checkpoints)."""
+
+    __slots__ = ("g", "nodes", "keys", "leaves", "tlb", "unflushed", "totals", "notices", "tables", "fq")
+
+    def __init__(self, granule: int):
+        from iovalab.kernel.events import COUNTER_KINDS
+
+        self.g = granule
+        self.nodes: dict[int, list] = {}
+        self.keys: list[int] = []            # sorted leaf bases
+        self.leaves: dict[int, tuple[int, int]] = {}
+        self.tlb: dict[int, tuple[int, int]] = {}
+        self.unflushed: list[tuple[int, int]] = []
+        self.totals = dict.fromkeys(COUNTER_KINDS, 0)
+        self.notices: list[str] = []
+        self.tables = 0
+        self.fq = 0
+
+    def copy(self) -> _Replay:
+        r = _Replay.__new__(_Replay)
+        r.g = self.g
+        r.nodes = {k: list(v) for k, v in self.nodes.items()}
+        r.keys = list(self.keys)
+        r.leaves = dict(self.leaves)
+        r.tlb = dict(self.tlb)
+        r.unflushed = list(self.unflushed)
+        r.totals = dict(self.totals)
+        r.notices = list(self.notices)
+        r.tables = self.tables
+        r.fq = self.fq
+        return r
+
+    def _leaf_at(self, iova: int):
+        i = bisect.bisect_right(self.keys, iova) - 1
+        if i >= 0:
+            base = self.keys[i]
+            pg, phys = self.leaves[base]
+            if base + pg > iova:
+                return base, pg, phys
+        return None
+
+    def _invalidate(self, lo: int, hi: int) -> None:
+        """Drop IOTLB entries and unflushed ranges overlapping ``[lo, hi)``."""
+        for base in [b for b, (pg, _) in self.tlb.items() if b < hi and b + pg > lo]:
+            del self.tlb[base]
+        out = []
+        for a, b in self.unflushed:
+            if b <= lo or a >= hi:
+                out.append((a, b))
+            else:
+                if a < lo:
+                    out.append((a, lo))
+                if b > hi:
+                    out.append((hi, b))
+        self.unflushed = out
+
+    def apply(self, e, touch=None, changed=None) -> None:
+        kind = e.kind
+        a = e.args
+        g = self.g
+        nodes = self.nodes
+        totals = self.totals
+        if kind in totals:
+            totals[kind] += e.count
+            if changed is not None and e.count:
+                changed.add(kind)
+        if kind == "tree_alloc":
+            nodes[e.result] = [e.result, e.result + a["size"] - 1, "in use"]
+            if touch:
+                touch(e.result * g, (e.result + a["size"]) * g)
+        elif kind == "reserve":
+            nodes.setdefault(a["pfn_lo"], [a["pfn_lo"], a["pfn_hi"], "reserved"])
+        elif kind == "tree_free":
+            nodes.pop(a["pfn_lo"], None)
+            if touch:
+                touch(a["pfn_lo"] * g, (a["pfn_hi"] + 1) * g)
+        elif kind in ("iova_allocs", "rcache_insert", "fq_add"):
+            pfn = e.result if kind == "iova_allocs" else a["pfn"]
+            if kind == "fq_add":
+                self.fq += 1
+            n = nodes.get(pfn)
+            if n is not None:
+                n[2] = {"iova_allocs": "in use", "rcache_insert": "cached", "fq_add": "queued"}[kind]
+                if touch:
+                    touch(n[0] * g, (n[1] + 1) * g)
+        elif kind == "fq_free":
+            self.fq -= e.count
+        elif kind == "pte_writes":
+            pg = a["pgsize"]
+            base = a["iova"]
+            for j in range((e.result or 0) // pg):
+                key = base + j * pg
+                if key not in self.leaves:
+                    bisect.insort(self.keys, key)
+                self.leaves[key] = (pg, a["paddr"] + j * pg)
+        elif kind == "pte_clear":
+            lo, hi = a["iova"], a["iova"] + (e.result or 0)
+            i = bisect.bisect_left(self.keys, lo)
+            j = bisect.bisect_left(self.keys, hi)
+            for key in self.keys[i:j]:
+                del self.leaves[key]
+            del self.keys[i:j]
+            if hi > lo:
+                self.unflushed.append((lo, hi))
+        elif kind == "table_pages":
+            self.tables += e.count
+        elif kind == "table_free":
+            self.tables -= e.count
+        elif kind in ("iotlb_miss", "iotlb_hit"):
+            if touch:
+                base = a["iova"] - a["iova"] % g
+                touch(base, base + g)
+            if kind == "iotlb_miss" and e.result is not None:
+                leaf = self._leaf_at(a["iova"])
+                if leaf is not None:
+                    self.tlb[leaf[0]] = (leaf[1], leaf[2])
+        elif kind == "iotlb_invalidations":
+            if a.get("scope") == "all":
+                self.tlb.clear()
+                self.unflushed = []
+            else:
+                self._invalidate(a["start"], a["end"] + 1)
+                if touch:
+                    touch(a["start"], a["end"] + 1)
+        elif kind == "dev_notice":
+            self.notices.append(f"dev_notice: {a.get('message', '')}")
+        elif kind in ("warn", "contract"):
+            self.notices.append(f"{kind.upper()} in {e.func}: {a.get('rule', '')}")
+        if touch and kind in ("iommu_map_calls", "iommu_unmap", "iotlb_syncs") and a.get("size"):
+            touch(a["iova"], a["iova"] + a["size"])
+
+    def state(self, k: int, current: list, changed: set, span: list) -> StepState:
+        from iovalab.kernel.events import Counters
+
+        g = self.g
+        node_list = sorted((lo * g, (hi + 1) * g, st) for lo, hi, st in self.nodes.values())
+        mapped = []
+        for base in self.keys:
+            pg, phys = self.leaves[base]
+            mapped.append((base, pg, pg, phys))
+        iotlb = []
+        for base, (pg, phys) in sorted(self.tlb.items()):
+            now = self.leaves.get(base)
+            iotlb.append((base, pg, phys, now is None or now != (pg, phys)))
+        focus = (min(span), max(span)) if span else None
+        return StepState(k, g, node_list, mapped, iotlb, sorted(self.unflushed), self.tables,
+                         Counters.from_totals(self.totals), list(self.notices), self.fq, current,
+                         frozenset(changed), focus)
+
+
+def _replay_range(r: _Replay, events, lo: int, hi: int, s0: int, changed: set, span: list) -> None:
+    def touch(a: int, b: int) -> None:
+        span.append(a)
+        span.append(b)
+
+    for i in range(lo, hi):
+        if i >= s0:
+            r.apply(events[i], touch, changed)
+        else:
+            r.apply(events[i])
+
+
+def state_at(events, k: int, granule: int, *, start: int | None = None) -> StepState:
+    """Replay the *descriptions* of the first ``k`` events into a :class:`StepState`.
+
+    Nothing is re-simulated: tree nodes come from ``__alloc_and_insert_iova_range`` /
+    ``remove_iova`` / ``reserve_iova``, their status from ``alloc_iova_fast`` / ``alloc_iova``,
+    ``iova_rcache_insert`` and ``queue_iova``; leaf PTEs from the page-table ``pte_writes`` /
+    ``pte_clear`` events; IOTLB entries from ``device_access`` misses (the leaf that covers the
+    address) and every ``iotlb_invalidations`` event (a range, or ``scope="all"``), which also
+    retire unmapped ranges from ``unflushed``. ``start`` is where the current step begins
+    (default ``k - 1``).
+    """
+    k = max(0, min(k, len(events)))
+    s0 = k - 1 if start is None else max(0, min(start, k))
+    r = _Replay(granule)
+    changed: set[str] = set()
+    span: list[int] = []
+    _replay_range(r, events, 0, k, s0, changed, span)
+    return r.state(k, list(events[s0:k]), changed, span)
+
+
+class Timeline:
+    """:func:`state_at` with checkpoints every ``every`` events, for players over long logs."""
+
+    def __init__(self, events, granule: int, every: int = 2048):
+        self.events = events
+        self.granule = granule
+        self.every = every
+        self._cp: dict[int, _Replay] = {0: _Replay(granule)}
+
+    def _base(self, k: int) -> tuple[int, _Replay]:
+        c = (k // self.every) * self.every
+        while c not in self._cp:
+            c -= self.every
+        r = self._cp[c]
+        target = (k // self.every) * self.every
+        while c < target:
+            r = r.copy()
+            _replay_range(r, self.events, c, c + self.every, 1 << 62, set(), [])
+            c += self.every
+            self._cp[c] = r
+        return c, r
+
+    def state(self, k: int, start: int | None = None) -> StepState:
+        """The same as ``state_at(events, k, granule, start=start)``."""
+        events = self.events
+        k = max(0, min(k, len(events)))
+        s0 = k - 1 if start is None else max(0, min(start, k))
+        c, r = self._base(min(k, s0))
+        r = r.copy()
+        changed: set[str] = set()
+        span: list[int] = []
+        _replay_range(r, events, c, k, s0, changed, span)
+        return r.state(k, list(events[s0:k]), changed, span)
+
+
+def recording_state(rec: Recording, step: int, unit: str = "call") -> StepState:
+    """:class:`StepState` after step ``step`` of ``rec`` (same as ``rec.state(step, unit)``)."""
+    return rec.state(step, unit)
+
+
+def describe_events(events, *, limit: int | None = None) -> str:
+    """One line per event - the kernel function, its arguments and its result
+    (:meth:`~iovalab.kernel.events.Event.describe`) - indented by call depth, tagged with the layer, and with
+    the step kind after ``#`` when it is not a counter (``# rcache_miss``, ``# tree_free``, ``# warn``).
+    ``limit`` keeps the first ``limit`` lines and says how many were left out."""
+    events = list(events)
+    shown = events if limit is None else events[:limit]
+    from iovalab.kernel.events import COUNTER_KINDS
+
+    lines = [f"{'  ' * e.depth}[{e.layer}] {e.describe()}"
+             + ("" if e.kind in COUNTER_KINDS or e.kind == "step" else f"  # {e.kind}") for e in shown]
+    if len(shown) < len(events):
+        lines.append(f"... {len(events) - len(shown)} more event(s)")
+    return "\n".join(lines)
+
+
+def hexify(obj):
+    """``obj`` with every int (not bool) written as a hex string, through dicts, lists and tuples -
+    for printing driver views (PRP lists, MTT entries) the way the kernel's traces print them."""
+    if isinstance(obj, bool) or obj is None:
+        return obj
+    if isinstance(obj, int):
+        return hex(obj)
+    if isinstance(obj, dict):
+        return {k: hexify(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(hexify(v) for v in obj)
+    return obj

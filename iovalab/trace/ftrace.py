@@ -1,0 +1,662 @@
+"""Kernel trace text: read the lines of tracefs ``trace`` for the IOMMU/DMA events (writing them is
+:mod:`iovalab.trace.ftrace_write`).
+
+Mirrors the text the kernel prints, not a kernel data structure:
+
+* the line prefix of ``kernel/trace/trace_output.c`` (``trace_print_context``: ``"%16s-%-7d "``,
+  optional ``"(%7d) "`` TGID, ``"[%03d] "``, the ``trace_print_lat_fmt`` flags column when the
+  ``irq-info`` option is on, ``" %5lu.%06lu"`` (or ``" %12llu"`` for counter clocks), ``": "``),
+  then ``event_name: `` and the event's ``TP_printk`` text;
+* the header of ``kernel/trace/trace.c`` (``print_trace_header`` / ``print_func_help_header_irq``);
+* the ``TP_printk`` formats of ``include/trace/events/iommu.h`` (``map``, ``unmap``,
+  ``io_page_fault``, group/domain events), ``include/trace/events/dma.h`` (``dma_map_page`` ...
+  ``dma_sync_sg_for_device``), ``include/trace/events/swiotlb.h`` (``swiotlb_bounced``),
+  ``drivers/iommu/intel/trace.h`` (``qi_submit``, ``cache_tag_*``) and the ``trace_marker``
+  entry (``tracing_mark_write``).
+
+Format variants accepted (kernel-spec §8 vs. the real 6.12.95 Debian capture in ``data/real``):
+
+* ``dma_map_sg``: upstream 6.12.0 prints ``dir=%s dma_addrs=%s sizes=%s phys_addrs=%s attrs=%s``;
+  the stable/Debian 6.12.95 kernel (and mainline since) prints ``dir=%s nents=%d/%d ents=%d/%d%s
+  dma_addrs=...`` where each pair is *traced/full* count (arrays capped at 128 entries,
+  ``DMA_TRACE_MAX_ENTRIES``) and ``%s`` is ``" [TRUNCATED]"`` or empty. Both are parsed; the
+  counts are only in ``fields`` when the line has them.
+* ``dma_alloc``-class events are parsed with or without the ``dir=`` word.
+* The flags column may be absent (``irq-info`` off), 4 characters (kernels before
+  ``migrate-disable``, ~5.13) or 5 characters; a TGID column may be present.
+* Timestamps may be ``secs.usecs`` (``global``/``local`` clocks) or a plain counter.
+
+No kernel analogue for :func:`phases` (it splits a capture at ``WORKLOAD:`` marker lines).
+This module is the text layer only; replaying a capture into the simulator lives in ``traces.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from iovalab.kernel.units import U64_MASK
+
+__all__ = [
+    "KNOWN_EVENTS", "DMA_DIRECTIONS", "DMA_ATTR_NAMES", "DMA_TRACE_MAX_ENTRIES",
+    "FtraceParseError", "TraceLine", "FtraceCapture", "Phase",
+    "parse_ftrace", "parse_line", "phases",
+    "decode_dma_attrs", "parse_dma_attrs",
+]
+
+#: Event name -> trace system, for every event this module parses (the text carries no system).
+KNOWN_EVENTS: dict[str, str] = {
+    **dict.fromkeys(("map", "unmap", "io_page_fault", "add_device_to_group",
+                     "remove_device_from_group", "attach_device_to_domain",
+                     "detach_device_from_domain"), "iommu"),
+    **dict.fromkeys(("dma_map_page", "dma_map_resource", "dma_map_phys",
+                     "dma_unmap_page", "dma_unmap_resource", "dma_unmap_phys",
+                     "dma_alloc", "dma_alloc_pages", "dma_alloc_sgt_err", "dma_alloc_sgt",
+                     "dma_free", "dma_free_pages", "dma_free_sgt",
+                     "dma_map_sg", "dma_map_sg_err", "dma_unmap_sg",
+                     "dma_sync_single_for_cpu", "dma_sync_single_for_device",
+                     "dma_sync_sg_for_cpu", "dma_sync_sg_for_device"), "dma"),
+    "swiotlb_bounced": "swiotlb",
+    **dict.fromkeys(("qi_submit", "cache_tag_flush_range", "cache_tag_flush_range_np",
+                     "cache_tag_flush_all", "cache_tag_assign", "cache_tag_unassign"),
+                    "intel_iommu"),
+    "tracing_mark_write": "ftrace",
+}
+
+#: ``enum dma_data_direction`` (include/linux/dma-direction.h) by the name ``dma.h`` prints.
+DMA_DIRECTIONS: dict[str, int] = {"BIDIRECTIONAL": 0, "TO_DEVICE": 1, "FROM_DEVICE": 2, "NONE": 3}
+
+#: ``decode_dma_attrs`` table of include/trace/events/dma.h, in print order (MMIO is 6.18+).
+DMA_ATTR_NAMES: dict[str, int] = {
+    "WEAK_ORDERING": 1 << 1, "WRITE_COMBINE": 1 << 2, "NO_KERNEL_MAPPING": 1 << 4,
+    "SKIP_CPU_SYNC": 1 << 5, "FORCE_CONTIGUOUS": 1 << 6, "ALLOC_SINGLE_PAGES": 1 << 7,
+    "NO_WARN": 1 << 8, "PRIVILEGED": 1 << 9, "MMIO": 1 << 10,
+}
+
+#: ``DMA_TRACE_MAX_ENTRIES`` (include/trace/events/dma.h, stable 6.12.y and mainline): arrays of
+#: ``dma_map_sg`` are cut to this many entries.
+DMA_TRACE_MAX_ENTRIES = 128
+
+
+
+class FtraceParseError(ValueError):
+    """A line of a known event (or a line that is no event line at all) that does not parse.
+
+    ``lineno`` (1-based), ``event`` (``None`` when the line prefix itself is unreadable),
+    ``expected`` (the format that was expected) and ``line`` (the text) are kept as attributes.
+    """
+
+    def __init__(self, lineno: int, event: str | None, expected: str, line: str, why: str = ""):
+        self.lineno = lineno
+        self.event = event
+        self.expected = expected
+        self.line = line
+        shown = line if len(line) <= 200 else line[:200] + "..."
+        what = f"malformed {event!r} event" if event else "not a trace line"
+        why = f" ({why})" if why else ""
+        super().__init__(f"line {lineno}: {what}{why}: expected {expected}; got {shown!r}")
+
+
+# -- one line ----------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class TraceLine:
+    """One parsed event line.
+
+    ``flags`` is the latency column (``"d.h1."``; ``None`` when the file has none);
+    ``timestamp`` is in seconds (a counter value for non-time clocks) and ``timestamp_text`` its
+    exact text; ``event`` the name before the event text (``"map"``); ``system`` from
+    :data:`KNOWN_EVENTS`; ``fields`` the parsed values: ints for numbers, lists of ints for
+    ``{..}`` arrays, strings for device/dir/attrs/flags and other words; ``raw`` the whole line
+    without its newline; ``text`` what follows ``"event: "``; ``tgid`` when the TGID column is on.
+    """
+
+    lineno: int
+    task: str
+    pid: int
+    cpu: int
+    flags: str | None
+    timestamp: float
+    timestamp_text: str
+    event: str
+    system: str
+    fields: dict[str, Any]
+    raw: str
+    text: str = ""
+    tgid: int | None = None
+
+    # -- context (trace_print_lat_fmt: irqs-off, need-resched, hardirq/softirq, preempt, migrate)
+    @property
+    def in_irq(self) -> bool:
+        """Interrupt context: the hardirq/softirq column shows ``h``, ``H``, ``s`` (or NMI ``z``/``Z``)."""
+        f = self.flags
+        return f is not None and len(f) > 2 and f[2] in "hHsZz"
+
+    @property
+    def in_hardirq(self) -> bool:
+        """Hard-irq context: ``h`` (hardirq), ``H`` (hardirq inside softirq) or ``Z`` (NMI in hardirq)."""
+        f = self.flags
+        return f is not None and len(f) > 2 and f[2] in "hHZ"
+
+    @property
+    def in_softirq(self) -> bool:
+        """Soft-irq context: ``s``, or ``H`` (a hardirq that interrupted a softirq)."""
+        f = self.flags
+        return f is not None and len(f) > 2 and f[2] in "sH"
+
+    @property
+    def irqs_off(self) -> bool:
+        """Interrupts were disabled (``d``, or ``D`` = irqs and BH off)."""
+        f = self.flags
+        return f is not None and len(f) > 0 and f[0] in "dD"
+
+    # -- iommu:map / iommu:unmap helpers (None when the event has no such field)
+    @property
+    def iova(self) -> int | None:
+        return self.fields.get("iova")
+
+    @property
+    def iova_end(self) -> int | None:
+        """Exclusive end printed by ``map``/``unmap`` (``iova + size``)."""
+        return self.fields.get("iova_end")
+
+    @property
+    def size(self) -> int | None:
+        return self.fields.get("size")
+
+    @property
+    def paddr(self) -> int | None:
+        return self.fields.get("paddr")
+
+    @property
+    def unmapped_size(self) -> int | None:
+        return self.fields.get("unmapped_size")
+
+    @property
+    def device(self) -> str | None:
+        return self.fields.get("device")
+
+
+# -- regular expressions -------------------------------------------------------------------------
+
+# Bounded digit runs: a garbled 5000-digit number must fail the match, not hit int()'s limit.
+_HEX = r"[0-9a-fA-F]{1,16}"
+_DEC = r"[0-9]{1,20}"
+_SDEC = r"-?[0-9]{1,20}"
+_ARR = r"\{(?:0x[0-9a-fA-F]{1,16}(?:,0x[0-9a-fA-F]{1,16})*)?\}"
+
+_PREFIX = re.compile(
+    r" *(?P<task>.+?)-(?P<pid>[0-9]{1,10}) +"
+    r"(?:\( *(?P<tgid>[0-9]{1,10}|-+)\) +)?"
+    r"\[(?P<cpu>[0-9]{1,6})\] +"
+    r"(?:(?P<flags>[^ ]{4,5}) +)?"
+    r"(?P<ts>[0-9]{1,20}(?:\.[0-9]{1,12})?): "
+    r"(?P<event>\w+):(?: (?P<text>.*))?",
+    re.ASCII)
+_PREFIX_EXPECTED = "'TASK-PID [CPU] FLAGS SECS.USECS: EVENT: TEXT' (FLAGS optional)"
+_LOST = re.compile(r"CPU:(?P<cpu>[0-9]{1,6}) \[LOST (?P<n>[0-9]{1,20}) EVENTS\]", re.ASCII)
+_ENTRIES = re.compile(r"# entries-in-buffer/entries-written: (?P<buf>[0-9]{1,20})/(?P<written>[0-9]{1,20})"
+                      r" +#P:(?P<cpus>[0-9]{1,6})", re.ASCII)
+_TRACER = re.compile(r"# tracer: (?P<tracer>\S+)", re.ASCII)
+
+_DEV = r"(?P<device>\S+)"
+_DIR = r"dir=(?P<dir>\S+)"
+_ATTRS = r"attrs=(?P<attrs>\S*)"
+
+
+class _Spec:
+    """One event's field regex, the kernel format it stands for, and how to convert each group."""
+
+    __slots__ = ("regex", "expected", "conv", "check")
+
+    def __init__(self, pattern: str, expected: str, check=None, types: dict[str, str] | None = None):
+        self.regex = re.compile(pattern, re.ASCII)
+        self.expected = expected
+        self.check = check
+        conv = {}
+        for name in self.regex.groupindex:
+            if types and name in types:
+                conv[name] = types[name]
+            elif name in _HEX_FIELDS:
+                conv[name] = "hex"
+            elif name in _DEC_FIELDS:
+                conv[name] = "dec"
+            elif name in _ARR_FIELDS:
+                conv[name] = "arr"
+            else:
+                conv[name] = "str"
+        self.conv = conv
+
+
+_HEX_FIELDS = {"iova", "iova_end", "paddr", "dma_addr", "phys_addr", "dma_mask",
+               "dev_addr", "qw0", "qw1", "qw2", "qw3", "start", "end", "addr", "pages", "mask"}
+_DEC_FIELDS = {"size", "unmapped_size", "group_id", "nents", "nents_traced", "ents",
+               "ents_traced", "err", "pasid", "domain_id", "ref"}
+_ARR_FIELDS = {"dma_addrs", "sizes", "phys_addrs"}
+
+
+def _check_map_end(f: dict) -> str | None:
+    if f["iova_end"] != (f["iova"] + f["size"]) & U64_MASK:
+        return f"end 0x{f['iova_end']:x} is not iova + size = 0x{(f['iova'] + f['size']) & U64_MASK:x}"
+    return None
+
+
+def _check_map_sg(f: dict) -> str | None:
+    if len(f["dma_addrs"]) != len(f["sizes"]):
+        return f"{len(f['dma_addrs'])} dma_addrs but {len(f['sizes'])} sizes"
+    if "nents" in f:
+        n, nt, e, et = f["nents"], f["nents_traced"], f["ents"], f["ents_traced"]
+        if nt != min(n, DMA_TRACE_MAX_ENTRIES) or et != min(e, DMA_TRACE_MAX_ENTRIES):
+            return f"nents={nt}/{n} ents={et}/{e} are not min(count, {DMA_TRACE_MAX_ENTRIES})/count"
+        if len(f["phys_addrs"]) != nt or len(f["dma_addrs"]) != et:
+            return (f"nents={nt}/{n} ents={et}/{e} but {len(f['phys_addrs'])} phys_addrs and "
+                    f"{len(f['dma_addrs'])} dma_addrs")
+        if f["truncated"] != (n > DMA_TRACE_MAX_ENTRIES or e > DMA_TRACE_MAX_ENTRIES):
+            return "[TRUNCATED] does not agree with the counts"
+    return None
+
+
+def _check_sync_sg(f: dict) -> str | None:
+    if len(f["dma_addrs"]) != len(f["sizes"]):
+        return f"{len(f['dma_addrs'])} dma_addrs but {len(f['sizes'])} sizes"
+    return None
+
+
+_MAP_FMT = "'%s dir=%s dma_addr=%llx size=%zu phys_addr=%llx attrs=%s'"
+_UNMAP_FMT = "'%s dir=%s dma_addr=%llx size=%zu attrs=%s'"
+_ALLOC_FMT = "'%s dir=%s dma_addr=%llx size=%zu virt_addr=%p flags=%s attrs=%s'"
+_FREE_FMT = "'%s dir=%s dma_addr=%llx size=%zu virt_addr=%p attrs=%s'"
+_SYNC_FMT = "'%s dir=%s dma_addr=%llx size=%zu'"
+_SYNC_SG_FMT = "'%s dir=%s dma_addrs=%s sizes=%s'"
+_CT_FLUSH_FMT = "'%s %s[%d] type %s did %d [0x%lx-0x%lx] addr 0x%lx pages 0x%lx mask 0x%lx'"
+_CT_LOG_FMT = "'%s/%s type %s did %d pasid %d ref %d'"
+_GROUP_FMT = "'IOMMU: groupID=%d device=%s'"
+_DEVICE_FMT = "'IOMMU: device=%s'"
+
+_map_spec = _Spec(rf"{_DEV} {_DIR} dma_addr=(?P<dma_addr>{_HEX}) size=(?P<size>{_DEC}) "
+                  rf"phys_addr=(?P<phys_addr>{_HEX}) {_ATTRS}", _MAP_FMT)
+_unmap_spec = _Spec(rf"{_DEV} {_DIR} dma_addr=(?P<dma_addr>{_HEX}) size=(?P<size>{_DEC}) {_ATTRS}",
+                    _UNMAP_FMT)
+_alloc_spec = _Spec(rf"{_DEV} (?:{_DIR} )?dma_addr=(?P<dma_addr>{_HEX}) size=(?P<size>{_DEC}) "
+                    rf"virt_addr=(?P<virt_addr>\S+) flags=(?P<flags>\S+) {_ATTRS}", _ALLOC_FMT)
+_free_spec = _Spec(rf"{_DEV} (?:{_DIR} )?dma_addr=(?P<dma_addr>{_HEX}) size=(?P<size>{_DEC}) "
+                   rf"virt_addr=(?P<virt_addr>\S+) {_ATTRS}", _FREE_FMT)
+_sync_spec = _Spec(rf"{_DEV} {_DIR} dma_addr=(?P<dma_addr>{_HEX}) size=(?P<size>{_DEC})", _SYNC_FMT)
+_sync_sg_spec = _Spec(rf"{_DEV} {_DIR} dma_addrs=(?P<dma_addrs>{_ARR}) sizes=(?P<sizes>{_ARR})",
+                      _SYNC_SG_FMT, _check_sync_sg)
+_ct_flush_spec = _Spec(
+    rf"(?P<iommu>\S+) (?P<dev>\S+?)\[(?P<pasid>{_SDEC})\] type (?P<type>\S+) "
+    rf"did (?P<domain_id>{_SDEC}) \[0x(?P<start>{_HEX})-0x(?P<end>{_HEX})\] "
+    rf"addr 0x(?P<addr>{_HEX}) pages 0x(?P<pages>{_HEX}) mask 0x(?P<mask>{_HEX})", _CT_FLUSH_FMT)
+_ct_log_spec = _Spec(rf"(?P<iommu>[^/\s]+)/(?P<dev>\S+) type (?P<type>\S+) did (?P<domain_id>{_SDEC}) "
+                     rf"pasid (?P<pasid>{_SDEC}) ref (?P<ref>{_SDEC})", _CT_LOG_FMT)
+_group_spec = _Spec(rf"IOMMU: groupID=(?P<group_id>{_SDEC}) device=(?P<device>.*)", _GROUP_FMT)
+_device_spec = _Spec(r"IOMMU: device=(?P<device>.*)", _DEVICE_FMT)
+
+_SPECS: dict[str, _Spec] = {
+    "map": _Spec(rf"IOMMU: iova=0x(?P<iova>{_HEX}) - 0x(?P<iova_end>{_HEX}) "
+                 rf"paddr=0x(?P<paddr>{_HEX}) size=(?P<size>{_DEC})",
+                 "'IOMMU: iova=0x%016llx - 0x%016llx paddr=0x%016llx size=%zu'", _check_map_end),
+    "unmap": _Spec(rf"IOMMU: iova=0x(?P<iova>{_HEX}) - 0x(?P<iova_end>{_HEX}) "
+                   rf"size=(?P<size>{_DEC}) unmapped_size=(?P<unmapped_size>{_DEC})",
+                   "'IOMMU: iova=0x%016llx - 0x%016llx size=%zu unmapped_size=%zu'", _check_map_end),
+    "io_page_fault": _Spec(rf"IOMMU:(?P<driver>\S*) {_DEV} iova=0x(?P<iova>{_HEX}) "
+                           rf"flags=0x(?P<flags>{_HEX})",
+                           "'IOMMU:%s %s iova=0x%016llx flags=0x%04x' (driver, device)",
+                           types={"flags": "hex"}),
+    "add_device_to_group": _group_spec, "remove_device_from_group": _group_spec,
+    "attach_device_to_domain": _device_spec, "detach_device_from_domain": _device_spec,
+    "dma_map_page": _map_spec, "dma_map_resource": _map_spec, "dma_map_phys": _map_spec,
+    "dma_unmap_page": _unmap_spec, "dma_unmap_resource": _unmap_spec, "dma_unmap_phys": _unmap_spec,
+    "dma_alloc": _alloc_spec, "dma_alloc_pages": _alloc_spec, "dma_alloc_sgt_err": _alloc_spec,
+    "dma_alloc_sgt": _Spec(rf"{_DEV} {_DIR} dma_addr=(?P<dma_addr>{_HEX}) size=(?P<size>{_DEC}) "
+                           rf"phys_addrs=(?P<phys_addrs>{_ARR}) flags=(?P<flags>\S+) {_ATTRS}",
+                           "'%s dir=%s dma_addr=%llx size=%zu phys_addrs=%s flags=%s attrs=%s'"),
+    "dma_free": _free_spec, "dma_free_pages": _free_spec,
+    "dma_free_sgt": _Spec(rf"{_DEV} {_DIR} dma_addr=(?P<dma_addr>{_HEX}) size=(?P<size>{_DEC}) "
+                          rf"phys_addrs=(?P<phys_addrs>{_ARR})",
+                          "'%s dir=%s dma_addr=%llx size=%zu phys_addrs=%s'"),
+    "dma_map_sg": _Spec(
+        rf"{_DEV} {_DIR}(?: nents=(?P<nents_traced>{_DEC})/(?P<nents>{_DEC}) "
+        rf"ents=(?P<ents_traced>{_DEC})/(?P<ents>{_DEC})(?P<truncated> \[TRUNCATED\])?)? "
+        rf"dma_addrs=(?P<dma_addrs>{_ARR}) sizes=(?P<sizes>{_ARR}) "
+        rf"phys_addrs=(?P<phys_addrs>{_ARR}) {_ATTRS}",
+        "'%s dir=%s nents=%d/%d ents=%d/%d%s dma_addrs=%s sizes=%s phys_addrs=%s attrs=%s' "
+        "(6.12.y) or '%s dir=%s dma_addrs=%s sizes=%s phys_addrs=%s attrs=%s' (6.12.0)", _check_map_sg),
+    "dma_map_sg_err": _Spec(rf"{_DEV} {_DIR} dma_addrs=(?P<dma_addrs>{_ARR}) err=(?P<err>{_SDEC}) {_ATTRS}",
+                            "'%s dir=%s dma_addrs=%s err=%d attrs=%s'"),
+    "dma_unmap_sg": _Spec(rf"{_DEV} {_DIR} phys_addrs=(?P<phys_addrs>{_ARR}) {_ATTRS}",
+                          "'%s dir=%s phys_addrs=%s attrs=%s'"),
+    "dma_sync_single_for_cpu": _sync_spec, "dma_sync_single_for_device": _sync_spec,
+    "dma_sync_sg_for_cpu": _sync_sg_spec, "dma_sync_sg_for_device": _sync_sg_spec,
+    "swiotlb_bounced": _Spec(rf"dev_name: {_DEV} dma_mask=(?P<dma_mask>{_HEX}) "
+                             rf"dev_addr=(?P<dev_addr>{_HEX}) size=(?P<size>{_DEC}) (?P<force>\S+)",
+                             "'dev_name: %s dma_mask=%llx dev_addr=%llx size=%zu %s'"),
+    "qi_submit": _Spec(rf"(?P<type>\S+) (?P<iommu>\S+): 0x(?P<qw0>{_HEX}) 0x(?P<qw1>{_HEX}) "
+                       rf"0x(?P<qw2>{_HEX}) 0x(?P<qw3>{_HEX})",
+                       "'%s %s: 0x%llx 0x%llx 0x%llx 0x%llx'"),
+    "cache_tag_flush_range": _ct_flush_spec, "cache_tag_flush_range_np": _ct_flush_spec,
+    "cache_tag_flush_all": _ct_log_spec, "cache_tag_assign": _ct_log_spec,
+    "cache_tag_unassign": _ct_log_spec,
+}
+assert set(_SPECS) | {"tracing_mark_write"} == set(KNOWN_EVENTS)
+
+
+def _array(text: str) -> list[int]:
+    inner = text[1:-1]
+    return [int(x, 16) for x in inner.split(",")] if inner else []
+
+
+def _parse_fields(event: str, text: str) -> tuple[dict[str, Any] | None, str, str]:
+    """``(fields, expected, why)``; fields is None when the text does not fit the format."""
+    if event == "tracing_mark_write":
+        return {"text": text}, "", ""
+    spec = _SPECS[event]
+    m = spec.regex.fullmatch(text.rstrip())
+    if m is None:
+        return None, spec.expected, ""
+    f: dict[str, Any] = {}
+    for name, val in m.groupdict().items():
+        if val is None:
+            continue
+        kind = spec.conv[name]
+        if kind == "hex":
+            f[name] = int(val, 16)
+        elif kind == "dec":
+            v = int(val)
+            if v > U64_MASK:
+                return None, spec.expected, f"{name}={val} does not fit in 64 bits"
+            f[name] = v
+        elif kind == "arr":
+            f[name] = _array(val)
+        else:
+            f[name] = val
+    if event == "dma_map_sg" and "nents" in f:
+        f["truncated"] = "truncated" in f
+    if spec.check is not None:
+        why = spec.check(f)
+        if why:
+            return None, spec.expected, why
+    return f, spec.expected, ""
+
+
+def parse_line(line: str, lineno: int = 1) -> TraceLine | None:
+    """Parse one event line of a known event; ``None`` for an unknown event.
+
+    Raises :class:`FtraceParseError` when the line is no trace line, or when a known event's text
+    does not match its kernel format. Comment/blank/``[LOST n EVENTS]`` lines are not handled here
+    (see :func:`parse_ftrace`).
+    """
+    m = _PREFIX.fullmatch(line)
+    if m is None:
+        raise FtraceParseError(lineno, None, _PREFIX_EXPECTED, line)
+    event = m.group("event")
+    system = KNOWN_EVENTS.get(event)
+    if system is None:
+        return None
+    text = m.group("text") or ""
+    fields, expected, why = _parse_fields(event, text)
+    if fields is None:
+        raise FtraceParseError(lineno, event, expected, line, why)
+    tgid = m.group("tgid")
+    ts = m.group("ts")
+    return TraceLine(lineno, m.group("task"), int(m.group("pid")), int(m.group("cpu")),
+                     m.group("flags"), float(ts), ts, event, system, fields, line, text,
+                     int(tgid) if tgid is not None and tgid[0] != "-" else None)
+
+
+# -- a whole capture -----------------------------------------------------------------------------
+
+@dataclass
+class FtraceCapture:
+    """A parsed trace file.
+
+    Header: ``tracer`` (``# tracer: nop``), ``entries_in_buffer``/``entries_written`` and
+    ``nr_cpus`` (``#P:``), each ``None`` when absent. ``lines``: every known-event line in file
+    order (markers included); ``markers``: the ``tracing_mark_write`` lines (their ``text`` is the
+    marker); ``counts``: known events by name; ``unknown_count``/``unknown_events``: event lines of
+    other events, skipped; ``bad_lines``/``errors``: malformed lines skipped with ``strict=False``;
+    ``lost_events``: sum of ``CPU:n [LOST m EVENTS]`` lines; ``continuation_lines``: `` => `` stack
+    trace lines; ``cpus``: CPUs seen on known-event lines; ``nr_lines``: lines read.
+    """
+
+    tracer: str | None = None
+    entries_in_buffer: int | None = None
+    entries_written: int | None = None
+    nr_cpus: int | None = None
+    lines: list[TraceLine] = field(default_factory=list, repr=False)
+    markers: list[TraceLine] = field(default_factory=list, repr=False)
+    counts: dict[str, int] = field(default_factory=dict)
+    unknown_count: int = 0
+    unknown_events: dict[str, int] = field(default_factory=dict)
+    bad_lines: int = 0
+    errors: list[FtraceParseError] = field(default_factory=list, repr=False)
+    lost_events: int = 0
+    continuation_lines: int = 0
+    cpus: list[int] = field(default_factory=list)
+    nr_lines: int = 0
+    source: str | None = None
+
+    def events(self, *names: str) -> list[TraceLine]:
+        """The lines of the named events, in file order (``cap.events('map', 'unmap')``)."""
+        want = set(names)
+        return [ln for ln in self.lines if ln.event in want]
+
+    @property
+    def event_lines(self) -> int:
+        """Known + unknown event lines (equals ``entries_in_buffer`` for a complete ``trace`` file)."""
+        return len(self.lines) + self.unknown_count + self.bad_lines
+
+
+def _split(text: str) -> list[str]:
+    parts = text.split("\n")
+    if parts and parts[-1] == "":
+        parts.pop()                 # the newline that ends the last line
+    return parts
+
+
+def _iter_source(source) -> tuple[Iterable[str], str | None]:
+    if isinstance(source, str) and "\n" in source:
+        return _split(source), None
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, encoding="utf-8", errors="replace", newline="\n") as f:
+            return _split(f.read()), os.fspath(source)
+    if isinstance(source, (bytes, bytearray)):
+        return _split(bytes(source).decode("utf-8", errors="replace")), None
+    name = getattr(source, "name", None)
+    return source, name if isinstance(name, str) else None
+
+
+def parse_ftrace(lines_or_path: str | os.PathLike | Iterable[str] | IO[str], *,
+                 strict: bool = True) -> FtraceCapture:
+    """Parse a tracefs ``trace`` text into a :class:`FtraceCapture`.
+
+    ``lines_or_path``: a path (``str``/``PathLike``; read as UTF-8 with replacement), trace text
+    (a ``str`` containing a newline, or ``bytes``), or any iterable of lines (a list, an open text
+    file). Comment (``#``) and blank lines are skipped, header values read from them. Lines of
+    unknown events are counted and skipped. A line that is no trace line, or a known event whose
+    text does not match its kernel format, raises :class:`FtraceParseError` (``strict=True``) or
+    is counted in ``bad_lines`` and skipped (``strict=False``).
+    """
+    src, name = _iter_source(lines_or_path)
+    cap = FtraceCapture(source=name)
+    lines, markers = cap.lines, cap.markers
+    counts: dict[str, int] = {}
+    unknown: dict[str, int] = {}
+    cpus: set[int] = set()
+    prefix = _PREFIX.fullmatch
+    specs = _SPECS
+    lineno = 0
+    for lineno, line in enumerate(src, 1):
+        if isinstance(line, (bytes, bytearray)):
+            line = bytes(line).decode("utf-8", errors="replace")
+        if line.endswith("\n"):
+            line = line[:-1]
+        if line.endswith("\r"):
+            line = line[:-1]
+        s = line.lstrip()
+        if not s:
+            continue
+        if s[0] == "#":
+            _header(cap, s)
+            continue
+        m = prefix(line)
+        if m is None:
+            lost = _LOST.fullmatch(s.rstrip())
+            if lost is not None:
+                cap.lost_events += int(lost.group("n"))
+            elif s.startswith("=>") or s == "<stack trace>" or s == "<user stack trace>":
+                cap.continuation_lines += 1
+            elif strict:
+                raise FtraceParseError(lineno, None, _PREFIX_EXPECTED, line)
+            else:
+                cap.bad_lines += 1
+                cap.errors.append(FtraceParseError(lineno, None, _PREFIX_EXPECTED, line))
+            continue
+        event = m.group("event")
+        system = KNOWN_EVENTS.get(event)
+        if system is None:
+            cap.unknown_count += 1
+            unknown[event] = unknown.get(event, 0) + 1
+            continue
+        text = m.group("text") or ""
+        if event in specs:
+            fields, expected, why = _parse_fields(event, text)
+            if fields is None:
+                err = FtraceParseError(lineno, event, expected, line, why)
+                if strict:
+                    raise err
+                cap.bad_lines += 1
+                cap.errors.append(err)
+                continue
+        else:
+            fields = {"text": text}
+        tgid = m.group("tgid")
+        ts = m.group("ts")
+        cpu = int(m.group("cpu"))
+        tl = TraceLine(lineno, m.group("task"), int(m.group("pid")), cpu, m.group("flags"),
+                       float(ts), ts, event, system, fields, line, text,
+                       int(tgid) if tgid is not None and tgid[0] != "-" else None)
+        lines.append(tl)
+        if system == "ftrace":
+            markers.append(tl)
+        counts[event] = counts.get(event, 0) + 1
+        cpus.add(cpu)
+    cap.counts = counts
+    cap.unknown_events = unknown
+    cap.cpus = sorted(cpus)
+    cap.nr_lines = lineno
+    return cap
+
+
+def _header(cap: FtraceCapture, s: str) -> None:
+    if cap.tracer is None:
+        m = _TRACER.match(s)
+        if m:
+            cap.tracer = m.group("tracer")
+            return
+    if cap.entries_in_buffer is None:
+        m = _ENTRIES.match(s)
+        if m:
+            cap.entries_in_buffer = int(m.group("buf"))
+            cap.entries_written = int(m.group("written"))
+            cap.nr_cpus = int(m.group("cpus"))
+
+
+# -- phases ------------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Phase:
+    """The lines between one ``WORKLOAD:`` marker and the next (no kernel analogue).
+
+    ``name``: marker text after the prefix (``"(before first marker)"`` for events before any
+    marker); ``marker_lineno``: the marker's line (``None`` for that leading phase);
+    ``first_lineno``/``last_lineno``: first and last file line of the phase (marker included);
+    ``start``/``stop``: slice of ``capture.lines`` holding the phase's event lines (the
+    ``WORKLOAD`` marker itself excluded); ``counts``: known events in it by name.
+    """
+
+    name: str
+    marker_lineno: int | None
+    first_lineno: int
+    last_lineno: int
+    start: int
+    stop: int
+    counts: dict[str, int]
+
+    @property
+    def map_count(self) -> int:
+        return self.counts.get("map", 0)
+
+    @property
+    def unmap_count(self) -> int:
+        return self.counts.get("unmap", 0)
+
+    @property
+    def dma_count(self) -> int:
+        """All ``dma:*`` events of the phase."""
+        return sum(n for ev, n in self.counts.items() if KNOWN_EVENTS.get(ev) == "dma")
+
+
+def phases(capture: FtraceCapture, prefix: str = "WORKLOAD:") -> list[Phase]:
+    """Split ``capture.lines`` at the markers whose text starts with ``prefix``."""
+    lines = capture.lines
+    cuts = [i for i, ln in enumerate(lines)
+            if ln.event == "tracing_mark_write" and ln.text.startswith(prefix)]
+    out: list[Phase] = []
+
+    def make(name: str, marker: TraceLine | None, start: int, stop: int) -> Phase:
+        counts: dict[str, int] = {}
+        for ln in lines[start:stop]:
+            counts[ln.event] = counts.get(ln.event, 0) + 1
+        first = marker.lineno if marker else lines[start].lineno
+        last = lines[stop - 1].lineno if stop > start else first
+        return Phase(name, marker.lineno if marker else None, first, last, start, stop, counts)
+
+    head_stop = cuts[0] if cuts else len(lines)
+    if head_stop > 0:
+        out.append(make("(before first marker)", None, 0, head_stop))
+    for k, i in enumerate(cuts):
+        stop = cuts[k + 1] if k + 1 < len(cuts) else len(lines)
+        out.append(make(lines[i].text[len(prefix):].strip(), lines[i], i + 1, stop))
+    return out
+
+
+# -- attrs -------------------------------------------------------------------------------------
+
+def decode_dma_attrs(attrs: int) -> str:
+    """Text of ``decode_dma_attrs(attrs)`` (include/trace/events/dma.h, ``__print_flags`` with
+    ``"|"``): known names in table order, left-over bits as ``0x%lx``; 0 gives ``""``.
+
+    ``attrs``: ``unsigned long``.
+    """
+    if not 0 <= attrs <= U64_MASK:
+        raise ValueError(f"attrs={attrs!r}: must be an unsigned long (0..2**64-1)")
+    parts = []
+    for name, bit in DMA_ATTR_NAMES.items():
+        if attrs & bit:
+            parts.append(name)
+            attrs &= ~bit
+    if attrs:
+        parts.append(f"0x{attrs:x}")
+    return "|".join(parts)
+
+
+def parse_dma_attrs(text: str) -> int:
+    """Inverse of :func:`decode_dma_attrs`: ``"SKIP_CPU_SYNC|NO_WARN"`` -> ``0x120``."""
+    value = 0
+    for part in text.split("|") if text else ():
+        if part in DMA_ATTR_NAMES:
+            value |= DMA_ATTR_NAMES[part]
+        elif part.startswith("0x"):
+            try:
+                value |= int(part, 16)
+            except ValueError:
+                raise ValueError(f"attrs {text!r}: {part!r} is not a hex number") from None
+        else:
+            raise ValueError(f"attrs {text!r}: unknown DMA attribute {part!r} "
+                             f"(known: {', '.join(DMA_ATTR_NAMES)})")
+    return value

@@ -1,0 +1,551 @@
+"""Replay a real kernel ftrace capture through the simulator and compare every IOVA allocation.
+
+The capture (``iommu:map``/``iommu:unmap``, ``dma:*``, optionally ``intel_iommu:*`` and
+``tracing_mark_write`` phase markers; see ``data/real/README.md``) does not show allocations and
+frees directly. They are reconstructed from what the kernel's code guarantees:
+
+* ``__iommu_dma_map()`` / ``iommu_dma_map_sg()`` (drivers/iommu/dma-iommu.c) allocate the IOVA, then
+  ``iommu_map()`` emits one ``map`` event per physically contiguous chunk, then the ``dma_map_*``
+  event follows (kernel/dma/mapping.c). So an allocation happens before the first ``map`` line of
+  its range, on that line's CPU; the ``dma_*`` event on the same CPU closes it.
+* Its size is the IOVA length the matching ``unmap`` reports (``__iommu_dma_unmap`` unmaps the whole
+  granule-aligned range); where no unmap follows (coherent ``dma_alloc``), the span its ``map``
+  lines cover.
+* ``unmap`` (``__iommu_unmap``) is followed by ``iommu_dma_free_iova()`` on the same CPU: strict
+  domains free into that CPU's rcache (``free_iova_fast``), lazy ones queue the range in that CPU's
+  flush queue (``queue_iova``) until a ``flush_iotlb_all`` (``cache_tag_flush_all`` on VT-d).
+* An interrupt-context unmap can run between an allocation and its first ``map`` line; the
+  replayer then moves the allocation before the immediately preceding interrupt-context (or
+  other-CPU) frees, and counts and reports every such reorder.
+* Time: the rcache depot trim (``iova_depot_work_func``, 100 ms after a depot push) and, for lazy
+  captures without flush events, the flush-queue timer (10 ms) are driven by the event timestamps.
+
+The domain is built as ``iommu_dma_init_domain()`` does for the traced system: VT-d (4K|2M|1G,
+48-bit aperture), the x86 MSI window reserved, a PCI device with a 64-bit mask and the 32-bit-first
+workaround, ``ncpus`` per-CPU caches.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from bisect import bisect_right
+from dataclasses import dataclass, field
+
+from iovalab.kernel.device import Device
+from iovalab.kernel.dma_iommu import DmaDomain
+from iovalab.kernel.events import EventLog
+from iovalab.trace.ftrace import FtraceCapture, parse_ftrace
+from iovalab.trace.ftrace_write import (
+    format_dma_alloc, format_dma_map_page, format_dma_map_sg, format_dma_unmap_page, format_dma_unmap_sg,
+    format_line, format_map, format_unmap, write_ftrace,
+)
+from iovalab.kernel.iommu import IommuDomain, IotlbGather
+from iovalab.kernel.iova import IOVA_DEPOT_DELAY_MS, IOVA_RANGE_CACHE_MAX_SIZE
+from iovalab.kernel.units import DMA_BIT_MASK, DMA_MAPPING_ERROR, iova_align
+
+__all__ = ["Allocation", "PhaseResult", "ReplayResult", "reconstruct", "replay_capture", "events_to_ftrace",
+           "export_ftrace", "cli"]
+
+GRANULE = 0x1000
+_DMA_MAP_EVENTS = frozenset(("dma_map_page", "dma_map_sg", "dma_alloc", "dma_map_resource", "dma_map_phys",
+                             "dma_alloc_pages", "dma_alloc_sgt"))
+
+
+@dataclass
+class Allocation:
+    """One IOVA allocation seen in the capture."""
+
+    lineno: int          # line of its first ``map`` event
+    cpu: int
+    base: int            # IOVA the kernel chose (granule-aligned)
+    size: int = 0        # bytes (granule-aligned)
+    span_end: int = 0    # end of the map lines seen so far
+    kind: str = "?"      # dma_map_page | dma_map_sg | dma_alloc | ...
+    freed_at: int | None = None
+    timestamp: float = 0.0
+    closed: bool = False
+    size_hint: int = 0   # size of the unmap that will free it (0 = never unmapped)
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    first_line: int
+    allocations: int = 0
+    matched: int = 0
+    reordered: int = 0
+    mismatched: int = 0
+    first_mismatch: str | None = None
+
+
+@dataclass
+class ReplayResult:
+    path: str
+    cpus: int
+    mode: str
+    mode_inferred: str
+    allocations: int = 0
+    matched: int = 0
+    reordered: int = 0
+    mismatched: int = 0
+    frees: int = 0
+    unmatched_unmaps: int = 0
+    flushes: int = 0
+    phases: list[PhaseResult] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+    reorders: list[int] = field(default_factory=list)
+    sim_iovas: list[tuple[float, int, int]] = field(default_factory=list)  # (ts, sim iova, size)
+    kernel_iovas: list[tuple[float, int, int]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("path", "cpus", "mode", "mode_inferred", "allocations",
+                                           "matched", "reordered", "mismatched", "frees",
+                                           "unmatched_unmaps", "flushes", "seconds")}
+        d["phases"] = [vars(p) for p in self.phases]
+        d["mismatches"] = self.mismatches[:20]
+        d["reorder_lines"] = self.reorders
+        return d
+
+
+# --------------------------------------------------------------------------------------------
+def reconstruct(cap: FtraceCapture) -> list[tuple]:
+    """Turn the capture into an ordered list of steps:
+
+    ``("alloc", Allocation)``, ``("free", Allocation, cpu, irq, lineno, ts)``,
+    ``("flush", cpu, lineno, ts, softirq)`` (a ``cache_tag_flush_all``), ``("phase", name, lineno)``.
+    Unmaps of ranges not seen allocated become ``("unmatched", lineno)``.
+    """
+    steps: list[tuple] = []
+    # where each range will be unmapped: base -> [(lineno, size), ...] in file order, so that the
+    # extent of an allocation is known when its first map line is seen (two-step users emit no
+    # dma_* event that would close it)
+    unmaps: dict[int, list[tuple[int, int]]] = {}
+    for ln in cap.lines:
+        if ln.event == "unmap":
+            unmaps.setdefault(ln.fields["iova"], []).append((ln.lineno, ln.fields["size"]))
+
+    def extent(base: int, lineno: int) -> int:
+        later = unmaps.get(base, ())
+        i = bisect_right(later, (lineno, 1 << 64))
+        return later[i][1] if i < len(later) else 0
+
+    open_by_cpu: dict[int, list[Allocation]] = {}   # allocations whose dma_* event is pending
+    live: dict[int, Allocation] = {}        # base -> allocation
+    live_bases: list[int] = []              # sorted bases of live allocations
+    for ln in cap.lines:
+        ev = ln.event
+        if ev == "map":
+            iova, size = ln.fields["iova"], ln.fields["size"]
+            opened = open_by_cpu.setdefault(ln.cpu, [])
+            for cur in reversed(opened):   # a further chunk of a mapping still being built
+                limit = cur.base + cur.size_hint if cur.size_hint else cur.span_end + 1
+                if cur.base <= iova < limit:
+                    cur.span_end = max(cur.span_end, iova + size)
+                    break
+            else:
+                a = Allocation(ln.lineno, ln.cpu, iova, 0, iova + size, timestamp=ln.timestamp,
+                               size_hint=extent(iova, ln.lineno))
+                opened.append(a)
+                old = live.get(iova)
+                if old is not None:  # the trace never unmapped the old one: keep its mapped span
+                    old.size = iova_align(GRANULE, old.span_end - old.base)
+                else:
+                    live_bases.insert(bisect_right(live_bases, iova), iova)
+                live[iova] = a
+                steps.append(("alloc", a))
+        elif ev in _DMA_MAP_EVENTS:
+            opened = open_by_cpu.get(ln.cpu)
+            f = ln.fields
+            if opened and f.get("dma_addr") != DMA_MAPPING_ERROR:  # a failed map allocated nothing
+                addr = f.get("dma_addr")
+                if addr is None and f.get("dma_addrs"):
+                    addr = f["dma_addrs"][0]
+                pick = opened[-1]
+                if addr is not None:
+                    for cur in reversed(opened):
+                        if cur.base <= addr < max(cur.span_end, cur.base + 1):
+                            pick = cur
+                            break
+                opened.remove(pick)
+                pick.closed = True
+                pick.kind = ev
+        elif ev == "unmap":
+            iova, size = ln.fields["iova"], ln.fields["size"]
+            a = live.pop(iova, None)
+            if a is None:
+                steps.append(("unmatched", ln.lineno))
+                continue
+            live_bases.remove(iova)
+            a.size = size
+            a.freed_at = ln.lineno
+            a.closed = True
+            opened = open_by_cpu.get(a.cpu)
+            if opened and a in opened:
+                opened.remove(a)
+            steps.append(("free", a, ln.cpu, ln.in_irq, ln.lineno, ln.timestamp))
+        elif ev == "cache_tag_flush_all":
+            steps.append(("flush", ln.cpu, ln.lineno, ln.timestamp, ln.in_softirq))
+        elif ev == "tracing_mark_write":
+            steps.append(("phase", ln.text.strip(), ln.lineno))
+    for _, a in live.items():  # never unmapped: the span its map lines cover
+        a.size = iova_align(GRANULE, a.span_end - a.base)
+    for st in steps:
+        if st[0] == "alloc" and st[1].size <= 0:
+            st[1].size = iova_align(GRANULE, max(st[1].span_end - st[1].base, GRANULE))
+    return steps
+
+
+def infer_mode(cap: FtraceCapture) -> tuple[str, str]:
+    """strict or lazy, and how that was decided."""
+    c = cap.counts
+    if c.get("cache_tag_flush_range", 0):
+        return "strict", "strict: one ranged IOTLB flush per unmap (cache_tag_flush_range)"
+    if c.get("cache_tag_flush_all", 0):
+        return "lazy", "lazy: only domain-wide flushes (cache_tag_flush_all), none per unmap"
+    return "strict", ("strict (a guess: the capture has no IOTLB flush events; lazy is tried too "
+                      "when strict does not match)")
+
+
+class _Replayer:
+    def __init__(self, cpus: int, mode: str, flush_points: bool):
+        self.log = EventLog(keep=False)
+        iommu = IommuDomain.preset("intel-vtd", log=self.log)
+        self.dom = DmaDomain(iommu, strict=(mode == "strict"), ncpus=cpus, log=self.log,
+                             reserve_msi=True)
+        self.dev = Device(name="0000:00:01.0", dma_mask=DMA_BIT_MASK(64), is_pci=True)
+        self.lazy = mode == "lazy"
+        self.flush_points = flush_points  # lazy: flushes come from cache_tag_flush_all lines
+        self.trace_flushes = 0
+        self.depot_deadline: dict[int, float] = {}
+        self.depot_sizes = [0] * IOVA_RANGE_CACHE_MAX_SIZE
+        self.fq_deadline: float | None = None
+        self.desync_frees = 0
+        self.other_flushes = 0
+
+    # -- state save/restore for trying another order
+    def save(self):
+        d = self.dom
+        return (d.iovad.save(), [list(fq.entries) for fq in d.fqs], d.fq_flush_start_cnt,
+                d.fq_flush_finish_cnt, d.fq_timer_on, self.dev.pci_32bit_workaround,
+                dict(self.depot_deadline), list(self.depot_sizes), self.fq_deadline)
+
+    def restore(self, s):
+        d = self.dom
+        (iv, fqs, d.fq_flush_start_cnt, d.fq_flush_finish_cnt, d.fq_timer_on,
+         self.dev.pci_32bit_workaround, self.depot_deadline, self.depot_sizes, self.fq_deadline) = s
+        self.depot_deadline = dict(self.depot_deadline)
+        self.depot_sizes = list(self.depot_sizes)
+        d.iovad.restore(iv)
+        for fq, entries in zip(d.fqs, fqs, strict=True):
+            fq.entries = list(entries)
+
+    # -- time
+    def _note_depot(self, ts: float) -> None:
+        for b, r in enumerate(self.dom.iovad.rcaches):
+            if r.depot_size > self.depot_sizes[b] and b not in self.depot_deadline:
+                self.depot_deadline[b] = ts + IOVA_DEPOT_DELAY_MS / 1000
+            self.depot_sizes[b] = r.depot_size
+
+    def advance(self, ts: float, cpu: int) -> None:
+        for b, deadline in sorted(self.depot_deadline.items()):
+            while deadline is not None and ts >= deadline:
+                if self.dom.iovad.iova_depot_work_func(b):
+                    deadline += IOVA_DEPOT_DELAY_MS / 1000
+                else:
+                    deadline = None
+            if deadline is None:
+                del self.depot_deadline[b]
+            else:
+                self.depot_deadline[b] = deadline
+            self.depot_sizes[b] = self.dom.iovad.rcaches[b].depot_size
+        if self.lazy and not self.flush_points and self.dom.fq_timer_on:
+            if self.fq_deadline is None:
+                self.fq_deadline = ts + self.dom.fq_timeout / 1000
+            elif ts >= self.fq_deadline:
+                self.fq_deadline = None
+                self.flush(cpu)
+
+    # -- steps
+    def alloc(self, a: Allocation) -> int:
+        try:
+            return self.dom.iommu_dma_alloc_iova(a.size, self.dev.dma_get_mask(), self.dev, a.cpu)
+        except ValueError:  # e.g. a CPU beyond --cpus
+            return 0
+
+    def free(self, a: Allocation, cpu: int, ts: float) -> None:
+        try:
+            self._free(a, cpu, ts)
+        except ValueError:  # only after a mismatch: the simulator does not hold this range
+            self.desync_frees += 1
+
+    def _free(self, a: Allocation, cpu: int, ts: float) -> None:
+        g = IotlbGather()
+        g.queued = self.lazy
+        if self.lazy:
+            before = self.dom.fq_flush_start_cnt
+            self.dom.iommu_dma_free_iova(a.base, a.size, g, cpu)
+            if self.dom.fq_flush_start_cnt != before and self.flush_points:
+                # the queue-full flush the trace will show as a cache_tag_flush_all of its own
+                self.trace_flushes -= 1
+            if self.fq_deadline is None and self.dom.fq_timer_on and not self.flush_points:
+                self.fq_deadline = ts + self.dom.fq_timeout / 1000
+        else:
+            self.dom.iommu_dma_free_iova(a.base, a.size, g, cpu)
+        self._note_depot(ts)
+
+    def flush(self, cpu: int, timer: bool = True) -> None:
+        """A ``flush_iotlb_all`` seen in the capture. In softirq context it is the flush-queue timer
+        (``fq_flush_timeout``: flush, then free what every queue holds). Elsewhere it is the
+        queue-full flush inside ``queue_iova`` (which the simulator does by itself when its queue is
+        full) or a flush outside the flush queue, which frees nothing."""
+        if not timer:
+            if self.trace_flushes < 0:   # already done by the simulator's own queue-full flush
+                self.trace_flushes += 1
+            else:
+                self.other_flushes += 1
+            return
+        try:
+            self.dom.fq_flush_timeout(cpu)
+        except ValueError:
+            self.desync_frees += 1
+
+
+def replay_capture(cap: FtraceCapture, *, cpus: int | None = None, mode: str | None = None,
+                   path: str = "<capture>") -> ReplayResult:
+    """Replay a parsed capture; see the module docstring for the rules."""
+    t0 = time.perf_counter()
+    inferred_mode, why = infer_mode(cap)
+    if mode is None:
+        result = _replay(cap, cpus, inferred_mode, path, why)
+        if result.mismatched and "guess" in why:
+            alt = _replay(cap, cpus, "lazy", path, "lazy (a guess: strict did not match; flush "
+                          "points from the 10 ms flush-queue timer and event timestamps)")
+            if alt.mismatched < result.mismatched:
+                result = alt
+    else:
+        result = _replay(cap, cpus, mode, path, f"{mode} (given)")
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _replay(cap: FtraceCapture, cpus: int | None, mode: str, path: str, why: str) -> ReplayResult:
+    ncpus = cpus or cap.nr_cpus or (max(cap.cpus) + 1 if cap.cpus else 1)
+    steps = reconstruct(cap)
+    flush_points = any(s[0] == "flush" for s in steps)
+    rp = _Replayer(ncpus, mode, flush_points)
+    res = ReplayResult(path, ncpus, mode, why)
+    phase = PhaseResult("(before the first marker)", 1)
+    res.phases.append(phase)
+    pending: list[tuple] = []   # frees seen since the last allocation: (alloc, cpu, irq, ln, ts)
+
+    def apply_pending():
+        for (a, cpu, _irq, _ln, ts) in pending:
+            rp.free(a, cpu, ts)
+        pending.clear()
+
+    for st in steps:
+        kind = st[0]
+        if kind == "phase":
+            apply_pending()
+            phase = PhaseResult(st[1], st[2])
+            res.phases.append(phase)
+        elif kind == "unmatched":
+            res.unmatched_unmaps += 1
+        elif kind == "free":
+            _, a, cpu, irq, ln, ts = st
+            rp.advance(ts, cpu)
+            res.frees += 1
+            pending.append((a, cpu, irq, ln, ts))
+        elif kind == "flush":
+            _, cpu, ln, ts, softirq = st
+            apply_pending()
+            rp.advance(ts, cpu)
+            res.flushes += 1
+            rp.flush(cpu, timer=softirq)
+        elif kind == "alloc":
+            a = st[1]
+            rp.advance(a.timestamp, a.cpu)
+            res.allocations += 1
+            phase.allocations += 1
+            # frees that may be moved after this allocation: the trailing run of interrupt-context
+            # (or other-CPU) frees just before it
+            k_max = 0
+            for (_, cpu, irq, _, _) in reversed(pending):
+                if irq or cpu != a.cpu:
+                    k_max += 1
+                else:
+                    break
+            saved = rp.save() if k_max else None
+            got = None
+            chosen = 0
+            for k in range(k_max + 1):
+                if k:
+                    rp.restore(saved)
+                head = pending[:len(pending) - k]
+                tail = pending[len(pending) - k:]
+                for (fa, cpu, _irq, _ln, ts) in head:
+                    rp.free(fa, cpu, ts)
+                got = rp.alloc(a)
+                if got == a.base:
+                    for (fa, cpu, _irq, _ln, ts) in tail:
+                        rp.free(fa, cpu, ts)
+                    chosen = k
+                    break
+            else:
+                # no order matches: keep trace order and report
+                rp.restore(saved) if saved else None
+                if saved:
+                    for (fa, cpu, _irq, _ln, ts) in pending:
+                        rp.free(fa, cpu, ts)
+                    got = rp.alloc(a)
+                chosen = -1
+            pending.clear()
+            res.kernel_iovas.append((a.timestamp, a.base, a.size))
+            res.sim_iovas.append((a.timestamp, got, a.size))
+            if chosen >= 0:
+                res.matched += 1
+                phase.matched += 1
+                if chosen:
+                    res.reordered += 1
+                    phase.reordered += 1
+                    res.reorders.append(a.lineno)
+            else:
+                res.mismatched += 1
+                phase.mismatched += 1
+                msg = (f"line {a.lineno}: {a.size:#x} bytes on cpu{a.cpu}: kernel {a.base:#x}, "
+                       f"simulator {got:#x}")
+                res.mismatches.append(msg)
+                if phase.first_mismatch is None:
+                    phase.first_mismatch = msg
+                _resync(rp, a, got)
+    apply_pending()
+    return res
+
+
+def _resync(rp: _Replayer, a: Allocation, got: int) -> None:
+    """After a mismatch, give the simulator the kernel's range so later steps stay comparable."""
+    iovad = rp.dom.iovad
+    shift = iovad.shift
+    if got:
+        try:
+            iovad.free_iova(got >> shift)
+        except ValueError:
+            pass
+    lo, hi = a.base >> shift, ((a.base + a.size) >> shift) - 1
+    clash = iovad.find_iova(lo) or iovad.find_iova(hi) or any(
+        lo <= n.pfn_lo <= hi for n in iovad.nodes())
+    if not clash:
+        iovad.reserve_iova(lo, hi).reserved = False
+
+
+# --------------------------------------------------------------------------------------------
+_IRQ = "d.h.."
+_TASK = "....."
+
+
+def events_to_ftrace(events, *, start: float = 100.0, step_us: int = 10, task: str = "iovalab",
+                     pid: int = 4242, iotlb_events: bool = True) -> list[str]:
+    """A simulator run (its event list) as kernel ftrace text lines, in the formats of
+    ``include/trace/events/iommu.h`` (``map``, ``unmap``), ``include/trace/events/dma.h`` (6.12:
+    ``dma_map_page``, ``dma_unmap_page``, ``dma_map_sg``, ``dma_unmap_sg``, ``dma_alloc``) and, with
+    ``iotlb_events``, the VT-d ``cache_tag_flush_range``/``cache_tag_flush_all`` invalidations.
+
+    Unmaps and their ``dma_unmap_*`` lines get the hard-irq flags a completion interrupt shows;
+    timestamps advance ``step_us`` per line. Event order is the log's, which is the kernel's:
+    ``map`` before ``dma_map_*``, ``dma_unmap_sg`` before its ``unmap``, ``unmap`` before
+    ``dma_unmap_page``.
+    """
+    out = []
+    t = [int(start * 1e6)]
+
+    def line(cpu, flags, event, text):
+        ts = f"{t[0] // 1_000_000}.{t[0] % 1_000_000:06d}"
+        t[0] += step_us
+        out.append(format_line(task, pid, cpu, flags, ts, event, text))
+
+    events = list(events)
+    for n, e in enumerate(events):
+        a, k, f = e.args, e.kind, e.func
+        if k == "iommu_map_calls":
+            line(e.cpu, _TASK, "map", format_map(a["iova"], a["paddr"], a["size"]))
+        elif k == "iommu_unmap":
+            line(e.cpu, _IRQ, "unmap", format_unmap(a["iova"], a["size"], a["unmapped_size"]))
+        elif k == "iotlb_invalidations" and iotlb_events:
+            if a.get("scope") == "all":
+                # the flush-queue timer runs in softirq; a queue-full flush in the unmap's context
+                why = next((x.args.get("why") for x in events[n + 1:n + 4] if x.kind == "fq_flush"), None)
+                flags = _IRQ if why == "queue full" else "d.s2."
+                line(e.cpu, flags, "cache_tag_flush_all", "dmar0/dmar0 type iotlb did 3 pasid 0 ref 1")
+            elif "start" in a:
+                lo, hi = a["start"], a["end"]
+                pages = (hi - lo + 1) >> 12
+                line(e.cpu, "d.h1.", "cache_tag_flush_range",
+                     f"dmar0 dmar0[0] type iotlb did 3 [{lo:#x}-{hi:#x}] addr {lo:#x} pages {pages:#x} "
+                     f"mask {max(pages - 1, 0).bit_length():#x}")
+        elif k == "dma_api_calls":
+            dev = a.get("dev", "0000:00:01.0")
+            d = a.get("dir", 0)
+            if f == "dma_map_page":
+                line(e.cpu, _TASK, "dma_map_page",
+                     format_dma_map_page(dev, d, e.result, a["size"], a["phys"], a.get("attrs", 0)))
+            elif f == "dma_unmap_page":
+                line(e.cpu, _IRQ, "dma_unmap_page",
+                     format_dma_unmap_page(dev, d, a["dma_addr"], a["size"], a.get("attrs", 0)))
+            elif f == "dma_map_sg" and e.result:
+                line(e.cpu, _TASK, "dma_map_sg",
+                     format_dma_map_sg(dev, d, a["dma_addrs"], a["sizes"], a["phys"], 0))
+            elif f == "dma_unmap_sg":
+                line(e.cpu, _IRQ, "dma_unmap_sg", format_dma_unmap_sg(dev, d, a["phys"], 0))
+            elif f == "dma_alloc":
+                line(e.cpu, _TASK, "dma_alloc", format_dma_alloc(dev, d, e.result, a["size"]))
+    return out
+
+
+def export_ftrace(events, path, *, nr_cpus: int = 1, **kw) -> int:
+    """Write :func:`events_to_ftrace` lines with the kernel's ``trace`` file header; returns lines."""
+    lines = events_to_ftrace(events, **kw)
+    return write_ftrace(lines, path, header=True, nr_cpus=nr_cpus)
+
+
+def cli(args) -> int:
+    """``python -m iovalab replay-ftrace FILE [--cpus N] [--strict|--lazy] [--json]``."""
+    from iovalab.resources import resolve_data_paths
+    from iovalab.trace.ftrace import FtraceParseError
+
+    found = resolve_data_paths(args.file)
+    if len(found) != 1:
+        print(f"error: {args.file}: no such file, nor one bundled data file of that name (bundled: "
+              "real/*.trace)", file=sys.stderr)
+        return 2
+    try:
+        cap = parse_ftrace(found[0])
+    except FtraceParseError as e:
+        print(f"error: {args.file}: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {args.file}: {e.strerror}", file=sys.stderr)
+        return 2
+    res = replay_capture(cap, cpus=args.cpus, mode=args.mode, path=args.file)
+    if args.json:
+        print(json.dumps(res.as_dict(), indent=1))
+    else:
+        print(f"{args.file}: {res.cpus} CPU(s), {res.mode_inferred}")
+        print(f"{'phase':<62} {'allocs':>6} {'matched':>7} {'reord':>5} {'mismatch':>8}")
+        for p in res.phases:
+            if not p.allocations:
+                continue
+            print(f"{p.name[:62]:<62} {p.allocations:>6} {p.matched:>7} {p.reordered:>5} "
+                  f"{p.mismatched:>8}")
+            if p.first_mismatch:
+                print(f"    first mismatch: {p.first_mismatch}")
+        if res.unmatched_unmaps:
+            print(f"unmaps of ranges never seen mapped: {res.unmatched_unmaps}")
+        if res.reorders:
+            print(f"reordered allocations (moved before interrupt-context frees) at lines: "
+                  f"{', '.join(map(str, res.reorders[:20]))}")
+    print(f"TOTAL: {res.allocations} allocations, {res.matched} matched ({res.reordered} reordered), "
+          f"{res.mismatched} mismatched")
+    return 0 if res.mismatched == 0 else 1
