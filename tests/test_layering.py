@@ -36,6 +36,8 @@ RANK = {
 def modules():
     for p in sorted(PKG.rglob("*.py")):
         rel = p.relative_to(PKG).with_suffix("")
+        if rel.parts[0] == "data":   # package data (a capture's own scripts), not a module of the package
+            continue
         parts = list(rel.parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]
