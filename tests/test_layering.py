@@ -17,7 +17,9 @@ PKG = Path(__file__).resolve().parent.parent / "iovalab"
 RANK = {
     "resources": 0,
     "kernel": 0, "kernel.events": 0, "kernel.units": 0,
-    "kernel.iova": 1, "kernel.pgtable": 1,
+    "kernel.iova": 1, "kernel.pgtable.table": 0.5, "kernel.pgtable.ops": 0.6,
+    "kernel.pgtable.intel_vtd": 0.7, "kernel.pgtable.amd_v1": 0.7, "kernel.pgtable.arm_lpae": 0.7,
+    "kernel.pgtable.io_pgtable": 0.8, "kernel.pgtable": 0.9,
     "kernel.iommu": 2, "kernel.device": 2,
     "kernel.swiotlb": 3,
     "kernel.dma_iova": 3.5,

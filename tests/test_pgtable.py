@@ -9,7 +9,7 @@ from iovalab.kernel.pgtable import (
     IOMMU_CACHE,
     IOMMU_READ,
     IOMMU_WRITE,
-    IoPageTable,
+    alloc_io_pgtable_ops,
     arm_lpae_pgsizes,
 )
 from iovalab.kernel.units import EEXIST, EFAULT, EINVAL, ERANGE, SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M
@@ -21,8 +21,8 @@ K4, M2 = SZ_4K, SZ_2M
 def pt(fmt="x86-64", granule=SZ_4K, ias=48, driver=None, **kw):
     log = EventLog()
     flushes = []
-    t = IoPageTable(fmt, granule, ias, log, driver=driver,
-                    tlb_flush=lambda iova, size, func, cpu: flushes.append((iova, size, func)), **kw)
+    t = alloc_io_pgtable_ops(fmt, granule, ias, log, driver=driver,
+                             tlb_flush=lambda iova, size, func, cpu: flushes.append((iova, size, func)), **kw)
     t.flushes = flushes
     return t, log
 
@@ -75,7 +75,7 @@ def test_pgsizes_per_granule():
 def test_bad_configuration_raises(kw, needle):
     kw = {"fmt": "x86-64", "granule": SZ_4K, **kw}
     with pytest.raises(ValueError, match=needle):
-        IoPageTable(kw.pop("fmt"), kw.pop("granule"), kw.pop("ias", 48), **kw)
+        alloc_io_pgtable_ops(kw.pop("fmt"), kw.pop("granule"), kw.pop("ias", 48), **kw)
 
 
 # -- round trips --------------------------------------------------------------------------------

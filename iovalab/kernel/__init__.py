@@ -5,7 +5,9 @@ module                      kernel file it models (Linux 6.17 unless a docstring
 ==========================  ====================================================================
 ``events``, ``units``       the typed event log every layer writes; sizes, masks, errno
 ``iova``                    ``drivers/iommu/iova.c``
-``pgtable``                 ``drivers/iommu/intel/iommu.c`` (VT-d), ``amd/io_pgtable.c``, ``io-pgtable-arm.c``
+``pgtable``                 one module per format: ``intel_vtd`` (``intel/iommu.c``), ``amd_v1``
+                            (``amd/io_pgtable.c``), ``arm_lpae`` (``io-pgtable-arm.c``), ``ops``
+                            (``struct io_pgtable_ops``), ``io_pgtable`` (``io-pgtable.c``)
 ``iommu``                   ``drivers/iommu/iommu.c``: ``iommu_map``/``iommu_unmap``/``iommu_pgsize``, gather
 ``device``                  ``struct device`` DMA fields, masks, limits
 ``swiotlb``                 ``kernel/dma/swiotlb.c``

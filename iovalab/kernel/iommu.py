@@ -1,8 +1,8 @@
 """The IOMMU core: ``drivers/iommu/iommu.c`` and ``include/linux/iommu.h`` (Linux 6.16/6.17).
 
 An :class:`IommuDomain` is a paging ``struct iommu_domain``: its ``pgsize_bitmap``, geometry
-(aperture), the driver's page table (:class:`~iovalab.kernel.pgtable.IoPageTable`) and a model of the
-IOMMU's translation cache (IOTLB). The functions keep the kernel's names and steps:
+(aperture), the driver's page table (an :class:`~iovalab.kernel.pgtable.IoPgtable`, one class per
+format) and a model of the IOMMU's translation cache (IOTLB). The functions keep the kernel's names and steps:
 
 * map: ``iommu_map_nosync`` (alignment check, one ``iommu_pgsize`` + ``map_pages`` per step, unwind
   on error, one ``iommu:map`` trace on success), ``iommu_sync_map`` (the driver's
@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from iovalab.kernel.events import EventLog
 from iovalab.kernel.pgtable import (
     AMD_IOMMU_PGSIZES, IOMMU_CACHE, IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE,
-    IoPageTable,
+    IoPgtable, alloc_io_pgtable_ops,
 )
 from iovalab.kernel.units import EINVAL, SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M, ULONG_MAX, U64_MASK
 
@@ -237,8 +237,9 @@ class IommuDomain:
         if aperture_end >> ias:
             raise ValueError(f"aperture_end {aperture_end:#x} is beyond the {ias}-bit page table")
         self._log = log if log is not None else EventLog()
-        self.pgtable = IoPageTable(fmt, granule, ias, self._log, driver=driver, pgsize_bitmap=pgsize_bitmap,
-                                   oas=oas, tlb_flush=self._driver_flush)
+        self.pgtable: IoPgtable = alloc_io_pgtable_ops(fmt, granule, ias, self._log, driver=driver,
+                                                       pgsize_bitmap=pgsize_bitmap, oas=oas,
+                                                       tlb_flush=self._driver_flush)
         self.driver = self.pgtable.driver
         if gather_style is None:
             gather_style = _DRIVER_GATHER[self.driver]

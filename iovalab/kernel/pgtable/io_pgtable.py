@@ -1,0 +1,47 @@
+"""``drivers/iommu/io-pgtable.c``: ``alloc_io_pgtable_ops()`` picks the format's ops (Linux 6.17).
+
+The model keys formats by driver: ``"intel"`` (VT-d, x86-64), ``"amd"`` (AMD-Vi v1, x86-64) and
+``"arm"`` (io-pgtable-arm LPAE stage 1). VT-d and AMD v1 do not go through io-pgtable.c in 6.17 (their
+drivers own their tables); the factory treats them alike so the IOMMU core sees one protocol.
+"""
+
+from __future__ import annotations
+
+from iovalab.kernel.events import EventLog
+from iovalab.kernel.pgtable.amd_v1 import AmdV1Pgtable
+from iovalab.kernel.pgtable.arm_lpae import ArmLpaePgtable
+from iovalab.kernel.pgtable.intel_vtd import IntelVtdPgtable
+from iovalab.kernel.pgtable.ops import IoPgtable, TlbFlush
+from iovalab.kernel.units import SZ_4K
+
+__all__ = ["FORMATS", "DRIVERS", "PGTABLE_CLASSES", "alloc_io_pgtable_ops"]
+
+FORMATS = ("x86-64", "arm-lpae")
+DRIVERS = ("intel", "amd", "arm")
+_DEFAULT_DRIVER = {"x86-64": "intel", "arm-lpae": "arm"}
+#: driver name -> the class of its page-table format
+PGTABLE_CLASSES: dict[str, type[IoPgtable]] = {
+    "intel": IntelVtdPgtable, "amd": AmdV1Pgtable, "arm": ArmLpaePgtable,
+}
+
+
+def alloc_io_pgtable_ops(fmt: str = "x86-64", granule: int = SZ_4K, ias: int = 48, log: EventLog | None = None,
+                         *, driver: str | None = None, pgsize_bitmap: int | None = None, oas: int | None = None,
+                         tlb_flush: TlbFlush | None = None) -> IoPgtable:
+    """``alloc_io_pgtable_ops(fmt, cfg, cookie)``: a new page table of ``fmt`` for ``driver``.
+
+    :param fmt: ``"x86-64"`` or ``"arm-lpae"``.
+    :param driver: ``"intel"`` (default for x86-64), ``"amd"`` (x86-64) or ``"arm"`` (arm-lpae).
+    Other arguments: :class:`~iovalab.kernel.pgtable.ops.IoPgtable`. Raises ``ValueError`` for an
+    unknown format or driver, or a driver that does not use ``fmt``.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"page-table format {fmt!r} is not one of {FORMATS}")
+    driver = driver or _DEFAULT_DRIVER[fmt]
+    if driver not in DRIVERS:
+        raise ValueError(f"driver {driver!r} is not one of {DRIVERS}")
+    cls = PGTABLE_CLASSES[driver]
+    if cls.fmt != fmt:
+        raise ValueError(f"driver {driver!r} does not use the {fmt!r} format "
+                         "(intel/amd: x86-64; arm: arm-lpae)")
+    return cls(granule, ias, log, pgsize_bitmap=pgsize_bitmap, oas=oas, tlb_flush=tlb_flush)
