@@ -154,8 +154,8 @@ def test_modelled_ns_swiotlb_bytes_from_dict_and_log(model):
     assert model.modelled_ns(d, "p")["swiotlb_copy_per_byte"] == 500
     assert model.modelled_ns(d, "p")["total"] == 3098 + 500
     log = EventLog()
-    log.emit("swiotlb", "swiotlb_bounce", "swiotlb_copy", count=300)
-    log.emit("dma", "dma_map_page", "dma_api_calls")
+    log.tally("swiotlb_copy", 300)
+    log.tally("dma_api_calls")
     b = model.modelled_ns(log, "p")
     assert b["swiotlb_copy_per_byte"] == 150 and b["dma_api_call"] == 10 and b["total"] == 160
     assert b.notes == []

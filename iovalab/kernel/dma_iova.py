@@ -350,16 +350,14 @@ class IovaApi:
         """Run ``first()`` (one page the normal way), then ``bulk()`` for the rest; the tallies of the
         rest are the first page's per-kind counts times ``rest_n`` (table pages are counted by the bulk
         call itself)."""
-        t = self.log.totals
-        before = dict(t)
+        log = self.log
+        mark = log.mark()
         first()
-        delta = {k: v - before.get(k, 0) for k, v in t.items() if v != before.get(k, 0)}
+        delta = log.tallies_since(mark)
         delta.pop("table_pages", None)
         if not bulk():
             return False
-        for k, v in delta.items():
-            t[k] += v * rest_n
-        self.log.seq += sum(delta.values()) * rest_n
+        log.tally_many(delta, rest_n)
         return True
 
     def dma_iova_link_sync_pages(self, dev: Device, state: DmaIovaState, phys, offsets, size: int,

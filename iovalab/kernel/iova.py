@@ -289,13 +289,8 @@ class IovaDomain:
                     retried = True
                     continue
                 self.max32_alloc_size = size
-                log = self.log
-                if log.keep:
-                    log.emit(_L, "__alloc_and_insert_iova_range", "alloc_fail", -12, cpu=cpu,
-                             size=size, limit_pfn=limit_pfn, reason="no space",
-                             walked=walked, retried=retried)
-                else:
-                    log.tally("alloc_fail")
+                self.log.emit_values(_L, "__alloc_and_insert_iova_range", "alloc_fail", -12, cpu,
+                                     (size, limit_pfn, "no space", walked, retried))
                 return None
             break
         new = Iova(new_pfn, new_pfn + size - 1)
@@ -305,13 +300,9 @@ class IovaDomain:
             self.cached32_node = new
         else:
             self.cached_node = new
-        log = self.log
-        if log.keep:
-            log.emit(_L, "__alloc_and_insert_iova_range", "tree_alloc", new_pfn, cpu=cpu,
-                     size=size, limit_pfn=limit_pfn, size_aligned=size_aligned,
-                     walked=walked, retried=retried, below=prev.pfn_lo)
-        else:
-            log.totals["tree_alloc"] += 1
+        # (size, limit_pfn, size_aligned, walked, retried, below)
+        self.log.emit_values(_L, "__alloc_and_insert_iova_range", "tree_alloc", new_pfn, cpu,
+                             (size, limit_pfn, size_aligned, walked, retried, prev.pfn_lo))
         return new
 
     def _check_size_limit(self, func: str, size: int, limit_pfn: int) -> None:
@@ -336,12 +327,8 @@ class IovaDomain:
             self._check_size_limit("alloc_iova", size, limit_pfn)
         new = self._alloc_and_insert_iova_range(size, limit_pfn + 1, size_aligned, cpu)
         if new is not None:
-            log = self.log
-            if log.keep:
-                log.emit(_L, "alloc_iova", "iova_allocs", new.pfn_lo, cpu=cpu, size=size,
-                         limit_pfn=limit_pfn, size_aligned=size_aligned)
-            else:
-                log.totals["iova_allocs"] += 1
+            self.log.emit_values(_L, "alloc_iova", "iova_allocs", new.pfn_lo, cpu,
+                                 (size, limit_pfn, size_aligned))
         return new
 
     # -- lookups and frees -----------------------------------------------------------------
@@ -361,12 +348,7 @@ class IovaDomain:
         self.__cached_rbnode_delete_update(node, nodes[-neg[i - 1]] if i > 0 else None)
         del neg[i]
         del nodes[node.pfn_lo]
-        log = self.log
-        if log.keep:
-            log.emit(_L, "remove_iova", "tree_free", node.pfn_lo, cpu=cpu,
-                     pfn_lo=node.pfn_lo, pfn_hi=node.pfn_hi, why=why)
-        else:
-            log.totals["tree_free"] += 1
+        self.log.emit_values(_L, "remove_iova", "tree_free", node.pfn_lo, cpu, (node.pfn_lo, node.pfn_hi, why))
 
     def free_iova(self, pfn: int, cpu: int = 0) -> None:
         """``free_iova(iovad, pfn)`` (iova.c): free the whole node that holds ``pfn``.
@@ -379,11 +361,7 @@ class IovaDomain:
             raise ValueError(f"free_iova: no IOVA range holds pfn {pfn:#x} "
                              "(the kernel ignores this silently)")
         self._remove_iova(node, cpu, "free_iova")
-        log = self.log
-        if log.keep:
-            log.emit(_L, "free_iova", "iova_frees", None, cpu=cpu, pfn=pfn)
-        else:
-            log.totals["iova_frees"] += 1
+        self.log.emit_values(_L, "free_iova", "iova_frees", None, cpu, (pfn,))
 
     def reserve_iova(self, pfn_lo: int, pfn_hi: int) -> Iova:
         """``reserve_iova(iovad, pfn_lo, pfn_hi)`` (iova.c): mark a range as never allocatable.
@@ -451,12 +429,7 @@ class IovaDomain:
                 self.log.emit(_L, "iova_depot_push", "depot_push", None, cpu=cpu, bin=log_size,
                               depot_size=rcache.depot_size)
         c.loaded.pfns.append(pfn)
-        log = self.log
-        if log.keep:
-            log.emit(_L, "iova_rcache_insert", "rcache_insert", True, cpu=cpu, pfn=pfn,
-                     size=size, bin=log_size, how=how)
-        else:
-            log.totals["rcache_insert"] += 1
+        self.log.emit_values(_L, "iova_rcache_insert", "rcache_insert", True, cpu, (pfn, size, log_size, how))
         return True
 
     def iova_rcache_get(self, size: int, limit_pfn: int, cpu: int = 0) -> int:
@@ -483,7 +456,7 @@ class IovaDomain:
             else:
                 return 0
         pfn = c.loaded.pop(limit_pfn - size)
-        if pfn and src != "loaded" and self.log.keep:
+        if pfn and src != "loaded":
             self.log.emit(_L, "__iova_rcache_get", "magazine_swap", pfn, cpu=cpu, bin=log_size,
                           source=src)
         return pfn
@@ -504,36 +477,20 @@ class IovaDomain:
         if cpu.__class__ is not int or not 0 <= cpu < self.ncpus:
             self._check_cpu(cpu)
         log = self.log
-        keep = log.keep
         asked = size
         if size < (1 << (IOVA_RANGE_CACHE_MAX_SIZE - 1)):
             size = 1 << (size - 1).bit_length()  # roundup_pow_of_two
         pfn = self.iova_rcache_get(size, limit_pfn + 1, cpu)
         if pfn:
-            if keep:
-                log.emit(_L, "iova_rcache_get", "rcache_hits", pfn, cpu=cpu, size=size,
-                         limit_pfn=limit_pfn)
-                log.emit(_L, "alloc_iova_fast", "iova_allocs", pfn, cpu=cpu, size=asked,
-                         limit_pfn=limit_pfn, source="rcache")
-            else:
-                t = log.totals
-                t["rcache_hits"] += 1
-                t["iova_allocs"] += 1
+            log.emit_values(_L, "iova_rcache_get", "rcache_hits", pfn, cpu, (size, limit_pfn))
+            log.emit_values(_L, "alloc_iova_fast", "iova_allocs", pfn, cpu, (asked, limit_pfn, "rcache"))
             return pfn
         if size <= (1 << (IOVA_RANGE_CACHE_MAX_SIZE - 1)):
-            if keep:
-                log.emit(_L, "iova_rcache_get", "rcache_miss", 0, cpu=cpu, size=size,
-                         limit_pfn=limit_pfn)
-            else:
-                log.totals["rcache_miss"] += 1
+            log.emit_values(_L, "iova_rcache_get", "rcache_miss", 0, cpu, (size, limit_pfn))
         while True:
             new = self._alloc_and_insert_iova_range(size, limit_pfn + 1, True, cpu)
             if new is not None:
-                if keep:
-                    log.emit(_L, "alloc_iova_fast", "iova_allocs", new.pfn_lo, cpu=cpu,
-                             size=asked, limit_pfn=limit_pfn, source="tree")
-                else:
-                    log.totals["iova_allocs"] += 1
+                log.emit_values(_L, "alloc_iova_fast", "iova_allocs", new.pfn_lo, cpu, (asked, limit_pfn, "tree"))
                 return new.pfn_lo
             if not flush_rcache:
                 log.emit(_L, "alloc_iova_fast", "alloc_failed", 0, cpu=cpu, size=asked,
@@ -565,11 +522,7 @@ class IovaDomain:
             raise ValueError(f"free_iova_fast: no IOVA range holds pfn {pfn:#x}")
         log = self.log
         if self.iova_rcache_insert(pfn, size, cpu):
-            if log.keep:
-                log.emit(_L, "free_iova_fast", "iova_frees", None, cpu=cpu, pfn=pfn, size=size,
-                         dest="rcache")
-            else:
-                log.totals["iova_frees"] += 1
+            log.emit_values(_L, "free_iova_fast", "iova_frees", None, cpu, (pfn, size, "rcache"))
             return
         self._remove_iova(node, cpu, "free_iova")
         log.emit(_L, "free_iova_fast", "iova_frees", None, cpu=cpu, pfn=pfn, size=size,
