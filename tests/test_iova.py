@@ -144,7 +144,7 @@ def test_rcache_range_is_128k():
 
 @pytest.mark.parametrize("call, match", [
     (lambda d: d.alloc_iova(0, LIM32, True), "size 0"),
-    (lambda d: d.alloc_iova_fast(1, 0), "below start_pfn"),
+    (lambda d: d.alloc_iova_fast(1, -1), "limit_pfn -1"),
     (lambda d: d.free_iova(0x1234), "0x1234"),
     (lambda d: d.free_iova_fast(0x1234, 1), "0x1234"),
     (lambda d: d.alloc_iova_fast(1, LIM32, cpu=3), "cpu 3"),

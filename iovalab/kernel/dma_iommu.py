@@ -24,6 +24,7 @@ call is refused with ``-EINVAL`` after the WARN event so the simulator state sta
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from iovalab.kernel.device import (
@@ -39,9 +40,11 @@ from iovalab.kernel.dma_iova import (
 )
 from iovalab.kernel.iova import IovaDomain
 from iovalab.kernel.units import (
-    DMA_BIT_MASK, DMA_MAPPING_ERROR, EINVAL, ENOMEM, EOPNOTSUPP, DmaError, bits_per,
-    iova_align, iova_offset,
+    DMA_BIT_MASK, DMA_MAPPING_ERROR, EINVAL, ENOMEM, EOPNOTSUPP, U64_MASK, DmaError, _is_int, bits_per,
+    check_cpu, check_phys, check_size, iova_align, iova_offset,
 )
+
+
 
 __all__ = [
     "DMA_BIDIRECTIONAL", "DMA_TO_DEVICE", "DMA_FROM_DEVICE", "DMA_NONE", "DIR_NAMES",
@@ -259,8 +262,9 @@ class DmaDomain(IovaApi):
 
     def advance_time(self, ms: float, cpu: int = 0) -> bool:
         """Let ``ms`` milliseconds pass; fires the flush-queue timer if it is due. True if fired."""
-        if ms < 0:
-            raise ValueError(f"advance_time: ms {ms} must be >= 0")
+        if not isinstance(ms, int | float) or isinstance(ms, bool) or not math.isfinite(ms) or ms < 0:
+            raise ValueError(f"advance_time: ms {ms!r} must be a finite number >= 0")
+        check_cpu("advance_time", cpu, self.ncpus)
         self.now_ms += ms
         if self.fq_timer_on and self.now_ms >= self.fq_timer_deadline:
             self.fq_flush_timeout(cpu)
@@ -343,8 +347,9 @@ class DmaDomain(IovaApi):
         both ends; then ``__iommu_dma_map`` (allocate IOVA, ``iommu_map`` incl. ``iotlb_sync_map``).
         """
         self._validate_dir(dir)
-        if size <= 0:
-            raise ValueError(f"dma_map_page: size {size} must be > 0")
+        check_cpu("dma_map_page", cpu, self.ncpus)
+        check_size("dma_map_page", size)
+        check_phys("dma_map_page", phys, size)
         self.log.depth += 1
         try:
             orig = phys
@@ -372,10 +377,18 @@ class DmaDomain(IovaApi):
                        attrs: int = 0, cpu: int = 0) -> None:
         """``dma_unmap_page_attrs()`` -> ``iommu_dma_unmap_page()`` (dma-iommu.c)."""
         self._validate_dir(dir)
+        check_cpu("dma_unmap_page", cpu, self.ncpus)
+        check_size("dma_unmap_page", size)
+        if not _is_int(dma_addr) or not 0 <= dma_addr <= U64_MASK - size + 1:
+            raise ValueError(f"dma_unmap_page: dma_addr {dma_addr!r} + size {size:#x} is not a 64-bit DMA range")
         g = self.granule
         start = dma_addr - iova_offset(g, dma_addr)
         self._check_mapped("iommu_dma_unmap_page", start, iova_align(g, size + dma_addr - start), cpu)
         phys = self.iommu.iommu_iova_to_phys(dma_addr)
+        if self.swiotlb is not None and self.swiotlb.is_swiotlb_buffer(phys):
+            # what swiotlb_tbl_unmap_single will refuse (another device's min_align_mask, an address it
+            # never returned) is checked before anything is unmapped
+            self.swiotlb._lookup("swiotlb_tbl_unmap_single", phys, None, dev)
         self.log.depth += 1
         try:
             self.__iommu_dma_unmap(dev, dma_addr, size, cpu)
@@ -396,24 +409,35 @@ class DmaDomain(IovaApi):
         (``ents``); 0 on failure, as ``dma_map_sg`` does.
         """
         self._validate_dir(dir)
-        if not sgl:
-            raise ValueError("dma_map_sg: empty scatterlist")
+        check_cpu("dma_map_sg", cpu, self.ncpus)
+        if not isinstance(sgl, list) or not sgl:
+            raise ValueError(f"dma_map_sg: sgl {sgl!r} must be a non-empty list of ScatterEntry")
+        total = 0
+        for i, s in enumerate(sgl):
+            if not isinstance(s, ScatterEntry):
+                raise ValueError(f"dma_map_sg: sgl[{i}] {s!r} is not a ScatterEntry")
+            check_size(f"dma_map_sg: sgl[{i}]", s.length)
+            check_phys(f"dma_map_sg: sgl[{i}]", s.phys, s.length)
+            total += s.length
+        check_size("dma_map_sg: total length", total)
         g = self.granule
         self.log.depth += 1
         try:
-            if dev.untrusted:  # dev_use_sg_swiotlb: map every segment on its own
-                for s in sgl:
-                    s.dma_address = self.dma_map_page(dev, s.phys, s.length, dir, attrs, cpu)
-                    s.dma_length = s.length
-                    if s.dma_address == DMA_MAPPING_ERROR:
-                        for t in sgl:
-                            if t is s:
-                                break
-                            self.dma_unmap_page(dev, t.dma_address, t.length, dir, attrs, cpu)
-                        ents = 0
-                        break
-                else:
-                    ents = len(sgl)
+            if dev.untrusted:  # dev_use_sg_swiotlb: iommu_dma_map_sg_swiotlb, every segment on its own
+                done: list[ScatterEntry] = []
+                try:
+                    for s in sgl:
+                        s.dma_address = self.dma_map_page(dev, s.phys, s.length, dir, attrs, cpu)
+                        s.dma_length = s.length
+                        if s.dma_address == DMA_MAPPING_ERROR:
+                            break
+                        done.append(s)
+                finally:  # out_unmap: a failure (or an exception) unmaps the segments mapped so far
+                    if len(done) < len(sgl):
+                        for t in done:
+                            self.dma_unmap_page(dev, t.dma_address, t.length, dir,
+                                                attrs | DMA_ATTR_SKIP_CPU_SYNC, cpu)
+                ents = len(sgl) if len(done) == len(sgl) else 0
                 self._sg_swiotlb = True
                 return ents
             mask = dev.dma_get_seg_boundary()
@@ -459,9 +483,7 @@ class DmaDomain(IovaApi):
         for _s, (_, s_iova_len, s_iova_off, s_len) in zip(sgl, layout, strict=True):
             if cur_len and not s_iova_off and (dma_addr & seg_mask) and max_len - cur_len >= s_len:
                 cur_len += s_len
-            else:
-                if count:
-                    out[-1][1] = cur_len
+            else:  # start the next output segment; the previous one keeps its length
                 out.append([dma_addr + s_iova_off, s_len])
                 count += 1
                 cur_len = s_len
@@ -479,6 +501,14 @@ class DmaDomain(IovaApi):
         ``__iommu_dma_unmap`` from the first segment's DMA address to the end of the last
         non-empty one."""
         self._validate_dir(dir)
+        check_cpu("dma_unmap_sg", cpu, self.ncpus)
+        if not isinstance(sgl, list) or not sgl or not all(isinstance(s, ScatterEntry) for s in sgl):
+            raise ValueError(f"dma_unmap_sg: sgl {sgl!r} must be the non-empty list passed to dma_map_sg")
+        if dev.untrusted:
+            bad = [s for s in sgl if s.dma_address == DMA_MAPPING_ERROR or not s.dma_length]
+            if bad:
+                raise ValueError(f"dma_unmap_sg: segment {bad[0]!r} is not mapped (dma_map_sg failed or was "
+                                 "not called)")
         self._api("dma_unmap_sg", dev, cpu, None, dir=dir, phys=[s.phys for s in sgl])
         self.log.depth += 1
         try:
@@ -503,11 +533,15 @@ class DmaDomain(IovaApi):
         """``dma_alloc_attrs()`` -> ``iommu_dma_alloc()`` (simplified: one physically contiguous
         page-rounded buffer, mapped with the coherent mask). Returns ``(phys, dma_addr)``."""
         from iovalab.kernel.units import PAGE_SIZE
+        check_cpu("dma_alloc_coherent", cpu, self.ncpus)
+        check_size("dma_alloc_coherent", size)
         size = iova_align(PAGE_SIZE, size)
         phys = self._phys_next
-        self._phys_next += size
+        check_phys("dma_alloc_coherent", phys, size)
         addr = self.__iommu_dma_map(dev, phys, size, dma_info_to_prot(DMA_BIDIRECTIONAL, dev.coherent, 0),
                                     dev.coherent_dma_mask, cpu)
+        if addr != DMA_MAPPING_ERROR:  # a failed iommu_dma_alloc frees its pages again
+            self._phys_next += size
         self._api("dma_alloc", dev, cpu, addr, size=size, phys=phys)
         return phys, addr
 
@@ -522,7 +556,9 @@ class DmaDomain(IovaApi):
         """Comparable copy of allocator, page table and flush-queue state (for "no change" tests)."""
         return (self.iovad.snapshot(), self.iommu.snapshot(),
                 tuple(tuple((e.iova_pfn, e.pages, e.counter) for e in fq.entries) for fq in self.fqs),
-                self.fq_flush_start_cnt, self.fq_flush_finish_cnt)
+                self.fq_flush_start_cnt, self.fq_flush_finish_cnt, self.now_ms, self.fq_timer_on,
+                self.fq_timer_deadline, self._phys_next,
+                None if self.swiotlb is None else self.swiotlb.snapshot())
 
 
 _ = (ENOMEM, EOPNOTSUPP)  # re-exported errno names used by callers' docs

@@ -96,6 +96,12 @@ class IovaApi:
         rcache, power-of-two rounding below 32 granules, size alignment) and sets
         ``state->addr = iova + iova_offset(phys)``, ``state->__size = size``. No PTE is written.
         """
+        from iovalab.kernel.units import check_cpu, check_phys
+        check_cpu("dma_iova_try_alloc", cpu, self.ncpus)
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= (1 << 64) - 1:
+            raise ValueError(f"dma_iova_try_alloc: size {size!r} must be an int in 0..2^64-1 (size_t)")
+        if not size & DMA_IOVA_USE_SWIOTLB:
+            check_phys("dma_iova_try_alloc", phys, size)
         state.addr = 0
         state.size_field = 0
         ok = False
@@ -121,6 +127,18 @@ class IovaApi:
                   addr=state.addr, iova_len=iova_align(self.granule, size + iova_offset(self.granule, phys)))
         return ok
 
+    def _check_cpu_arg(self, func: str, cpu) -> None:
+        from iovalab.kernel.units import check_cpu
+        check_cpu(func, cpu, self.ncpus)
+
+    @staticmethod
+    def _check_range_args(func: str, offset, size, zero_ok: bool = False) -> None:
+        """``offset`` and ``size`` (``size_t``) must be ints with ``size > 0`` (``>= 0`` with ``zero_ok``)."""
+        from iovalab.kernel.units import check_size
+        check_size(func, size, zero_ok=zero_ok)
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= (1 << 64) - 1 - size:
+            raise ValueError(f"{func}: offset {offset!r} must be an int >= 0 inside the 64-bit space")
+
     def _state_iova(self, state: DmaIovaState) -> tuple[int, int]:
         g = self.granule
         pad = iova_offset(g, state.addr)
@@ -131,6 +149,7 @@ class IovaApi:
         (never queued, no IOTLB work). Every linked range must have been unlinked first."""
         if not dma_use_iova(state):
             raise ValueError("dma_iova_free: state does not hold an IOVA (dma_use_iova() is false)")
+        self._check_cpu_arg("dma_iova_free", cpu)
         base, length = self._state_iova(state)
         linked = self._mapped_granules(base, length)
         if linked:
@@ -156,8 +175,13 @@ class IovaApi:
         if not dma_use_iova(state):
             raise ValueError("dma_iova_link: state does not hold an IOVA (dma_iova_try_alloc failed "
                              "or was not called)")
-        if size <= 0 or offset < 0:
-            raise ValueError(f"dma_iova_link: size {size:#x} must be > 0 and offset {offset:#x} >= 0")
+        self._check_cpu_arg("dma_iova_link", cpu)
+        from iovalab.kernel.units import check_phys, check_size
+        check_size("dma_iova_link", size)
+        check_phys("dma_iova_link", phys, size)
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= (1 << 64) - 1 - size:
+            raise ValueError(f"dma_iova_link: offset {offset!r} must be an int >= 0 with offset + size "
+                             "inside the 64-bit space")
         g = self.granule
         pad = iova_offset(g, phys)
         if pad and offset > 0:
@@ -224,14 +248,23 @@ class IovaApi:
         if size:
             ret = self.__dma_iova_link(dev, addr + mapped, phys + mapped, size, dir, attrs, cpu)
             if ret:
-                return ret
+                return self._link_swiotlb_out_unmap(dev, state, offset, mapped, dir, attrs, cpu, ret)
             mapped += size
         if end_pad:
             ret = self._bounce_and_link(dev, addr + mapped, phys + mapped, end_pad, dir, attrs, 0, cpu)
             if ret:
-                return ret
+                return self._link_swiotlb_out_unmap(dev, state, offset, mapped, dir, attrs, cpu, ret)
             state.size_field |= DMA_IOVA_USE_SWIOTLB
         return 0
+
+    def _link_swiotlb_out_unmap(self, dev, state, offset, mapped, dir, attrs, cpu, ret) -> int:
+        """The ``out_unmap`` label of ``iommu_dma_iova_link_swiotlb()`` (dma-iommu.c, 7.3.4): a
+        failure after the head was bounced or the middle linked unlinks the ``mapped`` bytes linked
+        so far (``dma_iova_unlink``, which also releases the bounce slots). As in the kernel,
+        ``DMA_IOVA_USE_SWIOTLB`` stays set in ``state``."""
+        if mapped:
+            self.dma_iova_unlink(dev, state, offset, mapped, dir, attrs, cpu)
+        return ret
 
     def _bounce_and_link(self, dev, addr, phys, blen, dir, attrs, start_pad, cpu) -> int:
         """``iommu_dma_iova_bounce_and_link()`` (dma-iommu.c)."""
@@ -248,6 +281,8 @@ class IovaApi:
                       cpu: int = 0) -> int:
         """``dma_iova_sync(dev, state, offset, size)`` (dma-iommu.c): ``iommu_sync_map`` over the
         granule-rounded range. Returns 0."""
+        self._check_cpu_arg("dma_iova_sync", cpu)
+        self._check_range_args("dma_iova_sync", offset, size)
         g = self.granule
         a = state.addr + offset
         pad = iova_offset(g, a)
@@ -304,6 +339,8 @@ class IovaApi:
         self._validate_dir(dir)
         if not dma_use_iova(state):
             raise ValueError("dma_iova_unlink: state does not hold an IOVA")
+        self._check_cpu_arg("dma_iova_unlink", cpu)
+        self._check_range_args("dma_iova_unlink", offset, size)
         self.log.depth += 1
         try:
             self.__iommu_dma_iova_unlink("dma_iova_unlink", dev, state, offset, size, dir, attrs, False, cpu)
@@ -319,6 +356,8 @@ class IovaApi:
         self._validate_dir(dir)
         if not dma_use_iova(state):
             raise ValueError("dma_iova_destroy: state does not hold an IOVA")
+        self._check_cpu_arg("dma_iova_destroy", cpu)
+        self._check_range_args("dma_iova_destroy", 0, mapped_len, zero_ok=True)
         if mapped_len:
             self.log.depth += 1
             try:

@@ -16,8 +16,13 @@ Deviations (on purpose, all documented at the function):
 
 * ``free_iova`` of a pfn that no range holds silently returns in the kernel; here it raises
   ``ValueError`` so that a learner's bug is seen (the domain is left unchanged either way).
-* Sizes of 0 and limits below ``start_pfn`` are undefined behaviour in the kernel (``fls_long(-1)``
-  shift, wrap-around); here they raise ``ValueError``.
+* Sizes of 0 are undefined behaviour in the kernel (``fls_long(-1)`` shift); here they raise
+  ``ValueError``. A limit below ``start_pfn`` (a ``DMA_BIT_MASK(12)`` device) is an ordinary failure in
+  the kernel's walk and is one here too (0 / None, after ``alloc_iova_fast``'s rcache flush).
+* ``start_pfn`` must be >= 1: ``alloc_iova_fast`` returns 0 for failure, so pfn 0 could never be
+  handed out as a success (dma-iommu passes ``max(1, ...)``).
+* Ranges reaching ``IOVA_ANCHOR`` (possible only with ``granule == 1``) are refused by
+  ``reserve_iova``: the kernel would widen the anchor node.
 * Time does not pass by itself: the delayed depot trim (``iova_depot_work_func``, every
   ``IOVA_DEPOT_DELAY`` = 100 ms) runs only when :meth:`IovaDomain.iova_depot_work_func` is called.
 * Magazine allocation (``iova_magazine_alloc``, GFP_ATOMIC) never fails.
@@ -42,6 +47,8 @@ IOVA_ANCHOR = U64_MASK
 IOVA_MAG_SIZE = 127
 #: ``IOVA_RANGE_CACHE_MAX_SIZE`` (iova.c): number of rcache bins; bin = order_base_2(size) < 6.
 IOVA_RANGE_CACHE_MAX_SIZE = 6
+#: Most CPUs a domain may have: ``NR_CPUS`` with ``CONFIG_MAXSMP`` on x86_64 (arch/x86/Kconfig).
+MAX_CPUS = 8192
 #: ``IOVA_DEPOT_DELAY`` (iova.c) = msecs_to_jiffies(100).
 IOVA_DEPOT_DELAY_MS = 100
 
@@ -156,10 +163,12 @@ class IovaDomain:
         if granule > page_size:
             raise ValueError(f"granule {granule:#x} exceeds PAGE_SIZE {page_size:#x} "
                              "(init_iova_domain BUG_ON(granule > PAGE_SIZE))")
-        if not isinstance(start_pfn, int) or start_pfn < 0:
-            raise ValueError(f"start_pfn {start_pfn!r} must be a non-negative int")
-        if ncpus < 1:
-            raise ValueError(f"ncpus {ncpus} must be >= 1")
+        if not isinstance(start_pfn, int) or isinstance(start_pfn, bool) or not 1 <= start_pfn < IOVA_ANCHOR:
+            raise ValueError(f"start_pfn {start_pfn!r} must be an int >= 1 (alloc_iova_fast returns 0 for "
+                             "failure; iommu_dma_init_domain uses max(1, ...))")
+        if not isinstance(ncpus, int) or isinstance(ncpus, bool) or not 1 <= ncpus <= MAX_CPUS:
+            raise ValueError(f"ncpus {ncpus!r} must be an int in 1..{MAX_CPUS} (NR_CPUS of x86_64 "
+                             "MAXSMP is 8192)")
         self.log = log if log is not None else EventLog()
         self.granule = granule
         self.shift = granule.bit_length() - 1
@@ -309,8 +318,8 @@ class IovaDomain:
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"{func}: size {size!r} must be >= 1 granule "
                              "(the kernel computes fls_long(size - 1): size 0 is undefined)")
-        if not isinstance(limit_pfn, int) or limit_pfn < self.start_pfn:
-            raise ValueError(f"{func}: limit_pfn {limit_pfn!r} is below start_pfn {self.start_pfn:#x}")
+        if not isinstance(limit_pfn, int) or isinstance(limit_pfn, bool) or limit_pfn < 0:
+            raise ValueError(f"{func}: limit_pfn {limit_pfn!r} must be an int >= 0")
         if limit_pfn >= IOVA_ANCHOR:
             raise ValueError(f"{func}: limit_pfn {limit_pfn:#x} reaches the anchor pfn")
 
@@ -323,8 +332,10 @@ class IovaDomain:
         :returns: the new ``struct iova`` or None.
         """
         if size.__class__ is not int or size < 1 or limit_pfn.__class__ is not int \
-                or limit_pfn < self.start_pfn or limit_pfn >= IOVA_ANCHOR:
+                or limit_pfn < 0 or limit_pfn >= IOVA_ANCHOR:
             self._check_size_limit("alloc_iova", size, limit_pfn)
+        if cpu.__class__ is not int or not 0 <= cpu < self.ncpus:
+            self._check_cpu(cpu)
         new = self._alloc_and_insert_iova_range(size, limit_pfn + 1, size_aligned, cpu)
         if new is not None:
             self.log.emit_values(_L, "alloc_iova", "iova_allocs", new.pfn_lo, cpu,
@@ -334,6 +345,7 @@ class IovaDomain:
     # -- lookups and frees -----------------------------------------------------------------
     def find_iova(self, pfn: int) -> Iova | None:
         """``find_iova(iovad, pfn)`` (iova.c): the node with ``pfn_lo <= pfn <= pfn_hi``."""
+        self._check_pfn("find_iova", pfn)
         neg = self._neg
         i = bisect_left(neg, -pfn)
         if i >= len(neg):
@@ -356,6 +368,8 @@ class IovaDomain:
         Deviation: the kernel returns silently when no node holds ``pfn``; this raises
         ``ValueError`` (nothing changes either way).
         """
+        if cpu.__class__ is not int or not 0 <= cpu < self.ncpus:
+            self._check_cpu(cpu)
         node = self.find_iova(pfn)
         if node is None:
             raise ValueError(f"free_iova: no IOVA range holds pfn {pfn:#x} "
@@ -376,6 +390,9 @@ class IovaDomain:
         if (pfn_hi | pfn_lo) > (U64_MASK >> self.shift):
             raise ValueError(f"reserve_iova: pfn {pfn_hi:#x} beyond ULLONG_MAX >> iova_shift "
                              "(the kernel WARNs and returns NULL)")
+        if pfn_hi >= IOVA_ANCHOR:
+            raise ValueError(f"reserve_iova: pfn_hi {pfn_hi:#x} reaches IOVA_ANCHOR {IOVA_ANCHOR:#x} "
+                             "(the kernel would widen the anchor node)")
         overlap = False
         for key in reversed(self._neg[1:]):
             node = self._nodes[-key]
@@ -401,8 +418,13 @@ class IovaDomain:
         return node
 
     # -- the range caches ------------------------------------------------------------------
+    @staticmethod
+    def _check_pfn(func: str, pfn) -> None:
+        if not isinstance(pfn, int) or isinstance(pfn, bool) or not 0 <= pfn <= U64_MASK:
+            raise ValueError(f"{func}: pfn {pfn!r} must be an int in 0..2^64-1 (unsigned long)")
+
     def _check_cpu(self, cpu: int) -> None:
-        if not isinstance(cpu, int) or not 0 <= cpu < self.ncpus:
+        if not isinstance(cpu, int) or isinstance(cpu, bool) or not 0 <= cpu < self.ncpus:
             raise ValueError(f"cpu {cpu!r} is not one of this domain's CPUs 0..{self.ncpus - 1}")
 
     def iova_rcache_insert(self, pfn: int, size: int, cpu: int = 0) -> bool:
@@ -472,7 +494,7 @@ class IovaDomain:
         :returns: ``pfn_lo`` of the range, 0 on failure.
         """
         if size.__class__ is not int or size < 1 or limit_pfn.__class__ is not int \
-                or limit_pfn < self.start_pfn or limit_pfn >= IOVA_ANCHOR:
+                or limit_pfn < 0 or limit_pfn >= IOVA_ANCHOR:
             self._check_size_limit("alloc_iova_fast", size, limit_pfn)
         if cpu.__class__ is not int or not 0 <= cpu < self.ncpus:
             self._check_cpu(cpu)
@@ -515,6 +537,8 @@ class IovaDomain:
             self._check_cpu(cpu)
         if size.__class__ is not int or size < 1:
             raise ValueError(f"free_iova_fast: size {size!r} must be >= 1 granule")
+        if pfn.__class__ is not int:
+            self._check_pfn("free_iova_fast", pfn)
         neg = self._neg
         i = bisect_left(neg, -pfn)  # find_iova(pfn), inline
         node = self._nodes[-neg[i]] if i < len(neg) else None
@@ -540,6 +564,7 @@ class IovaDomain:
 
     def free_cpu_cached_iovas(self, cpu: int) -> None:
         """``free_cpu_cached_iovas(cpu, iovad)`` (iova.c): ``loaded`` then ``prev`` of every bin."""
+        self._check_cpu(cpu)
         for b, rcache in enumerate(self.rcaches):
             c = rcache.cpu_rcaches[cpu]
             n = c.loaded.size + c.prev.size
@@ -566,6 +591,12 @@ class IovaDomain:
         Frees one depot magazine of ``bin`` back to the tree while the depot holds more magazines
         than online CPUs. Returns True when it did (the kernel then reschedules itself).
         """
+        if not isinstance(bin, int) or isinstance(bin, bool) or not 0 <= bin < IOVA_RANGE_CACHE_MAX_SIZE:
+            raise ValueError(f"iova_depot_work_func: bin {bin!r} must be an int in "
+                             f"0..{IOVA_RANGE_CACHE_MAX_SIZE - 1} (IOVA_RANGE_CACHE_MAX_SIZE bins)")
+        if online_cpus is not None and (not isinstance(online_cpus, int) or isinstance(online_cpus, bool)
+                                        or not 1 <= online_cpus <= MAX_CPUS):
+            raise ValueError(f"iova_depot_work_func: online_cpus {online_cpus!r} must be an int in 1..{MAX_CPUS}")
         rcache = self.rcaches[bin]
         if rcache.depot_size > (online_cpus or self.ncpus):
             mag = rcache.depot.pop()

@@ -14,7 +14,7 @@ from __future__ import annotations
 __all__ = [
     "SZ_4K", "SZ_16K", "SZ_64K", "SZ_128K", "SZ_2M", "SZ_32M", "SZ_512M", "SZ_1G",
     "PAGE_SIZE", "U64_MASK", "ULONG_MAX",
-    "DMA_BIT_MASK", "DMA_MAPPING_ERROR",
+    "DMA_BIT_MASK", "DMA_MAPPING_ERROR", "MAX_MAP_SIZE", "check_cpu", "check_size", "check_phys",
     "__ffs", "__fls", "ffs_index", "fls_index", "fls_long", "is_power_of_2", "roundup_pow_of_two",
     "order_base_2",
     "bits_per", "GENMASK",
@@ -212,3 +212,34 @@ def parse_int(text: str | int) -> int:
         return int(s, 0) * mult
     except ValueError:
         raise ValueError(f"{text!r} is not a number (use decimal, 0x-hex, or 4K/2M/1G)") from None
+
+
+# -- argument checks shared by the DMA layers (ValueError naming the value and the rule) --------------
+#: Largest size one DMA call may map (bytes): 2^36 = 64 GiB. The kernel has no such limit (``size_t``);
+#: it bounds the work one typed-in size can cause (64 GiB in 4 KiB pages is 16M PTEs, under a second).
+#: Larger sizes raise ``ValueError`` before any state changes.
+MAX_MAP_SIZE = 1 << 36
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_cpu(func: str, cpu, ncpus: int) -> None:
+    """``cpu`` must be an int in ``0..ncpus-1`` (``smp_processor_id()`` of a possible CPU)."""
+    if not _is_int(cpu) or not 0 <= cpu < ncpus:
+        raise ValueError(f"{func}: cpu {cpu!r} is not one of this domain's CPUs 0..{ncpus - 1}")
+
+
+def check_size(func: str, size, *, zero_ok: bool = False) -> None:
+    """``size`` must be an int in ``1..MAX_MAP_SIZE`` (``0..`` with ``zero_ok``)."""
+    if not _is_int(size) or not (0 if zero_ok else 1) <= size <= MAX_MAP_SIZE:
+        raise ValueError(f"{func}: size {size!r} must be an int in {0 if zero_ok else 1}..{MAX_MAP_SIZE:#x} "
+                         "(MAX_MAP_SIZE: the simulator's bound of 64 GiB per call)")
+
+
+def check_phys(func: str, phys, size: int) -> None:
+    """``phys`` must be a ``phys_addr_t`` (u64) with ``phys + size`` inside the 64-bit space."""
+    if not _is_int(phys) or not 0 <= phys or phys + size - 1 > U64_MASK:
+        raise ValueError(f"{func}: phys {phys!r} + size {size:#x} is not inside the 64-bit physical address "
+                         "space (phys_addr_t)")
