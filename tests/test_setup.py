@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,10 +30,49 @@ def test_readme_shows_the_two_commands_first():
     assert 0 <= lab < 1500 and 0 <= test < 1500
 
 
-def test_environment_yml_uses_pyproject():
+#: PyPI name -> conda-forge name, where the two differ (none today; add them here, e.g. "torch": "pytorch").
+CONDA_FORGE_NAMES: dict[str, str] = {}
+
+
+def _pyproject_runtime() -> dict[str, str]:
+    """{conda-forge name: version bounds} of pyproject's dependencies and its ``lab`` extra."""
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    out = {}
+    for req in [*meta["dependencies"], *meta["optional-dependencies"]["lab"]]:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*(.*)", req.strip())
+        name = m.group(1).lower()
+        out[CONDA_FORGE_NAMES.get(name, name)] = m.group(2).replace(" ", "")
+    return out
+
+
+def _environment_yml() -> tuple[dict[str, str], list[str]]:
+    """(conda dependencies except python and pip, the pip section's lines) of environment.yml."""
+    conda, pip, in_pip = {}, [], False
+    for raw in (ROOT / "environment.yml").read_text().splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        if line.strip() == "- pip:":
+            in_pip = True
+            continue
+        if in_pip and raw.startswith("      - "):
+            pip.append(line.strip()[2:].strip())
+            continue
+        in_pip = False
+        if raw.startswith("  - ") and not line.strip().startswith(("- conda-forge",)):
+            spec = line.strip()[2:].strip()
+            m = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*(.*)", spec)
+            conda[m.group(1).lower()] = m.group(2).replace(" ", "")
+    return conda, pip
+
+
+def test_environment_yml_lists_the_runtime_dependencies_from_conda_forge():
     text = (ROOT / "environment.yml").read_text()
     assert "conda-forge" in text and re.search(r"python=3\.1\d", text)
-    assert '-e ".[lab]"' in text
+    conda, pip = _environment_yml()
+    assert conda.pop("python").startswith("=3.1") and conda.pop("pip") == ""
+    assert conda == _pyproject_runtime()             # same names, same bounds
+    assert pip == ["-e ."], pip                     # pip adds the package itself, no extra to resolve
 
 
 def test_tests_never_read_shared():
