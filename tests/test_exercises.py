@@ -81,7 +81,7 @@ def test_numbers_in_hex_or_decimal(problems):
 def test_multi_value_answer_forms():
     p = make_problem("pgsize_split", dict(preset="intel-vtd", bitmap=0x40201000, iova=0x1FF000, paddr=0x3FF000,
                                           size=0x401000))
-    assert p.value == [(1, 0x1000), (2, 0x200000)]              # kernel-spec §5.2 worked example
+    assert p.value == [(1, 0x1000), (2, 0x200000)]              # iommu.c iommu_pgsize() example
     for text in ("1x4K, 2x2M", "1 x 0x1000; 2*2M", "1×4096,2x2097152"):
         assert p.check(text).correct, text
     assert not p.check("2x2M, 1x4K").correct
@@ -108,7 +108,8 @@ def test_review_thread_arithmetic_as_problems():
 
 
 def test_nvme_prp_worked_example():
-    """kernel-spec §6.2: {0x12345200+0xE00, 0x20000000+0x1000, 0x30000000+0x3000, 0x40000000+0x800}."""
+    """The four-segment NVMe read of notebooks/04:
+    {0x12345200+0xE00, 0x20000000+0x1000, 0x30000000+0x3000, 0x40000000+0x800}."""
     p = make_problem("nvme_prp", dict(segments=[[0x12345200, 0xE00], [0x20000000, 0x1000],
                                                 [0x30000000, 0x3000], [0x40000000, 0x800]]))
     assert p.value == [0xFFFF8200, 0xFFFF9000, 0xFFFFA000, 0xFFFFB000, 0xFFFFC000, 0xFFFFD000]

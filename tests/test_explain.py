@@ -81,7 +81,7 @@ def test_mask_walk_32bit_device_runs_out():
 
 
 def test_mask_walk_forcedac_and_bus_limit():
-    w = mask_walk(64, count=2, forcedac=True)                     # kernel-spec §2.7 64-bit example
+    w = mask_walk(64, count=2, forcedac=True)                     # iova.c 64-bit example (forcedac)
     assert [a.iova for a in w.allocs] == [0xFFFFFFFFF000, 0xFFFFFFFFE000]
     w = mask_walk(40, count=1, bus_limit_bits=36, pci=False)
     assert w.dma_limit == DMA_BIT_MASK(36)

@@ -50,7 +50,7 @@ def test_pgsize_trace_replay_has_no_mismatch():
 
 
 @pytest.mark.parametrize("bitmap,iova,pa,size,expect", [
-    # kernel-spec §5.2 worked examples
+    # iommu_pgsize() worked examples (drivers/iommu/iommu.c, 6.17)
     (INTEL, 0xFFE00000, 0x40200000, 4 << 20, [(0xFFE00000, 0x40200000, M2, 2)]),
     (INTEL, 0x1FF000, 0x3FF000, 0x401000, [(0x1FF000, 0x3FF000, K4, 1), (0x200000, 0x400000, M2, 2)]),
     (INTEL, 0x40000000, 0x80000000, SZ_1G + M2 + 3 * K4,

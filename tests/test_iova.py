@@ -1,4 +1,4 @@
-"""drivers/iommu/iova.c model: worked examples (kernel-spec §2.7), rcache paths, errors, invariants."""
+"""drivers/iommu/iova.c model: worked examples (a fresh 4 KiB domain, 6.17), rcache paths, errors, invariants."""
 
 import pytest
 from hypothesis import given, settings

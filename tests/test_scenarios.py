@@ -174,7 +174,7 @@ def test_prp_unaligned_12k_page_hand_derivation():
 
 
 def test_prp_kernel_spec_worked_example():
-    # kernel-spec §6.2: try_alloc asks 0x6000 (6 pages -> 8, aligned 8) -> node 0xFFFF8-0xFFFFF,
+    # NVMe worked example: try_alloc asks 0x6000 (6 pages -> 8, aligned 8) -> node 0xFFFF8-0xFFFFF,
     # state.addr 0xFFFF8200; PRP1 0xFFFF8200; list 0xFFFF9000..0xFFFFD000; one destroy of 0x5600.
     for api in ("iova", "sg"):
         r = run_scenario("nvme-spec-example", api=api)

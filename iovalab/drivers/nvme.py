@@ -45,7 +45,8 @@ then completed in order), as the real capture's 1 MiB reads show.
 Model limits (stated, not hidden): the descriptor pages (PRP lists, SGL segments) come from
 ``dma_pool`` memory mapped once at probe time; their DMA addresses are not modelled (shown as
 ``prp2_kind="list"`` with ``prp2=None``) and they take no IOVA here, so a fresh domain's first
-request gets the first IOVA (as in kernel-spec §6.2's worked example). Splitting ignores the logical
+request gets the first IOVA (as in the worked example of notebooks/04-two-step-api and
+tests/test_dma.py). Splitting ignores the logical
 block size beyond requiring a 512-byte multiple; no integrity metadata, no P2P.
 """
 

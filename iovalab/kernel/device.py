@@ -10,9 +10,10 @@ Mirrors: ``include/linux/dma-mapping.h`` (``dma_get_mask``, ``dma_set_mask_and_c
 ``drivers/pci/probe.c`` (``pci_device_add`` defaults) and ``include/linux/dma-direction.h``.
 
 A :class:`Device` is a plain dataclass holding the fields the DMA/IOMMU layers read
-(kernel-spec §9 "Per device"). Everything here assumes the device sits behind an IOMMU DMA domain
-(``use_dma_iommu(dev)`` true), which is the only case the simulator models; where the answer would
-differ for dma-direct devices the docstring says so.
+(the per-device fields of ``struct device``, ``struct dev_iommu`` and ``struct pci_dev``
+that drivers/iommu/dma-iommu.c and kernel/dma/mapping.c consult, 6.17). Everything here assumes the
+device sits behind an IOMMU DMA domain (``use_dma_iommu(dev)`` true), which is the only case the
+simulator models; where the answer would differ for dma-direct devices the docstring says so.
 
 Model choices (all deliberate, none hides a kernel difference):
 
@@ -299,7 +300,9 @@ class Device:
         True iff ``min_not_zero(dma_get_mask(dev), dev->bus_dma_limit) < dma_get_required_mask(dev)``;
         for IOMMU-DMA devices the second test (``dma_direct_all_ram_mapped``) is skipped, so with the
         required mask being ``DMA_BIT_MASK(32)`` only devices that cannot reach all of the low 4 GiB
-        are "limited" (kernel-spec §3.9). HMM refuses such devices (``hmm_dma_map_alloc``).
+        are "limited" (kernel/dma/mapping.c: ``dma_addressing_limited()``, ``dma_get_required_mask()``;
+        drivers/iommu/dma-iommu.c: ``iommu_dma_get_required_mask()``, 6.17). HMM refuses such devices
+        (``hmm_dma_map_alloc``).
         """
         mask = self.dma_get_mask()
         lim = min(mask, self.bus_dma_limit) if self.bus_dma_limit else mask
@@ -390,7 +393,8 @@ class Device:
 
         ``IS_ENABLED(CONFIG_SWIOTLB) && (dev_is_untrusted(dev) || dma_kmalloc_needs_bounce(...))``.
         The caller still bounces only if the buffer is not granule-aligned (``iova_unaligned``,
-        kernel-spec §3.6 step 1); on x86 only untrusted devices ever get here with ``True``.
+        drivers/iommu/dma-iommu.c: ``iommu_dma_map_page()``, 6.17); on x86 only untrusted devices ever get here
+        with ``True``.
         """
         return self.dev_is_untrusted() or self.dma_kmalloc_needs_bounce(size, dir)
 
@@ -402,7 +406,8 @@ class Device:
         ``dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(64))`` (48 with
         ``NVME_QUIRK_DMA_ADDRESS_BITS_48``), ``dma_set_min_align_mask(&pdev->dev,
         NVME_CTRL_PAGE_SIZE - 1)``, ``dma_set_max_seg_size(&pdev->dev, 0xffffffff)``; the segment
-        boundary stays at the PCI default ``0xffffffff`` (kernel-spec §6.2).
+        boundary stays at the PCI default ``0xffffffff`` (drivers/nvme/host/pci.c: ``nvme_pci_alloc_dev()``;
+        drivers/pci/probe.c: ``pci_device_add()``, 6.17).
         """
         dev = cls(name=name, **kw)
         dev.dma_set_mask_and_coherent(DMA_BIT_MASK(64))
@@ -417,7 +422,8 @@ class Device:
         ``set_pcie_untrusted()`` (drivers/pci/probe.c) marks devices below an external-facing port
         (ACPI ``ExternalFacingPort`` / DT ``external-facing``) untrusted; ``iommu_get_def_domain_type``
         then forces a strict DMA domain, and unaligned mappings are bounced through swiotlb
-        (kernel-spec §3.1, §3.6).
+        (drivers/iommu/iommu.c: ``iommu_get_def_domain_type()``; drivers/iommu/dma-iommu.c:
+        ``dev_use_swiotlb()``, ``iommu_dma_map_page()``, 6.17).
         """
         return cls.nvme(name=name, untrusted=True, **kw)
 

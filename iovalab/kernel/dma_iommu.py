@@ -11,7 +11,7 @@ Classic paths: ``dma_map_page``/``dma_unmap_page`` (``iommu_dma_map_page``, ``__
 ``__iommu_dma_unmap``), ``dma_map_sg``/``dma_unmap_sg`` (``iommu_dma_map_sg``: one IOVA for the
 whole list, boundary padding, ``__finalise_sg`` merging), ``dma_alloc_coherent``.
 
-Error conventions (see DESIGN.md "Errors are data"): where the kernel returns an errno, the
+Error conventions (errors are data): where the kernel returns an errno, the
 simulator raises :class:`~iovalab.kernel.units.DmaError` with that errno *before* changing any state
 (a ``warn`` event is logged first where the kernel WARNs). ``dma_map_page`` returns
 ``DMA_MAPPING_ERROR`` and ``dma_iova_try_alloc`` returns False exactly where the kernel does.

@@ -41,8 +41,8 @@ buffer into the slot for **every** direction, including ``DMA_FROM_DEVICE`` (so 
 device write cannot expose stale bounce-buffer bytes), and ignores ``DMA_ATTR_SKIP_CPU_SYNC`` for that
 copy; the copy back on unmap happens only for ``DMA_FROM_DEVICE``/``DMA_BIDIRECTIONAL`` without
 ``DMA_ATTR_SKIP_CPU_SYNC``. The ``swiotlb_bounced`` tracepoint is emitted by the dma-iommu caller in
-6.16 (``iommu_dma_map_swiotlb``, kernel-spec §8.3); a 2025 patch by Steven Rostedt moves it into
-``swiotlb_tbl_map_single`` (same event order for IOMMU callers).
+6.16 (drivers/iommu/dma-iommu.c: ``iommu_dma_map_swiotlb()``; include/trace/events/swiotlb.h);
+a 2025 patch by Steven Rostedt moves it into ``swiotlb_tbl_map_single`` (same event order for IOMMU callers).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def format_swiotlb_bounced(args: dict) -> str:
     """The ``TP_printk`` text of a ``swiotlb_bounced`` event (include/trace/events/swiotlb.h).
 
     ``"dev_name: %s dma_mask=%llx dev_addr=%llx size=%zu %s"`` with ``FORCE``/``NORMAL`` last
-    (kernel-spec §8.3); ``args`` is the ``args`` dict of the event.
+    (include/trace/events/swiotlb.h, 6.16); ``args`` is the ``args`` dict of the event.
     """
     return (f"dev_name: {args['dev_name']} dma_mask={args['dma_mask']:x} dev_addr={args['dev_addr']:x} "
             f"size={args['size']} {args['force']}")

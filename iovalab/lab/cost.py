@@ -3,8 +3,8 @@
 No kernel analogue: this turns the event counters of a simulated run (``iovalab.kernel.events.Counters``)
 into a **modelled** cost in nanoseconds, ``Σ count × cost``, with one cost per counted operation
 and platform preset. The results are MODELLED, NOT MEASURED: each per-operation cost in the CSV
-either cites a published figure (author, message id or URL, and how well it was verified, from
-``/work/shared/cost-anchors.md``) or is marked ``assumed`` with its reasoning; most are assumed.
+either cites a published figure (author, message id or URL, and how well it was verified) or is
+marked ``assumed`` with its reasoning; most are assumed.
 Use the output to compare the *shape* of two runs (which operation dominates, how a difference
 scales), never as a prediction of wall-clock time. Every label this module produces says
 "modelled". See ``data/cost-model.README.md`` for every derivation and caveat.
@@ -321,7 +321,7 @@ def load_cost_model(path: str | Path | None = None) -> CostModel:
                     raise CostModelError(f"{p}:{line}: ns {ns_text!r} must be a finite number >= 0")
                 if not source:
                     raise CostModelError(f"{p}:{line}: empty source "
-                                         "(cite cost-anchors.md or write 'assumed')")
+                                         "(cite the published figure or write 'assumed')")
                 if (op, preset) in seen:
                     raise CostModelError(f"{p}:{line}: duplicate ({op}, {preset}); first on line "
                                          f"{seen[(op, preset)]}")

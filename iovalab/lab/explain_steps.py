@@ -29,7 +29,8 @@ PATH_TITLES = {
 }
 
 #: Built-in demo workloads: one request each, ``[(phys, length), ...]`` in bytes. ``nvme-demo`` is
-#: the worked example of kernel-spec §6.2 (an unaligned first segment, a partial last one).
+#: a four-segment NVMe read through ``blk_rq_dma_map_iova()`` (block/blk-mq-dma.c, 6.17): an unaligned
+#: first segment, a partial last one.
 DEMO_WORKLOADS: dict[str, tuple[str, tuple[tuple[int, int], ...]]] = {
     "nvme-demo": ("NVMe-like request: 4 segments, unaligned start, partial last page",
                   ((0x12345200, 0xE00), (0x20000000, 0x1000), (0x30000000, 0x3000), (0x40000000, 0x800))),

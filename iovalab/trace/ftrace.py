@@ -14,7 +14,8 @@ Mirrors the text the kernel prints, not a kernel data structure:
   ``drivers/iommu/intel/trace.h`` (``qi_submit``, ``cache_tag_*``) and the ``trace_marker``
   entry (``tracing_mark_write``).
 
-Format variants accepted (kernel-spec §8 vs. the real 6.12.95 Debian capture in ``data/real``):
+Format variants accepted (the ``TP_printk`` formats of include/trace/events/{iommu,dma,swiotlb}.h
+vs. the real 6.12.95 Debian capture in ``data/real``):
 
 * ``dma_map_sg``: upstream 6.12.0 prints ``dir=%s dma_addrs=%s sizes=%s phys_addrs=%s attrs=%s``;
   the stable/Debian 6.12.95 kernel (and mainline since) prints ``dir=%s nents=%d/%d ents=%d/%d%s

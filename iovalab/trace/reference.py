@@ -188,7 +188,8 @@ def _dma_section(header: dict) -> Callable[[dict], object]:
             got = None
             if addr != DMA_MAPPING_ERROR:
                 # what iommu_map() hands the driver for each map call (the trace's driver maps a
-                # whole request per call; io-pgtable-arm would split at table ends, §5.1)
+                # whole request per call; io-pgtable-arm would split at table ends, so
+                # drivers/iommu/iommu.c: iommu_map_nosync() calls map_pages more than once)
                 calls = [e for e in log.since(mark) if e.kind == "iommu_map_calls"]
                 pages = [list(c) for e in calls
                          for c in split_pages(bitmap, e.args["iova"], e.args["paddr"], e.args["size"])]
