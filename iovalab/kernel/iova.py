@@ -38,6 +38,7 @@ from iovalab.kernel.units import PAGE_SIZE, U64_MASK, fls_long, is_power_of_2
 
 __all__ = [
     "IOVA_ANCHOR", "IOVA_MAG_SIZE", "IOVA_RANGE_CACHE_MAX_SIZE", "IOVA_DEPOT_DELAY_MS",
+    "iova_rcache_roundup", "iova_rcache_bin",
     "Iova", "IovaMagazine", "IovaDomain", "iova_rcache_range",
 ]
 
@@ -58,6 +59,23 @@ _L = "iova"
 def iova_rcache_range() -> int:
     """``iova_rcache_range()`` (iova.c): largest cached size in bytes, ``PAGE_SIZE << 5``."""
     return PAGE_SIZE << (IOVA_RANGE_CACHE_MAX_SIZE - 1)
+
+
+def iova_rcache_roundup(size: int) -> int:
+    """The size ``alloc_iova_fast()`` (iova.c) allocates for ``size`` granules: below
+    ``1 << (IOVA_RANGE_CACHE_MAX_SIZE - 1)`` (32) it is ``roundup_pow_of_two(size)``, so that the
+    range fits an rcache bin when freed; larger sizes are unchanged."""
+    if size < (1 << (IOVA_RANGE_CACHE_MAX_SIZE - 1)):
+        return 1 << (size - 1).bit_length() if size > 1 else size
+    return size
+
+
+def iova_rcache_bin(size: int) -> int | None:
+    """The rcache bin of ``size`` granules in ``iova_rcache_insert()``/``iova_rcache_get()``
+    (iova.c): ``order_base_2(size)``, or None when that is ``>= IOVA_RANGE_CACHE_MAX_SIZE``
+    (never cached)."""
+    log_size = (size - 1).bit_length() if size > 1 else 0
+    return log_size if log_size < IOVA_RANGE_CACHE_MAX_SIZE else None
 
 
 class Iova:
@@ -434,8 +452,8 @@ class IovaDomain:
         ``prev`` when that has room; else push the full ``loaded`` onto the depot and start a new
         magazine. Returns False for sizes above the cached range.
         """
-        log_size = (size - 1).bit_length() if size > 1 else 0  # order_base_2
-        if log_size >= IOVA_RANGE_CACHE_MAX_SIZE:
+        log_size = iova_rcache_bin(size)
+        if log_size is None:
             return False
         rcache = self.rcaches[log_size]
         c = rcache.cpu_rcaches[cpu]
@@ -460,8 +478,8 @@ class IovaDomain:
         ``loaded`` if non-empty, else swap in ``prev``, else replace ``loaded`` by a full magazine
         popped from the depot; then ``iova_magazine_pop(mag, limit_pfn - size)``. 0 = miss.
         """
-        log_size = (size - 1).bit_length() if size > 1 else 0  # order_base_2
-        if log_size >= IOVA_RANGE_CACHE_MAX_SIZE:
+        log_size = iova_rcache_bin(size)
+        if log_size is None:
             return 0
         rcache = self.rcaches[log_size]
         c = rcache.cpu_rcaches[cpu]
@@ -500,8 +518,7 @@ class IovaDomain:
             self._check_cpu(cpu)
         log = self.log
         asked = size
-        if size < (1 << (IOVA_RANGE_CACHE_MAX_SIZE - 1)):
-            size = 1 << (size - 1).bit_length()  # roundup_pow_of_two
+        size = iova_rcache_roundup(size)
         pfn = self.iova_rcache_get(size, limit_pfn + 1, cpu)
         if pfn:
             log.emit_values(_L, "iova_rcache_get", "rcache_hits", pfn, cpu, (size, limit_pfn))

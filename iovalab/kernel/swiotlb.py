@@ -475,8 +475,10 @@ class SwiotlbPool:
                       tlb_addr=tlb_addr, index=index, nslots=nslots)
         return nslots
 
-    def _lookup(self, func: str, tlb_addr: int, min_align_mask: int | None,
-                dev: Device | None) -> SwiotlbMapping:
+    def lookup_mapping(self, func: str, tlb_addr: int, min_align_mask: int | None,
+                       dev: Device | None) -> SwiotlbMapping:
+        """The live mapping at ``tlb_addr`` that ``func`` would release or sync; DmaError for an
+        address ``swiotlb_tbl_map_single`` never returned, ValueError for another ``min_align_mask``."""
         m = self.mappings.get(tlb_addr)
         if m is None:
             raise DmaError(-EINVAL, f"{tlb_addr:#x} is inside the swiotlb pool but is not an address "
@@ -506,7 +508,7 @@ class SwiotlbPool:
         if not isinstance(mapping_size, int) or mapping_size < 0:
             raise ValueError(f"mapping_size {mapping_size!r} must be >= 0 (size_t)")
         dma_dir_name(dir)
-        m = self._lookup("swiotlb_tbl_unmap_single", tlb_addr, min_align_mask, dev)
+        m = self.lookup_mapping("swiotlb_tbl_unmap_single", tlb_addr, min_align_mask, dev)
         self.log.emit(_L, "swiotlb_tbl_unmap_single", "step", None, cpu=cpu, tlb_addr=tlb_addr,
                       mapping_size=mapping_size, dir=dma_dir_name(dir))
         self.log.depth += 1
@@ -524,7 +526,7 @@ class SwiotlbPool:
         for ``DMA_TO_DEVICE``/``DMA_BIDIRECTIONAL`` (nothing for ``DMA_FROM_DEVICE``). Returns bytes."""
         if not self.is_swiotlb_buffer(tlb_addr):
             return 0
-        m = self._lookup("swiotlb_sync_single_for_device", self._start_of(tlb_addr), None, None)
+        m = self.lookup_mapping("swiotlb_sync_single_for_device", self._start_of(tlb_addr), None, None)
         if dir in (DMA_TO_DEVICE, DMA_BIDIRECTIONAL):
             return self.swiotlb_bounce(tlb_addr, size, DMA_TO_DEVICE, m.min_align_mask, cpu=cpu)
         if dir != DMA_FROM_DEVICE:
@@ -536,7 +538,7 @@ class SwiotlbPool:
         ``DMA_FROM_DEVICE``/``DMA_BIDIRECTIONAL`` (nothing for ``DMA_TO_DEVICE``). Returns bytes."""
         if not self.is_swiotlb_buffer(tlb_addr):
             return 0
-        m = self._lookup("swiotlb_sync_single_for_cpu", self._start_of(tlb_addr), None, None)
+        m = self.lookup_mapping("swiotlb_sync_single_for_cpu", self._start_of(tlb_addr), None, None)
         if dir in (DMA_FROM_DEVICE, DMA_BIDIRECTIONAL):
             return self.swiotlb_bounce(tlb_addr, size, DMA_FROM_DEVICE, m.min_align_mask, cpu=cpu)
         if dir != DMA_TO_DEVICE:
