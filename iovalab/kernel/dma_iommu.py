@@ -42,12 +42,11 @@ from iovalab.kernel.dma_iova import (
     DMA_ATTR_MMIO, DMA_IOVA_USE_SWIOTLB, DmaIovaState, IovaApi, dma_info_to_prot, dma_iova_size, dma_use_iova,
 )
 from iovalab.kernel.iova import IovaDomain
+from iovalab.kernel.swiotlb import SwiotlbPool
 from iovalab.kernel.units import (
-    DMA_BIT_MASK, DMA_MAPPING_ERROR, EINVAL, ENOMEM, EOPNOTSUPP, U64_MASK, DmaError, _is_int, bits_per,
-    check_cpu, check_phys, check_size, iova_align, iova_offset,
+    DMA_BIT_MASK, DMA_MAPPING_ERROR, EINVAL, ENOMEM, EOPNOTSUPP, PAGE_SIZE, SZ_4K, SZ_16K, SZ_64K, U64_MASK,
+    DmaError, _is_int, bits_per, check_cpu, check_phys, check_size, iova_align, iova_offset,
 )
-
-
 
 __all__ = [
     "DMA_BIDIRECTIONAL", "DMA_TO_DEVICE", "DMA_FROM_DEVICE", "DMA_NONE", "DIR_NAMES",
@@ -114,6 +113,9 @@ class DmaDomain:
     :param reserve: ``[(start, end_inclusive), ...]`` byte ranges reserved at init
         (``iova_reserve_iommu_regions``); ``reserve_msi=True`` adds the x86 MSI window
         0xfee00000-0xfeefffff.
+    :param page_size: the simulated kernel's ``PAGE_SIZE`` (4K, 16K or 64K; default 4K, or the
+        granule when larger, since ``init_iova_domain`` BUG()s on a granule above ``PAGE_SIZE``);
+        given to the IOVA domain (``iova_rcache_range``) and the swiotlb pool.
     :param single_queue: ``IOMMU_DMA_OPTS_SINGLE_QUEUE`` (``shadow_on_flush``): one queue of 32768
         entries, 1000 ms.
     """
@@ -121,7 +123,8 @@ class DmaDomain:
     def __init__(self, iommu: IommuDomain | str = "intel-vtd", *, strict: bool = True, ncpus: int = 1,
                  log: EventLog | None = None, reserve: list[tuple[int, int]] | None = None,
                  reserve_msi: bool = False, single_queue: bool = False,
-                 check_contract: bool = False, swiotlb=None):
+                 check_contract: bool = False, swiotlb: SwiotlbPool | None = None,
+                 page_size: int | None = None):
         self.log = log if log is not None else EventLog()
         if isinstance(iommu, str):
             iommu = IommuDomain.preset(iommu, log=self.log)
@@ -134,8 +137,18 @@ class DmaDomain:
         # iommu_dma_init_domain: order = __ffs(pgsize_bitmap), base_pfn = max(1, aperture_start >> order)
         order = (iommu.pgsize_bitmap & -iommu.pgsize_bitmap).bit_length() - 1
         self.granule = 1 << order
+        if page_size is None:
+            page_size = max(PAGE_SIZE, self.granule)
+        if page_size not in (SZ_4K, SZ_16K, SZ_64K) or self.granule > page_size:
+            raise ValueError(f"page_size {page_size!r}: the kernel's PAGE_SIZE must be 4K, 16K or 64K and "
+                             f">= the IOVA granule {self.granule:#x} (init_iova_domain BUG_ON(granule > "
+                             "PAGE_SIZE))")
+        if swiotlb is not None:
+            swiotlb.use_page_size(page_size)
+        #: ``PAGE_SIZE`` of the simulated kernel (distinct from the IOVA granule).
+        self.page_size = page_size
         base_pfn = max(1, iommu.aperture_start >> order)
-        self.iovad = IovaDomain(self.granule, base_pfn, ncpus=ncpus, log=self.log)
+        self.iovad = IovaDomain(self.granule, base_pfn, ncpus=ncpus, log=self.log, page_size=page_size)
         self.single_queue = single_queue
         fq_size = IOVA_SINGLE_FQ_SIZE if single_queue else IOVA_DEFAULT_FQ_SIZE
         self.fq_timeout = IOVA_SINGLE_FQ_TIMEOUT if single_queue else IOVA_DEFAULT_FQ_TIMEOUT
@@ -582,10 +595,9 @@ class DmaDomain:
     def dma_alloc_coherent(self, dev: Device, size: int, cpu: int = 0) -> tuple[int, int]:
         """``dma_alloc_attrs()`` -> ``iommu_dma_alloc()`` (simplified: one physically contiguous
         page-rounded buffer, mapped with the coherent mask). Returns ``(phys, dma_addr)``."""
-        from iovalab.kernel.units import PAGE_SIZE
         check_cpu("dma_alloc_coherent", cpu, self.ncpus)
         check_size("dma_alloc_coherent", size)
-        size = iova_align(PAGE_SIZE, size)
+        size = iova_align(self.page_size, size)
         phys = self._phys_next
         check_phys("dma_alloc_coherent", phys, size)
         addr = self.__iommu_dma_map(dev, phys, size, dma_info_to_prot(DMA_BIDIRECTIONAL, dev.coherent, 0),

@@ -176,12 +176,16 @@ class SwiotlbPool:
     :param log: the shared :class:`~iovalab.kernel.events.EventLog` (a new one when omitted).
     :param nareas: ``unsigned int nareas``, a power of two with at least one segment per area.
     :param force_bounce: ``io_tlb_mem::force_bounce`` (``swiotlb=force``); only shown in the trace.
+    :param page_size: the simulated kernel's ``PAGE_SIZE``; ``None``: 4K until a
+        :class:`~iovalab.kernel.dma_iommu.DmaDomain` attaches the pool and gives its own.
     """
 
     def __init__(self, base: int, size: int = IO_TLB_DEFAULT_SIZE, log: EventLog | None = None, *,
-                 nareas: int = 1, force_bounce: bool = False):
-        if not isinstance(base, int) or base < 0 or base % PAGE_SIZE:
-            raise ValueError(f"base {base!r} must be a non-negative, PAGE_SIZE ({PAGE_SIZE:#x}) aligned "
+                 nareas: int = 1, force_bounce: bool = False, page_size: int | None = None):
+        self.page_size = PAGE_SIZE if page_size is None else page_size
+        self.page_size_fixed = page_size is not None
+        if not isinstance(base, int) or base < 0 or base % self.page_size:
+            raise ValueError(f"base {base!r} must be a non-negative, PAGE_SIZE ({self.page_size:#x}) aligned "
                              "physical address (swiotlb_memblock_alloc uses PAGE_SIZE alignment)")
         seg_bytes = IO_TLB_SEGSIZE * IO_TLB_SIZE
         if not isinstance(size, int) or size <= 0 or size % seg_bytes:
@@ -214,6 +218,17 @@ class SwiotlbPool:
         self.log.emit(_L, "swiotlb_init_io_tlb_pool", "step", start=base, nslabs=nslabs, nareas=nareas)
 
     # -- state -------------------------------------------------------------------------------
+    def use_page_size(self, page_size: int) -> None:
+        """The pool belongs to a kernel whose ``PAGE_SIZE`` is ``page_size`` (its DMA domain's).
+        ValueError, nothing changed, if the pool was built for another page size or its base is
+        not aligned to this one."""
+        if self.page_size_fixed and page_size != self.page_size:
+            raise ValueError(f"swiotlb pool built for PAGE_SIZE {self.page_size:#x} cannot serve a kernel "
+                             f"with PAGE_SIZE {page_size:#x}")
+        if self.start % page_size:
+            raise ValueError(f"swiotlb pool base {self.start:#x} is not PAGE_SIZE ({page_size:#x}) aligned")
+        self.page_size = page_size
+
     @property
     def used(self) -> int:
         """Slots in use (``mem_pool_used``: sum of the areas' ``used``)."""
@@ -267,8 +282,8 @@ class SwiotlbPool:
         iotlb_align_mask = min_align_mask
         nslots = nr_slots(alloc_size)
         # streaming mappings with no alignment request keep the historical page alignment
-        if not alloc_align_mask and not iotlb_align_mask and alloc_size >= PAGE_SIZE:
-            alloc_align_mask = PAGE_SIZE - 1
+        if not alloc_align_mask and not iotlb_align_mask and alloc_size >= self.page_size:
+            alloc_align_mask = self.page_size - 1
         alloc_align_mask |= IO_TLB_SIZE - 1
         iotlb_align_mask &= ~alloc_align_mask
         stride = get_max_slots(max(alloc_align_mask, iotlb_align_mask))
@@ -405,7 +420,7 @@ class SwiotlbPool:
         if seg_boundary == 0:
             raise ValueError("seg_boundary 0 is not a boundary mask (dma_get_seg_boundary never returns 0)")
 
-        if alloc_align_mask > PAGE_SIZE - 1 and not self._warned_align:
+        if alloc_align_mask > self.page_size - 1 and not self._warned_align:
             self._warned_align = True
             self.log.warn(_L, "swiotlb_tbl_map_single", 0, "Alloc alignment may prevent fulfilling "
                           "requests with max mapping_size (dev_WARN_ONCE: alloc_align_mask > ~PAGE_MASK)",
@@ -568,8 +583,8 @@ class SwiotlbPool:
         boundary (one ``swiotlb_zero_padding`` event, ``count`` = bytes, with both byte counts).
         Returns the bounce address or ``DMA_MAPPING_ERROR``.
         """
-        if not is_power_of_2(granule) or granule > PAGE_SIZE:
-            raise ValueError(f"granule {granule!r} must be a power of two <= PAGE_SIZE {PAGE_SIZE:#x}")
+        if not is_power_of_2(granule) or granule > self.page_size:
+            raise ValueError(f"granule {granule!r} must be a power of two <= PAGE_SIZE {self.page_size:#x}")
         # validate everything swiotlb_tbl_map_single would reject before the trace event is logged
         if not isinstance(phys, int) or not 0 <= phys <= U64_MASK:
             raise ValueError(f"phys {phys!r} must be a 64-bit physical address")
