@@ -170,3 +170,9 @@ def test_replay_figure_and_summary(tmp_path):
     fig.savefig(tmp_path / "replay.png")
     assert (tmp_path / "replay.png").stat().st_size > 10000
     json.dumps(s)
+
+
+def test_unknown_api_is_named():
+    """Regression: an unknown ``api`` used to be reported as "got None"."""
+    with pytest.raises(ValueError, match="'dma_frobnicate'"):
+        evaluate("dma_frobnicate", size=0x1000)

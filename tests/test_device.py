@@ -206,3 +206,13 @@ def test_every_dma_bit_mask_is_accepted(n):
     d = Device(dma_mask=DMA_BIT_MASK(n))
     assert d.dma_get_mask() == DMA_BIT_MASK(n)
     assert d.dma_addressing_limited() is (n < 32)
+
+
+def test_nvme_keeps_the_mask_passed():
+    """Regression: ``Device.nvme(dma_mask=...)`` used to overwrite the mask with DMA_BIT_MASK(64)."""
+    d = Device.nvme(dma_mask=DMA_BIT_MASK(48))
+    assert d.dma_get_mask() == DMA_BIT_MASK(48) and d.coherent_dma_mask == DMA_BIT_MASK(48)
+    d = Device.nvme(dma_mask=DMA_BIT_MASK(48), coherent_dma_mask=DMA_BIT_MASK(32))
+    assert (d.dma_mask, d.coherent_dma_mask) == (DMA_BIT_MASK(48), DMA_BIT_MASK(32))
+    assert Device.nvme().dma_mask == DMA_BIT_MASK(64)
+    assert Device.mlx5(dma_mask=DMA_BIT_MASK(40)).dma_get_mask() == DMA_BIT_MASK(40)

@@ -1,6 +1,8 @@
 """dma-iommu.c model: worked examples (iova.c allocations, the two-step call sequence, the NVMe read),
 the review thread's arithmetic, the misuse matrix, strict/lazy IOTLB behaviour and random interleavings of both APIs."""
 
+from collections import deque
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,6 +12,7 @@ from iovalab.kernel.dma_iommu import (
     DMA_BIDIRECTIONAL, DMA_IOVA_USE_SWIOTLB, DMA_NONE, DMA_TO_DEVICE, DmaDomain, DmaIovaState,
     ScatterEntry, dma_iova_size, dma_mapping_error, dma_use_iova,
 )
+from iovalab.kernel.dma_iova import IovaApi, dma_iova_range
 from iovalab.kernel.events import COUNTER_KINDS, EventLog
 from iovalab.kernel.swiotlb import SwiotlbPool
 from iovalab.kernel.units import DMA_BIT_MASK, EEXIST, EINVAL, EIO, DmaError
@@ -28,7 +31,7 @@ def test_try_alloc_review_arithmetic():
     dom, dev = fresh(), pci64()
     st_ = DmaIovaState()
     assert dom.dma_iova_try_alloc(dev, st_, 0x1234, 0x3000)
-    base, length = dom._state_iova(st_)
+    base, length = dma_iova_range(st_, dom.granule)
     assert (st_.addr, length) == (0xFFFFC234, 0x4000)
     assert dma_iova_size(st_) == 0x3000 and dma_use_iova(st_)
     # no PTE, no sync: the IOVA is only reserved
@@ -40,7 +43,7 @@ def test_try_alloc_phys_zero_reserves_less():
     dom, dev = fresh(), pci64()
     st_ = DmaIovaState()
     assert dom.dma_iova_try_alloc(dev, st_, 0, 0x3000)
-    assert dom._state_iova(st_) == (0xFFFFC000, 0x3000)  # reserved length 0x3000 ...
+    assert dma_iova_range(st_, dom.granule) == (0xFFFFC000, 0x3000)  # reserved length 0x3000 ...
     node = dom.iovad.find_iova(0xFFFFC)
     assert node.size == 4  # ... but alloc_iova_fast rounds 3 granules to 4 in the tree
 
@@ -49,7 +52,7 @@ def test_granule_64k_changes_footprint():
     dom, dev = fresh(iommu="smmuv3-64k"), Device(dma_mask=DMA_BIT_MASK(48), is_pci=False)
     st_ = DmaIovaState()
     assert dom.dma_iova_try_alloc(dev, st_, 0x1234, 0x3000)
-    assert dom._state_iova(st_)[1] == 0x10000
+    assert dma_iova_range(st_, dom.granule)[1] == 0x10000
     assert st_.addr & 0xFFFF == 0x1234
 
 
@@ -115,6 +118,30 @@ def test_flush_queue_full_flushes_at_255():
     assert dom.fq_pending() == 255 and dom.fq_flush_start_cnt == 0
     dom.dma_unmap_page(dev, addrs[255], 0x1000)  # ring full: flush, free all, queue this one
     assert dom.fq_flush_start_cnt == 1 and dom.fq_pending() == 1
+
+
+def test_flush_queue_is_a_deque_freed_from_the_head():
+    """Regression: the ring used ``list.pop(0)`` (O(n) per free); it is a deque, freed head first."""
+    dom, dev = fresh(strict=False), pci64()
+    addrs = [dom.dma_map_page(dev, 0x100000 + i * 0x1000, 0x1000) for i in range(3)]
+    for a in addrs:
+        dom.dma_unmap_page(dev, a, 0x1000)
+    fq = dom.fqs[0]
+    assert isinstance(fq.entries, deque)
+    assert [e.iova_pfn << 12 for e in fq.entries] == addrs
+    dom.fq_flush_iotlb()
+    assert dom.fq_ring_free(fq, 0) == 3 and not fq.entries
+    # freed in queue order into the rcache: the last freed comes back first
+    assert dom.dma_map_page(dev, 0x200000, 0x1000) == addrs[-1]
+
+
+def test_two_step_api_is_composed_not_inherited():
+    """``DmaDomain`` holds an ``IovaApi`` over itself (a ``DmaIovaHost``) and forwards to it."""
+    dom, dev = fresh(), pci64()
+    assert not isinstance(dom, IovaApi) and isinstance(dom.iova_api, IovaApi) and dom.iova_api.host is dom
+    st_ = DmaIovaState()
+    assert dom.dma_iova_try_alloc(dev, st_, 0, 0x2000)
+    assert dma_iova_range(st_, dom.granule) == (st_.addr, 0x2000)
 
 
 def test_forcedac_full_width_example():
@@ -186,7 +213,7 @@ def test_map_sg_segment_boundary_padding():
     ents = dom.dma_map_sg(dev, sgl)
     assert ents == 2
     assert sgl[1].dma_address - sgl[0].dma_address == 0x10000
-    unmap_len = dom._first_unmapped(sgl[0].dma_address, 0x12000)
+    unmap_len = dom.first_unmapped(sgl[0].dma_address, 0x12000)
     assert unmap_len is None  # padding is real mapped IOVA
 
 

@@ -119,3 +119,14 @@ def test_model_layers_do_not_touch_drawing():
         if name.startswith(("kernel", "drivers", "trace")) or name == "resources":
             text = path.read_text()
             assert "matplotlib" not in text and "ipywidgets" not in text, path.name
+
+
+def test_no_module_touches_another_objects_private_state():
+    """``obj._x`` only on ``self``/``cls``: other objects are used through their public methods."""
+    bad = []
+    for _name, path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                    bad.append(f"{path.relative_to(PKG)}:{node.lineno} {ast.unparse(node)}")
+    assert bad == []

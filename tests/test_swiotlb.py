@@ -352,3 +352,25 @@ def test_iommu_dma_map_swiotlb_validation_logs_nothing():
             p.iommu_dma_map_swiotlb(Device.thunderbolt_nvme(), args["phys"], args["size"], args["granule"],
                                     args["dir"])
     assert p.snapshot() == snap and len(p.log) == n
+
+
+def test_64k_granule_untrusted_map_page_uses_the_kernels_page_size():
+    """Regression: a 64K-granule domain with an untrusted device raised "granule ... <= PAGE_SIZE 0x1000"
+    from swiotlb. PAGE_SIZE is the simulated kernel's (``DmaDomain.page_size``), not the granule."""
+    from iovalab.kernel.device import Device
+    from iovalab.kernel.dma_iommu import DmaDomain
+    from iovalab.kernel.iova import iova_rcache_range
+
+    dom = DmaDomain("smmuv3-64k", swiotlb=SwiotlbPool(0x8000_0000))
+    assert (dom.granule, dom.page_size, dom.swiotlb.page_size) == (0x10000, 0x10000, 0x10000)
+    assert iova_rcache_range(dom.iovad.page_size) == 0x200000
+    addr = dom.dma_map_page(Device.thunderbolt_nvme(), 0x12345200, 0x200)
+    assert addr != DMA_MAPPING_ERROR and addr & 0xFFFF == 0x200
+    assert dom.log.count("swiotlb_bounced") == 1
+    # a 4K-page kernel cannot host a 64K granule (init_iova_domain BUG_ON), said before anything is built
+    with pytest.raises(ValueError, match="PAGE_SIZE"):
+        DmaDomain("smmuv3-64k", page_size=0x1000)
+    with pytest.raises(ValueError, match="PAGE_SIZE 0x1000"):
+        DmaDomain("smmuv3-64k", swiotlb=SwiotlbPool(0x8000_0000, page_size=0x1000))
+    assert DmaDomain("intel-vtd").page_size == 0x1000
+    assert DmaDomain("smmuv3-4k", page_size=0x10000).iovad.page_size == 0x10000

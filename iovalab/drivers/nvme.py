@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from iovalab.kernel.dma_iommu import (
     DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaIovaState, ScatterEntry, dma_iova_size, dma_use_iova,
 )
+from iovalab.kernel.device import NVME_CTRL_PAGE_SIZE
 from iovalab.kernel.units import DMA_MAPPING_ERROR, PAGE_SIZE, SZ_128K, hx
 from iovalab.drivers.common import SIZEOF, ScenarioContext, Step, as_context, int_param, make_run
 
@@ -72,7 +73,6 @@ __all__ = [
 #: mapping paths this scenario runs under
 APIS = ("page", "sg", "iova", "direct")
 
-NVME_CTRL_PAGE_SIZE = 4096          # drivers/nvme/host/nvme.h
 NVME_SMALL_POOL_SIZE = 256          # pci.c: "Optimisation for I/Os between 4k and 128k"
 NVME_MAX_BYTES = 8 << 20            # pci.c (6.17); NVME_MAX_KB_SZ 8192 before
 NVME_SGL_DESC_SIZE = 16             # sizeof(struct nvme_sgl_desc)

@@ -48,6 +48,7 @@ from iovalab.kernel.units import DMA_BIT_MASK, PAGE_SIZE, ULONG_MAX, U64_MASK
 
 __all__ = [
     "DMA_BIDIRECTIONAL", "DMA_TO_DEVICE", "DMA_FROM_DEVICE", "DMA_NONE", "DMA_DIR_NAMES", "dma_dir_name",
+    "valid_dma_direction",
     "DMA_ATTR_SKIP_CPU_SYNC", "DMA_ATTR_NO_WARN", "DMA_ATTR_PRIVILEGED",
     "U32_MAX", "NVME_CTRL_PAGE_SIZE", "KMALLOC_MIN_SIZE", "kmalloc_size_roundup",
     "Device",
@@ -86,6 +87,14 @@ def dma_dir_name(dir: int) -> str:
 
 def _check_dir(dir: int) -> None:
     dma_dir_name(dir)
+
+
+def valid_dma_direction(dir: int) -> None:
+    """``valid_dma_direction(dir)`` (include/linux/dma-direction.h) as the DMA API entry points use
+    it: ``BIDIRECTIONAL``, ``TO_DEVICE`` or ``FROM_DEVICE``; a ValueError naming ``dir`` otherwise."""
+    if dir not in DMA_DIR_NAMES or dir == DMA_NONE:
+        raise ValueError(f"DMA direction {dir!r} is not one of BIDIRECTIONAL(0), TO_DEVICE(1), "
+                         "FROM_DEVICE(2) (valid_dma_direction)")
 
 
 def kmalloc_size_roundup(size: int) -> int:
@@ -410,7 +419,7 @@ class Device:
         drivers/pci/probe.c: ``pci_device_add()``, 6.17).
         """
         dev = cls(name=name, **kw)
-        dev.dma_set_mask_and_coherent(DMA_BIT_MASK(64))
+        _probe_masks(dev, kw, DMA_BIT_MASK(64))
         dev.dma_set_min_align_mask(NVME_CTRL_PAGE_SIZE - 1)
         dev.dma_set_max_seg_size(0xFFFFFFFF)
         return dev
@@ -436,7 +445,7 @@ class Device:
         * 1024)``; min_align_mask and segment boundary keep the PCI defaults (0, ``0xffffffff``).
         """
         dev = cls(name=name, **kw)
-        dev.dma_set_mask_and_coherent(DMA_BIT_MASK(64))
+        _probe_masks(dev, kw, DMA_BIT_MASK(64))
         dev.dma_set_max_seg_size(2 * 1024 * 1024 * 1024)
         return dev
 
@@ -453,3 +462,12 @@ class Device:
         dev = cls(name=name, **kw)
         dev.dma_set_mask_and_coherent(DMA_BIT_MASK(32))
         return dev
+
+
+def _probe_masks(dev: Device, kw: dict, driver_mask: int) -> None:
+    """The driver's ``dma_set_mask_and_coherent(dev, driver_mask)`` at probe; a ``dma_mask`` (and
+    ``coherent_dma_mask``) the caller passed stands for a driver that sets that mask instead
+    (e.g. NVMe's ``NVME_QUIRK_DMA_ADDRESS_BITS_48``), so it is kept, not overwritten."""
+    dev.dma_set_mask_and_coherent(kw.get("dma_mask", driver_mask))
+    if "coherent_dma_mask" in kw:
+        dev.dma_set_coherent_mask(kw["coherent_dma_mask"])

@@ -6,7 +6,8 @@ together with its ``struct iommu_dma_cookie``: the IOVA domain (:mod:`iovalab.ke
 queues, and the :class:`~iovalab.kernel.iommu.IommuDomain` whose page table it fills. Devices
 (:class:`~iovalab.kernel.device.Device`) attach to it.
 
-The two-step API's calls (``dma_iova_*``) are inherited from :class:`iovalab.kernel.dma_iova.IovaApi`.
+The two-step API's calls (``dma_iova_*``) live in :class:`iovalab.kernel.dma_iova.IovaApi`; a
+``DmaDomain`` holds one (``iova_api``) and forwards them.
 Classic paths: ``dma_map_page``/``dma_unmap_page`` (``iommu_dma_map_page``, ``__iommu_dma_map``,
 ``__iommu_dma_unmap``), ``dma_map_sg``/``dma_unmap_sg`` (``iommu_dma_map_sg``: one IOVA for the
 whole list, boundary padding, ``__finalise_sg`` merging), ``dma_alloc_coherent``.
@@ -25,11 +26,13 @@ call is refused with ``-EINVAL`` after the WARN event so the simulator state sta
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from iovalab.kernel.device import (
     DMA_ATTR_PRIVILEGED, DMA_ATTR_SKIP_CPU_SYNC, DMA_BIDIRECTIONAL, DMA_DIR_NAMES, DMA_FROM_DEVICE, DMA_NONE,
-    DMA_TO_DEVICE, Device,
+    DMA_TO_DEVICE, Device, valid_dma_direction,
 )
 from iovalab.kernel.events import EventLog
 from iovalab.kernel.iommu import (
@@ -39,12 +42,11 @@ from iovalab.kernel.dma_iova import (
     DMA_ATTR_MMIO, DMA_IOVA_USE_SWIOTLB, DmaIovaState, IovaApi, dma_info_to_prot, dma_iova_size, dma_use_iova,
 )
 from iovalab.kernel.iova import IovaDomain
+from iovalab.kernel.swiotlb import SwiotlbPool
 from iovalab.kernel.units import (
-    DMA_BIT_MASK, DMA_MAPPING_ERROR, EINVAL, ENOMEM, EOPNOTSUPP, U64_MASK, DmaError, _is_int, bits_per,
-    check_cpu, check_phys, check_size, iova_align, iova_offset,
+    DMA_BIT_MASK, DMA_MAPPING_ERROR, EINVAL, ENOMEM, EOPNOTSUPP, PAGE_SIZE, SZ_4K, SZ_16K, SZ_64K, U64_MASK,
+    DmaError, _is_int, bits_per, check_cpu, check_phys, check_size, iova_align, iova_offset,
 )
-
-
 
 __all__ = [
     "DMA_BIDIRECTIONAL", "DMA_TO_DEVICE", "DMA_FROM_DEVICE", "DMA_NONE", "DIR_NAMES",
@@ -94,14 +96,14 @@ class _FqEntry:
 class _FlushQueue:
     """``struct iova_fq`` (dma-iommu.c): a ring of ``size`` slots, usable ``size - 1``."""
     size: int
-    entries: list = field(default_factory=list)  # head first
+    entries: deque[_FqEntry] = field(default_factory=deque)  # head first
 
     def full(self) -> bool:
         """``fq_full()``: one slot of the ring always stays empty."""
         return len(self.entries) == self.size - 1
 
 
-class DmaDomain(IovaApi):
+class DmaDomain:
     """An IOMMU DMA domain: ``struct iommu_domain`` + ``struct iommu_dma_cookie``.
 
     :param iommu: an :class:`IommuDomain` or a preset name (``"intel-vtd"``, ``"smmuv3-64k"``...).
@@ -111,6 +113,9 @@ class DmaDomain(IovaApi):
     :param reserve: ``[(start, end_inclusive), ...]`` byte ranges reserved at init
         (``iova_reserve_iommu_regions``); ``reserve_msi=True`` adds the x86 MSI window
         0xfee00000-0xfeefffff.
+    :param page_size: the simulated kernel's ``PAGE_SIZE`` (4K, 16K or 64K; default 4K, or the
+        granule when larger, since ``init_iova_domain`` BUG()s on a granule above ``PAGE_SIZE``);
+        given to the IOVA domain (``iova_rcache_range``) and the swiotlb pool.
     :param single_queue: ``IOMMU_DMA_OPTS_SINGLE_QUEUE`` (``shadow_on_flush``): one queue of 32768
         entries, 1000 ms.
     """
@@ -118,7 +123,8 @@ class DmaDomain(IovaApi):
     def __init__(self, iommu: IommuDomain | str = "intel-vtd", *, strict: bool = True, ncpus: int = 1,
                  log: EventLog | None = None, reserve: list[tuple[int, int]] | None = None,
                  reserve_msi: bool = False, single_queue: bool = False,
-                 check_contract: bool = False, swiotlb=None):
+                 check_contract: bool = False, swiotlb: SwiotlbPool | None = None,
+                 page_size: int | None = None):
         self.log = log if log is not None else EventLog()
         if isinstance(iommu, str):
             iommu = IommuDomain.preset(iommu, log=self.log)
@@ -131,8 +137,18 @@ class DmaDomain(IovaApi):
         # iommu_dma_init_domain: order = __ffs(pgsize_bitmap), base_pfn = max(1, aperture_start >> order)
         order = (iommu.pgsize_bitmap & -iommu.pgsize_bitmap).bit_length() - 1
         self.granule = 1 << order
+        if page_size is None:
+            page_size = max(PAGE_SIZE, self.granule)
+        if page_size not in (SZ_4K, SZ_16K, SZ_64K) or self.granule > page_size:
+            raise ValueError(f"page_size {page_size!r}: the kernel's PAGE_SIZE must be 4K, 16K or 64K and "
+                             f">= the IOVA granule {self.granule:#x} (init_iova_domain BUG_ON(granule > "
+                             "PAGE_SIZE))")
+        if swiotlb is not None:
+            swiotlb.use_page_size(page_size)
+        #: ``PAGE_SIZE`` of the simulated kernel (distinct from the IOVA granule).
+        self.page_size = page_size
         base_pfn = max(1, iommu.aperture_start >> order)
-        self.iovad = IovaDomain(self.granule, base_pfn, ncpus=ncpus, log=self.log)
+        self.iovad = IovaDomain(self.granule, base_pfn, ncpus=ncpus, log=self.log, page_size=page_size)
         self.single_queue = single_queue
         fq_size = IOVA_SINGLE_FQ_SIZE if single_queue else IOVA_DEFAULT_FQ_SIZE
         self.fq_timeout = IOVA_SINGLE_FQ_TIMEOUT if single_queue else IOVA_DEFAULT_FQ_TIMEOUT
@@ -152,6 +168,7 @@ class DmaDomain(IovaApi):
             regions.append((0xFEE00000, 0xFEEFFFFF))
         for start, end in regions:
             self.iovad.reserve_iova(start >> order, end >> order)
+        self.iova_api = IovaApi(self)
         self.log.emit(_L, "iommu_dma_init_domain", "step", None, granule=self.granule,
                       start_pfn=base_pfn, strict=strict, reserved=len(regions))
 
@@ -168,7 +185,55 @@ class DmaDomain(IovaApi):
         """``dma_get_merge_boundary()`` -> ``iommu_dma_get_merge_boundary()``: granule - 1."""
         return self.granule - 1
 
+    # ---------------------------------------------------------------- two-step API (dma_iova.IovaApi)
+    def dma_iova_try_alloc(self, dev: Device, state: DmaIovaState, phys: int, size: int, cpu: int = 0) -> bool:
+        """:meth:`IovaApi.dma_iova_try_alloc <iovalab.kernel.dma_iova.IovaApi.dma_iova_try_alloc>`."""
+        return self.iova_api.dma_iova_try_alloc(dev, state, phys, size, cpu)
+
+    def dma_iova_free(self, dev: Device, state: DmaIovaState, cpu: int = 0) -> None:
+        """:meth:`IovaApi.dma_iova_free <iovalab.kernel.dma_iova.IovaApi.dma_iova_free>`."""
+        self.iova_api.dma_iova_free(dev, state, cpu)
+
+    def dma_iova_link(self, dev: Device, state: DmaIovaState, phys: int, offset: int, size: int,
+                      dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> int:
+        """:meth:`IovaApi.dma_iova_link <iovalab.kernel.dma_iova.IovaApi.dma_iova_link>`."""
+        return self.iova_api.dma_iova_link(dev, state, phys, offset, size, dir, attrs, cpu)
+
+    def dma_iova_sync(self, dev: Device, state: DmaIovaState, offset: int, size: int, cpu: int = 0) -> int:
+        """:meth:`IovaApi.dma_iova_sync <iovalab.kernel.dma_iova.IovaApi.dma_iova_sync>`."""
+        return self.iova_api.dma_iova_sync(dev, state, offset, size, cpu)
+
+    def dma_iova_unlink(self, dev: Device, state: DmaIovaState, offset: int, size: int,
+                        dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> None:
+        """:meth:`IovaApi.dma_iova_unlink <iovalab.kernel.dma_iova.IovaApi.dma_iova_unlink>`."""
+        self.iova_api.dma_iova_unlink(dev, state, offset, size, dir, attrs, cpu)
+
+    def dma_iova_destroy(self, dev: Device, state: DmaIovaState, mapped_len: int,
+                         dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> None:
+        """:meth:`IovaApi.dma_iova_destroy <iovalab.kernel.dma_iova.IovaApi.dma_iova_destroy>`."""
+        self.iova_api.dma_iova_destroy(dev, state, mapped_len, dir, attrs, cpu)
+
+    def dma_iova_link_sync_pages(self, dev: Device, state: DmaIovaState, phys, offsets, size: int,
+                                 dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> None:
+        """:meth:`IovaApi.dma_iova_link_sync_pages <iovalab.kernel.dma_iova.IovaApi.dma_iova_link_sync_pages>`."""
+        self.iova_api.dma_iova_link_sync_pages(dev, state, phys, offsets, size, dir, attrs, cpu)
+
+    def dma_iova_unlink_pages(self, dev: Device, state: DmaIovaState, offsets, size: int,
+                              dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> None:
+        """:meth:`IovaApi.dma_iova_unlink_pages <iovalab.kernel.dma_iova.IovaApi.dma_iova_unlink_pages>`."""
+        self.iova_api.dma_iova_unlink_pages(dev, state, offsets, size, dir, attrs, cpu)
+
     # ---------------------------------------------------------------- IOVA alloc / free
+    def dma_limit_for(self, dev: Device, dma_limit: int) -> int:
+        """The limit ``iommu_dma_alloc_iova()`` (dma-iommu.c) allocates below: ``dma_limit`` (the
+        device mask) clamped by ``min_not_zero(dma_limit, dev->bus_dma_limit)`` and, with
+        ``geometry.force_aperture``, by ``geometry.aperture_end``."""
+        if dev.bus_dma_limit:
+            dma_limit = min(dma_limit, dev.bus_dma_limit)
+        if self.iommu.force_aperture:
+            dma_limit = min(dma_limit, self.iommu.aperture_end)
+        return dma_limit
+
     def iommu_dma_alloc_iova(self, size: int, dma_limit: int, dev: Device, cpu: int = 0) -> int:
         """``iommu_dma_alloc_iova(domain, size, dma_limit, dev)`` (dma-iommu.c).
 
@@ -182,10 +247,7 @@ class DmaDomain(IovaApi):
         """
         shift = self._shift()
         iova_len = size >> shift
-        if dev.bus_dma_limit:
-            dma_limit = min(dma_limit, dev.bus_dma_limit)
-        if self.iommu.force_aperture:
-            dma_limit = min(dma_limit, self.iommu.aperture_end)
+        dma_limit = self.dma_limit_for(dev, dma_limit)
         iova = 0
         if dma_limit > DMA_BIT_MASK(32) and dev.pci_32bit_workaround:
             iova = self.iovad.alloc_iova_fast(iova_len, DMA_BIT_MASK(32) >> shift, False, cpu)
@@ -223,7 +285,7 @@ class DmaDomain(IovaApi):
         ``fq_flush_finish_cnt`` into the rcache of ``cpu``. Returns how many."""
         n = 0
         while fq.entries and fq.entries[0].counter < self.fq_flush_finish_cnt:
-            e = fq.entries.pop(0)
+            e = fq.entries.popleft()
             self.iovad.free_iova_fast(e.iova_pfn, e.pages, cpu)
             n += 1
         if n:
@@ -276,7 +338,8 @@ class DmaDomain(IovaApi):
         return sum(len(fq.entries) for fq in self.fqs)
 
     # ---------------------------------------------------------------- classic map/unmap
-    def _api(self, func: str, dev: Device, cpu: int, result, **args) -> None:
+    def trace_api(self, func: str, dev: Device, cpu: int, result: Any, **args: Any) -> None:
+        """One ``dma_api_calls`` event for a DMA API entry point (the ``dma`` tracepoints)."""
         self.log.emit(_L, func, "dma_api_calls", result, cpu=cpu, dev=dev.name, **args)
 
     def __iommu_dma_map(self, dev: Device, phys: int, size: int, prot: int, dma_mask: int,
@@ -316,24 +379,25 @@ class DmaDomain(IovaApi):
         self.iommu_dma_free_iova(dma_addr, size, gather, cpu)
         return unmapped
 
-    def _first_unmapped(self, iova: int, size: int) -> int | None:
+    def first_unmapped(self, iova: int, size: int) -> int | None:
         """First granule address in ``[iova, iova + size)`` with no translation, or None."""
         return self.iommu.pgtable.first_unmapped(iova, iova + size)
 
-    def _mapped_granules(self, iova: int, size: int) -> list[int]:
+    def mapped_granules(self, iova: int, size: int) -> list[int]:
         """Up to 16 granule addresses in ``[iova, iova + size)`` that have a translation."""
         return self.iommu.pgtable.find_mapped(iova, iova + size, 16)
 
-    def _check_mapped(self, func: str, iova: int, size: int, cpu: int) -> None:
+    def check_mapped(self, func: str, iova: int, size: int, cpu: int) -> None:
         """Refuse (WARN + -EINVAL) an unmap of a range that is not fully mapped."""
-        a = self._first_unmapped(iova, size)
+        a = self.first_unmapped(iova, size)
         if a is not None:
             self.log.warn(_L, func, EINVAL, f"IOVA {a:#x} in [{iova:#x}, {iova + size:#x}) is not "
                           "mapped: WARN_ON(unmapped != size)", cpu=cpu)
             raise DmaError(-EINVAL, f"IOVA {a:#x} is not mapped (the kernel WARNs: unmapped != size "
                            "and unmaps only up to the hole)", func, warned="WARN_ON")
 
-    def _bounce(self, dev: Device, size: int, dir: int, phys: int) -> bool:
+    def needs_bounce(self, dev: Device, size: int, dir: int, phys: int) -> bool:
+        """``dev_use_swiotlb(dev, size, dir) && iova_unaligned(iovad, phys, size)`` (dma-iommu.c)."""
         return dev.dev_use_swiotlb(size, dir) and iova_offset(self.granule, phys | size) != 0
 
     def dma_map_page(self, dev: Device, phys: int, size: int, dir: int = DMA_BIDIRECTIONAL,
@@ -346,23 +410,23 @@ class DmaDomain(IovaApi):
         Bounces through swiotlb when the device needs it and the buffer is not granule-aligned at
         both ends; then ``__iommu_dma_map`` (allocate IOVA, ``iommu_map`` incl. ``iotlb_sync_map``).
         """
-        self._validate_dir(dir)
+        valid_dma_direction(dir)
         check_cpu("dma_map_page", cpu, self.ncpus)
         check_size("dma_map_page", size)
         check_phys("dma_map_page", phys, size)
         self.log.depth += 1
         try:
             orig = phys
-            if self._bounce(dev, size, dir, phys):
+            if self.needs_bounce(dev, size, dir, phys):
                 if self.swiotlb is None:
                     self.log.warn(_L, "iommu_dma_map_page", 0, "DMA bounce buffers are inactive, "
                                   "unable to map unaligned transaction.", cpu=cpu)
                     addr = DMA_MAPPING_ERROR
-                    self._api("dma_map_page", dev, cpu, addr, dir=dir, phys=orig, size=size)
+                    self.trace_api("dma_map_page", dev, cpu, addr, dir=dir, phys=orig, size=size)
                     return addr
                 phys = self.swiotlb.iommu_dma_map_swiotlb(dev, phys, size, self.granule, dir, attrs, cpu)
                 if phys == DMA_MAPPING_ERROR:
-                    self._api("dma_map_page", dev, cpu, phys, dir=dir, phys=orig, size=size, attrs=attrs)
+                    self.trace_api("dma_map_page", dev, cpu, phys, dir=dir, phys=orig, size=size, attrs=attrs)
                     return phys
             prot = dma_info_to_prot(dir, dev.coherent, attrs)
             addr = self.__iommu_dma_map(dev, phys, size, prot, dev.dma_get_mask(), cpu)
@@ -370,25 +434,25 @@ class DmaDomain(IovaApi):
                 self.swiotlb.swiotlb_tbl_unmap_single(phys, size, dir, attrs, cpu, dev=dev)
         finally:
             self.log.depth -= 1
-        self._api("dma_map_page", dev, cpu, addr, dir=dir, phys=orig, size=size, attrs=attrs)
+        self.trace_api("dma_map_page", dev, cpu, addr, dir=dir, phys=orig, size=size, attrs=attrs)
         return addr
 
     def dma_unmap_page(self, dev: Device, dma_addr: int, size: int, dir: int = DMA_BIDIRECTIONAL,
                        attrs: int = 0, cpu: int = 0) -> None:
         """``dma_unmap_page_attrs()`` -> ``iommu_dma_unmap_page()`` (dma-iommu.c)."""
-        self._validate_dir(dir)
+        valid_dma_direction(dir)
         check_cpu("dma_unmap_page", cpu, self.ncpus)
         check_size("dma_unmap_page", size)
         if not _is_int(dma_addr) or not 0 <= dma_addr <= U64_MASK - size + 1:
             raise ValueError(f"dma_unmap_page: dma_addr {dma_addr!r} + size {size:#x} is not a 64-bit DMA range")
         g = self.granule
         start = dma_addr - iova_offset(g, dma_addr)
-        self._check_mapped("iommu_dma_unmap_page", start, iova_align(g, size + dma_addr - start), cpu)
+        self.check_mapped("iommu_dma_unmap_page", start, iova_align(g, size + dma_addr - start), cpu)
         phys = self.iommu.iommu_iova_to_phys(dma_addr)
         if self.swiotlb is not None and self.swiotlb.is_swiotlb_buffer(phys):
             # what swiotlb_tbl_unmap_single will refuse (another device's min_align_mask, an address it
             # never returned) is checked before anything is unmapped
-            self.swiotlb._lookup("swiotlb_tbl_unmap_single", phys, None, dev)
+            self.swiotlb.lookup_mapping("swiotlb_tbl_unmap_single", phys, None, dev)
         self.log.depth += 1
         try:
             self.__iommu_dma_unmap(dev, dma_addr, size, cpu)
@@ -396,7 +460,7 @@ class DmaDomain(IovaApi):
                 self.swiotlb.swiotlb_tbl_unmap_single(phys, size, dir, attrs, cpu, dev=dev)
         finally:
             self.log.depth -= 1
-        self._api("dma_unmap_page", dev, cpu, None, dir=dir, dma_addr=dma_addr, size=size)
+        self.trace_api("dma_unmap_page", dev, cpu, None, dir=dir, dma_addr=dma_addr, size=size)
 
     # ---------------------------------------------------------------- scatterlists
     def dma_map_sg(self, dev: Device, sgl: list[ScatterEntry], dir: int = DMA_BIDIRECTIONAL,
@@ -408,7 +472,7 @@ class DmaDomain(IovaApi):
         ``__finalise_sg`` merges segments into DMA segments. Returns the number of DMA segments
         (``ents``); 0 on failure, as ``dma_map_sg`` does.
         """
-        self._validate_dir(dir)
+        valid_dma_direction(dir)
         check_cpu("dma_map_sg", cpu, self.ncpus)
         if not isinstance(sgl, list) or not sgl:
             raise ValueError(f"dma_map_sg: sgl {sgl!r} must be a non-empty list of ScatterEntry")
@@ -438,7 +502,6 @@ class DmaDomain(IovaApi):
                             self.dma_unmap_page(dev, t.dma_address, t.length, dir,
                                                 attrs | DMA_ATTR_SKIP_CPU_SYNC, cpu)
                 ents = len(sgl) if len(done) == len(sgl) else 0
-                self._sg_swiotlb = True
                 return ents
             mask = dev.dma_get_seg_boundary()
             iova_len = 0
@@ -468,7 +531,7 @@ class DmaDomain(IovaApi):
                     ents = self.__finalise_sg(dev, sgl, layout, iova)
         finally:
             self.log.depth -= 1
-        self._api("dma_map_sg", dev, cpu, ents, dir=dir, nents=len(sgl),
+        self.trace_api("dma_map_sg", dev, cpu, ents, dir=dir, nents=len(sgl),
                   phys=[s.phys for s in sgl], dma_addrs=[s.dma_address for s in sgl[:ents]],
                   sizes=[s.dma_length for s in sgl[:ents]])
         return ents
@@ -500,7 +563,7 @@ class DmaDomain(IovaApi):
         """``dma_unmap_sg_attrs()`` -> ``iommu_dma_unmap_sg()`` (dma-iommu.c): one
         ``__iommu_dma_unmap`` from the first segment's DMA address to the end of the last
         non-empty one."""
-        self._validate_dir(dir)
+        valid_dma_direction(dir)
         check_cpu("dma_unmap_sg", cpu, self.ncpus)
         if not isinstance(sgl, list) or not sgl or not all(isinstance(s, ScatterEntry) for s in sgl):
             raise ValueError(f"dma_unmap_sg: sgl {sgl!r} must be the non-empty list passed to dma_map_sg")
@@ -509,7 +572,7 @@ class DmaDomain(IovaApi):
             if bad:
                 raise ValueError(f"dma_unmap_sg: segment {bad[0]!r} is not mapped (dma_map_sg failed or was "
                                  "not called)")
-        self._api("dma_unmap_sg", dev, cpu, None, dir=dir, phys=[s.phys for s in sgl])
+        self.trace_api("dma_unmap_sg", dev, cpu, None, dir=dir, phys=[s.phys for s in sgl])
         self.log.depth += 1
         try:
             if dev.untrusted:
@@ -524,7 +587,7 @@ class DmaDomain(IovaApi):
                 end = s.dma_address + s.dma_length
             g = self.granule
             a = start - iova_offset(g, start)
-            self._check_mapped("iommu_dma_unmap_sg", a, iova_align(g, end - a), cpu)
+            self.check_mapped("iommu_dma_unmap_sg", a, iova_align(g, end - a), cpu)
             self.__iommu_dma_unmap(dev, start, end - start, cpu)
         finally:
             self.log.depth -= 1
@@ -532,26 +595,19 @@ class DmaDomain(IovaApi):
     def dma_alloc_coherent(self, dev: Device, size: int, cpu: int = 0) -> tuple[int, int]:
         """``dma_alloc_attrs()`` -> ``iommu_dma_alloc()`` (simplified: one physically contiguous
         page-rounded buffer, mapped with the coherent mask). Returns ``(phys, dma_addr)``."""
-        from iovalab.kernel.units import PAGE_SIZE
         check_cpu("dma_alloc_coherent", cpu, self.ncpus)
         check_size("dma_alloc_coherent", size)
-        size = iova_align(PAGE_SIZE, size)
+        size = iova_align(self.page_size, size)
         phys = self._phys_next
         check_phys("dma_alloc_coherent", phys, size)
         addr = self.__iommu_dma_map(dev, phys, size, dma_info_to_prot(DMA_BIDIRECTIONAL, dev.coherent, 0),
                                     dev.coherent_dma_mask, cpu)
         if addr != DMA_MAPPING_ERROR:  # a failed iommu_dma_alloc frees its pages again
             self._phys_next += size
-        self._api("dma_alloc", dev, cpu, addr, size=size, phys=phys)
+        self.trace_api("dma_alloc", dev, cpu, addr, size=size, phys=phys)
         return phys, addr
 
     # ----------------------------------------------------------------------------------------
-    @staticmethod
-    def _validate_dir(dir: int) -> None:
-        if dir not in DIR_NAMES or dir == DMA_NONE:
-            raise ValueError(f"DMA direction {dir!r} is not one of BIDIRECTIONAL(0), TO_DEVICE(1), "
-                             "FROM_DEVICE(2) (valid_dma_direction)")
-
     def snapshot(self) -> tuple:
         """Comparable copy of allocator, page table and flush-queue state (for "no change" tests)."""
         return (self.iovad.snapshot(), self.iommu.snapshot(),

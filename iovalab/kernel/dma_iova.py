@@ -8,24 +8,32 @@ visible; ``dma_iova_unlink`` (always strict, keeps the IOVA), ``dma_iova_destroy
 sync or flush-queue entry, and the free) and ``dma_iova_free`` undo it. The swiotlb variant of the
 link (``iommu_dma_iova_link_swiotlb``) bounces unaligned head and tail granules.
 
-:class:`IovaApi` holds these calls; :class:`iovalab.kernel.dma_iommu.DmaDomain` inherits them and supplies the
-IOVA allocator, the IOMMU domain, the flush queues and the shared checks they use
-(``iommu_dma_alloc_iova``, ``iommu_dma_free_iova``, ``_check_mapped``...). Error conventions are
-those of :mod:`iovalab.kernel.dma_iommu`.
+:class:`IovaApi` holds these calls over a :class:`DmaIovaHost`: what they need from the DMA domain
+(``struct iommu_dma_cookie`` + ``struct iommu_domain``): its IOMMU domain, granule, swiotlb pool, the
+IOVA alloc/free of ``dma-iommu.c`` (which go through the flush queue) and the checks shared with the
+classic path. :class:`iovalab.kernel.dma_iommu.DmaDomain` is such a host, holds an :class:`IovaApi`
+and forwards its ``dma_iova_*`` methods to it. Error conventions are those of
+:mod:`iovalab.kernel.dma_iommu`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from iovalab.kernel.device import (
     DMA_ATTR_PRIVILEGED, DMA_ATTR_SKIP_CPU_SYNC, DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_TO_DEVICE, Device,
+    valid_dma_direction,
 )
-from iovalab.kernel.iommu import IOMMU_CACHE, IOMMU_MMIO, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE, IotlbGather
+from iovalab.kernel.events import EventLog
+from iovalab.kernel.iommu import (
+    IOMMU_CACHE, IOMMU_MMIO, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE, IommuDomain, IotlbGather,
+)
+from iovalab.kernel.swiotlb import SwiotlbPool
 from iovalab.kernel.units import DMA_MAPPING_ERROR, EINVAL, EIO, ENOMEM, EPERM, DmaError, iova_align, iova_offset
 
 __all__ = ["DMA_ATTR_MMIO", "DMA_IOVA_USE_SWIOTLB", "dma_info_to_prot", "DmaIovaState", "dma_use_iova",
-           "dma_iova_size", "IovaApi"]
+           "dma_iova_size", "dma_iova_range", "DmaIovaHost", "IovaApi"]
 
 #: DMA_ATTR_MMIO (include/linux/dma-mapping.h, 6.18+)
 DMA_ATTR_MMIO = 1 << 10
@@ -81,9 +89,66 @@ def dma_iova_size(state: DmaIovaState) -> int:
     return state.size_field & ~DMA_IOVA_USE_SWIOTLB
 
 
+def dma_iova_range(state: DmaIovaState, granule: int) -> tuple[int, int]:
+    """``(iova, length)``: the granule-aligned IOVA a state holds, as ``dma_iova_free()`` and
+    ``dma_iova_destroy()`` (dma-iommu.c) compute it: ``iova_align(size + iova_offset(addr))`` bytes
+    from ``addr - iova_offset(addr)``."""
+    pad = iova_offset(granule, state.addr)
+    return state.addr - pad, iova_align(granule, dma_iova_size(state) + pad)
+
+
+class DmaIovaHost(Protocol):
+    """What the ``dma_iova_*`` calls use of a DMA domain (``struct iommu_dma_cookie`` and its
+    ``struct iommu_domain``, drivers/iommu/dma-iommu.c)."""
+
+    log: EventLog
+    iommu: IommuDomain
+    granule: int
+    ncpus: int
+    swiotlb: SwiotlbPool | None
+    check_contract: bool
+
+    @property
+    def fq_domain(self) -> bool:
+        """``cookie->fq_domain != NULL``."""
+        ...
+
+    def iommu_dma_alloc_iova(self, size: int, dma_limit: int, dev: Device, cpu: int = 0) -> int:
+        """``iommu_dma_alloc_iova()``: the IOVA, 0 on failure."""
+        ...
+
+    def iommu_dma_free_iova(self, iova: int, size: int, gather: IotlbGather | None, cpu: int = 0) -> None:
+        """``iommu_dma_free_iova()``: free now, or queue when ``gather->queued``."""
+        ...
+
+    def first_unmapped(self, iova: int, size: int) -> int | None:
+        """First granule address in ``[iova, iova + size)`` with no translation, or None."""
+        ...
+
+    def mapped_granules(self, iova: int, size: int) -> list[int]:
+        """Up to 16 granule addresses in ``[iova, iova + size)`` that have a translation."""
+        ...
+
+    def check_mapped(self, func: str, iova: int, size: int, cpu: int) -> None:
+        """Refuse (WARN + -EINVAL) an unmap of a range that is not fully mapped."""
+        ...
+
+    def needs_bounce(self, dev: Device, size: int, dir: int, phys: int) -> bool:
+        """``dev_use_swiotlb(dev, size, dir) && iova_unaligned(iovad, phys, size)``."""
+        ...
+
+    def trace_api(self, func: str, dev: Device, cpu: int, result: Any, **args: Any) -> None:
+        """One ``dma_api_calls`` event for a DMA API entry point."""
+        ...
+
+
 class IovaApi:
-    """The ``dma_iova_*`` calls of ``drivers/iommu/dma-iommu.c``, as methods of a DMA domain
-    (:class:`iovalab.kernel.dma_iommu.DmaDomain`)."""
+    """The ``dma_iova_*`` calls of ``drivers/iommu/dma-iommu.c`` over a DMA domain (``host``, any
+    :class:`DmaIovaHost`; :class:`iovalab.kernel.dma_iommu.DmaDomain` holds one and forwards its
+    ``dma_iova_*`` methods here)."""
+
+    def __init__(self, host: DmaIovaHost):
+        self.host = host
 
     def dma_iova_try_alloc(self, dev: Device, state: DmaIovaState, phys: int, size: int,
                            cpu: int = 0) -> bool:
@@ -97,7 +162,7 @@ class IovaApi:
         ``state->addr = iova + iova_offset(phys)``, ``state->__size = size``. No PTE is written.
         """
         from iovalab.kernel.units import check_cpu, check_phys
-        check_cpu("dma_iova_try_alloc", cpu, self.ncpus)
+        check_cpu("dma_iova_try_alloc", cpu, self.host.ncpus)
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= (1 << 64) - 1:
             raise ValueError(f"dma_iova_try_alloc: size {size!r} must be an int in 0..2^64-1 (size_t)")
         if not size & DMA_IOVA_USE_SWIOTLB:
@@ -105,31 +170,31 @@ class IovaApi:
         state.addr = 0
         state.size_field = 0
         ok = False
-        self.log.depth += 1
+        self.host.log.depth += 1
         try:
             if size == 0 or size & DMA_IOVA_USE_SWIOTLB:
-                self.log.warn(_L, "dma_iova_try_alloc", 0,
+                self.host.log.warn(_L, "dma_iova_try_alloc", 0,
                               "WARN_ON_ONCE(!size)" if size == 0 else
                               f"WARN_ON_ONCE(size {size:#x} & DMA_IOVA_USE_SWIOTLB)", cpu=cpu)
             elif size < 0:
                 raise ValueError(f"dma_iova_try_alloc: size {size} must be >= 0")
             else:
-                g = self.granule
+                g = self.host.granule
                 off = iova_offset(g, phys)
-                addr = self.iommu_dma_alloc_iova(iova_align(g, size + off), dev.dma_get_mask(), dev, cpu)
+                addr = self.host.iommu_dma_alloc_iova(iova_align(g, size + off), dev.dma_get_mask(), dev, cpu)
                 if addr:
                     state.addr = addr + off
                     state.size_field = size
                     ok = True
         finally:
-            self.log.depth -= 1
-        self._api("dma_iova_try_alloc", dev, cpu, ok, phys=phys, size=size,
-                  addr=state.addr, iova_len=iova_align(self.granule, size + iova_offset(self.granule, phys)))
+            self.host.log.depth -= 1
+        self.host.trace_api("dma_iova_try_alloc", dev, cpu, ok, phys=phys, size=size,
+                  addr=state.addr, iova_len=iova_align(self.host.granule, size + iova_offset(self.host.granule, phys)))
         return ok
 
     def _check_cpu_arg(self, func: str, cpu) -> None:
         from iovalab.kernel.units import check_cpu
-        check_cpu(func, cpu, self.ncpus)
+        check_cpu(func, cpu, self.host.ncpus)
 
     @staticmethod
     def _check_range_args(func: str, offset, size, zero_ok: bool = False) -> None:
@@ -139,10 +204,6 @@ class IovaApi:
         if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= (1 << 64) - 1 - size:
             raise ValueError(f"{func}: offset {offset!r} must be an int >= 0 inside the 64-bit space")
 
-    def _state_iova(self, state: DmaIovaState) -> tuple[int, int]:
-        g = self.granule
-        pad = iova_offset(g, state.addr)
-        return state.addr - pad, iova_align(g, dma_iova_size(state) + pad)
 
     def dma_iova_free(self, dev: Device, state: DmaIovaState, cpu: int = 0) -> None:
         """``dma_iova_free(dev, state)`` (dma-iommu.c): give the whole IOVA back at once
@@ -150,17 +211,17 @@ class IovaApi:
         if not dma_use_iova(state):
             raise ValueError("dma_iova_free: state does not hold an IOVA (dma_use_iova() is false)")
         self._check_cpu_arg("dma_iova_free", cpu)
-        base, length = self._state_iova(state)
-        linked = self._mapped_granules(base, length)
+        base, length = dma_iova_range(state, self.host.granule)
+        linked = self.host.mapped_granules(base, length)
         if linked:
-            self.log.emit(_L, "dma_iova_free", "contract", None, cpu=cpu,
+            self.host.log.emit(_L, "dma_iova_free", "contract", None, cpu=cpu,
                           rule=f"granule(s) still linked (first {linked[0]:#x}); "
                           "the kernel does not check and frees the IOVA with live PTEs")
-            if self.check_contract:
+            if self.host.check_contract:
                 raise DmaError(-EINVAL, f"dma_iova_free with IOVA {linked[0]:#x} still linked",
                                "dma_iova_free")
-        self.iommu_dma_free_iova(base, length, None, cpu)
-        self._api("dma_iova_free", dev, cpu, None, addr=state.addr, size=dma_iova_size(state))
+        self.host.iommu_dma_free_iova(base, length, None, cpu)
+        self.host.trace_api("dma_iova_free", dev, cpu, None, addr=state.addr, size=dma_iova_size(state))
 
     def dma_iova_link(self, dev: Device, state: DmaIovaState, phys: int, offset: int, size: int,
                       dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> int:
@@ -171,7 +232,7 @@ class IovaApi:
         Only the first range (offset 0) may start mid-granule: else WARN_ON_ONCE and ``-EIO``.
         Returns 0; raises :class:`DmaError` with the kernel's errno.
         """
-        self._validate_dir(dir)
+        valid_dma_direction(dir)
         if not dma_use_iova(state):
             raise ValueError("dma_iova_link: state does not hold an IOVA (dma_iova_try_alloc failed "
                              "or was not called)")
@@ -182,30 +243,30 @@ class IovaApi:
         if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= (1 << 64) - 1 - size:
             raise ValueError(f"dma_iova_link: offset {offset!r} must be an int >= 0 with offset + size "
                              "inside the 64-bit space")
-        g = self.granule
+        g = self.host.granule
         pad = iova_offset(g, phys)
         if pad and offset > 0:
-            self.log.warn(_L, "dma_iova_link", EIO, f"phys {phys:#x} has granule offset {pad:#x} at "
+            self.host.log.warn(_L, "dma_iova_link", EIO, f"phys {phys:#x} has granule offset {pad:#x} at "
                           f"offset {offset:#x} > 0: only the first range may start mid-granule", cpu=cpu)
             raise DmaError(-EIO, f"phys {phys:#x} is not granule-aligned (offset {pad:#x}) and "
                            f"offset {offset:#x} > 0", "dma_iova_link", warned=True)
         if offset + size > dma_iova_size(state):
-            self.log.emit(_L, "dma_iova_link", "contract", None, cpu=cpu,
+            self.host.log.emit(_L, "dma_iova_link", "contract", None, cpu=cpu,
                           rule=f"offset {offset:#x} + size {size:#x} exceeds the reserved size "
                           f"{dma_iova_size(state):#x} (the kernel does not check this)")
-            if self.check_contract:
+            if self.host.check_contract:
                 raise DmaError(-EINVAL, f"offset {offset:#x} + size {size:#x} is past the reserved "
                                f"size {dma_iova_size(state):#x}", "dma_iova_link")
-        self.log.depth += 1
+        self.host.log.depth += 1
         try:
-            if self._bounce(dev, size, dir, phys):
+            if self.host.needs_bounce(dev, size, dir, phys):
                 ret = self._iova_link_swiotlb(dev, state, phys, offset, size, dir, attrs, cpu)
             else:
                 ret = self.__dma_iova_link(dev, state.addr + offset - pad, phys - pad,
                                            iova_align(g, size + pad), dir, attrs, cpu)
         finally:
-            self.log.depth -= 1
-        self._api("dma_iova_link", dev, cpu, ret, phys=phys, offset=offset, size=size, dir=dir)
+            self.host.log.depth -= 1
+        self.host.trace_api("dma_iova_link", dev, cpu, ret, phys=phys, offset=offset, size=size, dir=dir)
         if ret:
             raise DmaError(ret, f"iommu_map_nosync failed for IOVA {state.addr + offset - pad:#x}",
                            "dma_iova_link")
@@ -216,8 +277,8 @@ class IovaApi:
         """``__dma_iova_link()`` (dma-iommu.c): CPU cache sync for non-coherent devices, then
         ``iommu_map_nosync`` (no ``iotlb_sync_map``)."""
         if not dev.coherent and not attrs & DMA_ATTR_SKIP_CPU_SYNC:
-            self.log.emit(_L, "arch_sync_dma_for_device", "cpu_sync", None, cpu=cpu, phys=phys, size=size)
-        return self.iommu.iommu_map_nosync(iova, phys, size, dma_info_to_prot(dir, dev.coherent, attrs),
+            self.host.log.emit(_L, "arch_sync_dma_for_device", "cpu_sync", None, cpu=cpu, phys=phys, size=size)
+        return self.host.iommu.iommu_map_nosync(iova, phys, size, dma_info_to_prot(dir, dev.coherent, attrs),
                                            cpu=cpu)
 
     def _iova_link_swiotlb(self, dev: Device, state: DmaIovaState, phys: int, offset: int, size: int,
@@ -226,10 +287,10 @@ class IovaApi:
         the unaligned head and tail granules, link the aligned middle directly."""
         if attrs & DMA_ATTR_MMIO:
             return -EPERM
-        if self.swiotlb is None:
-            self.log.warn(_L, "iommu_dma_map_swiotlb", 0, "DMA bounce buffers are inactive", cpu=cpu)
+        if self.host.swiotlb is None:
+            self.host.log.warn(_L, "iommu_dma_map_swiotlb", 0, "DMA bounce buffers are inactive", cpu=cpu)
             return -ENOMEM
-        g = self.granule
+        g = self.host.granule
         start_pad = iova_offset(g, phys)
         end_pad = iova_offset(g, phys + size)
         addr = state.addr + offset
@@ -268,13 +329,13 @@ class IovaApi:
 
     def _bounce_and_link(self, dev, addr, phys, blen, dir, attrs, start_pad, cpu) -> int:
         """``iommu_dma_iova_bounce_and_link()`` (dma-iommu.c)."""
-        bphys = self.swiotlb.iommu_dma_map_swiotlb(dev, phys, blen, self.granule, dir, attrs, cpu)
+        bphys = self.host.swiotlb.iommu_dma_map_swiotlb(dev, phys, blen, self.host.granule, dir, attrs, cpu)
         if bphys == DMA_MAPPING_ERROR:
             return -ENOMEM
         ret = self.__dma_iova_link(dev, addr - start_pad, bphys - start_pad,
-                                   iova_align(self.granule, blen), dir, attrs, cpu)
+                                   iova_align(self.host.granule, blen), dir, attrs, cpu)
         if ret:
-            self.swiotlb.swiotlb_tbl_unmap_single(bphys, blen, dir, attrs, cpu, dev=dev)
+            self.host.swiotlb.swiotlb_tbl_unmap_single(bphys, blen, dir, attrs, cpu, dev=dev)
         return ret
 
     def dma_iova_sync(self, dev: Device, state: DmaIovaState, offset: int, size: int,
@@ -283,22 +344,22 @@ class IovaApi:
         granule-rounded range. Returns 0."""
         self._check_cpu_arg("dma_iova_sync", cpu)
         self._check_range_args("dma_iova_sync", offset, size)
-        g = self.granule
+        g = self.host.granule
         a = state.addr + offset
         pad = iova_offset(g, a)
         length = iova_align(g, size + pad)
-        hole = self._first_unmapped(a - pad, length)
+        hole = self.host.first_unmapped(a - pad, length)
         if hole is not None:
-            self.log.emit(_L, "dma_iova_sync", "contract", None, cpu=cpu,
+            self.host.log.emit(_L, "dma_iova_sync", "contract", None, cpu=cpu,
                           rule=f"sync of IOVA never linked (first {hole:#x}); the kernel does not check")
-            if self.check_contract:
+            if self.host.check_contract:
                 raise DmaError(-EINVAL, f"sync of IOVA {hole:#x} which is not linked", "dma_iova_sync")
-        self.log.depth += 1
+        self.host.log.depth += 1
         try:
-            ret = self.iommu.iommu_sync_map(a - pad, length, cpu=cpu)
+            ret = self.host.iommu.iommu_sync_map(a - pad, length, cpu=cpu)
         finally:
-            self.log.depth -= 1
-        self._api("dma_iova_sync", dev, cpu, ret, offset=offset, size=size)
+            self.host.log.depth -= 1
+        self.host.trace_api("dma_iova_sync", dev, cpu, ret, offset=offset, size=size)
         return ret
 
     def __iommu_dma_iova_unlink(self, func: str, dev: Device, state: DmaIovaState, offset: int,
@@ -306,11 +367,11 @@ class IovaApi:
         """``__iommu_dma_iova_unlink()`` (dma-iommu.c): slow path per granule for swiotlb or
         non-coherent devices, then one ``iommu_unmap_fast``, a strict sync unless queued, and the
         IOVA free when ``free_iova``."""
-        g = self.granule
+        g = self.host.granule
         addr = state.addr + offset
         pad = iova_offset(g, addr)
         length = iova_align(g, size + pad)
-        self._check_mapped(func, addr - pad, length, cpu)
+        self.host.check_mapped(func, addr - pad, length, cpu)
         slow = not dev.coherent and not attrs & DMA_ATTR_SKIP_CPU_SYNC
         if (state.size_field & DMA_IOVA_USE_SWIOTLB) or slow:
             # iommu_dma_iova_unlink_range_slow
@@ -318,54 +379,54 @@ class IovaApi:
             a = addr
             while a < end:
                 chunk = min(end - a, g - iova_offset(g, a))
-                p = self.iommu.iommu_iova_to_phys(a)
+                p = self.host.iommu.iommu_iova_to_phys(a)
                 if not dev.coherent and not attrs & DMA_ATTR_SKIP_CPU_SYNC:
-                    self.log.emit(_L, "arch_sync_dma_for_cpu", "cpu_sync", None, cpu=cpu, phys=p, size=chunk)
-                if self.swiotlb is not None and self.swiotlb.is_swiotlb_buffer(p):
-                    self.swiotlb.swiotlb_tbl_unmap_single(p, chunk, dir, attrs, cpu, dev=dev)
+                    self.host.log.emit(_L, "arch_sync_dma_for_cpu", "cpu_sync", None, cpu=cpu, phys=p, size=chunk)
+                if self.host.swiotlb is not None and self.host.swiotlb.is_swiotlb_buffer(p):
+                    self.host.swiotlb.swiotlb_tbl_unmap_single(p, chunk, dir, attrs, cpu, dev=dev)
                 a += chunk
         gather = IotlbGather()
-        gather.queued = free_iova and self.fq_domain
-        self.iommu.iommu_unmap_fast(addr - pad, length, gather, cpu=cpu)
+        gather.queued = free_iova and self.host.fq_domain
+        self.host.iommu.iommu_unmap_fast(addr - pad, length, gather, cpu=cpu)
         if not gather.queued:
-            self.iommu.iommu_iotlb_sync(gather, cpu=cpu)
+            self.host.iommu.iommu_iotlb_sync(gather, cpu=cpu)
         if free_iova:
-            self.iommu_dma_free_iova(addr - pad, length, gather, cpu)
+            self.host.iommu_dma_free_iova(addr - pad, length, gather, cpu)
 
     def dma_iova_unlink(self, dev: Device, state: DmaIovaState, offset: int, size: int,
                         dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> None:
         """``dma_iova_unlink(dev, state, offset, size, dir, attrs)`` (dma-iommu.c): unmap a linked
         range with its own (always strict) IOTLB sync; the IOVA stays reserved."""
-        self._validate_dir(dir)
+        valid_dma_direction(dir)
         if not dma_use_iova(state):
             raise ValueError("dma_iova_unlink: state does not hold an IOVA")
         self._check_cpu_arg("dma_iova_unlink", cpu)
         self._check_range_args("dma_iova_unlink", offset, size)
-        self.log.depth += 1
+        self.host.log.depth += 1
         try:
             self.__iommu_dma_iova_unlink("dma_iova_unlink", dev, state, offset, size, dir, attrs, False, cpu)
         finally:
-            self.log.depth -= 1
-        self._api("dma_iova_unlink", dev, cpu, None, offset=offset, size=size)
+            self.host.log.depth -= 1
+        self.host.trace_api("dma_iova_unlink", dev, cpu, None, offset=offset, size=size)
 
     def dma_iova_destroy(self, dev: Device, state: DmaIovaState, mapped_len: int,
                          dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> None:
         """``dma_iova_destroy(dev, state, mapped_len, dir, attrs)`` (dma-iommu.c): one unmap of
         ``[0, mapped_len)``, one sync (strict) or a flush-queue entry (lazy), and the IOVA free;
         ``mapped_len == 0`` only frees (``dma_iova_free``)."""
-        self._validate_dir(dir)
+        valid_dma_direction(dir)
         if not dma_use_iova(state):
             raise ValueError("dma_iova_destroy: state does not hold an IOVA")
         self._check_cpu_arg("dma_iova_destroy", cpu)
         self._check_range_args("dma_iova_destroy", 0, mapped_len, zero_ok=True)
         if mapped_len:
-            self.log.depth += 1
+            self.host.log.depth += 1
             try:
                 self.__iommu_dma_iova_unlink("dma_iova_destroy", dev, state, 0, mapped_len, dir, attrs,
                                              True, cpu)
             finally:
-                self.log.depth -= 1
-            self._api("dma_iova_destroy", dev, cpu, None, mapped_len=mapped_len)
+                self.host.log.depth -= 1
+            self.host.trace_api("dma_iova_destroy", dev, cpu, None, mapped_len=mapped_len)
         else:
             self.dma_iova_free(dev, state, cpu)
 
@@ -374,14 +435,14 @@ class IovaApi:
         """Whether the per-page calls would all take the same plain path (so a batch is exact)."""
         import numpy as np
 
-        if self.log.keep or size != self.granule or not dev.coherent or not dma_use_iova(state):
+        if self.host.log.keep or size != self.host.granule or not dev.coherent or not dma_use_iova(state):
             return False
-        if state.size_field & DMA_IOVA_USE_SWIOTLB or self.iommu.has_iotlb_sync_map:
+        if state.size_field & DMA_IOVA_USE_SWIOTLB or self.host.iommu.has_iotlb_sync_map:
             return False
-        if self.iommu._tlb or self.iommu._neg:  # cached translations would need per-page invalidation
+        if not self.host.iommu.iotlb_empty():  # cached translations would need per-page invalidation
             return False
         off = np.asarray(offsets, dtype=np.int64)
-        g = self.granule
+        g = self.host.granule
         return bool(len(off) > 1 and not (off & (g - 1)).any() and off.min() >= 0
                     and off.max() + size <= dma_iova_size(state) and not iova_offset(g, state.addr))
 
@@ -389,7 +450,7 @@ class IovaApi:
         """Run ``first()`` (one page the normal way), then ``bulk()`` for the rest; the tallies of the
         rest are the first page's per-kind counts times ``rest_n`` (table pages are counted by the bulk
         call itself)."""
-        log = self.log
+        log = self.host.log
         mark = log.mark()
         first()
         delta = log.tallies_since(mark)
@@ -422,12 +483,12 @@ class IovaApi:
         def per_page(lo: int) -> None:
             per_page_range(lo)
 
-        if not (self._bulk_ok(dev, state, offsets, size) and not (phys & np.uint64(self.granule - 1)).any()):
+        if not (self._bulk_ok(dev, state, offsets, size) and not (phys & np.uint64(self.host.granule - 1)).any()):
             return per_page(0)
         iovas = np.uint64(state.addr) + offsets.astype(np.uint64)
         prot = dma_info_to_prot(dir, dev.coherent, attrs)
         if not self._scaled(lambda: per_page_range(0, 1), len(phys) - 1,
-                            lambda: self.iommu.pgtable.map_leaves_bulk(iovas[1:], phys[1:], prot, cpu)):
+                            lambda: self.host.iommu.pgtable.map_leaves_bulk(iovas[1:], phys[1:], prot, cpu)):
             per_page(1)
 
     def dma_iova_unlink_pages(self, dev: Device, state: DmaIovaState, offsets, size: int,
@@ -447,5 +508,5 @@ class IovaApi:
             return per_page(0)
         iovas = np.uint64(state.addr) + offsets.astype(np.uint64)
         if not self._scaled(lambda: self.dma_iova_unlink(dev, state, int(offsets[0]), size, dir, attrs, cpu),
-                            len(offsets) - 1, lambda: self.iommu.pgtable.clear_leaves_bulk(iovas[1:])):
+                            len(offsets) - 1, lambda: self.host.iommu.pgtable.clear_leaves_bulk(iovas[1:])):
             per_page(1)

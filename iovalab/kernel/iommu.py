@@ -58,7 +58,7 @@ from iovalab.kernel.units import EINVAL, SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ
 __all__ = [
     "IOMMU_READ", "IOMMU_WRITE", "IOMMU_CACHE", "IOMMU_NOEXEC", "IOMMU_MMIO", "IOMMU_PRIV",
     "IOMMU_FAULT_READ", "IOMMU_FAULT_WRITE",
-    "PRESETS", "GATHER_STYLES",
+    "PRESETS", "GRANULE_PRESETS", "GATHER_STYLES",
     "iommu_pgsize", "split_pages",
     "IotlbGather", "iommu_iotlb_gather_init", "iommu_iotlb_gather_is_disjoint",
     "iommu_iotlb_gather_add_range", "iommu_iotlb_gather_add_page", "iommu_iotlb_gather_queued",
@@ -102,6 +102,12 @@ PRESETS: dict[str, dict] = {
     "smmuv3-64k": dict(pgsize_bitmap=SZ_64K | SZ_512M, fmt="arm-lpae", driver="arm", ias=48,
                        aperture_end=_A48, has_iotlb_sync_map=False, gather_style="page"),
 }
+
+
+#: The preset the lab uses for each IOVA granule (``iommu_dma_init_domain``: granule =
+#: ``1 << __ffs(pgsize_bitmap)``): VT-d for 4K (the default domain), SMMUv3 LPAE for 16K and 64K,
+#: the granules only arm64's io-pgtable-arm offers.
+GRANULE_PRESETS: dict[int, str] = {SZ_4K: "intel-vtd", SZ_16K: "smmuv3-16k", SZ_64K: "smmuv3-64k"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,6 +603,10 @@ class IommuDomain:
             if a == first:
                 out = p + (iova - first)
         return out
+
+    def iotlb_empty(self) -> bool:
+        """No cached translation and no cached non-present entry."""
+        return not self._tlb and not self._neg
 
     def iotlb_entries(self) -> list[tuple[int, int | None, int, int]]:
         """Cached translations ``(iova base, phys base, leaf size, prot)``; negative entries have

@@ -38,6 +38,7 @@ from iovalab.kernel.units import PAGE_SIZE, U64_MASK, fls_long, is_power_of_2
 
 __all__ = [
     "IOVA_ANCHOR", "IOVA_MAG_SIZE", "IOVA_RANGE_CACHE_MAX_SIZE", "IOVA_DEPOT_DELAY_MS",
+    "iova_rcache_roundup", "iova_rcache_bin",
     "Iova", "IovaMagazine", "IovaDomain", "iova_rcache_range",
 ]
 
@@ -55,9 +56,26 @@ IOVA_DEPOT_DELAY_MS = 100
 _L = "iova"
 
 
-def iova_rcache_range() -> int:
+def iova_rcache_range(page_size: int = PAGE_SIZE) -> int:
     """``iova_rcache_range()`` (iova.c): largest cached size in bytes, ``PAGE_SIZE << 5``."""
-    return PAGE_SIZE << (IOVA_RANGE_CACHE_MAX_SIZE - 1)
+    return page_size << (IOVA_RANGE_CACHE_MAX_SIZE - 1)
+
+
+def iova_rcache_roundup(size: int) -> int:
+    """The size ``alloc_iova_fast()`` (iova.c) allocates for ``size`` granules: below
+    ``1 << (IOVA_RANGE_CACHE_MAX_SIZE - 1)`` (32) it is ``roundup_pow_of_two(size)``, so that the
+    range fits an rcache bin when freed; larger sizes are unchanged."""
+    if size < (1 << (IOVA_RANGE_CACHE_MAX_SIZE - 1)):
+        return 1 << (size - 1).bit_length() if size > 1 else size
+    return size
+
+
+def iova_rcache_bin(size: int) -> int | None:
+    """The rcache bin of ``size`` granules in ``iova_rcache_insert()``/``iova_rcache_get()``
+    (iova.c): ``order_base_2(size)``, or None when that is ``>= IOVA_RANGE_CACHE_MAX_SIZE``
+    (never cached)."""
+    log_size = (size - 1).bit_length() if size > 1 else 0
+    return log_size if log_size < IOVA_RANGE_CACHE_MAX_SIZE else None
 
 
 class Iova:
@@ -83,21 +101,14 @@ class Iova:
 
 @dataclass
 class IovaMagazine:
-    """``struct iova_magazine`` (iova.c): up to ``IOVA_MAG_SIZE`` pfns, used as a stack."""
+    """``struct iova_magazine`` (iova.c): up to ``IOVA_MAG_SIZE`` pfns, used as a stack
+    (``iova_magazine_full/empty/push`` are written inline on ``pfns`` by the callers)."""
 
     pfns: list
 
     @property
     def size(self) -> int:
         return len(self.pfns)
-
-    def full(self) -> bool:
-        """``iova_magazine_full()``."""
-        return len(self.pfns) == IOVA_MAG_SIZE
-
-    def empty(self) -> bool:
-        """``iova_magazine_empty()``."""
-        return not self.pfns
 
     def pop(self, limit_pfn: int) -> int:
         """``iova_magazine_pop(mag, limit_pfn)`` (iova.c).
@@ -116,10 +127,6 @@ class IovaMagazine:
         if i < len(p):
             p[i] = last
         return pfn
-
-    def push(self, pfn: int) -> None:
-        """``iova_magazine_push()``."""
-        self.pfns.append(pfn)
 
 
 class _CpuRcache:
@@ -150,16 +157,20 @@ class IovaDomain:
     """``struct iova_domain`` after ``init_iova_domain()`` + ``iova_domain_init_rcaches()``.
 
     :param granule: ``unsigned long granule``, bytes; a power of two ``<= PAGE_SIZE`` of the kernel
-        being modelled (``page_size``, default 64 KiB so that 16K/64K granules can be shown).
+        being modelled.
+    :param page_size: that kernel's ``PAGE_SIZE`` (default: 4K, or the granule when larger: a 16K
+        or 64K granule exists only under a kernel with pages that large).
     :param start_pfn: ``unsigned long start_pfn``, lowest pfn handed out (>= 1 from dma-iommu).
     :param ncpus: number of possible/online CPUs (each gets its own magazines).
     :param log: the shared :class:`~iovalab.kernel.events.EventLog` (a new one when omitted).
     """
 
     def __init__(self, granule: int, start_pfn: int = 1, *, ncpus: int = 1,
-                 log: EventLog | None = None, page_size: int = 0x10000):
+                 log: EventLog | None = None, page_size: int | None = None):
         if not is_power_of_2(granule):
             raise ValueError(f"granule {granule:#x} is not a power of two (init_iova_domain BUG_ON)")
+        if page_size is None:  # 4K, or the granule up to 64K (the largest arm64 PAGE_SIZE)
+            page_size = max(PAGE_SIZE, min(granule, 0x10000))
         if granule > page_size:
             raise ValueError(f"granule {granule:#x} exceeds PAGE_SIZE {page_size:#x} "
                              "(init_iova_domain BUG_ON(granule > PAGE_SIZE))")
@@ -171,6 +182,7 @@ class IovaDomain:
                              "MAXSMP is 8192)")
         self.log = log if log is not None else EventLog()
         self.granule = granule
+        self.page_size = page_size
         self.shift = granule.bit_length() - 1
         self.start_pfn = start_pfn
         self.ncpus = ncpus
@@ -213,13 +225,6 @@ class IovaDomain:
     def __get_cached_rbnode(self, limit_pfn: int) -> Iova:
         """``__get_cached_rbnode()`` (iova.c); ``limit_pfn`` is exclusive here."""
         return self.cached32_node if limit_pfn <= self.dma_32bit_pfn else self.cached_node
-
-    def __cached_rbnode_insert_update(self, new: Iova) -> None:
-        """``__cached_rbnode_insert_update()`` (iova.c)."""
-        if new.pfn_hi < self.dma_32bit_pfn:
-            self.cached32_node = new
-        else:
-            self.cached_node = new
 
     def __cached_rbnode_delete_update(self, free: Iova, nxt: Iova | None) -> None:
         """``__cached_rbnode_delete_update()`` (iova.c); runs before ``free`` leaves the tree.
@@ -305,7 +310,7 @@ class IovaDomain:
         new = Iova(new_pfn, new_pfn + size - 1)
         insort(neg, -new_pfn)
         nodes[new_pfn] = new
-        if new.pfn_hi < self.dma_32bit_pfn:  # __cached_rbnode_insert_update
+        if new.pfn_hi < self.dma_32bit_pfn:  # __cached_rbnode_insert_update(), inline
             self.cached32_node = new
         else:
             self.cached_node = new
@@ -434,8 +439,8 @@ class IovaDomain:
         ``prev`` when that has room; else push the full ``loaded`` onto the depot and start a new
         magazine. Returns False for sizes above the cached range.
         """
-        log_size = (size - 1).bit_length() if size > 1 else 0  # order_base_2
-        if log_size >= IOVA_RANGE_CACHE_MAX_SIZE:
+        log_size = iova_rcache_bin(size)
+        if log_size is None:
             return False
         rcache = self.rcaches[log_size]
         c = rcache.cpu_rcaches[cpu]
@@ -460,8 +465,8 @@ class IovaDomain:
         ``loaded`` if non-empty, else swap in ``prev``, else replace ``loaded`` by a full magazine
         popped from the depot; then ``iova_magazine_pop(mag, limit_pfn - size)``. 0 = miss.
         """
-        log_size = (size - 1).bit_length() if size > 1 else 0  # order_base_2
-        if log_size >= IOVA_RANGE_CACHE_MAX_SIZE:
+        log_size = iova_rcache_bin(size)
+        if log_size is None:
             return 0
         rcache = self.rcaches[log_size]
         c = rcache.cpu_rcaches[cpu]
@@ -500,8 +505,7 @@ class IovaDomain:
             self._check_cpu(cpu)
         log = self.log
         asked = size
-        if size < (1 << (IOVA_RANGE_CACHE_MAX_SIZE - 1)):
-            size = 1 << (size - 1).bit_length()  # roundup_pow_of_two
+        size = iova_rcache_roundup(size)
         pfn = self.iova_rcache_get(size, limit_pfn + 1, cpu)
         if pfn:
             log.emit_values(_L, "iova_rcache_get", "rcache_hits", pfn, cpu, (size, limit_pfn))
@@ -614,18 +618,6 @@ class IovaDomain:
             while self.iova_depot_work_func(b):
                 n += 1
         return n
-
-    def put_iova_domain(self) -> None:
-        """``put_iova_domain()`` (iova.c): drop the caches and every node."""
-        for rcache in self.rcaches:
-            rcache.depot.clear()
-            for c in rcache.cpu_rcaches:
-                c.loaded.pfns.clear()
-                c.prev.pfns.clear()
-        self._neg = [-IOVA_ANCHOR]
-        self._nodes = {IOVA_ANCHOR: self.anchor}
-        self.cached_node = self.cached32_node = self.anchor
-        self.max32_alloc_size = self.dma_32bit_pfn
 
     # -- views -----------------------------------------------------------------------------
     def cached_pfns(self) -> dict[int, list[tuple[str, int, int]]]:

@@ -176,12 +176,16 @@ class SwiotlbPool:
     :param log: the shared :class:`~iovalab.kernel.events.EventLog` (a new one when omitted).
     :param nareas: ``unsigned int nareas``, a power of two with at least one segment per area.
     :param force_bounce: ``io_tlb_mem::force_bounce`` (``swiotlb=force``); only shown in the trace.
+    :param page_size: the simulated kernel's ``PAGE_SIZE``; ``None``: 4K until a
+        :class:`~iovalab.kernel.dma_iommu.DmaDomain` attaches the pool and gives its own.
     """
 
     def __init__(self, base: int, size: int = IO_TLB_DEFAULT_SIZE, log: EventLog | None = None, *,
-                 nareas: int = 1, force_bounce: bool = False):
-        if not isinstance(base, int) or base < 0 or base % PAGE_SIZE:
-            raise ValueError(f"base {base!r} must be a non-negative, PAGE_SIZE ({PAGE_SIZE:#x}) aligned "
+                 nareas: int = 1, force_bounce: bool = False, page_size: int | None = None):
+        self.page_size = PAGE_SIZE if page_size is None else page_size
+        self.page_size_fixed = page_size is not None
+        if not isinstance(base, int) or base < 0 or base % self.page_size:
+            raise ValueError(f"base {base!r} must be a non-negative, PAGE_SIZE ({self.page_size:#x}) aligned "
                              "physical address (swiotlb_memblock_alloc uses PAGE_SIZE alignment)")
         seg_bytes = IO_TLB_SEGSIZE * IO_TLB_SIZE
         if not isinstance(size, int) or size <= 0 or size % seg_bytes:
@@ -214,6 +218,17 @@ class SwiotlbPool:
         self.log.emit(_L, "swiotlb_init_io_tlb_pool", "step", start=base, nslabs=nslabs, nareas=nareas)
 
     # -- state -------------------------------------------------------------------------------
+    def use_page_size(self, page_size: int) -> None:
+        """The pool belongs to a kernel whose ``PAGE_SIZE`` is ``page_size`` (its DMA domain's).
+        ValueError, nothing changed, if the pool was built for another page size or its base is
+        not aligned to this one."""
+        if self.page_size_fixed and page_size != self.page_size:
+            raise ValueError(f"swiotlb pool built for PAGE_SIZE {self.page_size:#x} cannot serve a kernel "
+                             f"with PAGE_SIZE {page_size:#x}")
+        if self.start % page_size:
+            raise ValueError(f"swiotlb pool base {self.start:#x} is not PAGE_SIZE ({page_size:#x}) aligned")
+        self.page_size = page_size
+
     @property
     def used(self) -> int:
         """Slots in use (``mem_pool_used``: sum of the areas' ``used``)."""
@@ -267,8 +282,8 @@ class SwiotlbPool:
         iotlb_align_mask = min_align_mask
         nslots = nr_slots(alloc_size)
         # streaming mappings with no alignment request keep the historical page alignment
-        if not alloc_align_mask and not iotlb_align_mask and alloc_size >= PAGE_SIZE:
-            alloc_align_mask = PAGE_SIZE - 1
+        if not alloc_align_mask and not iotlb_align_mask and alloc_size >= self.page_size:
+            alloc_align_mask = self.page_size - 1
         alloc_align_mask |= IO_TLB_SIZE - 1
         iotlb_align_mask &= ~alloc_align_mask
         stride = get_max_slots(max(alloc_align_mask, iotlb_align_mask))
@@ -405,7 +420,7 @@ class SwiotlbPool:
         if seg_boundary == 0:
             raise ValueError("seg_boundary 0 is not a boundary mask (dma_get_seg_boundary never returns 0)")
 
-        if alloc_align_mask > PAGE_SIZE - 1 and not self._warned_align:
+        if alloc_align_mask > self.page_size - 1 and not self._warned_align:
             self._warned_align = True
             self.log.warn(_L, "swiotlb_tbl_map_single", 0, "Alloc alignment may prevent fulfilling "
                           "requests with max mapping_size (dev_WARN_ONCE: alloc_align_mask > ~PAGE_MASK)",
@@ -475,8 +490,10 @@ class SwiotlbPool:
                       tlb_addr=tlb_addr, index=index, nslots=nslots)
         return nslots
 
-    def _lookup(self, func: str, tlb_addr: int, min_align_mask: int | None,
-                dev: Device | None) -> SwiotlbMapping:
+    def lookup_mapping(self, func: str, tlb_addr: int, min_align_mask: int | None,
+                       dev: Device | None) -> SwiotlbMapping:
+        """The live mapping at ``tlb_addr`` that ``func`` would release or sync; DmaError for an
+        address ``swiotlb_tbl_map_single`` never returned, ValueError for another ``min_align_mask``."""
         m = self.mappings.get(tlb_addr)
         if m is None:
             raise DmaError(-EINVAL, f"{tlb_addr:#x} is inside the swiotlb pool but is not an address "
@@ -506,7 +523,7 @@ class SwiotlbPool:
         if not isinstance(mapping_size, int) or mapping_size < 0:
             raise ValueError(f"mapping_size {mapping_size!r} must be >= 0 (size_t)")
         dma_dir_name(dir)
-        m = self._lookup("swiotlb_tbl_unmap_single", tlb_addr, min_align_mask, dev)
+        m = self.lookup_mapping("swiotlb_tbl_unmap_single", tlb_addr, min_align_mask, dev)
         self.log.emit(_L, "swiotlb_tbl_unmap_single", "step", None, cpu=cpu, tlb_addr=tlb_addr,
                       mapping_size=mapping_size, dir=dma_dir_name(dir))
         self.log.depth += 1
@@ -524,7 +541,7 @@ class SwiotlbPool:
         for ``DMA_TO_DEVICE``/``DMA_BIDIRECTIONAL`` (nothing for ``DMA_FROM_DEVICE``). Returns bytes."""
         if not self.is_swiotlb_buffer(tlb_addr):
             return 0
-        m = self._lookup("swiotlb_sync_single_for_device", self._start_of(tlb_addr), None, None)
+        m = self.lookup_mapping("swiotlb_sync_single_for_device", self._start_of(tlb_addr), None, None)
         if dir in (DMA_TO_DEVICE, DMA_BIDIRECTIONAL):
             return self.swiotlb_bounce(tlb_addr, size, DMA_TO_DEVICE, m.min_align_mask, cpu=cpu)
         if dir != DMA_FROM_DEVICE:
@@ -536,7 +553,7 @@ class SwiotlbPool:
         ``DMA_FROM_DEVICE``/``DMA_BIDIRECTIONAL`` (nothing for ``DMA_TO_DEVICE``). Returns bytes."""
         if not self.is_swiotlb_buffer(tlb_addr):
             return 0
-        m = self._lookup("swiotlb_sync_single_for_cpu", self._start_of(tlb_addr), None, None)
+        m = self.lookup_mapping("swiotlb_sync_single_for_cpu", self._start_of(tlb_addr), None, None)
         if dir in (DMA_FROM_DEVICE, DMA_BIDIRECTIONAL):
             return self.swiotlb_bounce(tlb_addr, size, DMA_FROM_DEVICE, m.min_align_mask, cpu=cpu)
         if dir != DMA_TO_DEVICE:
@@ -566,8 +583,8 @@ class SwiotlbPool:
         boundary (one ``swiotlb_zero_padding`` event, ``count`` = bytes, with both byte counts).
         Returns the bounce address or ``DMA_MAPPING_ERROR``.
         """
-        if not is_power_of_2(granule) or granule > PAGE_SIZE:
-            raise ValueError(f"granule {granule!r} must be a power of two <= PAGE_SIZE {PAGE_SIZE:#x}")
+        if not is_power_of_2(granule) or granule > self.page_size:
+            raise ValueError(f"granule {granule!r} must be a power of two <= PAGE_SIZE {self.page_size:#x}")
         # validate everything swiotlb_tbl_map_single would reject before the trace event is logged
         if not isinstance(phys, int) or not 0 <= phys <= U64_MASK:
             raise ValueError(f"phys {phys!r} must be a 64-bit physical address")

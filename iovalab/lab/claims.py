@@ -36,7 +36,8 @@ from typing import Any
 from iovalab.kernel.device import Device
 from iovalab.kernel.dma_iommu import DmaDomain, DmaIovaState
 from iovalab.kernel.events import Event
-from iovalab.kernel.iommu import IommuDomain, split_pages
+from iovalab.kernel.iommu import GRANULE_PRESETS, IommuDomain, split_pages
+from iovalab.kernel.iova import iova_rcache_roundup
 from iovalab.kernel.units import (
     DMA_BIT_MASK, DMA_MAPPING_ERROR, EIO, ERRNO_NAMES, DmaError, errname, hx, iova_align,
     iova_offset, parse_int, roundup_pow_of_two,
@@ -77,7 +78,7 @@ QUANTITIES = {
 }
 
 #: Default IOMMU preset for each granule (granule = ``1 << __ffs(pgsize_bitmap)``).
-PRESET_BY_GRANULE = {0x1000: "intel-vtd", 0x4000: "smmuv3-16k", 0x10000: "smmuv3-64k"}
+PRESET_BY_GRANULE = GRANULE_PRESETS  # the kernel model's map, under its old name
 
 _SRC = {
     "init": "drivers/iommu/dma-iommu.c iommu_dma_init_domain",
@@ -249,11 +250,7 @@ def _alloc_steps(dom: DmaDomain, dev: Device, evs: list[Event], phys: int, size:
         steps, f"reserved length iova_len = iova_align(size + off) = ALIGN({size:#x} + {off:#x}, {g:#x}) "
         f"= {asked:#x}", asked, iova_align(g, size + off), src)
     # dma_limit and the attempts
-    lim = mask
-    if dev.bus_dma_limit:
-        lim = min(lim, dev.bus_dma_limit)
-    if dom.iommu.force_aperture:
-        lim = min(lim, dom.iommu.aperture_end)
+    lim = dom.dma_limit_for(dev, mask)
     first = lim > DMA_BIT_MASK(32) and (dev.is_pci and not dev.forcedac)
     why = (f"dma_limit = min(mask {mask:#x}, bus_dma_limit {dev.bus_dma_limit:#x} if set, aperture_end "
            f"{dom.iommu.aperture_end:#x}) = {lim:#x}; ")
@@ -267,7 +264,7 @@ def _alloc_steps(dom: DmaDomain, dev: Device, evs: list[Event], phys: int, size:
         fast = [e for e in evs if e.func == "alloc_iova_fast" and e.args.get("limit_pfn") == limit_pfn
                 and e.seq < a.seq]
         n = asked >> shift
-        rounded = roundup_pow_of_two(n) if n < 32 else n
+        rounded = iova_rcache_roundup(n)
         tree = [e for e in evs if e.kind == "tree_alloc" and e.seq < a.seq
                 and e.args["limit_pfn"] == limit_pfn + 1]
         sim_rounded = tree[-1].args["size"] if tree else rounded
@@ -306,7 +303,7 @@ def _alloc_steps(dom: DmaDomain, dev: Device, evs: list[Event], phys: int, size:
         steps, f"tree footprint = iova_size(node) << shift = ({node.pfn_hi:#x} - {node.pfn_lo:#x} + 1) "
         f"<< {shift} = {tl:#x} "
         f"({'rounded up from ' + hex(asked) if tl != asked else 'same as the reserved length'})",
-        tl, (roundup_pow_of_two(n) if n < 32 else n) << shift, _SRC["size"])
+        tl, (iova_rcache_roundup(n)) << shift, _SRC["size"])
     return iova
 
 
@@ -323,9 +320,10 @@ def evaluate(api: str = "try_alloc", *, size: int, phys: int = 0, granule: int |
     :param granule: IOVA granule (picks the IOMMU preset) or ``iommu=`` a preset name.
     :param mask: ``dma_get_mask(dev)``; ``pci``/``forcedac``/``bus_dma_limit``: the device.
     """
-    api = _API_ALIASES.get(str(api).lower())
-    if api is None:
+    name = _API_ALIASES.get(str(api).lower())
+    if name is None:
         raise ValueError(f"api must be one of {', '.join(APIS)} (got {api!r})")
+    api = name
     for name, v in (("size", size), ("phys", phys), ("offset", offset)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"{name} {v!r} must be a non-negative int")

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from iovalab.kernel.iommu import GRANULE_PRESETS
+from iovalab.kernel.iova import iova_rcache_bin, iova_rcache_roundup
 from iovalab.kernel.units import (
-    DMA_BIT_MASK, SZ_4K, SZ_16K, SZ_64K, bits_per, hx, iova_align, iova_offset, is_power_of_2,
-    order_base_2, roundup_pow_of_two,
+    DMA_BIT_MASK, SZ_4K, SZ_64K, bits_per, hx, iova_align, iova_offset, is_power_of_2,
+    roundup_pow_of_two,
 )
 from iovalab.lab.explain_steps import (
     DEMO_WORKLOADS, LEADING_EVENTS, PATH_TITLES, PATHS, PLAYER_PRESETS, PLAYER_VARIANTS, Recording, StepState,
@@ -45,12 +47,7 @@ __all__ = [
     "scattered_pages", "scaling", "with_cost_preset",
 ]
 
-#: IOMMU preset giving each IOVA granule the book offers (``iommu_dma_init_domain``: granule =
-#: ``1 << __ffs(pgsize_bitmap)``; SMMUv3 LPAE with a 4K, 16K or 64K granule).
-GRANULE_PRESETS = {SZ_4K: "smmuv3-4k", SZ_16K: "smmuv3-16k", SZ_64K: "smmuv3-64k"}
 
-#: ``IOVA_RANGE_CACHE_MAX_SIZE`` (iova.c): sizes below ``1 << (6 - 1)`` granules are rounded up.
-_RCACHE_BINS = 6
 
 
 def _lines(rows) -> str:
@@ -165,10 +162,9 @@ def footprint(granule: int, phys: int, size: int, *, fresh: bool = True) -> Foot
     off = iova_offset(granule, phys)
     length = iova_align(granule, size + off)
     n = length // granule
-    node = roundup_pow_of_two(n) if n < (1 << (_RCACHE_BINS - 1)) else n
-    b = order_base_2(node)
+    node = iova_rcache_roundup(n)
     fp = Footprint(granule, phys, size, off, length, length - off - size, n, node, roundup_pow_of_two(node),
-                   b if b < _RCACHE_BINS else None, phys - off)
+                   iova_rcache_bin(node), phys - off)
     if not fresh:
         return fp
     return _fresh(fp)
@@ -333,11 +329,7 @@ def mask_walk(mask_bits: int = 64, *, pci: bool = True, forcedac: bool = False, 
     dev = Device(name="0000:01:00.0" if pci else "platform-dev", is_pci=pci, forcedac=forcedac,
                  dma_mask=DMA_BIT_MASK(mask_bits),
                  bus_dma_limit=DMA_BIT_MASK(bus_limit_bits) if bus_limit_bits else 0)
-    limit = dev.dma_get_mask()
-    if dev.bus_dma_limit:
-        limit = min(limit, dev.bus_dma_limit)
-    if dom.iommu.force_aperture:
-        limit = min(limit, dom.iommu.aperture_end)
+    limit = dom.dma_limit_for(dev, dev.dma_get_mask())
     allocs = []
     for i in range(count):
         mark = dom.log.mark()

@@ -142,6 +142,7 @@ def _dma_section(header: dict) -> Callable[[dict], object]:
     """
     from iovalab.kernel.device import Device
     from iovalab.kernel.dma_iommu import DMA_MAPPING_ERROR, DmaDomain, DmaIovaState
+    from iovalab.kernel.dma_iova import dma_iova_range
     from iovalab.kernel.iommu import IommuDomain as _Iommu
     from iovalab.kernel.iommu import split_pages
     from iovalab.kernel.units import iova_align, iova_offset
@@ -172,7 +173,7 @@ def _dma_section(header: dict) -> Callable[[dict], object]:
             ok = dom.dma_iova_try_alloc(dev, st, op["phys"], op["size"])
             got = None
             if ok:
-                base, length = dom._state_iova(st)
+                base, length = dma_iova_range(st, dom.granule)
                 got = {"addr": st.addr, "iova_len": length}
                 states[st.addr] = st
             log.clear()

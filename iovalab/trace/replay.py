@@ -31,6 +31,7 @@ import json
 import sys
 import time
 from bisect import bisect_right
+from collections import deque
 from dataclasses import dataclass, field
 
 from iovalab.kernel.device import Device
@@ -240,7 +241,7 @@ class _Replayer:
         self.depot_sizes = list(self.depot_sizes)
         d.iovad.restore(iv)
         for fq, entries in zip(d.fqs, fqs, strict=True):
-            fq.entries = list(entries)
+            fq.entries = deque(entries)
 
     # -- time
     def _note_depot(self, ts: float) -> None:
