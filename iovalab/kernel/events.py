@@ -106,8 +106,9 @@ Kinds and their arguments (``result`` is what the function returned):
     (rule?: str, iova?: int, paddr?: int, size?: int, pgsize?: int, prot?: int, chunks?: list)
 ``iotlb_hit``: a device access served by the IOTLB; result phys (None for a negative entry)
     (iova: int, pgsize?: int, negative?: bool)
-``iotlb_miss``: a device access that walked the page table; result phys or None
-    (iova: int)
+``iotlb_miss``: a device access that walked the page table; result phys or None; negative: the IOTLB cached
+        the non-present entry (caches_non_present)
+    (iova: int, negative: bool)
 ``io_page_fault``: report_iommu_fault
     (iova: int, flags: int, reason: str)
 ``fq_add``: queue_iova deferred a free
@@ -297,7 +298,8 @@ _DECLARED: dict[Kind, tuple[str, str | dict[str, str]]] = {
                  "rule?: str, iova?: int, paddr?: int, size?: int, pgsize?: int, prot?: int, chunks?: list"),
     Kind.IOTLB_HIT: ("a device access served by the IOTLB; result phys (None for a negative entry)",
                      "iova: int, pgsize?: int, negative?: bool"),
-    Kind.IOTLB_MISS: ("a device access that walked the page table; result phys or None", "iova: int"),
+    Kind.IOTLB_MISS: ("a device access that walked the page table; result phys or None; negative: the "
+                      "IOTLB cached the non-present entry (caches_non_present)", "iova: int, negative: bool"),
     Kind.IO_PAGE_FAULT: ("report_iommu_fault", "iova: int, flags: int, reason: str"),
     Kind.FQ_ADD: ("queue_iova deferred a free", "pfn: int, pages: int, counter: int, queued: int"),
     Kind.FQ_FLUSH: ("fq_flush_iotlb", "why: str, finish_cnt: int"),

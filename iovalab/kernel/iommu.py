@@ -566,7 +566,8 @@ class IommuDomain:
             self._fault(a, write, cpu, "cached non-present entry")
             return None
         r = self.pgtable.lookup(a)
-        log.emit(_L, "device_access", "iotlb_miss", None if r is None else r[0], cpu=cpu, iova=a)
+        log.emit(_L, "device_access", "iotlb_miss", None if r is None else r[0], cpu=cpu, iova=a,
+                 negative=r is None and self.caches_non_present)
         if r is None:
             if self.caches_non_present:
                 self._neg.add(a >> self.granule_shift)

@@ -387,7 +387,7 @@ class _Replay:
         self.nodes: dict[int, list] = {}
         self.keys: list[int] = []            # sorted leaf bases
         self.leaves: dict[int, tuple[int, int]] = {}
-        self.tlb: dict[int, tuple[int, int]] = {}
+        self.tlb: dict[int, tuple[int, int | None]] = {}  # base -> (size, phys); phys None: non-present
         self.unflushed: list[tuple[int, int]] = []
         self.totals = dict.fromkeys(COUNTER_KINDS, 0)
         self.notices: list[str] = []
@@ -416,6 +416,19 @@ class _Replay:
             if base + pg > iova:
                 return base, pg, phys
         return None
+
+    def _maps(self, base: int, size: int, phys: int | None) -> bool:
+        """Whether the page table (the leaves so far) still translates ``[base, base + size)`` as an
+        IOTLB entry caching ``phys`` does: to ``[phys, phys + size)``, or (``phys`` None) not at all."""
+        if phys is None:
+            return self._leaf_at(base) is None
+        a = base
+        while a < base + size:
+            leaf = self._leaf_at(a)
+            if leaf is None or leaf[2] + (a - leaf[0]) != phys + (a - base):
+                return False
+            a = leaf[0] + leaf[1]
+        return True
 
     def _invalidate(self, lo: int, hi: int) -> None:
         """Drop IOTLB entries and unflushed ranges overlapping ``[lo, hi)``."""
@@ -472,7 +485,12 @@ class _Replay:
                     bisect.insort(self.keys, key)
                 self.leaves[key] = (pg, a["paddr"] + j * pg)
         elif kind == "pte_clear":
-            lo, hi = a["iova"], a["iova"] + (e.result or 0)
+            # the bytes returned count from the start of the first leaf cleared: AMD v1 clears a whole
+            # large PTE when asked for part of it (drivers/iommu/amd/io_pgtable.c iommu_v1_unmap_pages(),
+            # 6.17); VT-d and io-pgtable-arm refuse a partial superpage/block instead
+            leaf = self._leaf_at(a["iova"])
+            lo = leaf[0] if leaf is not None else a["iova"]
+            hi = lo + (e.result or 0)
             i = bisect.bisect_left(self.keys, lo)
             j = bisect.bisect_left(self.keys, hi)
             for key in self.keys[i:j]:
@@ -492,6 +510,14 @@ class _Replay:
                 leaf = self._leaf_at(a["iova"])
                 if leaf is not None:
                     self.tlb[leaf[0]] = (leaf[1], leaf[2])
+            elif kind == "iotlb_miss" and a.get("negative"):
+                # the IOTLB keeps the non-present entry (VT-d caching mode: drivers/iommu/intel/iommu.c
+                # intel_iommu_iotlb_sync_map() flushes it when the page is mapped)
+                self.tlb[a["iova"] - a["iova"] % g] = (g, None)
+        elif kind == "iotlb_syncs" and a.get("flushed") and a.get("size"):
+            # iommu_sync_map() -> ops->iotlb_sync_map that flushes [iova, iova + size) (VT-d caching mode,
+            # AMD np-cache: drivers/iommu/iommu.c iommu_sync_map(), 6.17)
+            self._invalidate(a["iova"], a["iova"] + a["size"])
         elif kind == "iotlb_invalidations":
             if a.get("scope") == "all":
                 self.tlb.clear()
@@ -516,10 +542,7 @@ class _Replay:
         for base in self.keys:
             pg, phys = self.leaves[base]
             mapped.append((base, pg, pg, phys))
-        iotlb = []
-        for base, (pg, phys) in sorted(self.tlb.items()):
-            now = self.leaves.get(base)
-            iotlb.append((base, pg, phys, now is None or now != (pg, phys)))
+        iotlb = [(base, pg, phys, not self._maps(base, pg, phys)) for base, (pg, phys) in sorted(self.tlb.items())]
         focus = (min(span), max(span)) if span else None
         return StepState(k, g, node_list, mapped, iotlb, sorted(self.unflushed), self.tables,
                          Counters.from_totals(self.totals), list(self.notices), self.fq, current,
