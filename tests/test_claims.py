@@ -170,3 +170,10 @@ def test_replay_figure_and_summary(tmp_path):
     fig.savefig(tmp_path / "replay.png")
     assert (tmp_path / "replay.png").stat().st_size > 10000
     json.dumps(s)
+
+
+def test_evaluate_names_an_unknown_api():
+    """The error names the value passed, not the None of a failed lookup."""
+    from iovalab.lab.claims import evaluate
+    with pytest.raises(ValueError, match=r"got 'bogus'"):
+        evaluate("bogus", size=0x1000)

@@ -221,7 +221,7 @@ class IovaDomain:
         else:
             self.cached_node = new
 
-    def __cached_rbnode_delete_update(self, free: Iova, nxt: Iova | None) -> None:
+    def __cached_rbnode_delete_update(self, free: Iova, nxt: Iova) -> None:
         """``__cached_rbnode_delete_update()`` (iova.c); runs before ``free`` leaves the tree.
 
         ``nxt`` is ``rb_next(free)``, looked up once by the caller."""
@@ -283,8 +283,7 @@ class IovaDomain:
                 new_pfn = ((high_pfn - size) & U64_MASK) & align_mask
                 prev = curr
                 idx += 1
-                if idx >= n:
-                    curr = None
+                if idx >= n:  # rb_prev() is NULL: the walk ends here (curr is not read again)
                     break
                 curr = nodes[-neg[idx]]
                 if not (new_pfn <= curr.pfn_hi and new_pfn >= low_pfn):
@@ -357,7 +356,8 @@ class IovaDomain:
         """``remove_iova()`` (iova.c): cached-node update, then ``rb_erase``."""
         neg, nodes = self._neg, self._nodes
         i = bisect_left(neg, -node.pfn_lo)  # one index lookup serves rb_next() and rb_erase()
-        self.__cached_rbnode_delete_update(node, nodes[-neg[i - 1]] if i > 0 else None)
+        # rb_next(node): the anchor sits above every node and is never removed, so i > 0
+        self.__cached_rbnode_delete_update(node, nodes[-neg[i - 1]])
         del neg[i]
         del nodes[node.pfn_lo]
         self.log.emit_values(_L, "remove_iova", "tree_free", node.pfn_lo, cpu, (node.pfn_lo, node.pfn_hi, why))

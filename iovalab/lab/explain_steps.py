@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from iovalab.kernel.events import Counters
 
 __all__ = [
     "PATHS", "PATH_TITLES", "DEMO_WORKLOADS", "run_segments", "Recording", "record", "LEADING_EVENTS",
@@ -111,7 +115,7 @@ class Recording:
     window: tuple[int, int]
     title: str = ""
     result: object = None
-    _timeline: object = field(default=None, repr=False)
+    _timeline: Timeline | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.events)
@@ -363,7 +367,7 @@ class StepState:
     iotlb: list[tuple[int, int, int | None, bool]]
     unflushed: list[tuple[int, int]]
     tables: int
-    counters: object
+    counters: Counters
     notices: list[str]
     fq_pending: int
     current: list = field(default_factory=list)
@@ -516,7 +520,7 @@ class _Replay:
         for base in self.keys:
             pg, phys = self.leaves[base]
             mapped.append((base, pg, pg, phys))
-        iotlb = []
+        iotlb: list[tuple[int, int, int | None, bool]] = []
         for base, (pg, phys) in sorted(self.tlb.items()):
             now = self.leaves.get(base)
             iotlb.append((base, pg, phys, now is None or now != (pg, phys)))
