@@ -17,12 +17,17 @@ those of :mod:`iovalab.kernel.dma_iommu`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from iovalab.kernel.device import (
     DMA_ATTR_PRIVILEGED, DMA_ATTR_SKIP_CPU_SYNC, DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_TO_DEVICE, Device,
 )
 from iovalab.kernel.iommu import IOMMU_CACHE, IOMMU_MMIO, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE, IotlbGather
 from iovalab.kernel.units import DMA_MAPPING_ERROR, EINVAL, EIO, ENOMEM, EPERM, DmaError, iova_align, iova_offset
+
+if TYPE_CHECKING:
+    from iovalab.kernel.events import EventLog
+    from iovalab.kernel.iommu import IommuDomain
 
 __all__ = ["DMA_ATTR_MMIO", "DMA_IOVA_USE_SWIOTLB", "dma_info_to_prot", "DmaIovaState", "dma_use_iova",
            "dma_iova_size", "IovaApi"]
@@ -84,6 +89,27 @@ def dma_iova_size(state: DmaIovaState) -> int:
 class IovaApi:
     """The ``dma_iova_*`` calls of ``drivers/iommu/dma-iommu.c``, as methods of a DMA domain
     (:class:`iovalab.kernel.dma_iommu.DmaDomain`)."""
+
+    if TYPE_CHECKING:  # what the DMA domain this is mixed into provides (declared for the type checker)
+        log: EventLog
+        iommu: IommuDomain
+        ncpus: int
+        granule: int
+        check_contract: bool
+        swiotlb: Any
+
+        @property
+        def fq_domain(self) -> bool: ...
+        def iommu_dma_alloc_iova(self, size: int, dma_limit: int, dev: Device, cpu: int = 0) -> int: ...
+        def iommu_dma_free_iova(self, iova: int, size: int, gather: IotlbGather | None,
+                                cpu: int = 0) -> None: ...
+        def _api(self, func: str, dev: Device, cpu: int, result: Any, **args: Any) -> None: ...
+        def _first_unmapped(self, iova: int, size: int) -> int | None: ...
+        def _mapped_granules(self, iova: int, size: int) -> list[int]: ...
+        def _check_mapped(self, func: str, iova: int, size: int, cpu: int) -> None: ...
+        def _bounce(self, dev: Device, size: int, dir: int, phys: int) -> bool: ...
+        @staticmethod
+        def _validate_dir(dir: int) -> None: ...
 
     def dma_iova_try_alloc(self, dev: Device, state: DmaIovaState, phys: int, size: int,
                            cpu: int = 0) -> bool:

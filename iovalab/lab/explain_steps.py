@@ -393,7 +393,7 @@ class _Replay:
         self.leaves: dict[int, tuple[int, int]] = {}
         self.tlb: dict[int, tuple[int, int]] = {}
         self.unflushed: list[tuple[int, int]] = []
-        self.totals = dict.fromkeys(COUNTER_KINDS, 0)
+        self.totals: dict[str, int] = dict.fromkeys(COUNTER_KINDS, 0)
         self.notices: list[str] = []
         self.tables = 0
         self.fq = 0
