@@ -59,11 +59,13 @@ endif
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Everything, notebooks and real-browser tests included, on 2 workers: each browser test is its own
 # xdist_group with its own server port, token and temporary directories.
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 bench: $(VENV)/.lab-installed

@@ -186,3 +186,14 @@ def test_make_lab_starts_jupyterlab_with_token(tmp_path):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_make_test_runs_the_type_checker():
+    """`make test` runs ruff, then mypy on the package (config in pyproject.toml), then pytest."""
+    make = (ROOT / "Makefile").read_text()
+    body = make.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "$(BIN)/ruff check ." in body and "$(BIN)/mypy" in body and "pytest" in body
+    assert body.index("mypy") < body.index("pytest")
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert conf["tool"]["mypy"]["packages"] == ["iovalab"]
+    assert any(r.startswith("mypy") for r in conf["project"]["optional-dependencies"]["dev"])

@@ -172,7 +172,7 @@ class FootprintView(View):
                                                                transform=xt, clip_on=False)), slow=True)
         self.ticklabels = [self.dyn(ax.text(0, -0.05, "", transform=xt, ha="center", va="top",
                                             fontsize=FONT - 0.5), slow=True) for _ in range(9)]
-        self._slow_key = None
+        self._slow_key: tuple | None = None
         self.span = self.dyn(ax.annotate("", xy=(1, 0.9), xytext=(0, 0.9),
                                          arrowprops=dict(arrowstyle="<->", lw=0.8)))
         self.span_text = self.dyn(ax.text(0.5, 0.93, "", ha="center", va="bottom", fontsize=FONT))
@@ -249,7 +249,7 @@ def _merged(items, limit: int = 256):
     are more than ``limit`` of them (drawing thousands of slivers is slow and shows nothing more)."""
     if len(items) <= limit:
         return items
-    out = []
+    out: list = []
     for a, b, k in items:
         if out and out[-1][1] == a and out[-1][2] == k:
             out[-1] = (out[-1][0], b, k)
@@ -492,7 +492,7 @@ class PathsView(View):
                             for x in xs]
             self.labels[p] = [self.dyn(ax.text(x, 0, "", ha="center", va="bottom", fontsize=FONT - 1.5,
                                                rotation=90), slow=True) for x in xs]
-        self._counts = None
+        self._counts: dict | None = None
         fig.legend(handles=[Patch(color=COLORS[p], label=f"{p}: {PATH_TITLES[p]}") for p in PATHS],
                    fontsize=FONT - 0.5, frameon=False, loc="lower left", bbox_to_anchor=(0.02, 0.0), ncols=3)
         mx = self.mx = fig.add_axes((0.56, 0.34, 0.26, 0.56))
@@ -580,11 +580,11 @@ class ScalingView(View):
         self.mtitle = self.dyn(mx.text(0.5, 1.03, "", transform=mx.transAxes, ha="center", va="bottom",
                                        fontsize=FONT + 1))
         self.lines = {p: self.dyn(ax.plot([], [], "-o", ms=3, color=COLORS[p])[0], slow=True) for p in PATHS}
-        self._left = None
+        self._left: tuple | None = None
         self.mlines = {p: self.dyn(mx.plot([], [], "-o", ms=3, color=COLORS[p])[0]) for p in PATHS}
         ax.legend(handles=[Line2D([], [], color=COLORS[p], marker="o", ms=3, label=f"{p}: {PATH_TITLES[p]}")
                            for p in PATHS], loc="upper left", fontsize=FONT - 1, frameon=False)
-        self.limits = None
+        self.limits: tuple[float, float, float, float] | None = None
 
     def _set_limits(self, xs) -> None:
         """Fixed by the request sizes only: counts per request are at most a few per page and

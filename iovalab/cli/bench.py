@@ -84,8 +84,8 @@ def bench_alloc(repeat: int = 5) -> dict:
             if k == 1:
                 bad += fast(a, b, c) != exp
             elif k == 0:
-                n = alloc(a, b, c)
-                bad += (n.pfn_lo if n else None) != exp
+                node = alloc(a, b, c)
+                bad += (node.pfn_lo if node else None) != exp
             elif k == 3:
                 free_fast(a, b)
             elif k == 2:
@@ -135,7 +135,7 @@ def _hmm_child(gib: int) -> dict:
 
 
 def bench_hmm(sizes=(1, 4, 16)) -> dict:
-    out = {}
+    out: dict[str, object] = {}
     for gib in sizes:
         _progress(f"hmm-1gib-random scaled to {gib} GiB (own process)")
         p = subprocess.run([sys.executable, "-c",
@@ -174,7 +174,7 @@ def bench_widgets(changes: int = 50) -> dict:
     cases = getattr(widgets, "bench_cases", None)
     if cases is None:
         return {"widget_redraw_ms_p50": None, "widget_error": "widgets.bench_cases() missing"}
-    worst = None
+    worst: tuple[float, float, str] | None = None
     per = {}
     for name, make, changer in cases():
         w = make()
@@ -189,6 +189,8 @@ def bench_widgets(changes: int = 50) -> dict:
         per[name] = (round(p50, 2), round(p95, 2))
         if worst is None or p95 > worst[1]:
             worst = (p50, p95, name)
+    if worst is None:
+        return {"widget_redraw_ms_p50": None, "widget_error": "widgets.bench_cases() is empty"}
     return {"widget_redraw_ms_p50": round(worst[0], 2), "widget_redraw_ms_p95": round(worst[1], 2),
             "widget_worst": worst[2], "widget_each_ms_p50_p95": per}
 

@@ -218,7 +218,7 @@ def make_domain(spec: str | dict | None, *, strict: bool, keep_events: bool, ncp
         spec = "intel-vtd"
     if isinstance(spec, dict):
         kw = dict(spec)
-        spec = kw.pop("preset", "intel-vtd")
+        spec = str(kw.pop("preset", "intel-vtd"))
     allowed = {"reserve_msi", "ncpus", "single_queue"}
     bad = set(kw) - allowed
     if bad:

@@ -184,6 +184,7 @@ class _Hmm:
             if self.use_iova:
                 return m.state.addr + off
             if self.need_unmap:
+                assert m.dma_list is not None  # allocated with the fallback when dma_need_unmap()
                 return m.dma_list[idx]
         paddr = m.paddr(idx)
         if self.use_iova:
@@ -194,6 +195,7 @@ class _Hmm:
             addr = ctx.dma.dma_map_page(ctx.dev, paddr, self.entry, DMA_BIDIRECTIONAL)
             if addr == DMA_MAPPING_ERROR:
                 return addr
+            assert m.addrs is not None  # allocated with the fallback (no IOVA reservation)
             m.addrs[idx] = addr
         if not m.mapped[idx]:
             m.mapped[idx] = 1
@@ -208,6 +210,7 @@ class _Hmm:
         if self.use_iova:
             ctx.dma.dma_iova_unlink(ctx.dev, m.state, idx * self.entry, self.entry, DMA_BIDIRECTIONAL)
         elif self.need_unmap:
+            assert m.dma_list is not None
             ctx.dma.dma_unmap_page(ctx.dev, m.dma_list[idx], self.entry, DMA_BIDIRECTIONAL)
         m.mapped[idx] = 0
         m.nmapped -= 1
@@ -300,6 +303,7 @@ class _Hmm:
             dma = np.where(mapped, np.uint64(m.state.addr) + np.arange(self.npages, dtype=np.uint64)
                            * np.uint64(self.entry), np.uint64(0))
         else:
+            assert m.addrs is not None
             dma = np.where(mapped, np.frombuffer(m.addrs, dtype=np.uint64), np.uint64(0))
         return {"entry_size": self.entry, "npages": self.npages, "mapped": int(mapped.sum()),
                 "state_addr": m.state.addr if self.use_iova else None, "dma": dma}

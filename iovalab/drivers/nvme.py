@@ -54,6 +54,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 from iovalab.kernel.dma_iommu import (
     DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaIovaState, ScatterEntry, dma_iova_size, dma_use_iova,
@@ -292,7 +293,7 @@ def _prp_walk(it: dict, length: int, iter_next) -> Generator[Step, None, dict]:
         out["prp2"], out["prp2_kind"] = it["addr"], "data"
         return out
     small = -(-length // NVME_CTRL_PAGE_SIZE) <= NVME_SMALL_POOL_SIZE // 8
-    lists = [{"pool": "small" if small else "large", "entries": [], "chained": False}]
+    lists: list[dict[str, Any]] = [{"pool": "small" if small else "large", "entries": [], "chained": False}]
     i = 0
     while True:
         lists[-1]["entries"].append(it["addr"])

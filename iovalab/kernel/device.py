@@ -126,7 +126,7 @@ def _is_mask(value: int) -> bool:
     return value > 0 and (value & (value + 1)) == 0
 
 
-def _check_dma_mask(what: str, mask: int) -> None:
+def _check_dma_mask(what: str, mask: object) -> None:
     if not isinstance(mask, int) or isinstance(mask, bool):
         raise ValueError(f"{what} {mask!r} must be an int")
     if not (_is_mask(mask) and mask <= U64_MASK):
@@ -222,7 +222,7 @@ class Device:
                              "(dma_set_min_align_mask; NVMe passes NVME_CTRL_PAGE_SIZE - 1 = 0xfff)")
 
     @staticmethod
-    def _check_seg_boundary(mask: int) -> None:
+    def _check_seg_boundary(mask: object) -> None:
         if not isinstance(mask, int) or isinstance(mask, bool) or not (_is_mask(mask) and mask <= ULONG_MAX):
             raise ValueError(f"seg_boundary {mask!r} must be 2^n - 1 within an unsigned long "
                              "(dma_set_seg_boundary; swiotlb BUG_ONs a boundary size that is not a "

@@ -430,7 +430,7 @@ class DmaDomain:
                     return phys
             prot = dma_info_to_prot(dir, dev.coherent, attrs)
             addr = self.__iommu_dma_map(dev, phys, size, prot, dev.dma_get_mask(), cpu)
-            if addr == DMA_MAPPING_ERROR and phys != orig:
+            if addr == DMA_MAPPING_ERROR and phys != orig and self.swiotlb is not None:
                 self.swiotlb.swiotlb_tbl_unmap_single(phys, size, dir, attrs, cpu, dev=dev)
         finally:
             self.log.depth -= 1
@@ -506,13 +506,14 @@ class DmaDomain:
             mask = dev.dma_get_seg_boundary()
             iova_len = 0
             layout = []  # [phys_aligned, aligned_len, s_iova_off, s_len]
-            prev = None
+            prev: list[int] | None = None
             for s in sgl:
                 s_iova_off = iova_offset(g, s.phys)
                 s_len = s.length
                 seg = [s.phys - s_iova_off, iova_align(g, s_len + s_iova_off), s_iova_off, s_len]
                 pad_len = (mask - iova_len + 1) & mask
                 if pad_len and pad_len < seg[1] - 1:
+                    assert prev is not None  # the first segment starts at iova_len 0: pad_len is 0
                     prev[1] += pad_len
                     iova_len += pad_len
                 iova_len += seg[1]
@@ -600,8 +601,10 @@ class DmaDomain:
         size = iova_align(self.page_size, size)
         phys = self._phys_next
         check_phys("dma_alloc_coherent", phys, size)
+        cmask = dev.coherent_dma_mask
+        assert cmask is not None  # Device.__post_init__ makes it dma_mask when not given
         addr = self.__iommu_dma_map(dev, phys, size, dma_info_to_prot(DMA_BIDIRECTIONAL, dev.coherent, 0),
-                                    dev.coherent_dma_mask, cpu)
+                                    cmask, cpu)
         if addr != DMA_MAPPING_ERROR:  # a failed iommu_dma_alloc frees its pages again
             self._phys_next += size
         self.trace_api("dma_alloc", dev, cpu, addr, size=size, phys=phys)

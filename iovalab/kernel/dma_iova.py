@@ -329,13 +329,15 @@ class IovaApi:
 
     def _bounce_and_link(self, dev, addr, phys, blen, dir, attrs, start_pad, cpu) -> int:
         """``iommu_dma_iova_bounce_and_link()`` (dma-iommu.c)."""
-        bphys = self.host.swiotlb.iommu_dma_map_swiotlb(dev, phys, blen, self.host.granule, dir, attrs, cpu)
+        pool = self.host.swiotlb
+        assert pool is not None, "only reached when needs_bounce() said the device bounces"
+        bphys = pool.iommu_dma_map_swiotlb(dev, phys, blen, self.host.granule, dir, attrs, cpu)
         if bphys == DMA_MAPPING_ERROR:
             return -ENOMEM
         ret = self.__dma_iova_link(dev, addr - start_pad, bphys - start_pad,
                                    iova_align(self.host.granule, blen), dir, attrs, cpu)
         if ret:
-            self.host.swiotlb.swiotlb_tbl_unmap_single(bphys, blen, dir, attrs, cpu, dev=dev)
+            pool.swiotlb_tbl_unmap_single(bphys, blen, dir, attrs, cpu, dev=dev)
         return ret
 
     def dma_iova_sync(self, dev: Device, state: DmaIovaState, offset: int, size: int,

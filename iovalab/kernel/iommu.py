@@ -71,7 +71,7 @@ IOMMU_FAULT_WRITE = 0x1
 
 GATHER_STYLES = ("page", "chunk", "range")
 _DRIVER_GATHER = {"arm": "page", "intel": "chunk", "amd": "range"}
-_OPS = {
+_OPS: dict[str, dict[str, str | None]] = {
     "intel": {"iotlb_sync": "intel_iommu_tlb_sync", "iotlb_sync_map": "intel_iommu_iotlb_sync_map",
               "sync_map_flush": "cache_tag_flush_range_np", "flush_iotlb_all": "intel_flush_iotlb_all"},
     "amd": {"iotlb_sync": "amd_iommu_iotlb_sync", "iotlb_sync_map": "amd_iommu_iotlb_sync_map",
@@ -612,14 +612,15 @@ class IommuDomain:
     def iotlb_entries(self) -> list[tuple[int, int | None, int, int]]:
         """Cached translations ``(iova base, phys base, leaf size, prot)``; negative entries have
         phys ``None`` and size = granule."""
-        out = [(base, e[0], s, e[1]) for s, d in self._tlb.items() for base, e in d.items()]
+        out: list[tuple[int, int | None, int, int]] = [(base, e[0], s, e[1]) for s, d in self._tlb.items()
+                                                      for base, e in d.items()]
         out += [(p << self.granule_shift, None, self.granule, 0) for p in self._neg]
         return sorted(out)
 
     def stale_iotlb_entries(self) -> list[tuple[int, int | None, int]]:
         """IOTLB entries that no longer match the page table: ``(iova base, cached phys, size)``
         (a negative entry is stale once the page is mapped)."""
-        out = []
+        out: list[tuple[int, int | None, int]] = []
         lookup = self.pgtable.lookup
         g = self.granule
         for s, d in self._tlb.items():

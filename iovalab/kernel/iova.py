@@ -230,6 +230,7 @@ class IovaDomain:
         """``__cached_rbnode_delete_update()`` (iova.c); runs before ``free`` leaves the tree.
 
         ``nxt`` is ``rb_next(free)``, looked up once by the caller."""
+        assert nxt is not None, "rb_next() of a range is never NULL: the anchor sorts last"
         cached = self.cached32_node
         if free is cached or (free.pfn_hi < self.dma_32bit_pfn and free.pfn_lo >= cached.pfn_lo):
             self.cached32_node = nxt
@@ -288,8 +289,7 @@ class IovaDomain:
                 new_pfn = ((high_pfn - size) & U64_MASK) & align_mask
                 prev = curr
                 idx += 1
-                if idx >= n:
-                    curr = None
+                if idx >= n:  # rb_prev() is NULL: the walk ends here (curr is not read again)
                     break
                 curr = nodes[-neg[idx]]
                 if not (new_pfn <= curr.pfn_hi and new_pfn >= low_pfn):
@@ -362,7 +362,8 @@ class IovaDomain:
         """``remove_iova()`` (iova.c): cached-node update, then ``rb_erase``."""
         neg, nodes = self._neg, self._nodes
         i = bisect_left(neg, -node.pfn_lo)  # one index lookup serves rb_next() and rb_erase()
-        self.__cached_rbnode_delete_update(node, nodes[-neg[i - 1]] if i > 0 else None)
+        # rb_next(node): the anchor sits above every node and is never removed, so i > 0
+        self.__cached_rbnode_delete_update(node, nodes[-neg[i - 1]])
         del neg[i]
         del nodes[node.pfn_lo]
         self.log.emit_values(_L, "remove_iova", "tree_free", node.pfn_lo, cpu, (node.pfn_lo, node.pfn_hi, why))

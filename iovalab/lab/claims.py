@@ -297,6 +297,7 @@ def _alloc_steps(dom: DmaDomain, dev: Device, evs: list[Event], phys: int, size:
               _SRC["dma_addr"])
     values["iova_base"] = iova
     node = dom.iovad.find_iova(pfn)
+    assert node is not None, f"no IOVA node holds pfn {pfn:#x}, just allocated"
     tl = (node.pfn_hi - node.pfn_lo + 1) << shift
     n = asked >> shift
     values["tree_len"] = _cmp_step(
@@ -348,6 +349,7 @@ def evaluate(api: str = "try_alloc", *, size: int, phys: int = 0, granule: int |
         iova = _alloc_steps(dom, dev, evs, phys, size, mask, steps, values, "dma_map_page",
                             addr if values["ok"] else None)
         if values["ok"]:
+            assert iova is not None, "dma_map_page succeeded, so an IOVA was allocated"
             off = values["off"]
             maps = [e for e in evs if e.kind == "iommu_map_calls"]
             m = maps[-1]
@@ -781,6 +783,7 @@ def iova_space_use(buffers: list[tuple[int, int]], granule: int | None = None, *
             ev = [e for e in dom.log.since(m) if e.func == "iommu_dma_alloc_iova" and e.result]
             reserved += ev[-1].args["size"]
             node = dom.iovad.find_iova(ev[-1].result >> dom.iovad.shift)
+            assert node is not None, "the IOVA just allocated is in the tree"
             tree += (node.pfn_hi - node.pfn_lo + 1) * g
             try:
                 dom.dma_iova_link(d, st, lphys, 0, lsize)

@@ -161,10 +161,11 @@ class ModelledBreakdown(dict):
 def _totals_of(counters) -> tuple[dict[str, float], list[str]]:
     """Counter totals from a Counters, an EventLog or a mapping of counter/step names."""
     notes: list[str] = []
+    totals: dict[str, float]      # counts are ints; a float total is accepted (and checked below)
     if isinstance(counters, EventLog):
         totals = dict(counters.totals)
     elif isinstance(counters, Counters):
-        totals = counters.as_dict()
+        totals = dict(counters.as_dict())
         notes.append("swiotlb copy bytes are not a Counters field; pass the EventLog (or log.totals) "
                      "to include swiotlb_copy_per_byte")
     elif isinstance(counters, Mapping):

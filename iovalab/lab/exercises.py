@@ -435,7 +435,7 @@ def _gen_workload(rng: random.Random, lazy_ok: bool = True) -> dict:
     r = rng.randrange(30, 45) if big else rng.randrange(1, 5)
     for _ in range(r):
         k = rng.randrange(2, 9)
-        segs = []
+        segs: list[list[int]] = []
         for _ in range(k):
             if segs and rng.random() < 0.3:
                 segs.append([segs[-1][0] + segs[-1][1], 0x1000])

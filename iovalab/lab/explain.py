@@ -185,6 +185,7 @@ def _fresh(fp: Footprint) -> Footprint:
     pgsizes = tuple((e.args.get("pgsize", 0), e.args.get("pgcount", 0)) for e in evs if e.kind == "pte_writes")
     base = addr - fp.iova_offset
     node = dom.iovad.find_iova(base // fp.granule)
+    assert node is not None, f"dma_map_page's IOVA {base:#x} is not in the tree"
     # the two-step API on its own fresh domain reserves the same IOVA and writes nothing
     dom2 = DmaDomain(preset, strict=True)
     st = DmaIovaState()

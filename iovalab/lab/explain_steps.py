@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from iovalab.kernel.events import Counters
 
 __all__ = [
     "PATHS", "PATH_TITLES", "DEMO_WORKLOADS", "run_segments", "Recording", "record", "LEADING_EVENTS",
@@ -111,7 +115,7 @@ class Recording:
     window: tuple[int, int]
     title: str = ""
     result: object = None
-    _timeline: object = field(default=None, repr=False)
+    _timeline: Timeline | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.events)
@@ -363,7 +367,7 @@ class StepState:
     iotlb: list[tuple[int, int, int | None, bool]]
     unflushed: list[tuple[int, int]]
     tables: int
-    counters: object
+    counters: Counters
     notices: list[str]
     fq_pending: int
     current: list = field(default_factory=list)
@@ -389,7 +393,7 @@ class _Replay:
         self.leaves: dict[int, tuple[int, int]] = {}
         self.tlb: dict[int, tuple[int, int | None]] = {}  # base -> (size, phys); phys None: non-present
         self.unflushed: list[tuple[int, int]] = []
-        self.totals = dict.fromkeys(COUNTER_KINDS, 0)
+        self.totals: dict[str, int] = dict.fromkeys(COUNTER_KINDS, 0)
         self.notices: list[str] = []
         self.tables = 0
         self.fq = 0

@@ -88,7 +88,11 @@ def read_trace(path: str | Path) -> list[tuple[int, dict]]:
 
 # --------------------------------------------------------------------------------------------
 # iova-trace
-def _iova_section(header: dict) -> Callable[[dict], object]:
+#: One section's replayer: an operation in, ``(expected, got)`` out, or None when there is nothing to compare.
+_Run = Callable[[dict], tuple[object, object] | None]
+
+
+def _iova_section(header: dict) -> _Run:
     """A replayer for one ``iova-trace`` section: returns a function op -> (expected, got)."""
     log = EventLog(keep=False)
     dom = IovaDomain(header["granule"], header.get("start_pfn", 1), log=log)
@@ -122,7 +126,7 @@ def _iova_section(header: dict) -> Callable[[dict], object]:
     return run
 
 
-def _pgsize_section(header: dict) -> Callable[[dict], object]:
+def _pgsize_section(header: dict) -> _Run:
     from iovalab.kernel.iommu import split_pages
 
     def run(op: dict):
@@ -134,7 +138,7 @@ def _pgsize_section(header: dict) -> Callable[[dict], object]:
     return run
 
 
-def _dma_section(header: dict) -> Callable[[dict], object]:
+def _dma_section(header: dict) -> _Run:
     """Replayer for one ``dma-iova-trace`` section (data/kernel-traces/README.md).
 
     Domain as ``iommu_dma_init_domain()`` with the header's bitmap and aperture, strict, one CPU,
@@ -171,7 +175,7 @@ def _dma_section(header: dict) -> Callable[[dict], object]:
         if k == "try_alloc":
             st = DmaIovaState()
             ok = dom.dma_iova_try_alloc(dev, st, op["phys"], op["size"])
-            got = None
+            got: dict[str, object] | None = None
             if ok:
                 base, length = dma_iova_range(st, dom.granule)
                 got = {"addr": st.addr, "iova_len": length}
@@ -209,7 +213,7 @@ def _dma_section(header: dict) -> Callable[[dict], object]:
 
 
 #: trace kind -> factory(header) -> replayer(op) -> None | (expected, got)
-REPLAYERS: dict[str, Callable[[dict], Callable[[dict], object]]] = {
+REPLAYERS: dict[str, Callable[[dict], _Run]] = {
     "iova-trace": _iova_section,
     "pgsize-trace": _pgsize_section,
     "dma-iova-trace": _dma_section,

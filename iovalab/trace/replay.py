@@ -136,6 +136,8 @@ def reconstruct(cap: FtraceCapture) -> list[tuple]:
     open_by_cpu: dict[int, list[Allocation]] = {}   # allocations whose dma_* event is pending
     live: dict[int, Allocation] = {}        # base -> allocation
     live_bases: list[int] = []              # sorted bases of live allocations
+    opened: list[Allocation] | None
+    a: Allocation | None
     for ln in cap.lines:
         ev = ln.event
         if ev == "map":
@@ -251,7 +253,8 @@ class _Replayer:
             self.depot_sizes[b] = r.depot_size
 
     def advance(self, ts: float, cpu: int) -> None:
-        for b, deadline in sorted(self.depot_deadline.items()):
+        for b, due in sorted(self.depot_deadline.items()):
+            deadline: float | None = due
             while deadline is not None and ts >= deadline:
                 if self.dom.iovad.iova_depot_work_func(b):
                     deadline += IOVA_DEPOT_DELAY_MS / 1000
@@ -380,7 +383,7 @@ def _replay(cap: FtraceCapture, cpus: int | None, mode: str, path: str, why: str
                 else:
                     break
             saved = rp.save() if k_max else None
-            got = None
+            got = 0   # always set below: range(k_max + 1) is never empty
             chosen = 0
             for k in range(k_max + 1):
                 if k:
