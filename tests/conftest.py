@@ -86,6 +86,16 @@ def isolated_jupyter(jupyter_dirs, monkeypatch) -> dict[str, str]:
 _timings: list[tuple[str, float, str]] = []
 
 
+def pytest_collection_modifyitems(config, items):
+    """``fuzz_long`` tests run only when the marker expression names them (``pytest -m fuzz_long``)."""
+    if "fuzz_long" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="long fuzz run: select it with -m fuzz_long")
+    for item in items:
+        if "fuzz_long" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_runtest_logreport(report):
     """Collect timings reported by tests (runs on the xdist controller too, with workers' reports)."""
     if report.when != "call":

@@ -125,7 +125,8 @@ class GranuleExplorer(_Batch, W.VBox):
     def refresh(self) -> None:
         try:
             fp = explain.footprint(self.granule.value, parse_int(self.phys.value), parse_int(self.size.value))
-        except ValueError as e:
+        except ValueError as e:   # the error replaces the table and the figure (they showed other
+            self.image.value = b""  # inputs); ``footprint`` keeps the last good result
             self.text.value = _error(str(e))
             return
         self.footprint = fp

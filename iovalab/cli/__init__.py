@@ -2,7 +2,8 @@
 
 Commands: ``check-trace`` (replay kernel reference traces), ``replay-ftrace`` (replay a real ftrace
 capture), ``scenario`` (run a workload preset under a mapping path), ``quiz`` (seeded exercises),
-``bench`` (measure speed budgets), ``handout`` (static HTML of the executed book).
+``bench`` (measure speed budgets), ``handout`` (static HTML of the executed book), ``fuzz``
+(random operation sequences with invariants).
 Each command's module is imported only when the command runs.
 """
 
@@ -45,6 +46,28 @@ def _cmd_check_trace(args: argparse.Namespace) -> int:
     return 0 if total_bad == 0 else 1
 
 
+def _non_negative(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} must be >= 0")
+    return n
+
+
+def _quiz_argv(argv: list[str]) -> list[str]:
+    """``quiz --check ID ANSWER`` with an ANSWER starting with '-' (``-EINVAL``, the form the question
+    asks for): argparse would read it as an option, so both values are handed over as ``--check=`` parts."""
+    argv = list(argv)
+    if "quiz" not in argv:
+        return argv
+    for i in range(argv.index("quiz") + 1, len(argv) - 2):
+        if argv[i] == "--check":
+            return argv[:i] + [f"--check-id={argv[i + 1]}", f"--check-answer={argv[i + 2]}"] + argv[i + 3:]
+    return argv
+
+
 def _delegate(module: str, func: str):
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -61,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check-trace", help="replay kernel reference traces (JSON Lines) and compare")
     c.add_argument("files", nargs="+", metavar="FILE")
-    c.add_argument("--show", type=int, default=5, help="mismatches to print per file (default 5)")
+    c.add_argument("--show", type=_non_negative, default=5, help="mismatches to print per file (default 5)")
     c.set_defaults(func=_cmd_check_trace)
 
     r = sub.add_parser("replay-ftrace", help="replay a real kernel ftrace capture through the simulator")
@@ -86,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--count", type=int, default=10)
     q.add_argument("--json", action="store_true")
     q.add_argument("--answers", action="store_true")
-    q.add_argument("--check", nargs=2, metavar=("ID", "ANSWER"))
+    q.add_argument("--check", nargs=2, metavar=("ID", "ANSWER"),
+                   help="check an answer; ANSWER may start with '-' (e.g. -EINVAL)")
+    q.add_argument("--check-id", help=argparse.SUPPRESS)
+    q.add_argument("--check-answer", help=argparse.SUPPRESS)
     q.set_defaults(func=_delegate("lab.exercises", "cli"))
 
     b = sub.add_parser("bench", help="measure the speed budgets on this machine")
@@ -101,11 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--notebooks", default=None, metavar="DIR",
                    help="the book's folder (default: notebooks/ of the checkout this package is in)")
     h.set_defaults(func=_delegate("cli.handout", "cli"))
+
+    f = sub.add_parser("fuzz", help="random operation sequences with invariants after every call")
+    f.add_argument("--ops", type=int, default=100_000, help="operations in all (default 100000)")
+    f.add_argument("--seed", type=int, default=1)
+    f.set_defaults(func=_delegate("cli.fuzz", "cli"))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_quiz_argv(sys.argv[1:] if argv is None else argv))
+    if getattr(args, "check_id", None) is not None:
+        args.check = [args.check_id, args.check_answer]
     try:
         return args.func(args)
     except BrokenPipeError:

@@ -219,14 +219,24 @@ def build_handout(out: Path, notebooks_dir: Path = NOTEBOOKS_DIR, only: Iterable
 
 def cli(args: argparse.Namespace) -> int:
     """``python -m iovalab handout --out DIR [--only NAME[,NAME...]]``: 0 if every notebook built."""
-    only = [p.strip() for group in (getattr(args, "only", None) or []) for p in group.split(",") if p.strip()]
+    groups = getattr(args, "only", None) or []
+    only = [p.strip() for group in groups for p in group.split(",") if p.strip()]
+    if groups and not only:
+        print(f"error: --only {','.join(groups)!r} names no notebook (give names or patterns, comma-separated)",
+              file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"error: --out {out}: exists and is not a directory (the handout is a folder of HTML pages)",
+              file=sys.stderr)
+        return 2
     src = Path(getattr(args, "notebooks", None) or NOTEBOOKS_DIR)
     if not src.is_dir() or not any(src.glob("*.ipynb")):
         print(f"error: --notebooks {src}: no notebooks there (the book ships in a checkout's notebooks/, "
               "not in the installed package)", file=sys.stderr)
         return 2
     try:
-        _, failed = build_handout(Path(args.out), notebooks_dir=src, only=only or None,
+        _, failed = build_handout(out, notebooks_dir=src, only=only or None,
                                   progress=lambda m: print(m, flush=True))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

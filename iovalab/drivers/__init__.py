@@ -52,7 +52,7 @@ def check_preset(preset: object, where: str) -> None:
     if not isinstance(preset, dict):
         raise ValueError(f"{where}: a preset must be a JSON object")
     sc = preset.get("scenario")
-    if sc not in SCENARIOS:
+    if not isinstance(sc, str) or sc not in SCENARIOS:
         raise ValueError(f"{where}: scenario {sc!r} is not one of {', '.join(SCENARIOS)}")
     if not isinstance(preset.get("parameters", {}), dict):
         raise ValueError(f"{where}: 'parameters' must be an object")

@@ -82,16 +82,40 @@ APIS = ("page", "sg", "iova", "direct")
 Step = dict
 
 
+#: Largest value of each scenario parameter (the rest: ``PARAM_MAX``). Bounds on the work one preset can
+#: ask for, so that no preset runs for more than a few seconds: 2^18 pages is the bundled 1 GiB HMM
+#: workload; 64 MiB is the largest NVMe transfer with a 4 KiB MPS and MDTS 14 (NVMe 2.0 sec. 5.15.2.1);
+#: physical bases (16 TiB) and strides (16 MiB) keep every address below 2^45, inside every modelled
+#: format's output width (ARM LPAE: 48 bits).
+PARAM_BOUNDS: dict[str, int] = {
+    "npages": 1 << 18, "faults": 1 << 20, "passes": 64, "ios": 1 << 12, "run_pages": 1 << 18,
+    "length": 1 << 26, "offset": 1 << 26, "entry_size": 1 << 30, "stride": 1 << 24, "base": 1 << 44,
+    "mdts": 20, "seed": (1 << 32) - 1, "sgl_threshold": 1 << 32, "virt_boundary_mask": (1 << 32) - 1,
+}
+#: Largest value of a parameter not in :data:`PARAM_BOUNDS` (``u64``).
+PARAM_MAX = (1 << 64) - 1
+
+
 def int_param(params: dict, key: str, default: int | None = None) -> int:
-    """``params[key]`` as an int (``"0x1000"``, ``"4K"`` and ints accepted); ValueError names the key."""
+    """``params[key]`` as an int (``"0x1000"``, ``"4K"`` and ints accepted) within ``0..`` its bound
+    (:data:`PARAM_BOUNDS`); ValueError names the key and the rule."""
+    if not isinstance(params, dict):
+        raise ValueError(f"scenario parameters holding {key!r} must be an object, not {params!r}")
     if key not in params:
         if default is None:
             raise ValueError(f"scenario parameter {key!r} is required")
         return default
+    v = params[key]
+    if isinstance(v, bool) or not isinstance(v, int | str):
+        raise ValueError(f"scenario parameter {key!r}: {v!r} is not a number (use an int, 0x-hex or 4K/2M/1G)")
     try:
-        return parse_int(params[key])
+        n = parse_int(v)
     except ValueError as e:
         raise ValueError(f"scenario parameter {key!r}: {e}") from None
+    hi = PARAM_BOUNDS.get(key, PARAM_MAX)
+    if not 0 <= n <= hi:
+        raise ValueError(f"scenario parameter {key!r}: {n:#x} is outside 0..{hi:#x}")
+    return n
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,16 +222,21 @@ def make_device(spec: str | dict | Device | None, default: str = "nvme") -> Devi
     if isinstance(spec, dict):
         kw = dict(spec)
         spec = kw.pop("preset", default)
-    name = str(spec).replace("-", "_")
+    if not isinstance(spec, str):
+        raise ValueError(f"device {spec!r} must be a device preset name or an object with \"preset\"")
+    name = spec.replace("-", "_")
     if name not in _DEVICE_PRESETS:
         raise ValueError(f"device preset {spec!r} is not one of {', '.join(_DEVICE_PRESETS)}")
     for k in ("dma_mask", "coherent_dma_mask", "bus_dma_limit", "min_align_mask", "seg_boundary",
               "max_seg_size"):
         if k in kw and isinstance(kw[k], str):
-            kw[k] = parse_int(kw[k])
-    if name == "plain":
-        return Device(**kw)
-    return getattr(Device, name)(**kw)
+            kw[k] = int_param(kw, k)
+    try:
+        if name == "plain":
+            return Device(**kw)
+        return getattr(Device, name)(**kw)
+    except TypeError as e:   # an unknown field name
+        raise ValueError(f"device {spec!r}: {e}") from None
 
 
 def make_domain(spec: str | dict | None, *, strict: bool, keep_events: bool, ncpus: int = 1) -> DmaDomain:
@@ -218,12 +247,19 @@ def make_domain(spec: str | dict | None, *, strict: bool, keep_events: bool, ncp
         spec = "intel-vtd"
     if isinstance(spec, dict):
         kw = dict(spec)
-        spec = str(kw.pop("preset", "intel-vtd"))
+        spec = kw.pop("preset", "intel-vtd")
+    if not isinstance(spec, str):
+        raise ValueError(f"iommu {spec!r} must be an IOMMU preset name or an object with \"preset\"")
     allowed = {"reserve_msi", "ncpus", "single_queue"}
     bad = set(kw) - allowed
     if bad:
         raise ValueError(f"iommu options {sorted(bad)} are not among {sorted(allowed)}")
-    ncpus = int(kw.pop("ncpus", ncpus))
+    for flag in ("reserve_msi", "single_queue"):
+        if flag in kw and not isinstance(kw[flag], bool):
+            raise ValueError(f"iommu option {flag!r}: {kw[flag]!r} must be true or false")
+    ncpus = kw.pop("ncpus", ncpus)
+    if isinstance(ncpus, bool) or not isinstance(ncpus, int) or not 1 <= ncpus <= 64:
+        raise ValueError(f"iommu option 'ncpus': {ncpus!r} must be an int in 1..64")
     return DmaDomain(spec, strict=strict, ncpus=ncpus, log=EventLog(keep=keep_events), **kw)
 
 

@@ -127,7 +127,10 @@ class _Hmm:
         if self.entry < PAGE_SIZE or self.entry & (self.entry - 1):
             raise ValueError(f"entry_size {self.entry} must be a power of two >= PAGE_SIZE (dma_entry_size)")
         self.map = _HmmMap(ctx, self.npages, self.entry)
-        self.invalidate = [(int_param({"a": a}, "a"), int_param({"b": b}, "b")) for a, b in p.get("invalidate", [])]
+        inv = p.get("invalidate", [])
+        if not isinstance(inv, list) or not all(isinstance(r, list) and len(r) == 2 for r in inv):
+            raise ValueError(f"scenario parameter 'invalidate': {inv!r} must be a list of [first, npages] pairs")
+        self.invalidate = [(int_param({"a": a}, "a"), int_param({"b": b}, "b")) for a, b in inv]
         for a, b in self.invalidate:
             if a < 0 or b < 1 or a + b > self.npages:
                 raise ValueError(f"invalidate range [{a}, {a}+{b}) is outside 0..{self.npages}")

@@ -61,7 +61,7 @@ from iovalab.kernel.dma_iommu import (
 )
 from iovalab.kernel.device import NVME_CTRL_PAGE_SIZE
 from iovalab.kernel.units import DMA_MAPPING_ERROR, PAGE_SIZE, SZ_128K, hx
-from iovalab.drivers.common import SIZEOF, ScenarioContext, Step, as_context, int_param, make_run
+from iovalab.drivers.common import PARAM_BOUNDS, SIZEOF, ScenarioContext, Step, as_context, int_param, make_run
 
 __all__ = [
     "APIS", "NVME_CTRL_PAGE_SIZE", "NVME_SMALL_POOL_SIZE", "NVME_MAX_BYTES", "NVME_MAX_SEGS",
@@ -103,13 +103,17 @@ def bio_vecs(params: dict) -> list[tuple[int, int]]:
     multiple of 512 (the logical block size O_DIRECT requires).
     """
     if "segments" in params:
+        if not isinstance(params["segments"], list) or len(params["segments"]) > PARAM_BOUNDS["npages"]:
+            raise ValueError(f"scenario parameter 'segments' must be a list of at most {PARAM_BOUNDS['npages']} "
+                             "[phys, len] pairs")
         raw = []
         for i, s in enumerate(params["segments"]):
             if not isinstance(s, (list, tuple)) or len(s) != 2:
                 raise ValueError(f"segments[{i}] = {s!r} must be [phys, len]")
             p, n = int_param({"p": s[0]}, "p"), int_param({"n": s[1]}, "n")
-            if n <= 0 or p < 0:
-                raise ValueError(f"segments[{i}] = [{hx(p)}, {hx(n)}]: phys must be >= 0 and len > 0")
+            if n <= 0 or p < 0 or n > PARAM_BOUNDS["length"] or p > PARAM_BOUNDS["base"]:
+                raise ValueError(f"segments[{i}] = [{hx(p)}, {hx(n)}]: phys must be in 0..{hx(PARAM_BOUNDS['base'])} "
+                                 f"and len in 1..{hx(PARAM_BOUNDS['length'])}")
             raw.append((p, n))
     else:
         length = int_param(params, "length")

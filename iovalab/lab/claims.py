@@ -39,7 +39,7 @@ from iovalab.kernel.events import Event
 from iovalab.kernel.iommu import GRANULE_PRESETS, IommuDomain, split_pages
 from iovalab.kernel.iova import iova_rcache_roundup
 from iovalab.kernel.units import (
-    DMA_BIT_MASK, DMA_MAPPING_ERROR, EIO, ERRNO_NAMES, DmaError, errname, hx, iova_align,
+    DMA_BIT_MASK, DMA_MAPPING_ERROR, EIO, ERRNO_NAMES, MAX_MAP_SIZE, DmaError, errname, hx, iova_align,
     iova_offset, parse_int, roundup_pow_of_two,
 )
 
@@ -330,6 +330,9 @@ def evaluate(api: str = "try_alloc", *, size: int, phys: int = 0, granule: int |
             raise ValueError(f"{name} {v!r} must be a non-negative int")
     if size == 0 and api != "try_alloc":
         raise ValueError("size must be > 0")
+    if size > MAX_MAP_SIZE:
+        raise ValueError(f"size {size:#x} is above {MAX_MAP_SIZE:#x} (64 GiB), the simulator's bound for one "
+                         "mapping (MAX_MAP_SIZE)")
     dom = fresh_domain(granule, iommu)
     dev = make_device(mask, pci, forcedac, bus_dma_limit)
     g = dom.granule

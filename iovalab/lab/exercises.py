@@ -87,11 +87,16 @@ def _parse(atype: str, text: str) -> Any:
             return "tree"
         return parse_int(t)
     if atype == "choice":
-        low = t.lower()
-        for canon, words in _CHOICES.items():
-            if low == canon.lower() or any(w in low for w in words):
-                return canon
-        raise ValueError(f"{text!r}: answer 'below 4 GiB' or 'full width'")
+        # whole words only, and the answer must point at exactly one choice ("full width below 4GiB"
+        # names both and is refused, where a substring test read it as "below 4 GiB")
+        low = " ".join(t.lower().split())
+        tokens = set(re.findall(r"[a-z]+|\d+", low))
+        hits = [canon for canon, words in _CHOICES.items()
+                if low == canon.lower() or tokens & set(words) or tokens >= set(canon.lower().split())]
+        if len(hits) == 1:
+            return hits[0]
+        why = "names both" if hits else "names neither"
+        raise ValueError(f"{text!r} {why}: answer 'below 4 GiB' or 'full width'")
     raise ValueError(atype)
 
 
@@ -792,6 +797,11 @@ def make_problem(kind: str, params: dict, id: str = "custom") -> Problem:
     return Problem(id, -1, 0, kind, params, KINDS[kind].question(params))
 
 
+#: Problems per seed: ids go up to ``sN-p1000``. Problem ``i`` is drawn so that it differs from problems
+#: ``1..i-1``, so checking it regenerates those; the bound keeps that under about a second.
+MAX_PROBLEMS = 1000
+
+
 def _order(seed: int) -> list[str]:
     names = list(KINDS)
     random.Random(f"iovalab-quiz-order-{seed}").shuffle(names)
@@ -802,8 +812,8 @@ def generate(seed: int, count: int = 10) -> list[Problem]:
     """Problems 1..``count`` of ``seed``: kinds cycle through all of :data:`KINDS` in a seed-dependent
     order; parameters come from ``random.Random(f"{seed}:{index}:{attempt}")``; a question equal to an
     earlier one of the same seed is drawn again (next attempt), so all ``count`` questions differ."""
-    if count < 1:
-        raise ValueError(f"count {count} must be >= 1")
+    if not isinstance(count, int) or not 1 <= count <= MAX_PROBLEMS:
+        raise ValueError(f"count {count!r} must be in 1..{MAX_PROBLEMS} (MAX_PROBLEMS per seed)")
     order = _order(seed)
     seen: set[str] = set()
     out = []
@@ -823,9 +833,11 @@ def generate(seed: int, count: int = 10) -> list[Problem]:
 
 def parse_id(pid: str) -> tuple[int, int]:
     """``"s7-p03"`` -> ``(7, 3)``; ValueError for anything else."""
-    m = re.fullmatch(r"\s*s(-?\d+)-p(\d+)\s*", str(pid))
+    m = re.fullmatch(r"\s*s(-?\d{1,18})-p(\d{1,9})\s*", str(pid))
     if not m or int(m.group(2)) < 1:
         raise ValueError(f"problem id {pid!r} must look like s7-p03 (seed 7, problem 3)")
+    if int(m.group(2)) > MAX_PROBLEMS:
+        raise ValueError(f"problem id {pid!r}: problem numbers go up to {MAX_PROBLEMS} (MAX_PROBLEMS per seed)")
     return int(m.group(1)), int(m.group(2))
 
 

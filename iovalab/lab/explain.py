@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from iovalab.kernel.iommu import GRANULE_PRESETS
 from iovalab.kernel.iova import iova_rcache_bin, iova_rcache_roundup
 from iovalab.kernel.units import (
-    DMA_BIT_MASK, SZ_4K, SZ_64K, bits_per, hx, iova_align, iova_offset, is_power_of_2,
+    DMA_BIT_MASK, DMA_MAPPING_ERROR, MAX_MAP_SIZE, SZ_4K, SZ_64K, bits_per, hx, iova_align, iova_offset, is_power_of_2,
     roundup_pow_of_two,
 )
 from iovalab.lab.explain_steps import (
@@ -159,6 +159,9 @@ def footprint(granule: int, phys: int, size: int, *, fresh: bool = True) -> Foot
         raise ValueError(f"phys {phys!r} must be a non-negative int (phys_addr_t)")
     if not isinstance(size, int) or size <= 0:
         raise ValueError(f"size {size!r} must be > 0 (dma_map_page of 0 bytes is undefined)")
+    if size > MAX_MAP_SIZE:
+        raise ValueError(f"size {size:#x} is above {MAX_MAP_SIZE:#x} (64 GiB), the simulator's bound for one "
+                         "mapping (MAX_MAP_SIZE)")
     off = iova_offset(granule, phys)
     length = iova_align(granule, size + off)
     n = length // granule
@@ -179,6 +182,11 @@ def _fresh(fp: Footprint) -> Footprint:
     dev = Device(name="0000:01:00.0")
     mark = dom.log.mark()
     addr = dom.dma_map_page(dev, fp.phys, fp.size)
+    if addr == DMA_MAPPING_ERROR:
+        why = "; ".join(str(e.args.get("rule") or e.args.get("msg") or e.args.get("message"))
+                        for e in dom.log.since(mark) if e.kind in ("warn", "pr_err")) or "no IOVA"
+        raise ValueError(f"dma_map_page of phys {fp.phys:#x} + {fp.size:#x} fails on {preset} "
+                         f"(DMA_MAPPING_ERROR: {why})")
     evs = dom.log.since(mark)
     ptes = sum(e.count for e in evs if e.kind == "pte_writes")
     calls = sum(e.count for e in evs if e.kind == "iommu_map_calls")

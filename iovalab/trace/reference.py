@@ -19,6 +19,7 @@ from pathlib import Path
 
 from iovalab.kernel.events import EventLog
 from iovalab.kernel.iova import IovaDomain
+from iovalab.kernel.units import DmaError
 
 __all__ = ["TraceFormatError", "Mismatch", "TraceResult", "read_trace", "check_trace",
            "check_ops", "REPLAYERS"]
@@ -54,6 +55,10 @@ class TraceResult:
         return len(self.mismatches)
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number a kernel trace can hold (JSON has no NaN or Infinity)")
+
+
 def read_trace(path: str | Path) -> list[tuple[int, dict]]:
     """Parse a JSON-Lines trace into ``[(lineno, obj), ...]``; blank lines are skipped.
 
@@ -62,24 +67,34 @@ def read_trace(path: str | Path) -> list[tuple[int, dict]]:
     out = []
     p = Path(path)
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
     except OSError as e:
         raise TraceFormatError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad_line = raw[:e.start].count(b"\n") + 1
+        raise TraceFormatError(f"{path}:{bad_line}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") \
+            from None
     rows = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     try:  # one C-level parse of the whole file; per-line parsing only to locate an error
-        objs = json.loads("[" + ",".join(line for _, line in rows) + "]")
+        objs = json.loads("[" + ",".join(line for _, line in rows) + "]", parse_constant=_no_constant)
         if len(objs) != len(rows):
             raise ValueError("line count")
-    except ValueError:
+    except (ValueError, RecursionError):
         objs = None
     if objs is not None and all(type(o) is dict for o in objs):
         return [(n, o) for (n, _), o in zip(rows, objs, strict=True)]
     loads = json.loads
     for n, line in rows:
         try:
-            obj = loads(line)
+            obj = loads(line, parse_constant=_no_constant)
         except json.JSONDecodeError as e:
             raise TraceFormatError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except ValueError as e:
+            raise TraceFormatError(f"{path}:{n}: {e}") from None
+        except RecursionError:
+            raise TraceFormatError(f"{path}:{n}: JSON nested too deeply") from None
         if not isinstance(obj, dict):
             raise TraceFormatError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
         out.append((n, obj))
@@ -227,7 +242,7 @@ def check_ops(lines: Iterable[tuple[int, dict]], path: str = "<trace>",
     run = None
     for lineno, obj in lines:
         if "kind" in obj:
-            factory = REPLAYERS.get(obj["kind"])
+            factory = REPLAYERS.get(obj["kind"]) if isinstance(obj["kind"], str) else None
             if factory is None:
                 raise TraceFormatError(f"{path}:{lineno}: unknown trace kind {obj['kind']!r} "
                                        f"(known: {', '.join(REPLAYERS)})")
@@ -242,15 +257,26 @@ def check_ops(lines: Iterable[tuple[int, dict]], path: str = "<trace>",
         res.ops += 1
         try:
             out = run(obj)
+            if out is not None:
+                expected, got = out
+                differs = expected != got
         except KeyError as e:
             raise TraceFormatError(f"{path}:{lineno}: unknown op or missing field {e}") from None
+        except (TypeError, ValueError, DmaError, IndexError, AttributeError, OverflowError, RecursionError) as e:
+            # wrong field types, a free of what was never allocated, an unmap of what is not mapped
+            # (DmaError): the trace cannot be replayed past this line
+            raise TraceFormatError(f"{path}:{lineno}: cannot replay {_short(obj)}: {e}") from None
         if out is not None:
-            expected, got = out
-            if expected != got:
+            if differs:
                 res.mismatches.append(Mismatch(res.ops, lineno, obj, expected, got))
                 if max_mismatches is not None and len(res.mismatches) >= max_mismatches:
                     break
     return res
+
+
+def _short(obj: dict) -> str:
+    text = json.dumps(obj)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def check_trace(path: str | Path, max_mismatches: int | None = None) -> TraceResult:
