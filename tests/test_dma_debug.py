@@ -265,3 +265,12 @@ def test_unmap_sg_nents_out_of_range_refused_state_unchanged():
     with pytest.raises(ValueError, match="nents 2"):
         dom.dma_unmap_sg(dev, sg, nents=2)
     assert dom.snapshot() == before and len(dom.debug.entries()) == 1
+
+
+def test_debug_on_a_device_without_an_iommu_is_refused():
+    from iovalab.drivers.common import ScenarioContext, make_domain
+    with pytest.raises(ValueError) as e:
+        ScenarioContext({"iommu": {"preset": "intel-vtd", "dma_debug": True}}, "direct")
+    assert "['dma_debug']" in str(e.value) and "direct" in str(e.value)
+    dom = make_domain({"preset": "intel-vtd", "dma_debug": True, "hz": 250}, strict=False, keep_events=True)
+    assert dom.debug is not None and dom.fq_timer_ms() == 12.0

@@ -219,7 +219,7 @@ def make_domain(spec: str | dict | None, *, strict: bool, keep_events: bool, ncp
     if isinstance(spec, dict):
         kw = dict(spec)
         spec = str(kw.pop("preset", "intel-vtd"))
-    allowed = {"reserve_msi", "ncpus", "single_queue"}
+    allowed = {"reserve_msi", "ncpus", "single_queue", "dma_debug", "dma_debug_version", "hz", "check_contract"}
     bad = set(kw) - allowed
     if bad:
         raise ValueError(f"iommu options {sorted(bad)} are not among {sorted(allowed)}")
@@ -288,6 +288,12 @@ class ScenarioContext:
         self.dev = make_device(preset.get("device"), default_device)
         self.direct = api == "direct"
         if self.direct:
+            iommu = preset.get("iommu")
+            opts = sorted({"dma_debug", "dma_debug_version", "hz", "check_contract"} & set(iommu or {})) \
+                if isinstance(iommu, dict) else []
+            if opts:
+                raise ValueError(f"options {opts} need an IOMMU DMA domain, but api='direct' has none "
+                                 "(the dma-debug model hooks the dma-iommu.c paths; dma-direct is not modelled)")
             self.domain: DmaDomain | None = None
             self.log = EventLog(keep=keep_events)
             self.dma: Any = DirectDma(self.log)
