@@ -250,11 +250,11 @@ def make_domain(spec: str | dict | None, *, strict: bool, keep_events: bool, ncp
         spec = kw.pop("preset", "intel-vtd")
     if not isinstance(spec, str):
         raise ValueError(f"iommu {spec!r} must be an IOMMU preset name or an object with \"preset\"")
-    allowed = {"reserve_msi", "ncpus", "single_queue"}
+    allowed = {"reserve_msi", "ncpus", "single_queue", "dma_debug", "dma_debug_version", "hz", "check_contract"}
     bad = set(kw) - allowed
     if bad:
         raise ValueError(f"iommu options {sorted(bad)} are not among {sorted(allowed)}")
-    for flag in ("reserve_msi", "single_queue"):
+    for flag in ("reserve_msi", "single_queue", "dma_debug", "check_contract"):
         if flag in kw and not isinstance(kw[flag], bool):
             raise ValueError(f"iommu option {flag!r}: {kw[flag]!r} must be true or false")
     ncpus = kw.pop("ncpus", ncpus)
@@ -324,6 +324,12 @@ class ScenarioContext:
         self.dev = make_device(preset.get("device"), default_device)
         self.direct = api == "direct"
         if self.direct:
+            iommu = preset.get("iommu")
+            opts = sorted({"dma_debug", "dma_debug_version", "hz", "check_contract"} & set(iommu or {})) \
+                if isinstance(iommu, dict) else []
+            if opts:
+                raise ValueError(f"options {opts} need an IOMMU DMA domain, but api='direct' has none "
+                                 "(the dma-debug model hooks the dma-iommu.c paths; dma-direct is not modelled)")
             self.domain: DmaDomain | None = None
             self.log = EventLog(keep=keep_events)
             self.dma: Any = DirectDma(self.log)

@@ -11,6 +11,7 @@ module                      kernel file it models (Linux 6.17 unless a docstring
 ``iommu``                   ``drivers/iommu/iommu.c``: ``iommu_map``/``iommu_unmap``/``iommu_pgsize``, gather
 ``device``                  ``struct device`` DMA fields, masks, limits
 ``swiotlb``                 ``kernel/dma/swiotlb.c``
+``dma_debug``               ``kernel/dma/debug.c`` (``CONFIG_DMA_API_DEBUG``, read in 7.3.4)
 ``dma_iova``                ``drivers/iommu/dma-iommu.c``: the two-step ``dma_iova_*`` API
 ``dma_iommu``               ``drivers/iommu/dma-iommu.c``: classic paths, flush queue, the DMA domain
 ==========================  ====================================================================

@@ -34,6 +34,7 @@ from iovalab.kernel.device import (
     DMA_ATTR_PRIVILEGED, DMA_ATTR_SKIP_CPU_SYNC, DMA_BIDIRECTIONAL, DMA_DIR_NAMES, DMA_FROM_DEVICE, DMA_NONE,
     DMA_TO_DEVICE, Device, valid_dma_direction,
 )
+from iovalab.kernel.dma_debug import DmaDebug, Finding
 from iovalab.kernel.events import EventLog
 from iovalab.kernel.iommu import (
     IOMMU_CACHE, IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE, IommuDomain, IotlbGather,
@@ -64,6 +65,22 @@ IOVA_DEFAULT_FQ_SIZE = 256
 IOVA_DEFAULT_FQ_TIMEOUT = 10      # ms
 IOVA_SINGLE_FQ_SIZE = 32768
 IOVA_SINGLE_FQ_TIMEOUT = 1000     # ms
+#: ``CONFIG_HZ`` choices (kernel/Kconfig.hz)
+CONFIG_HZ_VALUES = (100, 250, 300, 1000)
+
+
+def msecs_to_jiffies(ms: int, hz: int) -> int:
+    """``msecs_to_jiffies(m)`` (include/linux/jiffies.h, ``_msecs_to_jiffies``): rounds **up** to whole
+    ticks. ``HZ <= MSEC_PER_SEC`` and 1000 a multiple of HZ: ``DIV_ROUND_UP(m, MSEC_PER_SEC / HZ)``;
+    HZ=300 (not a divisor of 1000): ``(m * HZ + 999) / 1000`` (the ``MSEC_TO_HZ_MUL32`` path gives
+    the same round-up for these small values)."""
+    if hz not in CONFIG_HZ_VALUES:
+        raise ValueError(f"HZ {hz!r} is not a CONFIG_HZ choice ({', '.join(map(str, CONFIG_HZ_VALUES))})")
+    if ms < 0:
+        raise ValueError(f"msecs_to_jiffies: ms {ms} must be >= 0 (negative values are MAX_JIFFY_OFFSET)")
+    if 1000 % hz == 0:
+        return -(-ms // (1000 // hz))
+    return -(-(ms * hz) // 1000)
 
 _L = "dma"
 
@@ -118,14 +135,32 @@ class DmaDomain:
         given to the IOVA domain (``iova_rcache_range``) and the swiotlb pool.
     :param single_queue: ``IOMMU_DMA_OPTS_SINGLE_QUEUE`` (``shadow_on_flush``): one queue of 32768
         entries, 1000 ms.
+    :param dma_debug: the simulated kernel has ``CONFIG_DMA_API_DEBUG``: a
+        :class:`~iovalab.kernel.dma_debug.DmaDebug` (``self.debug``) checks every classic map/unmap and
+        reports ``dma_debug`` events without changing what the call does. ``check_contract=True``
+        turns it on and raises each finding as :class:`DmaError` (unmap findings before anything
+        changes; map findings after the mapping is made and recorded, as dma-debug runs after the
+        map; the error's ``result`` is the call's return value so the caller can undo it).
+    :param dma_debug_version: ``"6.17"`` or ``"7.3"``, whose ``kernel/dma/debug.c`` to follow.
+    :param hz: ``CONFIG_HZ`` (100, 250, 300 or 1000): the flush-queue timer is armed in jiffies,
+        ``msecs_to_jiffies(fq_timeout)``, so it fires after a whole number of ticks (see
+        :meth:`fq_timer_ms`). ``None`` keeps the plain millisecond timer.
     """
 
     def __init__(self, iommu: IommuDomain | str = "intel-vtd", *, strict: bool = True, ncpus: int = 1,
                  log: EventLog | None = None, reserve: list[tuple[int, int]] | None = None,
                  reserve_msi: bool = False, single_queue: bool = False,
                  check_contract: bool = False, swiotlb: SwiotlbPool | None = None,
-                 page_size: int | None = None):
+                 page_size: int | None = None, dma_debug: bool = False,
+                 dma_debug_version: str = "6.17", hz: int | None = None):
+        if not isinstance(dma_debug, bool):
+            raise ValueError(f"dma_debug {dma_debug!r} must be a bool (CONFIG_DMA_API_DEBUG is y or n)")
+        if hz is not None and hz not in CONFIG_HZ_VALUES:
+            raise ValueError(f"hz {hz!r} is not a CONFIG_HZ choice (kernel/Kconfig.hz: "
+                             f"{', '.join(map(str, CONFIG_HZ_VALUES))})")
         self.log = log if log is not None else EventLog()
+        self.debug = (DmaDebug(self.log, version=dma_debug_version) if dma_debug or check_contract else None)
+        self.hz = hz
         if isinstance(iommu, str):
             iommu = IommuDomain.preset(iommu, log=self.log)
         else:
@@ -312,7 +347,20 @@ class DmaDomain:
                       counter=self.fq_flush_start_cnt, queued=len(fq.entries))
         if not self.fq_timer_on:
             self.fq_timer_on = True
-            self.fq_timer_deadline = self.now_ms + self.fq_timeout
+            self.fq_timer_deadline = self.now_ms + self.fq_timer_ms()
+
+    def fq_timer_ms(self) -> float:
+        """How long after ``queue_iova`` arms it the flush-queue timer fires, in ms.
+
+        ``queue_iova`` (dma-iommu.c) arms ``mod_timer(&cookie->fq_timer, jiffies +
+        msecs_to_jiffies(fq_timeout))``: with ``hz`` set, a whole number of ticks of ``1000 / HZ`` ms
+        (10 ms at HZ=250 is 3 jiffies = 12 ms; at HZ=100 one jiffy = 10 ms; at HZ=300, 3 jiffies =
+        10.0 ms). The tick phase at which the timer is armed is not modelled (the kernel's first tick
+        may come sooner than a full period). Without ``hz``, exactly ``fq_timeout`` ms.
+        """
+        if self.hz is None:
+            return float(self.fq_timeout)
+        return msecs_to_jiffies(self.fq_timeout, self.hz) * 1000 / self.hz
 
     def fq_flush_timeout(self, cpu: int = 0) -> None:
         """``fq_flush_timeout()`` (dma-iommu.c), the timer callback, run on ``cpu``: one
@@ -435,7 +483,36 @@ class DmaDomain:
         finally:
             self.log.depth -= 1
         self.trace_api("dma_map_page", dev, cpu, addr, dir=dir, phys=orig, size=size, attrs=attrs)
+        if self.debug is not None:
+            self._raise_findings(self.debug.debug_dma_map_phys(dev, orig, size, dir, addr, attrs,
+                                                               self._swiotlb_active(), cpu), addr)
         return addr
+
+    # ---------------------------------------------------------------- dma-debug glue
+    def _swiotlb_active(self) -> bool:
+        return self.swiotlb is not None
+
+    def _raise_findings(self, found: list[Finding], result=None) -> None:
+        """``check_contract=True``: the first dma-debug finding of a call becomes a :class:`DmaError`."""
+        if found and self.check_contract:
+            f = found[0]
+            err = DmaError(-EINVAL, f"dma-debug ({f.check}): {f.message}", f.func)
+            err.result = result
+            err.findings = found
+            raise err
+
+    def _refuse_unmap(self, func: str, refs_findings: list[tuple[str, str]], dev: Device, cpu: int) -> None:
+        """``check_contract=True``: report what ``check_unmap`` would and refuse before any change."""
+        if refs_findings and self.check_contract:
+            found = [self.debug.err_printk(dev.name, func, c, t, cpu) for c, t in refs_findings]
+            self._raise_findings(found)
+
+    def dma_mapping_error(self, dev: Device, addr: int) -> bool:
+        """``dma_mapping_error(dev, dma_addr)`` (include/linux/dma-mapping.h): ``debug_dma_mapping_error``
+        (marks the dma-debug entry checked), then ``addr == DMA_MAPPING_ERROR``."""
+        if self.debug is not None:
+            self.debug.debug_dma_mapping_error(dev, addr)
+        return addr == DMA_MAPPING_ERROR
 
     def dma_unmap_page(self, dev: Device, dma_addr: int, size: int, dir: int = DMA_BIDIRECTIONAL,
                        attrs: int = 0, cpu: int = 0) -> None:
@@ -445,6 +522,10 @@ class DmaDomain:
         check_size("dma_unmap_page", size)
         if not _is_int(dma_addr) or not 0 <= dma_addr <= U64_MASK - size + 1:
             raise ValueError(f"dma_unmap_page: dma_addr {dma_addr!r} + size {size:#x} is not a 64-bit DMA range")
+        ref = None
+        if self.debug is not None:
+            ref = self.debug.unmap_page_ref(dev, dma_addr, size, dir, attrs)
+            self._refuse_unmap("debug_dma_unmap_phys", self.debug.findings_for_unmap(ref), dev, cpu)
         g = self.granule
         start = dma_addr - iova_offset(g, dma_addr)
         self.check_mapped("iommu_dma_unmap_page", start, iova_align(g, size + dma_addr - start), cpu)
@@ -461,6 +542,8 @@ class DmaDomain:
         finally:
             self.log.depth -= 1
         self.trace_api("dma_unmap_page", dev, cpu, None, dir=dir, dma_addr=dma_addr, size=size)
+        if ref is not None:
+            self.debug.check_unmap(ref, "debug_dma_unmap_phys", cpu)
 
     # ---------------------------------------------------------------- scatterlists
     def dma_map_sg(self, dev: Device, sgl: list[ScatterEntry], dir: int = DMA_BIDIRECTIONAL,
@@ -484,11 +567,12 @@ class DmaDomain:
             check_phys(f"dma_map_sg: sgl[{i}]", s.phys, s.length)
             total += s.length
         check_size("dma_map_sg: total length", total)
-        g = self.granule
         self.log.depth += 1
         try:
+            untrusted = False
             if dev.untrusted:  # dev_use_sg_swiotlb: iommu_dma_map_sg_swiotlb, every segment on its own
                 done: list[ScatterEntry] = []
+                saved_debug, self.debug = self.debug, None  # inner calls: no dma-debug hooks
                 try:
                     for s in sgl:
                         s.dma_address = self.dma_map_page(dev, s.phys, s.length, dir, attrs, cpu)
@@ -501,40 +585,66 @@ class DmaDomain:
                         for t in done:
                             self.dma_unmap_page(dev, t.dma_address, t.length, dir,
                                                 attrs | DMA_ATTR_SKIP_CPU_SYNC, cpu)
+                    self.debug = saved_debug
                 ents = len(sgl) if len(done) == len(sgl) else 0
-                return ents
-            mask = dev.dma_get_seg_boundary()
-            iova_len = 0
-            layout = []  # [phys_aligned, aligned_len, s_iova_off, s_len]
-            prev: list[int] | None = None
-            for s in sgl:
-                s_iova_off = iova_offset(g, s.phys)
-                s_len = s.length
-                seg = [s.phys - s_iova_off, iova_align(g, s_len + s_iova_off), s_iova_off, s_len]
-                pad_len = (mask - iova_len + 1) & mask
-                if pad_len and pad_len < seg[1] - 1:
-                    assert prev is not None  # the first segment starts at iova_len 0: pad_len is 0
-                    prev[1] += pad_len
-                    iova_len += pad_len
-                iova_len += seg[1]
-                layout.append(seg)
-                prev = seg
-            iova = self.iommu_dma_alloc_iova(iova_len, dev.dma_get_mask(), dev, cpu)
-            if not iova:
-                ents = 0
+                untrusted = True
             else:
-                prot = dma_info_to_prot(dir, dev.coherent, attrs)
-                ret = self.iommu.iommu_map_sg(iova, [(p, n) for p, n, _, _ in layout], prot, cpu=cpu)
-                if ret < iova_len:
-                    self.iommu_dma_free_iova(iova, iova_len, None, cpu)
-                    ents = 0
-                else:
-                    ents = self.__finalise_sg(dev, sgl, layout, iova)
+                ents = self._map_sg_iova(dev, sgl, dir, attrs, cpu)
         finally:
             self.log.depth -= 1
-        self.trace_api("dma_map_sg", dev, cpu, ents, dir=dir, nents=len(sgl),
-                  phys=[s.phys for s in sgl], dma_addrs=[s.dma_address for s in sgl[:ents]],
-                  sizes=[s.dma_length for s in sgl[:ents]])
+        if not untrusted:  # the swiotlb path's calls were traced one by one
+            self.trace_api("dma_map_sg", dev, cpu, ents, dir=dir, nents=len(sgl),
+                           phys=[s.phys for s in sgl], dma_addrs=[s.dma_address for s in sgl[:ents]],
+                           sizes=[s.dma_length for s in sgl[:ents]])
+        if self.debug is not None and ents:
+            self._raise_findings(self.debug.debug_dma_map_sg(dev, sgl, len(sgl), ents, dir, attrs,
+                                                             self._swiotlb_active(), cpu), ents)
+        return ents
+
+    def _no_debug(self):
+        """dma-debug hooks sit in ``dma_map_*_attrs``/``dma_unmap_*_attrs`` (kernel/dma/mapping.c), not
+        in the ``iommu_dma_*`` calls those make: inner per-segment calls run with the hooks off."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def off():
+            saved, self.debug = self.debug, None
+            try:
+                yield
+            finally:
+                self.debug = saved
+        return off()
+
+    def _map_sg_iova(self, dev: Device, sgl: list[ScatterEntry], dir: int, attrs: int, cpu: int) -> int:
+        """``iommu_dma_map_sg()`` past the swiotlb case: one IOVA for the list."""
+        g = self.granule
+        mask = dev.dma_get_seg_boundary()
+        iova_len = 0
+        layout = []  # [phys_aligned, aligned_len, s_iova_off, s_len]
+        prev: list[int] | None = None
+        for s in sgl:
+            s_iova_off = iova_offset(g, s.phys)
+            s_len = s.length
+            seg = [s.phys - s_iova_off, iova_align(g, s_len + s_iova_off), s_iova_off, s_len]
+            pad_len = (mask - iova_len + 1) & mask
+            if pad_len and pad_len < seg[1] - 1:
+                assert prev is not None  # the first segment starts at iova_len 0: pad_len is 0
+                prev[1] += pad_len
+                iova_len += pad_len
+            iova_len += seg[1]
+            layout.append(seg)
+            prev = seg
+        iova = self.iommu_dma_alloc_iova(iova_len, dev.dma_get_mask(), dev, cpu)
+        if not iova:
+            ents = 0
+        else:
+            prot = dma_info_to_prot(dir, dev.coherent, attrs)
+            ret = self.iommu.iommu_map_sg(iova, [(p, n) for p, n, _, _ in layout], prot, cpu=cpu)
+            if ret < iova_len:
+                self.iommu_dma_free_iova(iova, iova_len, None, cpu)
+                ents = 0
+            else:
+                ents = self.__finalise_sg(dev, sgl, layout, iova)
         return ents
 
     def __finalise_sg(self, dev: Device, sgl: list[ScatterEntry], layout: list, dma_addr: int) -> int:
@@ -560,10 +670,13 @@ class DmaDomain:
         return count
 
     def dma_unmap_sg(self, dev: Device, sgl: list[ScatterEntry], dir: int = DMA_BIDIRECTIONAL,
-                     attrs: int = 0, cpu: int = 0) -> None:
+                     attrs: int = 0, cpu: int = 0, nents: int | None = None) -> None:
         """``dma_unmap_sg_attrs()`` -> ``iommu_dma_unmap_sg()`` (dma-iommu.c): one
         ``__iommu_dma_unmap`` from the first segment's DMA address to the end of the last
-        non-empty one."""
+        non-empty one among the first ``nents`` entries.
+
+        ``nents`` is what the driver passes (default ``len(sgl)``, the count it gave ``dma_map_sg``);
+        passing ``dma_map_sg``'s return value instead is the classic bug dma-debug reports."""
         valid_dma_direction(dir)
         check_cpu("dma_unmap_sg", cpu, self.ncpus)
         if not isinstance(sgl, list) or not sgl or not all(isinstance(s, ScatterEntry) for s in sgl):
@@ -573,12 +686,22 @@ class DmaDomain:
             if bad:
                 raise ValueError(f"dma_unmap_sg: segment {bad[0]!r} is not mapped (dma_map_sg failed or was "
                                  "not called)")
+        if nents is None:
+            nents = len(sgl)
+        if not isinstance(nents, int) or isinstance(nents, bool) or not 1 <= nents <= len(sgl):
+            raise ValueError(f"dma_unmap_sg: nents {nents!r} must be in 1..{len(sgl)} (entries of the list)")
+        refs = None
+        if self.debug is not None:
+            refs = self.debug.unmap_sg_refs(dev, sgl, nents, dir, attrs)
+            self._refuse_unmap("debug_dma_unmap_sg", self.debug.findings_for_unmap_sg(refs), dev, cpu)
+        sgl = sgl[:nents]
         self.trace_api("dma_unmap_sg", dev, cpu, None, dir=dir, phys=[s.phys for s in sgl])
         self.log.depth += 1
         try:
             if dev.untrusted:
-                for s in sgl:
-                    self.dma_unmap_page(dev, s.dma_address, s.length, dir, attrs, cpu)
+                with self._no_debug():
+                    for s in sgl:
+                        self.dma_unmap_page(dev, s.dma_address, s.length, dir, attrs, cpu)
                 return
             start = sgl[0].dma_address
             end = start
@@ -592,6 +715,9 @@ class DmaDomain:
             self.__iommu_dma_unmap(dev, start, end - start, cpu)
         finally:
             self.log.depth -= 1
+        if refs is not None:
+            for ref in refs:
+                self.debug.check_unmap(ref, "debug_dma_unmap_sg", cpu)
 
     def dma_alloc_coherent(self, dev: Device, size: int, cpu: int = 0) -> tuple[int, int]:
         """``dma_alloc_attrs()`` -> ``iommu_dma_alloc()`` (simplified: one physically contiguous
@@ -608,6 +734,8 @@ class DmaDomain:
         if addr != DMA_MAPPING_ERROR:  # a failed iommu_dma_alloc frees its pages again
             self._phys_next += size
         self.trace_api("dma_alloc", dev, cpu, addr, size=size, phys=phys)
+        if self.debug is not None:
+            self.debug.debug_dma_alloc_coherent(dev, size, addr, phys, 0, cpu)
         return phys, addr
 
     # ----------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ and forwards its ``dma_iova_*`` methods to it. Error conventions are those of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from iovalab.kernel.device import (
@@ -73,6 +73,12 @@ class DmaIovaState:
 
     addr: int = 0
     size_field: int = 0  # the kernel's __size
+    #: simulator bookkeeping for the Part Ie contract checks (not kernel fields): the ``(offset,
+    #: size)`` of live links that end mid-granule, the highest offset linked so far, and whether
+    #: ``dma_iova_free``/``destroy`` already gave the IOVA back
+    links: list = field(default_factory=list, repr=False, compare=False)
+    max_offset: int = field(default=-1, repr=False, compare=False)
+    freed: bool = field(default=False, repr=False, compare=False)
 
     def __repr__(self) -> str:
         flag = " USE_SWIOTLB" if self.size_field & DMA_IOVA_USE_SWIOTLB else ""
@@ -169,6 +175,9 @@ class IovaApi:
             check_phys("dma_iova_try_alloc", phys, size)
         state.addr = 0
         state.size_field = 0
+        state.links = []
+        state.max_offset = -1
+        state.freed = False
         ok = False
         self.host.log.depth += 1
         try:
@@ -211,6 +220,7 @@ class IovaApi:
         if not dma_use_iova(state):
             raise ValueError("dma_iova_free: state does not hold an IOVA (dma_use_iova() is false)")
         self._check_cpu_arg("dma_iova_free", cpu)
+        self._check_not_freed("dma_iova_free", state, cpu)
         base, length = dma_iova_range(state, self.host.granule)
         linked = self.host.mapped_granules(base, length)
         if linked:
@@ -221,7 +231,22 @@ class IovaApi:
                 raise DmaError(-EINVAL, f"dma_iova_free with IOVA {linked[0]:#x} still linked",
                                "dma_iova_free")
         self.host.iommu_dma_free_iova(base, length, None, cpu)
+        state.freed = True
         self.host.trace_api("dma_iova_free", dev, cpu, None, addr=state.addr, size=dma_iova_size(state))
+
+    def _contract(self, func: str, rule: str, refusal: str, cpu: int) -> None:
+        """A Part Ie rule of Documentation/core-api/dma-api.rst that nothing in the kernel checks
+        (dma-debug has no hooks in the ``dma_iova_*`` calls): a ``contract`` event; refused with
+        ``-EINVAL`` under ``check_contract=True``."""
+        self.host.log.emit(_L, func, "contract", None, cpu=cpu, rule=rule)
+        if self.host.check_contract:
+            raise DmaError(-EINVAL, refusal, func)
+
+    def _check_not_freed(self, func: str, state: DmaIovaState, cpu: int) -> None:
+        if state.freed:
+            self._contract(func, f"IOVA {state.addr:#x} was already given back (dma_iova_free/destroy); "
+                           "the kernel does not check and the allocator takes it back twice, so it is "
+                           "handed out twice", f"IOVA {state.addr:#x} of this state was already freed", cpu)
 
     def dma_iova_link(self, dev: Device, state: DmaIovaState, phys: int, offset: int, size: int,
                       dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> int:
@@ -257,6 +282,7 @@ class IovaApi:
             if self.host.check_contract:
                 raise DmaError(-EINVAL, f"offset {offset:#x} + size {size:#x} is past the reserved "
                                f"size {dma_iova_size(state):#x}", "dma_iova_link")
+        self._check_merge_boundary(state, offset, size, cpu)
         self.host.log.depth += 1
         try:
             if self.host.needs_bounce(dev, size, dir, phys):
@@ -267,10 +293,32 @@ class IovaApi:
         finally:
             self.host.log.depth -= 1
         self.host.trace_api("dma_iova_link", dev, cpu, ret, phys=phys, offset=offset, size=size, dir=dir)
+        if not ret:
+            if iova_offset(self.host.granule, state.addr + offset + size):
+                state.links.append((offset, size))
+            state.max_offset = max(state.max_offset, offset)
         if ret:
             raise DmaError(ret, f"iommu_map_nosync failed for IOVA {state.addr + offset - pad:#x}",
                            "dma_iova_link")
         return 0
+
+    def _check_merge_boundary(self, state: DmaIovaState, offset: int, size: int, cpu: int) -> None:
+        """Documentation/core-api/dma-api.rst Part Ie, ``dma_iova_link``: every range but the last
+        must end on ``dma_get_merge_boundary()`` (a granule end), so that the ranges are one
+        contiguous IOVA run for the device. Checked when a range is linked after one that ends
+        mid-granule (or before a linked one, when this one ends mid-granule). Only the ranges that
+        end mid-granule are remembered (few), so long runs of page links stay O(1) per link."""
+        g = self.host.granule
+        firsts = [(o, n) for o, n in state.links if o < offset]
+        if iova_offset(g, state.addr + offset + size) and state.max_offset > offset:
+            firsts.append((offset, size))
+        if firsts:
+            o, n = firsts[0]
+            end = state.addr + o + n
+            self._contract("dma_iova_link", f"range [{o:#x}, {o + n:#x}) is not the last but ends at IOVA "
+                           f"{end:#x}, not on the merge boundary (granule {g:#x}); the kernel does not check",
+                           f"range ending at IOVA {end:#x} is followed by another but does not end on the "
+                           "merge boundary", cpu)
 
     def __dma_iova_link(self, dev: Device, iova: int, phys: int, size: int, dir: int, attrs: int,
                         cpu: int) -> int:
@@ -409,6 +457,7 @@ class IovaApi:
             self.__iommu_dma_iova_unlink("dma_iova_unlink", dev, state, offset, size, dir, attrs, False, cpu)
         finally:
             self.host.log.depth -= 1
+        state.links = [(o, n) for o, n in state.links if not (offset <= o and o + n <= offset + size)]
         self.host.trace_api("dma_iova_unlink", dev, cpu, None, offset=offset, size=size)
 
     def dma_iova_destroy(self, dev: Device, state: DmaIovaState, mapped_len: int,
@@ -421,13 +470,24 @@ class IovaApi:
             raise ValueError("dma_iova_destroy: state does not hold an IOVA")
         self._check_cpu_arg("dma_iova_destroy", cpu)
         self._check_range_args("dma_iova_destroy", 0, mapped_len, zero_ok=True)
+        self._check_not_freed("dma_iova_destroy", state, cpu)
         if mapped_len:
+            base, length = dma_iova_range(state, self.host.granule)
+            cut = iova_align(self.host.granule, state.addr + mapped_len)
+            left = self.host.mapped_granules(cut, base + length - cut) if base + length > cut else []
+            if left:
+                self._contract("dma_iova_destroy", f"mapped_len {mapped_len:#x} does not cover every linked "
+                               f"range (IOVA {left[0]:#x} still linked); the kernel does not check and "
+                               "frees the IOVA with those PTEs live", f"mapped_len {mapped_len:#x} leaves "
+                               f"IOVA {left[0]:#x} linked", cpu)
             self.host.log.depth += 1
             try:
                 self.__iommu_dma_iova_unlink("dma_iova_destroy", dev, state, 0, mapped_len, dir, attrs,
                                              True, cpu)
             finally:
                 self.host.log.depth -= 1
+            state.freed = True
+            state.links = []
             self.host.trace_api("dma_iova_destroy", dev, cpu, None, mapped_len=mapped_len)
         else:
             self.dma_iova_free(dev, state, cpu)

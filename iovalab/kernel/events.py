@@ -121,6 +121,8 @@ Kinds and their arguments (``result`` is what the function returned):
     (message: str, dev: str)
 ``contract``: a broken DMA API contract the kernel does not check (check_contract)
     (rule: str)
+``dma_debug``: an err_printk of kernel/dma/debug.c (CONFIG_DMA_API_DEBUG); message as printed
+    (check: str, message: str, printed: bool, error_count: int)
 ``cpu_sync``: arch_sync_dma_for_device / _for_cpu cache maintenance
     (phys: int, size: int)
 ``swiotlb_copy``: bytes copied by swiotlb_bounce (count = bytes)
@@ -196,6 +198,7 @@ class Kind(StrEnum):
     FQ_FREE = "fq_free"
     DEV_NOTICE = "dev_notice"
     CONTRACT = "contract"
+    DMA_DEBUG = "dma_debug"
     CPU_SYNC = "cpu_sync"
     # swiotlb.c steps
     SWIOTLB_COPY = "swiotlb_copy"
@@ -306,6 +309,8 @@ _DECLARED: dict[Kind, tuple[str, str | dict[str, str]]] = {
     Kind.FQ_FREE: ("fq_ring_free freed queued ranges (count = entries)", ""),
     Kind.DEV_NOTICE: ("a dev_notice line", "message: str, dev: str"),
     Kind.CONTRACT: ("a broken DMA API contract the kernel does not check (check_contract)", "rule: str"),
+    Kind.DMA_DEBUG: ("an err_printk of kernel/dma/debug.c (CONFIG_DMA_API_DEBUG); message as printed",
+                     "check: str, message: str, printed: bool, error_count: int"),
     Kind.CPU_SYNC: ("arch_sync_dma_for_device / _for_cpu cache maintenance", "phys: int, size: int"),
     Kind.SWIOTLB_COPY: ("bytes copied by swiotlb_bounce (count = bytes)",
                         "tlb_addr: int, orig_addr: int, size: int, dir: str"),
