@@ -82,8 +82,10 @@ class View:
     after :meth:`touch`, so an ordinary frame redraws only the per-step artists.
     """
 
-    def __init__(self, width: float, height: float, *, dpi: int = 90, blit: bool = True):
-        self.fig = Figure(figsize=(width, height), dpi=dpi)
+    def __init__(self, width: float, height: float, *, dpi: int | None = None, blit: bool = True):
+        # a widget frame (blit) is re-encoded on every change: 90 dpi keeps the PNG small; a figure of a
+        # plain cell is drawn once, at 110 dpi, so its text reads at 12-13 px in a notebook column
+        self.fig = Figure(figsize=(width, height), dpi=dpi or (90 if blit else 110))
         self.canvas = FigureCanvasAgg(self.fig)
         self.blit = blit
         self._dynamic: list = []
@@ -165,8 +167,9 @@ class FootprintView(View):
                       for _, c, h in self._PARTS]
         # grid, ticks, tick labels and the axis label change only with the node (granule, size):
         # drawn on the cached "slow" layer, so a phys change redraws only the bars and a few texts
-        self.grid = self.dyn(ax.add_collection(LineCollection([], colors="#555555", linewidths=0.6,
-                                                              linestyles=":")), slow=True)
+        # granule boundaries: dotted, drawn over the bars (zorder 4, and after them in a blit frame)
+        self.grid = self.dyn(ax.add_collection(LineCollection([], colors="#222222", linewidths=1.0,
+                                                              linestyles=(0, (1.5, 2.0)), zorder=4)))
         xt = ax.get_xaxis_transform()
         self.ticks = self.dyn(ax.add_collection(LineCollection([], colors="black", linewidths=0.8,
                                                                transform=xt, clip_on=False)), slow=True)
@@ -181,7 +184,8 @@ class FootprintView(View):
         self.xlabel = self.dyn(self.fig.text(0.37, 0.12, "", ha="center", fontsize=FONT), slow=True)
         self.title = self.dyn(self.fig.text(0.37, 0.92, "", ha="center", fontsize=FONT + 1))
         self.fig.legend(handles=[Patch(facecolor=COLORS[c], edgecolor="black", hatch=h, label=label)
-                                 for label, c, h in self._PARTS],
+                                 for label, c, h in self._PARTS]
+                        + [Line2D([], [], color="#222222", lw=1.0, ls=(0, (1.5, 2.0)), label="granule boundary")],
                         loc="upper left", bbox_to_anchor=(0.73, 0.85), fontsize=FONT - 0.5, frameon=False)
 
     def update(self, fp) -> FootprintView:
@@ -265,10 +269,10 @@ class StepView(View):
 
     def __init__(self, window: tuple[int, int] = (0xFFFF0000, 0x100000000), counter_max: float = 10,
                  *, blit: bool = True, compact: bool = False):
-        super().__init__(*((6.4, 3.9) if compact else (10.5, 2.9)), blit=blit)
+        super().__init__(*((6.4, 4.8) if compact else (10.5, 2.9)), blit=blit)
         fig = self.fig
         self.compact = compact
-        self.ax = ax = fig.add_axes((0.16, 0.60, 0.80, 0.32) if compact else (0.08, 0.19, 0.48, 0.68))
+        self.ax = ax = fig.add_axes((0.16, 0.68, 0.80, 0.25) if compact else (0.08, 0.19, 0.48, 0.68))
         ax.set_ylim(0, 3)
         ax.set_yticks([_LANE_Y[n] + 0.5 for n in _LANES])
         ax.set_yticklabels(list(_LANES), fontsize=FONT)
@@ -297,12 +301,16 @@ class StepView(View):
                                                                 clip_on=False)), slow=True)
         self.xticklabels = [self.dyn(ax.text(0, -0.04, "", transform=xt, ha="center", va="top",
                                              fontsize=FONT - 0.5), slow=True) for _ in range(8)]
-        if not compact:
-            fig.legend(handles=[Patch(facecolor=COLORS[k], edgecolor=COLORS["stale"] if k == "unflushed" else "black",
-                                      lw=0.5, hatch={"reserved": "//", "unflushed": "xx"}.get(k), label=v)
-                                for k, v in _LANE_LEGEND],
-                       loc="upper left", bbox_to_anchor=(0.565, 0.90), fontsize=FONT - 1, frameon=False)
-        self.cax = cax = fig.add_axes((0.30, 0.05, 0.50, 0.38) if compact else (0.835, 0.12, 0.14, 0.75))
+        handles = [Patch(facecolor=COLORS[k], edgecolor=COLORS["stale"] if k == "unflushed" else "black",
+                         lw=0.5, hatch={"reserved": "//", "unflushed": "xx"}.get(k), label=v)
+                   for k, v in _LANE_LEGEND]
+        if compact:   # side by side: the same legend under each player's lanes
+            self.legend = fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.565), ncols=3,
+                                     fontsize=FONT - 1, frameon=False, columnspacing=1.0, handlelength=1.5)
+        else:
+            self.legend = fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.565, 0.90),
+                                     fontsize=FONT - 1, frameon=False)
+        self.cax = cax = fig.add_axes((0.30, 0.04, 0.50, 0.33) if compact else (0.835, 0.12, 0.14, 0.75))
         kinds = list(COUNTER_KINDS)
         ys = list(range(len(kinds)))[::-1]
         self.kinds = kinds
@@ -475,10 +483,10 @@ class PathsView(View):
         ax = self.ax = fig.add_axes((0.06, 0.34, 0.42, 0.56))
         ax.set_ylim(0, 1.3)
         ax.set_yticks([0, 0.5, 1.0])
-        ax.set_yticklabels(["0", "50%", "100%"], fontsize=FONT - 0.5)
+        ax.set_yticklabels(["0", "50%", "100%"], fontsize=FONT)
         ax.set_xlim(-0.6, len(self.kinds) - 0.4)
         ax.set_xticks(range(len(self.kinds)))
-        ax.set_xticklabels([COUNTER_LABELS[k] for k in self.kinds], fontsize=FONT - 0.5, rotation=25,
+        ax.set_xticklabels([COUNTER_LABELS[k] for k in self.kinds], fontsize=FONT, rotation=25,
                            ha="right")
         ax.set_ylabel("share of the largest path", fontsize=FONT)
         ax.set_title("counters per path, same workload (labels: the counts)", fontsize=FONT + 1)
@@ -490,11 +498,11 @@ class PathsView(View):
             xs = [j + (i - (len(PATHS) - 1) / 2) * w for j in range(len(self.kinds))]
             self.bars[p] = [self.dyn(ax.add_patch(Rectangle((x - w / 2, 0), w, 0, facecolor=COLORS[p])), slow=True)
                             for x in xs]
-            self.labels[p] = [self.dyn(ax.text(x, 0, "", ha="center", va="bottom", fontsize=FONT - 1.5,
+            self.labels[p] = [self.dyn(ax.text(x, 0, "", ha="center", va="bottom", fontsize=FONT + 0.5,
                                                rotation=90), slow=True) for x in xs]
         self._counts = None
-        fig.legend(handles=[Patch(color=COLORS[p], label=f"{p}: {PATH_TITLES[p]}") for p in PATHS],
-                   fontsize=FONT - 0.5, frameon=False, loc="lower left", bbox_to_anchor=(0.02, 0.0), ncols=3)
+        self._present: tuple | None = None
+        self.path_legend = None
         mx = self.mx = fig.add_axes((0.56, 0.34, 0.26, 0.56))
         mx.set_xlim(0, 1.45)
         mx.set_ylim(-0.6, len(PATHS) - 0.4)
@@ -509,14 +517,29 @@ class PathsView(View):
         self.op_colors = {op: cmap(i) for i, op in enumerate(_OPS)}
         self.segs = {p: [self.dyn(mx.add_patch(Rectangle((0, i - 0.3), 0, 0.6, facecolor=self.op_colors[op])))
                          for op in _OPS] for i, p in enumerate(PATHS)}
-        self.totals = {p: self.dyn(mx.text(0, i, "", va="center", fontsize=FONT - 0.5)) for i, p in enumerate(PATHS)}
+        self.totals = {p: self.dyn(mx.text(0, i, "", va="center", fontsize=FONT)) for i, p in enumerate(PATHS)}
         self.mtitle = self.dyn(mx.text(0.5, 1.03, "", transform=mx.transAxes, ha="center", va="bottom",
                                        fontsize=FONT + 1))
         fig.legend(handles=[Patch(color=self.op_colors[op], label=op) for op in _OPS], loc="upper left",
-                   bbox_to_anchor=(0.84, 0.92), fontsize=FONT - 1.5, frameon=False, title="modelled operation",
-                   title_fontsize=FONT - 1)
+                   bbox_to_anchor=(0.84, 0.92), fontsize=FONT - 0.5, frameon=False, title="modelled operation",
+                   title_fontsize=FONT)
+
+    def _set_present(self, present: tuple) -> None:
+        """Legend and row labels list only the paths the workload runs on (06 has no ``sg``)."""
+        if present == self._present:
+            return
+        self._present = present
+        if self.path_legend is not None:
+            self.path_legend.remove()
+        self.path_legend = self.fig.legend(
+            handles=[Patch(color=COLORS[p], label=f"{p}: {PATH_TITLES[p]}") for p in present],
+            fontsize=FONT, frameon=False, loc="lower left", bbox_to_anchor=(0.02, 0.0), ncols=3)
+        self.mx.set_yticks([i for i, p in enumerate(PATHS) if p in present])
+        self.mx.set_yticklabels(list(present), fontsize=FONT)
+        self.invalidate()
 
     def update(self, results: dict) -> PathsView:
+        self._set_present(tuple(p for p in PATHS if p in results))
         counts = {p: (results[p]["counters"].as_dict() if p in results else {}) for p in PATHS}
         if counts != self._counts:    # the counter bars change with the workload, not the cost preset
             self._counts = counts
