@@ -75,7 +75,7 @@ bench: $(VENV)/.lab-installed
 # as an app (narrative + widgets, code hidden). Exposing it on a network is a deliberate, separate step
 # (README, "Workshop and handout").
 workshop: $(VENV)/.lab-installed
-	$(BIN)/python -m voila notebooks --Voila.ip=127.0.0.1 --port=$(WORKSHOP_PORT)
+	JUPYTER_PATH="$(CURDIR)/iovalab/data$${JUPYTER_PATH:+:$$JUPYTER_PATH}" $(BIN)/python -m voila notebooks --template=iovalab --Voila.ip=127.0.0.1 --port=$(WORKSHOP_PORT)
 
 handout: $(VENV)/.lab-installed
 	$(BIN)/python -m iovalab handout --out build/handout

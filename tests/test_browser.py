@@ -149,17 +149,34 @@ except ImportError:   # conftest skips collecting this module then, unless CI=tr
 
 
 @contextmanager
-def _browser(exe: str, profile: Path):
+def _browser(exe: str, profile: Path, width: int = 1280, height: int = 1400):
+    """A Chromium page; ``page.iovalab_requests`` lists every URL the page asked for (any frame)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
             str(profile), executable_path=exe, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 1400})
+            viewport={"width": width, "height": height})
+        requests: list[str] = []
+        ctx.on("request", lambda r: requests.append(r.url))
         try:
-            yield ctx.pages[0] if ctx.pages else ctx.new_page()
+            page = ctx.pages[0] if ctx.pages else ctx.new_page()
+            page.iovalab_requests = requests
+            yield page
         finally:
             ctx.close()
+
+
+def _external(urls: list[str]) -> list[str]:
+    """The requests that left 127.0.0.1 (data:, blob: and about: never leave the page)."""
+    out = []
+    for u in urls:
+        parts = urllib.parse.urlsplit(u)
+        if parts.scheme in ("data", "blob", "about", "chrome-extension"):
+            continue
+        if parts.hostname not in ("127.0.0.1", "localhost"):
+            out.append(u)
+    return sorted(set(out))
 
 
 def _root_args() -> list[str]:
@@ -338,6 +355,8 @@ def test_jupyterlab_granule_explorer(tmp_path, chromium, notebook_path, record_p
                 page.screenshot(path=str(ARTIFACTS / "jupyterlab-failure.png"))
                 shutil.copy(tmp_path / "jupyterlab.log", ARTIFACTS / "jupyterlab-failure.log")
                 raise
+            assert not _external(page.iovalab_requests), (
+                f"JupyterLab fetched from outside 127.0.0.1: {_external(page.iovalab_requests)}")
             print("JupyterLab explorer, 4K:", before.replace("\n", " | "))
             print("JupyterLab explorer, 64K:", after.replace("\n", " | "))
     assert _sha(notebook_path) == before_sha, "the committed notebook was modified by the browser run"
@@ -354,8 +373,9 @@ def test_voila_granule_explorer(tmp_path, chromium, notebook_path, record_proper
     ARTIFACTS.mkdir(exist_ok=True)
     env = dict(os.environ, **jupyter_env(tmp_path / "home"))
     port = _free_port()
+    env.update(_workshop_env())
     argv = [sys.executable, "-m", "voila", str(notebook_path), "--no-browser", f"--port={port}",
-            "--Voila.ip=127.0.0.1", "--Voila.port_retries=0"]
+            "--Voila.ip=127.0.0.1", "--Voila.port_retries=0", *WORKSHOP_ARGS]
     base = f"http://127.0.0.1:{port}"
     with _server(argv, env=env, cwd=ROOT, log=tmp_path / "voila.log", ready_url=f"{base}/api/status",
                  ready_status=(200, 302, 403)):
@@ -365,8 +385,176 @@ def test_voila_granule_explorer(tmp_path, chromium, notebook_path, record_proper
                                                       timeout_ms=120_000)
             # Voila hides code: no code cell input is on the page
             assert page.locator(".jp-InputArea-editor, .jp-CodeMirrorEditor").count() == 0
+            assert not _external(page.iovalab_requests), (
+                f"Voila fetched from outside 127.0.0.1: {_external(page.iovalab_requests)}")
             print("Voila explorer, 4K:", before.replace("\n", " | "))
             print("Voila explorer, 64K:", after.replace("\n", " | "))
     seconds = time.perf_counter() - t0
     record_property("iovalab_timing", ("browser Voila", seconds))
     print(f"Voila browser test: {seconds:.1f} s")
+
+
+# --- the workshop page is offline (issue 14, point 10) ------------------------------------------------
+
+#: what ``make workshop`` adds to Voila: the iovalab template (Voila's lab template minus its CDN links)
+WORKSHOP_ARGS = ["--template=iovalab"]
+
+
+def _workshop_env() -> dict[str, str]:
+    return {"JUPYTER_PATH": str(ROOT / "iovalab" / "data")}
+
+
+def test_make_workshop_uses_the_offline_template():
+    make = (ROOT / "Makefile").read_text()
+    line = next(x for x in make.splitlines() if "-m voila" in x)
+    assert all(a in line for a in WORKSHOP_ARGS) and "iovalab/data" in line, line
+    assert (ROOT / "iovalab" / "data" / "voila" / "templates" / "iovalab" / "conf.json").is_file()
+
+
+@pytest.mark.xdist_group("browser-voila")
+def test_voila_workshop_is_offline(tmp_path, chromium):
+    """``make workshop``'s Voila: the tree page and a chapter with widgets load nothing from outside
+    127.0.0.1 (Voila's stock templates link font-awesome from cdn.jsdelivr.net)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    env = dict(os.environ, **jupyter_env(tmp_path / "home"))
+    env.update(_workshop_env())
+    port = _free_port()
+    argv = [sys.executable, "-m", "voila", str(ROOT / "notebooks"), "--no-browser", f"--port={port}",
+            "--Voila.ip=127.0.0.1", "--Voila.port_retries=0", *WORKSHOP_ARGS]
+    base = f"http://127.0.0.1:{port}"
+    with _server(argv, env=env, cwd=ROOT, log=tmp_path / "voila.log", ready_url=f"{base}/voila/static/voila.js",
+                 ready_status=(200, 304)):
+        with _browser(chromium, tmp_path / "chromium-profile") as page:
+            page.goto(base + "/", timeout=120_000)
+            page.get_by_text("00-start-here.ipynb").first.wait_for(timeout=60_000)
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=str(ARTIFACTS / "voila-tree.png"))
+            page.goto(f"{base}/voila/render/00-start-here.ipynb", timeout=120_000)
+            page.locator(".widget-dropdown select").first.wait_for(timeout=120_000)
+            page.locator(".jupyter-widgets img, .widget-image").first.wait_for(timeout=60_000)
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=str(ARTIFACTS / "voila-00.png"), full_page=True)
+            ext = _external(page.iovalab_requests)
+            assert page.iovalab_requests, "no request recorded: the check would be vacuous"
+    assert not ext, f"the workshop pages fetched from outside 127.0.0.1: {ext}"
+
+
+# --- laptop width: the side-by-side players keep their controls (issue 14, point 5) ----------------
+
+def _lab(tmp_path):
+    book = tmp_path / "book"
+    shutil.copytree(ROOT / "notebooks", book / "notebooks",
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    (book / "data").symlink_to(ROOT / "data", target_is_directory=True)
+    settings = tmp_path / "app-settings"
+    settings.mkdir()
+    (settings / "overrides.json").write_text(json.dumps(LAB_OVERRIDES))
+    env = dict(os.environ, **jupyter_env(tmp_path / "home"))
+    port, token = _free_port(), secrets.token_hex(16)
+    argv = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={book}",
+            f"--LabServerApp.app_settings_dir={settings}", "--ServerApp.port_retries=0", *_root_args()]
+    base = f"http://127.0.0.1:{port}"
+    return argv, env, book, base, token
+
+
+def _open_sidebar(page) -> None:
+    """Make sure the left sidebar (the file browser) is open, as a learner has it."""
+    if not page.locator(".jp-FileBrowser:visible").count():
+        page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab").first.click()
+    page.locator(".jp-FileBrowser").first.wait_for(state="visible", timeout=30_000)
+
+
+@pytest.mark.xdist_group("browser-jupyterlab")
+@pytest.mark.parametrize("width", [1024, 1400])
+def test_side_by_side_players_keep_their_controls(tmp_path, chromium, width):
+    """07's side-by-side players in JupyterLab with the file browser open: every stepping button is
+    wholly visible and at least 36 px wide, the step slider at least 200 px, at 1024 and 1400 px."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    nb = "07-vfio.ipynb"
+    argv, env, book, base, token = _lab(tmp_path)
+    with _server(argv, env=env, cwd=book, log=tmp_path / "jupyterlab.log",
+                 ready_url=f"{base}/api/status?token={token}"):
+        with _browser(chromium, tmp_path / "chromium-profile", width=width, height=900) as page:
+            try:
+                page.goto(f"{base}/lab/tree/notebooks/{nb}?token={token}", timeout=60_000)
+                page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+                _open_sidebar(page)
+                _lab_run_all(page)
+                first = page.locator("button[title='first step']")
+                first.nth(1).wait_for(timeout=60_000)
+                first.nth(0).scroll_into_view_if_needed()
+                page.wait_for_timeout(500)
+                page.screenshot(path=str(ARTIFACTS / f"jupyterlab-07-players-{width}.png"))
+                boxes = page.evaluate("""() => Array.from(document.querySelectorAll(
+                        "button[title='first step']")).slice(0, 2).map(b => {
+                    const player = b.closest('.widget-vbox');
+                    const row = b.parentElement;
+                    const col = player.parentElement.getBoundingClientRect();
+                    const r = el => { const x = el.getBoundingClientRect(); return [x.left, x.right, x.width]; };
+                    const btns = Array.from(row.querySelectorAll(':scope > button')).map(r);
+                    const slider = row.querySelector('.widget-slider, .widget-hslider');
+                    return {col: [col.left, col.right], btns, slider: slider ? r(slider) : null};
+                })""")
+            except BaseException:
+                page.screenshot(path=str(ARTIFACTS / f"jupyterlab-players-{width}-failure.png"))
+                raise
+    assert len(boxes) == 2, boxes
+    for b in boxes:
+        lo, hi = b["col"]
+        assert b["btns"], b
+        for left, right, w in b["btns"]:
+            assert w >= 36 and left >= lo - 1 and right <= hi + 1, f"a button is squeezed or cut off: {b}"
+        assert b["slider"] and b["slider"][2] >= 200, f"the step slider collapsed: {b}"
+
+
+# --- 09's tables in JupyterLab at 1400 px with the file browser open (issue 14, point 3) -----------
+
+@pytest.mark.xdist_group("browser-jupyterlab")
+def test_reviewer_lab_tables_readable(tmp_path, chromium):
+    """Every word of every table cell of 09 is laid out on one line (no "sour/ce"), and every link
+    shows its whole URL."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    nb = "09-reviewer-lab.ipynb"
+    argv, env, book, base, token = _lab(tmp_path)
+    with _server(argv, env=env, cwd=book, log=tmp_path / "jupyterlab.log",
+                 ready_url=f"{base}/api/status?token={token}"):
+        with _browser(chromium, tmp_path / "chromium-profile", width=1400, height=1000) as page:
+            try:
+                page.goto(f"{base}/lab/tree/notebooks/{nb}?token={token}", timeout=60_000)
+                page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+                _open_sidebar(page)
+                _lab_run_all(page)
+                _lab_wait_idle(page, 180_000)
+                tables = page.locator(".iovalab-table")
+                tables.nth(6).wait_for(state="attached", timeout=120_000)
+                report = []
+                for i in range(tables.count()):
+                    t = tables.nth(i)
+                    t.scroll_into_view_if_needed()
+                    page.wait_for_timeout(150)
+                    if i in (1, 4):
+                        page.screenshot(path=str(ARTIFACTS / f"jupyterlab-09-table{i}-1400.png"))
+                    report += t.evaluate("""el => {
+                        const bad = [];
+                        for (const td of el.querySelectorAll('td, th')) {
+                            const walker = document.createTreeWalker(td, NodeFilter.SHOW_TEXT);
+                            let n;
+                            while ((n = walker.nextNode())) {
+                                const re = /\\S+/g; let m;
+                                while ((m = re.exec(n.data))) {
+                                    const r = document.createRange();
+                                    r.setStart(n, m.index); r.setEnd(n, m.index + m[0].length);
+                                    const tops = new Set(Array.from(r.getClientRects()).map(x => Math.round(x.top)));
+                                    if (tops.size > 1) bad.push('broken word: ' + m[0]);
+                                }
+                            }
+                            for (const a of td.querySelectorAll('a'))
+                                if (a.textContent !== a.getAttribute('href')) bad.push('cut URL: ' + a.textContent);
+                        }
+                        return bad;
+                    }""")
+            except BaseException:
+                page.screenshot(path=str(ARTIFACTS / "jupyterlab-09-failure.png"))
+                raise
+    assert not report, report

@@ -29,8 +29,8 @@ RANK = {
     "lab": 6, "lab.cost": 6.5, "lab.scenarios": 7, "lab.explain_steps": 7.5,
     "lab.explain": 8, "lab.claims": 8, "lab.exercises": 9,
     "book": 9, "book.viz_views": 9.5, "book.viz_replay": 9.5, "book.viz": 10,
-    "book.widgets": 11, "book.quizwidget": 11,
-    "cli.bench": 12, "cli.handout": 12, "cli.fuzz": 12, "cli": 13,
+    "book.tables": 9.5, "book.widgets": 11, "book.quizwidget": 11,
+    "cli.bench_browser": 11.5, "cli.bench": 12, "cli.handout": 12, "cli.fuzz": 12, "cli": 13,
     "": 14, "__main__": 15,
 }
 

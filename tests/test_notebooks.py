@@ -84,6 +84,12 @@ def test_notebook_runs(name, isolated_jupyter, record_property):
     if failure:
         pytest.fail(failure, pytrace=False)
 
+    # in an app view (Voila: code hidden) a bare `0` or `(8, 1)` means nothing: every result a cell
+    # leaves carries its own caption (iovalab.book.tables.shown / show_table) or is a figure or widget
+    bare = [(i, o["data"]["text/plain"][:60]) for i, c in enumerate(nb.cells[:-1]) for o in c.get("outputs", [])
+            if o.get("output_type") == "execute_result" and set(o.get("data", {})) <= {"text/plain"}]
+    assert not bare, f"{name}: cells leave uncaptioned results (cell, text): {bare}"
+
     text = "".join(o.get("text", "") for o in probe.outputs if o.get("output_type") == "stream")
     executable, prefix = eval(text.strip())  # noqa: S307 - our own repr of two strings
     assert Path(prefix).resolve() == Path(sys.prefix).resolve(), (
@@ -133,3 +139,103 @@ def test_notebook_has_chapter_shape(name):
     tail = _SELF_CHECK.sub("", tail, count=1)
     n_questions = sum(1 for line in tail.splitlines() if _QUESTION.search(line))
     assert n_questions >= 2, f"{name}: the Self-check part holds {n_questions} question(s); expected at least 2"
+
+
+# --- what a learner sees before asking ------------------------------------------------------------
+
+def _all_output_text(nb) -> str:
+    """Every text a reader of the executed notebook can see: streams, text/plain, text/html, and the
+    string values of the saved widget state (HTML widgets, labels, text boxes)."""
+    import html as _html
+    import json
+
+    parts = []
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            parts.append(o.get("text", ""))
+            data = o.get("data", {})
+            for mime in ("text/plain", "text/html", "text/markdown"):
+                v = data.get(mime, "")
+                parts.append("".join(v) if isinstance(v, list) else v)
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    for model in state.values():
+        for v in model.get("state", {}).values():
+            if isinstance(v, str):
+                parts.append(v)
+    parts.append(json.dumps(state))
+    return _html.unescape("\n".join(parts))
+
+
+@pytest.mark.notebook
+def test_exercises_give_no_answer_away(isolated_jupyter):
+    """Chapter 10 run top to bottom shows the learner's problems but none of their answers or
+    derivations until a button is clicked."""
+    from nbclient import NotebookClient
+
+    from iovalab.lab.exercises import generate
+
+    name = "10-exercises.ipynb"
+    nb = _read(name)
+    seed_cell = next(c.source for c in nb.cells if c.cell_type == "code" and "SEED, COUNT" in c.source)
+    seed, count = eval(re.search(r"SEED, COUNT\s*=\s*(.+)", seed_cell).group(1))  # noqa: S307 - our notebook
+    NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT, startup_timeout=STARTUP_TIMEOUT,
+                   resources={"metadata": {"path": str(NB_DIR)}}).execute()
+    text = _all_output_text(nb)
+    problems = generate(seed, count)
+    assert problems[0].question in text, "the executed chapter does not show the learner's problems"
+    for p in problems:
+        assert f"{p.id}  {p.answer}" not in text, f"{name}: the answer of {p.id} is shown before asking"
+        assert p.derivation not in text, f"{name}: the derivation of {p.id} is shown before asking"
+        assert f"answer is {p.answer}" not in text and f"answer: {p.answer}" not in text, p.id
+
+
+# --- self-check answers ---------------------------------------------------------------------------
+
+_DETAILS = re.compile(r"<details>\s*<summary>.*?</summary>(.*?)</details>", re.S | re.I)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_self_check_has_answers(name):
+    """Every Self-check question is followed by a revealable answer (``<details>``) with content."""
+    nb = _read(name)
+    md = [(i, c.source) for i, c in enumerate(nb.cells) if c.cell_type == "markdown"]
+    start = [i for i, src in md if _SELF_CHECK.search(src)][-1]
+    tail = "\n".join(c.source for c in nb.cells[start:] if c.cell_type == "markdown")
+    answers = [a.strip() for a in _DETAILS.findall(tail)]
+    questions = re.findall(r"^\*\*\d+\.", tail, re.M) or re.findall(r"^\s*\d+[.)]\s+\S", tail, re.M)
+    assert answers, f"{name}: the Self-check has no revealable answers (<details><summary>Answer</summary>...)"
+    assert all(len(a) > 20 for a in answers), f"{name}: an empty or token answer in the Self-check"
+    assert len(answers) >= len(questions), (
+        f"{name}: {len(questions)} Self-check question(s) but {len(answers)} answer(s)")
+
+
+def test_chapter_times_agree_with_the_map():
+    """The time in each chapter's header is the one the map of 00 promises (and the README's)."""
+    rows = re.findall(r"^\|\s*\[(\d\d) [^]]*\]\(([^)]+\.ipynb)\)\s*\|[^|]*\|\s*([^|]+?)\s*\|", _read(
+        "00-start-here.ipynb").cells[2].source, re.M)
+    assert len(rows) >= 10, rows
+    readme = (NB_DIR / "README.md").read_text()
+    for _num, file, when in rows:
+        minutes = re.findall(r"\d+", when)
+        if not minutes:
+            continue
+        first = next(c.source for c in _read(file).cells if c.cell_type == "markdown")
+        header = _TIME.findall(first)
+        stated = re.search(r"\*\*Time:?\*\*:?\s*([^\n]*)", first)
+        assert stated, f"{file}: no **Time:** line"
+        assert minutes[-1] in re.findall(r"\d+", stated.group(1)), (
+            f"{file}: header says {stated.group(1)!r}, the map in 00 says {when!r}")
+        row = re.search(rf"`{re.escape(file[:-6])}`[^\n]*\|\s*([^|\n]+?)\s*\|\s*$", readme, re.M)
+        if row:
+            assert minutes[-1] in row.group(1), f"notebooks/README.md says {row.group(1)!r} for {file}"
+        assert header
+
+
+def test_start_here_names_the_explorers_iommu():
+    """00 shows VT-d in its picture and an SMMUv3 domain in the explorer: the text must say so."""
+    from iovalab.lab.explain import GRANULE_PRESETS
+
+    nb = _read("00-start-here.ipynb")
+    i = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "GranuleExplorer(" in c.source)
+    after = nb.cells[i + 1].source
+    assert GRANULE_PRESETS[0x1000] in after and "VT-d" in after, after

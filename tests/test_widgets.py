@@ -191,3 +191,105 @@ def test_plain_functions_give_what_the_panels_show():
     p.step.value = 1
     rec = explain.record("nvme-4k-read", "page")
     assert p.text.value == widgets.step_html(rec, 1, rec.state(1))
+
+
+# --- issue 14: what a learner meets ------------------------------------------------------------------
+def test_bad_input_greys_the_figure_and_good_input_restores_it():
+    g = widgets.GranuleExplorer()
+    assert "iovalab-stale" not in g.image._dom_classes
+    g.size.value = "0"
+    assert "iovalab-err" in g.text.value and "greyed out" in g.text.value
+    assert "iovalab-stale" in g.image._dom_classes, "the old figure still looks valid after bad input"
+    g.size.value = "0x3000"
+    assert "iovalab-stale" not in g.image._dom_classes and iova_len(g) == "0x4000"
+    m = widgets.MaskExplorer()
+    m.refresh()
+    assert "iovalab-stale" not in m.image._dom_classes
+
+
+def test_side_by_side_players_share_one_counter_scale_and_both_have_a_legend():
+    cp = widgets.ComparePlayers("vfio-migration-256k", ("page", "iova"))
+    finals = [max(p.rec.state(len(p.rec.bounds) - 1).counters.as_dict().values()) for p in (cp.left, cp.right)]
+    assert finals[0] != finals[1]              # the two paths really differ in scale
+    assert cp.left.view.cmax == cp.right.view.cmax == max(finals)
+    cp.right.path.value = "sg" if "sg" in cp.right.path.options else "page"
+    finals = [max(p.rec.state(len(p.rec.bounds) - 1).counters.as_dict().values()) for p in (cp.left, cp.right)]
+    assert cp.left.view.cmax == cp.right.view.cmax == max(finals)
+    for p in (cp.left, cp.right):
+        labels = [t.get_text() for t in p.view.legend.get_texts()]
+        assert "IOVA in use" in labels and "stale IOTLB entry" in labels, labels
+
+
+def test_player_controls_do_not_shrink():
+    p = widgets.ScenarioPlayer(compact=True)
+    for c in (p.first, p.back, p.next, p.last, p.step, p.play):
+        assert c.layout.flex == "0 0 auto", c
+    nav = p.children[1]
+    assert nav.layout.flex_flow == "row wrap"
+
+
+def test_answer_list_hidden_until_asked():
+    from iovalab.book.quizwidget import AnswerList, QuizPanel
+
+    q = QuizPanel(seed=3, count=4)
+    a = AnswerList(quiz=q)
+    assert a.answers.value == ""
+    a.button.click()
+    shown = html.unescape(a.answers.value)
+    assert all(f"{p.id}  {p.answer}" in shown for p in q.problems)
+    q.seed.value = 4                            # new problems: the old answers no longer hold
+    assert a.answers.value == ""
+
+
+def test_paths_legend_lists_only_paths_that_ran():
+    from iovalab.book.viz_views import PathsView
+
+    v = PathsView(blit=False).update(explain.compare_workload("hmm-16mib-strided"))
+    labels = [t.get_text() for t in v.path_legend.get_texts()]
+    assert labels and not any(t.startswith("sg") for t in labels), labels
+    assert "sg" not in [t.get_text() for t in v.mx.get_yticklabels()]
+
+
+def test_tables_never_break_inside_a_word_and_keep_urls_whole():
+    from iovalab.book.tables import show_table, shown
+
+    url = "https://lore.kernel.org/all/20240517003728.251115-1-tina.zhang@intel.com/"
+    rows = [{"operation": "iotlb_invalidation", "ns_each": 1200.0,
+             "source": f"Tina Zhang, 'Batch IOTLB' ({url}), V-txt"},
+            {"operation": "pte_write", "ns_each": 3.1, "source": "assumed"}]
+    t = show_table(rows, hex_cols=set(), caption="modelled cost")
+    h = t._repr_html_()
+    assert f'<a href="{url}"' in h and f">{url}</a>" in h          # whole, not cut at 60 characters
+    assert "word-break:normal" in h and "overflow-wrap:normal" in h and "overflow-x:auto" in h
+    assert "break-all" not in h and "anywhere" not in h
+    assert h.count("white-space:nowrap") >= 4                     # identifiers and numbers stay on one line
+    assert "modelled cost" in h and "iotlb_invalidation" in t.text()
+    s = shown("IOTLB invalidations (strict, lazy)", (8, 1))
+    assert repr(s).startswith("IOTLB invalidations (strict, lazy):") and "(8, 1)" in s._repr_html_()
+
+
+def test_text_cache_draws_the_same_pixels(monkeypatch):
+    """The glyph/layout cache of widget frames changes speed only: every panel's frame after a few
+    changes is pixel-identical to matplotlib's own text drawing."""
+    import numpy as np
+
+    import iovalab.book.viz_views as vv
+
+    def frames():
+        out = []
+        for _name, make, change in widgets.bench_cases():
+            w = make()
+            for i in range(4):
+                change(w, i)
+            v = w.view if hasattr(w, "view") else w.left.view
+            v.png()
+            out.append(np.asarray(v.canvas.buffer_rgba()).copy())
+        return out
+
+    cached = frames()
+    assert any(getattr(w.canvas.get_renderer(), "_iovalab_text_cache", False)
+               for w in [widgets.GranuleExplorer().view])
+    monkeypatch.setattr(vv, "_cache_text", lambda r: setattr(r, "_iovalab_text_cache", True))
+    plain = frames()
+    for a, b in zip(cached, plain, strict=True):
+        assert a.shape == b.shape and (a == b).all()

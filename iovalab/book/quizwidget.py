@@ -18,7 +18,7 @@ from iovalab.lab.claims import check as check_claim
 from iovalab.lab.claims import parse_statement
 from iovalab.lab.exercises import KINDS, Problem, Verdict, generate
 
-__all__ = ["QuizPanel", "ClaimPanel"]
+__all__ = ["QuizPanel", "ClaimPanel", "AnswerList"]
 
 
 def _pre(text: str) -> str:
@@ -127,6 +127,41 @@ class QuizPanel:
         else:
             self.derivation.value = _pre(f"answer: {p.answer}\n{p.derivation}")
             self.derivation_button.description = "Hide derivation"
+
+
+class AnswerList:
+    """Every answer of a seed's problems, hidden until the learner clicks "Show all answers".
+
+    ``panel.widget`` is the box to display; ``button`` toggles ``answers`` (HTML, empty while hidden).
+    With ``quiz=`` a :class:`QuizPanel`, the list follows that panel's seed and count (and hides
+    itself again when they change)."""
+
+    def __init__(self, seed: int = 1, count: int = 10, quiz: QuizPanel | None = None):
+        self.quiz = quiz
+        self._seed, self._count = seed, count
+        self.button = w.Button(description="Show all answers", tooltip="only after trying")
+        self.answers = w.HTML()
+        self.button.on_click(lambda _: self.toggle())
+        if quiz is not None:
+            for c in (quiz.seed, quiz.count):
+                c.observe(lambda _c: self.hide(), names="value")
+        self.widget = w.VBox([self.button, self.answers])
+
+    def _problems(self) -> list[Problem]:
+        if self.quiz is not None:
+            return self.quiz.problems
+        return generate(self._seed, self._count)
+
+    def hide(self) -> None:
+        self.answers.value = ""
+        self.button.description = "Show all answers"
+
+    def toggle(self) -> None:
+        if self.answers.value:
+            self.hide()
+            return
+        self.answers.value = _pre("\n".join(f"{p.id}  {p.answer}" for p in self._problems()))
+        self.button.description = "Hide all answers"
 
 
 class ClaimPanel:

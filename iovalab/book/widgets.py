@@ -41,11 +41,14 @@ __all__ = [
 
 _IMG = dict(max_width="100%", height="auto")   # natural size (no blur), shrinks in narrow columns
 _S = {"description_width": "initial"}
+def _row() -> W.Layout:
+    return W.Layout(flex_flow="row wrap", align_items="center")
 _TD = "padding:1px 10px 1px 0;font-family:monospace;font-size:12px;border:none;text-align:left"
 _CSS = ("<style>.iovalab-t td{padding:1px 8px;font-family:monospace;font-size:12px}"
         ".iovalab-t th{text-align:left;padding:1px 8px;font-size:12px}"
         ".iovalab-err{color:#b00020;font-weight:bold}.iovalab-note{color:#8a4b00;font-size:12px}"
-        ".iovalab-ev{font-family:monospace;font-size:12px;line-height:1.35;margin:2px 0}</style>")
+        ".iovalab-ev{font-family:monospace;font-size:12px;line-height:1.35;margin:2px 0}"
+        ".iovalab-stale{opacity:0.25;filter:grayscale(1)}</style>")
 
 
 def _table(rows, head: tuple[str, ...] | None = None) -> str:
@@ -66,7 +69,18 @@ def _wrap(inner: str) -> str:
 
 
 def _error(msg: str) -> str:
-    return _wrap(f'<div class="iovalab-err">{html.escape(msg)}</div>')
+    return _wrap(f'<div class="iovalab-err">{html.escape(msg)}</div>'
+                 "<div class='iovalab-note'>The figure is greyed out: it shows the last valid input, not this one."
+                 "</div>")
+
+
+def _set_stale(image: W.Image, stale: bool) -> None:
+    """Grey out (``stale``) or restore a panel's figure: after bad input the old drawing no longer holds
+    (the panel keeps its last valid result, as the model keeps its state on a refused call)."""
+    if stale:
+        image.add_class("iovalab-stale")
+    else:
+        image.remove_class("iovalab-stale")
 
 
 def _image() -> W.Image:
@@ -128,10 +142,12 @@ class GranuleExplorer(_Batch, W.VBox):
         except ValueError as e:   # the error replaces the table and the figure (they showed other
             self.image.value = b""  # inputs); ``footprint`` keeps the last good result
             self.text.value = _error(str(e))
+            _set_stale(self.image, True)
             return
         self.footprint = fp
         self.text.value = footprint_html(fp)
         self.image.value = self.view.update(fp).png()
+        _set_stale(self.image, False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,10 +214,12 @@ class MaskExplorer(_Batch, W.VBox):
                                      preset=self.preset)
         except ValueError as e:
             self.text.value = _error(str(e))
+            _set_stale(self.image, True)
             return
         self.walk = walk
         self.text.value = mask_html(walk)
         self.image.value = self.view.update(walk).png()
+        _set_stale(self.image, False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,7 +243,7 @@ def step_html(rec: explain.Recording, step: int, state: explain.StepState, unit:
     for e in evs[:max_events]:
         pad = "&nbsp;" * (2 * e.depth)
         tag = f"[{_LAYER.get(e.layer, e.layer)}]"
-        text = html.escape(e.describe())
+        text = html.escape(explain.describe_event(e))
         if e.depth == 0 and e.kind == "dma_api_calls":
             text = f"<b>{text}</b>"
         lines.append(f"{pad}<span style='color:#777'>{tag}</span> {text}")
@@ -285,6 +303,9 @@ class ScenarioPlayer(_Batch, W.VBox):
         self.view = StepView(compact=compact)
         self.rec: explain.Recording | None = None
         self.state: explain.StepState | None = None
+        self.final_max = 0
+        #: players drawn side by side (:class:`ComparePlayers`): their counter bars share one scale
+        self.peers: list[ScenarioPlayer] = []
         self._busy = False
         self.first.on_click(lambda b: self._go(0))
         self.back.on_click(lambda b: self._go(self.step.value - 1))
@@ -294,12 +315,19 @@ class ScenarioPlayer(_Batch, W.VBox):
         self.workload.observe(self._workload_changed, names="value")
         for c in (self.path, self.lazy, self.unit):
             c.observe(self._changed, names="value")
+        # controls keep their size in a narrow column (a laptop with the sidebar open): rows wrap, no
+        # control shrinks (flex 0 0 auto), so the slider never collapses to a dot nor a button is cut off
+        for c in (self.first, self.back, self.next, self.last, self.step, self.play, self.path, self.unit,
+                  self.workload, self.lazy):
+            c.layout.flex = "0 0 auto"
         if compact:   # workload and lazy belong to the parent (ComparePlayers)
             self.step.layout.width = "240px"
-            top = [W.HBox([self.path, self.unit])]
+            self.path.layout.width = "150px"
+            self.unit.layout.width = "250px"
+            top = [W.HBox([self.path, self.unit], layout=_row())]
         else:
-            top = [W.HBox([self.workload, self.path]), W.HBox([self.lazy, self.unit])]
-        nav = W.HBox([self.first, self.back, self.next, self.last, self.step, self.play])
+            top = [W.HBox([self.workload, self.path], layout=_row()), W.HBox([self.lazy, self.unit], layout=_row())]
+        nav = W.HBox([self.first, self.back, self.next, self.last, self.step, self.play], layout=_row())
         super().__init__(top + [nav, self.image, self.text])
         self.refresh()
 
@@ -328,7 +356,13 @@ class ScenarioPlayer(_Batch, W.VBox):
         n = len(rec.steps(self.unit.value))
         final = rec.state(len(rec.bounds) - 1)
         self.view.set_window(rec.window)
-        self.view.set_counter_max(max(final.counters.as_dict().values()) or 1)
+        self.final_max = max(final.counters.as_dict().values()) or 1
+        common = max([self.final_max] + [p.final_max for p in self.peers])
+        self.view.set_counter_max(common)
+        for p in self.peers:   # one scale for both sides: "32" is as long on the left as on the right
+            if p.rec is not None and p.view.cmax != self.view.cmax:
+                p.view.set_counter_max(common)
+                p.show(p.step.value)
         self._busy = True
         try:
             self.step.max = max(1, n - 1)
@@ -367,11 +401,15 @@ class ComparePlayers(W.VBox):
         self.right = ScenarioPlayer(workload, paths[1], strict=strict, compact=True)
         self.workload = W.Dropdown(options=explain.player_workloads(), value=workload, description="workload", style=_S)
         self.lazy = W.Checkbox(value=not strict, description="lazy (DMA-FQ)", style=_S, indent=False)
+        self.left.peers, self.right.peers = [self.right], [self.left]
+        self.left.refresh()   # now that both exist: one counter scale for the two
         for p in (self.left, self.right):
             W.link((self.workload, "value"), (p.workload, "value"))
             W.link((self.lazy, "value"), (p.lazy, "value"))
-        cols = [W.VBox([p], layout=W.Layout(width="50%")) for p in (self.left, self.right)]
-        super().__init__([W.HBox([self.workload, self.lazy]), W.HBox(cols)])
+        # two columns while each gets 400 px; below that they stack, each keeping its controls' size
+        cols = [W.VBox([p], layout=W.Layout(flex="1 1 400px", min_width="400px")) for p in (self.left, self.right)]
+        both = W.HBox(cols, layout=W.Layout(flex_flow="row wrap", align_items="flex-start"))
+        super().__init__([W.HBox([self.workload, self.lazy], layout=_row()), both])
 
 
 # --------------------------------------------------------------------------------------------

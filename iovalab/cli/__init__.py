@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure the speed budgets on this machine")
     b.add_argument("--json", action="store_true")
     b.add_argument("--quick", action="store_true")
+    b.add_argument("--browser", action="store_true",
+                   help="only the browser latency: JupyterLab + Chromium, control change -> figure settled")
     b.set_defaults(func=_delegate("cli.bench", "cli"))
 
     h = sub.add_parser("handout", help="render the executed book to static HTML")

@@ -497,13 +497,14 @@ class DmaDomain:
         if found and self.check_contract:
             f = found[0]
             err = DmaError(-EINVAL, f"dma-debug ({f.check}): {f.message}", f.func)
-            err.result = result
-            err.findings = found
+            err.result = result          # type: ignore[attr-defined]
+            err.findings = found         # type: ignore[attr-defined]
             raise err
 
     def _refuse_unmap(self, func: str, refs_findings: list[tuple[str, str]], dev: Device, cpu: int) -> None:
         """``check_contract=True``: report what ``check_unmap`` would and refuse before any change."""
         if refs_findings and self.check_contract:
+            assert self.debug is not None, "refs_findings come from dma-debug"
             found = [self.debug.err_printk(dev.name, func, c, t, cpu) for c, t in refs_findings]
             self._raise_findings(found)
 
@@ -542,7 +543,7 @@ class DmaDomain:
         finally:
             self.log.depth -= 1
         self.trace_api("dma_unmap_page", dev, cpu, None, dir=dir, dma_addr=dma_addr, size=size)
-        if ref is not None:
+        if ref is not None and self.debug is not None:
             self.debug.check_unmap(ref, "debug_dma_unmap_phys", cpu)
 
     # ---------------------------------------------------------------- scatterlists
@@ -715,7 +716,7 @@ class DmaDomain:
             self.__iommu_dma_unmap(dev, start, end - start, cpu)
         finally:
             self.log.depth -= 1
-        if refs is not None:
+        if refs is not None and self.debug is not None:
             for ref in refs:
                 self.debug.check_unmap(ref, "debug_dma_unmap_sg", cpu)
 

@@ -33,8 +33,8 @@ from iovalab.kernel.units import (
 )
 from iovalab.lab.explain_steps import (
     DEMO_WORKLOADS, LEADING_EVENTS, PATH_TITLES, PATHS, PLAYER_PRESETS, PLAYER_VARIANTS, Recording, StepState,
-    Timeline, describe_events, hexify, player_workloads, preset_dict, record, recording_state, run_segments, state_at,
-    step_bounds, workload_paths,
+    Timeline, describe_event, describe_events, hexify, player_workloads, preset_dict, record, recording_state,
+    run_segments, state_at, step_bounds, workload_paths,
 )
 
 __all__ = [
@@ -42,9 +42,9 @@ __all__ = [
     "MASK_BITS", "BUS_LIMIT_BITS", "MaskAlloc", "MaskWalk", "preset_granule", "mask_walk",
     "PATHS", "PATH_TITLES", "DEMO_WORKLOADS", "run_segments", "Recording", "record", "LEADING_EVENTS",
     "step_bounds", "PLAYER_VARIANTS", "PLAYER_PRESETS", "preset_dict", "player_workloads", "workload_paths",
-    "StepState", "state_at", "Timeline", "recording_state", "describe_events", "hexify",
+    "StepState", "state_at", "Timeline", "recording_state", "describe_event", "describe_events", "hexify",
     "COST_PRESET", "path_totals", "compare_paths", "COMPARE_PRESETS", "compare_workloads", "compare_workload",
-    "scattered_pages", "scaling", "with_cost_preset",
+    "scattered_pages", "scaling", "with_cost_preset", "sensitivity_text",
 ]
 
 
@@ -512,3 +512,27 @@ def with_cost_preset(scale: dict, cost_preset: str) -> dict:
     same, only ``modelled_ns`` changes)."""
     paths = {p: {**s, "modelled_ns": s["modelled_all"][cost_preset]} for p, s in scale["paths"].items()}
     return {**scale, "paths": paths, "cost_preset": cost_preset}
+
+
+def sensitivity_text(sens, a: str, b: str, model=None) -> str:
+    """:meth:`~iovalab.lab.cost.Sensitivity.describe` with run A and run B named, and the verdict the
+    question "could one cost flip it?" asks for: which run is cheaper (modelled), and whether scaling
+    any single cost by the factor reverses that (and whether that cost is ``assumed``)."""
+    if sens.diff_ns == 0:
+        cheaper = f"A ({a}) and B ({b}) cost the same (modelled)"
+    else:
+        cheap, dear = (a, b) if sens.diff_ns > 0 else (b, a)
+        cheaper = f"{cheap} is cheaper than {dear} by {abs(sens.diff_ns):,.0f} ns (modelled)"
+    flips = [s.operation for s in sens.per_operation.values() if s.flips_sign]
+
+    def src(op: str) -> str:
+        if model is None:
+            return ""
+        return " (assumed)" if model.source(op, sens.preset).strip().lower() == "assumed" else " (sourced)"
+    if flips:
+        verdict = (f"Verdict: yes, one cost can flip it: scaling {', '.join(op + src(op) for op in flips)} alone by "
+                   f"x{sens.factor:g} or /{sens.factor:g} reverses which run is cheaper. Measure before concluding.")
+    else:
+        verdict = (f"Verdict: no single cost can flip it: no cost scaled alone by x{sens.factor:g} or "
+                   f"/{sens.factor:g} makes the other run cheaper.")
+    return "\n".join([f"A = {a}, B = {b}; D = modelled(B) - modelled(A)", sens.describe(), "", cheaper, verdict])

@@ -625,6 +625,20 @@ def recording_state(rec: Recording, step: int, unit: str = "call") -> StepState:
     return rec.state(step, unit)
 
 
+def describe_event(e) -> str:
+    """:meth:`~iovalab.kernel.events.Event.describe`, with a negative errno result named as the kernel's
+    headers name it: ``-> -ENOMEM (-12)`` instead of ``-> -0xc``."""
+    from iovalab.kernel.units import ERRNO_NAMES, errname
+
+    text = e.describe()
+    r = e.result
+    if isinstance(r, int) and not isinstance(r, bool) and r < 0 and -r in ERRNO_NAMES:
+        raw = f" -> -{hex(-r)}"
+        if text.endswith(raw):
+            text = text[: -len(raw)] + f" -> {errname(r)} ({r})"
+    return text
+
+
 def describe_events(events, *, limit: int | None = None) -> str:
     """One line per event - the kernel function, its arguments and its result
     (:meth:`~iovalab.kernel.events.Event.describe`) - indented by call depth, tagged with the layer, and with
@@ -634,7 +648,7 @@ def describe_events(events, *, limit: int | None = None) -> str:
     shown = events if limit is None else events[:limit]
     from iovalab.kernel.events import COUNTER_KINDS
 
-    lines = [f"{'  ' * e.depth}[{e.layer}] {e.describe()}"
+    lines = [f"{'  ' * e.depth}[{e.layer}] {describe_event(e)}"
              + ("" if e.kind in COUNTER_KINDS or e.kind == "step" else f"  # {e.kind}") for e in shown]
     if len(shown) < len(events):
         lines.append(f"... {len(events) - len(shown)} more event(s)")
