@@ -60,7 +60,6 @@ from iovalab.kernel.dma_iommu import (
     DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaIovaState, ScatterEntry, dma_iova_size, dma_use_iova,
 )
 from iovalab.kernel.device import NVME_CTRL_PAGE_SIZE
-from iovalab.kernel.iova import iova_rcache_range
 from iovalab.kernel.units import DMA_MAPPING_ERROR, PAGE_SIZE, SZ_128K, hx
 from iovalab.drivers.common import PARAM_BOUNDS, SIZEOF, ScenarioContext, Step, as_context, int_param, make_run
 
@@ -93,7 +92,7 @@ def dma_opt_mapping_size_iommu(page_size: int = PAGE_SIZE) -> int:
     """``dma_opt_mapping_size()`` -> ``iommu_dma_opt_mapping_size()`` = ``iova_rcache_range()``
     (drivers/iommu/dma-iommu.c, iova.c; 6.17 and 7.3): ``PAGE_SIZE << 5``, the kernel's page, not
     the IOVA granule: 128 KiB with 4 KiB pages, 2 MiB with 64 KiB pages."""
-    return iova_rcache_range(page_size)
+    return page_size << 5   # IOVA_RANGE_CACHE_MAX_SIZE - 1
 
 
 def nvme_max_drv_segments(max_hw_bytes: int) -> int:
