@@ -504,3 +504,39 @@ def test_module_entry_points_take_preset_names():
                                             "unregister_dma_pages"]
     with pytest.raises(ValueError, match="expected a 'vfio' preset"):
         vfio.run("nvme-4k-read")
+
+
+# -------------------------------------------------------------------------------------------- PAGE_SIZE
+def _read(iommu, length, offset=0, mdts=0):
+    params = {"direction": "read", "length": length, "offset": offset,
+              "phys": {"base": "0x60000000", "stride": "0x20000", "run_pages": 1}}
+    if mdts:
+        params["mdts"] = mdts
+    return run_scenario({"name": "t", "scenario": "nvme", "device": "nvme", "iommu": iommu,
+                         "parameters": params}, api="iova", strict=True)
+
+
+def test_nvme_queue_limits_follow_the_kernels_page_size_not_the_granule():
+    """nvme_pci_alloc_dev: max_hw_sectors <= dma_opt_mapping_size() = iova_rcache_range() = PAGE_SIZE << 5;
+    nvme_max_drv_segments = max_hw_sectors / 4 KiB + 1. The arm64 captures (Linux 7.3.4, QEMU NVMe with
+    a 512 KiB MDTS): max_sectors_kb 128 / max_segments 33 with 4 KiB pages, 512 / 129 with 64 KiB pages,
+    so a 1 MiB read is eight 128 KiB requests or (MDTS aside) one."""
+    from iovalab.drivers.nvme import dma_opt_mapping_size_iommu, nvme_max_drv_segments
+
+    assert dma_opt_mapping_size_iommu(0x1000) == 128 << 10 and dma_opt_mapping_size_iommu(0x10000) == 2 << 20
+    assert nvme_max_drv_segments(128 << 10) == 33 and nvme_max_drv_segments(512 << 10) == 129
+    # no MDTS here: 128 KiB with 4 KiB pages, 2 MiB with 64 KiB pages, whatever the granule
+    for iommu, reqs in (("smmuv3-4k", 8), ("smmuv3-64k", 1), ({"preset": "smmuv3-4k", "page_size": 0x10000}, 1)):
+        r = _read(iommu, 1 << 20)
+        assert (r.extra["requests"], r.extra["max_transfer"]) == (reqs, 128 << 10 if reqs == 8 else 2 << 20), iommu
+
+
+def test_nvme_single_segment_path_counts_kernel_pages():
+    """An 8 KiB buffer at offset 0x600 spans three 4 KiB pages (three segments: the two-step API) but
+    lies inside one 64 KiB page (one segment: dma_map_phys), as the 64K capture's 8 KiB reads show."""
+    small = _read("smmuv3-4k", 0x2000, offset=0x600)
+    assert len(kinds(small, "dma_api_calls", "dma_iova_try_alloc")) == 1
+    assert not kinds(small, "dma_api_calls", "dma_map_page")
+    big = _read("smmuv3-64k", 0x2000, offset=0x600)
+    assert len(kinds(big, "dma_api_calls", "dma_map_page")) == 1
+    assert not kinds(big, "dma_api_calls", "dma_iova_try_alloc")

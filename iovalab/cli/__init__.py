@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--strict", dest="mode", action="store_const", const="strict")
     mode.add_argument("--lazy", dest="mode", action="store_const", const="lazy")
     r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.add_argument("--iommu", default=None, metavar="NAME",
+                   help="the traced IOMMU: vtd, smmuv3 or a preset (default: inferred from the trace)")
+    r.add_argument("--page-size", type=lambda t: int(t, 0), default=None, metavar="BYTES",
+                   help="the traced kernel's PAGE_SIZE: 4096, 16384 or 65536 (default: inferred)")
+    r.add_argument("--reserve", action="append", default=[], metavar="START-END",
+                   help="reserve an IOVA byte range, e.g. a PCI host-bridge window from the console log "
+                        "(repeatable)")
     r.set_defaults(func=_delegate("trace.replay", "cli"), mode=None)
 
     s = sub.add_parser("scenario", help="run a workload preset under a mapping path")

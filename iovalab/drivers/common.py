@@ -241,7 +241,7 @@ def make_device(spec: str | dict | Device | None, default: str = "nvme") -> Devi
 
 def make_domain(spec: str | dict | None, *, strict: bool, keep_events: bool, ncpus: int = 1) -> DmaDomain:
     """A :class:`~iovalab.kernel.dma_iommu.DmaDomain` from an IOMMU preset name or ``{"preset": name, "reserve_msi":
-    bool, "ncpus": int, "single_queue": bool}``; a fresh :class:`~iovalab.kernel.events.EventLog`."""
+    bool, "ncpus": int, "single_queue": bool, "page_size": int}``; a fresh :class:`~iovalab.kernel.events.EventLog`."""
     kw: dict[str, Any] = {}
     if spec is None:
         spec = "intel-vtd"
@@ -250,7 +250,8 @@ def make_domain(spec: str | dict | None, *, strict: bool, keep_events: bool, ncp
         spec = kw.pop("preset", "intel-vtd")
     if not isinstance(spec, str):
         raise ValueError(f"iommu {spec!r} must be an IOMMU preset name or an object with \"preset\"")
-    allowed = {"reserve_msi", "ncpus", "single_queue", "dma_debug", "dma_debug_version", "hz", "check_contract"}
+    allowed = {"reserve_msi", "ncpus", "single_queue", "dma_debug", "dma_debug_version", "hz", "check_contract",
+               "page_size"}
     bad = set(kw) - allowed
     if bad:
         raise ValueError(f"iommu options {sorted(bad)} are not among {sorted(allowed)}")

@@ -64,7 +64,8 @@ from iovalab.kernel.units import DMA_MAPPING_ERROR, PAGE_SIZE, SZ_128K, hx
 from iovalab.drivers.common import PARAM_BOUNDS, SIZEOF, ScenarioContext, Step, as_context, int_param, make_run
 
 __all__ = [
-    "APIS", "NVME_CTRL_PAGE_SIZE", "NVME_SMALL_POOL_SIZE", "NVME_MAX_BYTES", "NVME_MAX_SEGS",
+    "APIS", "NVME_CTRL_PAGE_SIZE", "dma_opt_mapping_size_iommu", "nvme_max_drv_segments",
+    "NVME_SMALL_POOL_SIZE", "NVME_MAX_BYTES", "NVME_MAX_SEGS",
     "NVME_MAX_SEGS_PRE_6_17", "NVME_SGL_DESC_SIZE", "PRPS_PER_PAGE", "SGL_THRESHOLD_DEFAULT",
     "SGL_UNSUPPORTED", "SGL_SUPPORTED", "SGL_FORCED", "NvmeRequest", "bio_vecs", "get_max_segment_size",
     "biovec_phys_mergeable", "blk_split_requests", "blk_map_iter_segments", "nvme_prp_layout",
@@ -82,8 +83,23 @@ NVME_MAX_SEGS_PRE_6_17 = 128        # pci.c 6.3-6.16
 PRPS_PER_PAGE = NVME_CTRL_PAGE_SIZE // 8 - 1                 # 511 (the last slot chains)
 SGL_THRESHOLD_DEFAULT = 32 * 1024   # module parameter sgl_threshold
 UINT_MAX = 0xFFFFFFFF
-#: ``dma_opt_mapping_size()`` behind an IOMMU: ``iova_rcache_range()`` = ``PAGE_SIZE << (6 - 1)``
+#: ``dma_opt_mapping_size()`` behind an IOMMU with 4 KiB pages: ``iova_rcache_range()`` =
+#: ``PAGE_SIZE << (6 - 1)`` (:func:`dma_opt_mapping_size_iommu` for another ``PAGE_SIZE``)
 DMA_OPT_MAPPING_SIZE_IOMMU = SZ_128K
+
+
+def dma_opt_mapping_size_iommu(page_size: int = PAGE_SIZE) -> int:
+    """``dma_opt_mapping_size()`` -> ``iommu_dma_opt_mapping_size()`` = ``iova_rcache_range()``
+    (drivers/iommu/dma-iommu.c, iova.c; 6.17 and 7.3): ``PAGE_SIZE << 5``, the kernel's page, not
+    the IOVA granule: 128 KiB with 4 KiB pages, 2 MiB with 64 KiB pages."""
+    return page_size << 5   # IOVA_RANGE_CACHE_MAX_SIZE - 1
+
+
+def nvme_max_drv_segments(max_hw_bytes: int) -> int:
+    """``nvme_max_drv_segments()`` (drivers/nvme/host/core.c, 6.17 and 7.3): ``max_hw_sectors /
+    (NVME_CTRL_PAGE_SIZE >> SECTOR_SHIFT) + 1``; the queue's ``max_segments`` is the smaller of this
+    and the driver's ``NVME_MAX_SEGS`` (33 for 128 KiB requests, 129 for 512 KiB)."""
+    return max_hw_bytes // NVME_CTRL_PAGE_SIZE + 1
 
 # enum nvme_use_sgl (pci.c 6.17)
 SGL_UNSUPPORTED, SGL_SUPPORTED, SGL_FORCED = 0, 1, 2
@@ -95,8 +111,10 @@ class NvmeError(RuntimeError):
 
 
 # ============================================================================================ block layer
-def bio_vecs(params: dict) -> list[tuple[int, int]]:
-    """The I/O's bio_vecs ``[(phys, len), ...]`` from the preset parameters (see the module doc).
+def bio_vecs(params: dict, page_size: int = PAGE_SIZE) -> list[tuple[int, int]]:
+    """The I/O's bio_vecs ``[(phys, len), ...]`` from the preset parameters (see the module doc);
+    a user buffer is cut into the simulated kernel's pages of ``page_size`` bytes (``PAGE_SIZE``:
+    with 64 KiB pages an 8 KiB buffer inside one page is one bio_vec, one physical segment).
 
     Physically contiguous neighbours are merged into one multi-page bio_vec (``bio_add_page`` ->
     ``bvec_try_merge_page``). Raises ValueError for an empty buffer or a length that is not a
@@ -120,18 +138,18 @@ def bio_vecs(params: dict) -> list[tuple[int, int]]:
         offset = int_param(params, "offset", 0)
         ph = params.get("phys", {})
         base = int_param(ph, "base", 0x1_0000_0000)
-        stride = int_param(ph, "stride", PAGE_SIZE)
+        stride = int_param(ph, "stride", page_size)
         run = int_param(ph, "run_pages", 1)
-        if length <= 0 or not 0 <= offset < PAGE_SIZE or run < 1 or stride < PAGE_SIZE * run:
-            raise ValueError(f"buffer length {length} must be > 0, offset {offset:#x} in [0, 0x1000), "
-                             f"run_pages {run} >= 1 and stride {stride:#x} >= run_pages * 4 KiB")
-        if base & (PAGE_SIZE - 1) or stride & (PAGE_SIZE - 1):
+        if length <= 0 or not 0 <= offset < page_size or run < 1 or stride < page_size * run:
+            raise ValueError(f"buffer length {length} must be > 0, offset {offset:#x} in [0, {page_size:#x}), "
+                             f"run_pages {run} >= 1 and stride {stride:#x} >= run_pages * {page_size:#x}")
+        if base & (page_size - 1) or stride & (page_size - 1):
             raise ValueError(f"phys.base {base:#x} and phys.stride {stride:#x} must be page aligned")
         raw = []
         i, off, left = 0, offset, length
         while left:
-            n = min(left, PAGE_SIZE - off)
-            raw.append((base + (i // run) * stride + (i % run) * PAGE_SIZE + off, n))
+            n = min(left, page_size - off)
+            raw.append((base + (i // run) * stride + (i % run) * page_size + off, n))
             left -= n
             off = 0
             i += 1
@@ -400,10 +418,14 @@ class _Nvme:
         mdts = int_param(p, "mdts", 0)
         # max_hw_sectors = min(NVME_MAX_BYTES, dma_opt_mapping_size(dev)) and MDTS; dma-direct has no
         # opt_mapping_size op (SIZE_MAX, capped by dma_max_mapping_size: SIZE_MAX without swiotlb)
-        opt = NVME_MAX_BYTES if ctx.direct else DMA_OPT_MAPPING_SIZE_IOMMU
+        # (nvme_pci_alloc_dev); PAGE_SIZE is the simulated kernel's, distinct from the IOVA granule
+        self.page_size = PAGE_SIZE if ctx.domain is None else ctx.domain.page_size
+        opt = NVME_MAX_BYTES if ctx.direct else dma_opt_mapping_size_iommu(self.page_size)
         self.max_bytes = min(NVME_MAX_BYTES, opt, mdts or NVME_MAX_BYTES)
-        self.max_segs = NVME_MAX_SEGS_PRE_6_17 if self.api == "sg" else NVME_MAX_SEGS
-        self.bvecs = bio_vecs(p)
+        # queue limits (nvme_set_ctrl_limits): max_segments = min(nvme_max_drv_segments, NVME_MAX_SEGS)
+        self.max_segs = min(NVME_MAX_SEGS_PRE_6_17 if self.api == "sg" else NVME_MAX_SEGS,
+                            nvme_max_drv_segments(self.max_bytes))
+        self.bvecs = bio_vecs(p, self.page_size)
 
     # ---------------------------------------------------------------- helpers
     def nvme_pci_use_sgls(self) -> int:

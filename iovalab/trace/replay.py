@@ -20,9 +20,11 @@ frees directly. They are reconstructed from what the kernel's code guarantees:
 * Time: the rcache depot trim (``iova_depot_work_func``, 100 ms after a depot push) and, for lazy
   captures without flush events, the flush-queue timer (10 ms) are driven by the event timestamps.
 
-The domain is built as ``iommu_dma_init_domain()`` does for the traced system: VT-d (4K|2M|1G,
-48-bit aperture), the x86 MSI window reserved, a PCI device with a 64-bit mask and the 32-bit-first
-workaround, ``ncpus`` per-CPU caches.
+The domain is built as ``iommu_dma_init_domain()`` does for the traced system, which
+:func:`iovalab.trace.system.infer_system` reads from the capture's own evidence (IOMMU, IOVA granule,
+``PAGE_SIZE``, reserved regions, CPUs; each decision with its evidence), with a PCI device with a
+64-bit mask and the 32-bit-first workaround. :func:`iovalab.trace.lines.check_lines` then redoes
+every mapping through the DMA API and compares every ``map``/``unmap`` line.
 """
 
 from __future__ import annotations
@@ -30,44 +32,25 @@ from __future__ import annotations
 import json
 import sys
 import time
-from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 
 from iovalab.kernel.device import Device
-from iovalab.kernel.dma_iommu import DmaDomain
 from iovalab.kernel.events import EventLog
 from iovalab.trace.ftrace import FtraceCapture, parse_ftrace
 from iovalab.trace.ftrace_write import (
     format_dma_alloc, format_dma_map_page, format_dma_map_sg, format_dma_unmap_page, format_dma_unmap_sg,
     format_line, format_map, format_unmap, write_ftrace,
 )
-from iovalab.kernel.iommu import IommuDomain, IotlbGather
+from iovalab.kernel.iommu import IotlbGather
 from iovalab.kernel.iova import IOVA_DEPOT_DELAY_MS, IOVA_RANGE_CACHE_MAX_SIZE
-from iovalab.kernel.units import DMA_BIT_MASK, DMA_MAPPING_ERROR, iova_align
+from iovalab.kernel.units import DMA_BIT_MASK
+from iovalab.trace.lines import LineCheck, check_lines
+from iovalab.trace.steps import Allocation, reconstruct
+from iovalab.trace.system import SystemConfig, infer_system, parse_range
 
-__all__ = ["Allocation", "PhaseResult", "ReplayResult", "reconstruct", "replay_capture", "events_to_ftrace",
-           "export_ftrace", "cli"]
-
-GRANULE = 0x1000
-_DMA_MAP_EVENTS = frozenset(("dma_map_page", "dma_map_sg", "dma_alloc", "dma_map_resource", "dma_map_phys",
-                             "dma_alloc_pages", "dma_alloc_sgt"))
-
-
-@dataclass
-class Allocation:
-    """One IOVA allocation seen in the capture."""
-
-    lineno: int          # line of its first ``map`` event
-    cpu: int
-    base: int            # IOVA the kernel chose (granule-aligned)
-    size: int = 0        # bytes (granule-aligned)
-    span_end: int = 0    # end of the map lines seen so far
-    kind: str = "?"      # dma_map_page | dma_map_sg | dma_alloc | ...
-    freed_at: int | None = None
-    timestamp: float = 0.0
-    closed: bool = False
-    size_hint: int = 0   # size of the unmap that will free it (0 = never unmapped)
+__all__ = ["Allocation", "PhaseResult", "ReplayResult", "SystemConfig", "LineCheck", "reconstruct",
+           "infer_system", "replay_capture", "check_lines", "events_to_ftrace", "export_ftrace", "cli"]
 
 
 @dataclass
@@ -97,9 +80,12 @@ class ReplayResult:
     phases: list[PhaseResult] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
     reorders: list[int] = field(default_factory=list)
+    reorder_frees: dict[int, int] = field(default_factory=dict)   # allocation line -> frees moved after it
     sim_iovas: list[tuple[float, int, int]] = field(default_factory=list)  # (ts, sim iova, size)
     kernel_iovas: list[tuple[float, int, int]] = field(default_factory=list)
     seconds: float = 0.0
+    system: SystemConfig | None = None
+    lines: LineCheck | None = None
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("path", "cpus", "mode", "mode_inferred", "allocations",
@@ -108,99 +94,14 @@ class ReplayResult:
         d["phases"] = [vars(p) for p in self.phases]
         d["mismatches"] = self.mismatches[:20]
         d["reorder_lines"] = self.reorders
+        if self.system is not None:
+            d["system"] = self.system.as_dict()
+        if self.lines is not None:
+            d["lines"] = self.lines.as_dict()
         return d
 
 
 # --------------------------------------------------------------------------------------------
-def reconstruct(cap: FtraceCapture) -> list[tuple]:
-    """Turn the capture into an ordered list of steps:
-
-    ``("alloc", Allocation)``, ``("free", Allocation, cpu, irq, lineno, ts)``,
-    ``("flush", cpu, lineno, ts, softirq)`` (a ``cache_tag_flush_all``), ``("phase", name, lineno)``.
-    Unmaps of ranges not seen allocated become ``("unmatched", lineno)``.
-    """
-    steps: list[tuple] = []
-    # where each range will be unmapped: base -> [(lineno, size), ...] in file order, so that the
-    # extent of an allocation is known when its first map line is seen (two-step users emit no
-    # dma_* event that would close it)
-    unmaps: dict[int, list[tuple[int, int]]] = {}
-    for ln in cap.lines:
-        if ln.event == "unmap":
-            unmaps.setdefault(ln.fields["iova"], []).append((ln.lineno, ln.fields["size"]))
-
-    def extent(base: int, lineno: int) -> int:
-        later = unmaps.get(base, ())
-        i = bisect_right(later, (lineno, 1 << 64))
-        return later[i][1] if i < len(later) else 0
-
-    open_by_cpu: dict[int, list[Allocation]] = {}   # allocations whose dma_* event is pending
-    live: dict[int, Allocation] = {}        # base -> allocation
-    live_bases: list[int] = []              # sorted bases of live allocations
-    opened: list[Allocation] | None
-    a: Allocation | None
-    for ln in cap.lines:
-        ev = ln.event
-        if ev == "map":
-            iova, size = ln.fields["iova"], ln.fields["size"]
-            opened = open_by_cpu.setdefault(ln.cpu, [])
-            for cur in reversed(opened):   # a further chunk of a mapping still being built
-                limit = cur.base + cur.size_hint if cur.size_hint else cur.span_end + 1
-                if cur.base <= iova < limit:
-                    cur.span_end = max(cur.span_end, iova + size)
-                    break
-            else:
-                a = Allocation(ln.lineno, ln.cpu, iova, 0, iova + size, timestamp=ln.timestamp,
-                               size_hint=extent(iova, ln.lineno))
-                opened.append(a)
-                old = live.get(iova)
-                if old is not None:  # the trace never unmapped the old one: keep its mapped span
-                    old.size = iova_align(GRANULE, old.span_end - old.base)
-                else:
-                    live_bases.insert(bisect_right(live_bases, iova), iova)
-                live[iova] = a
-                steps.append(("alloc", a))
-        elif ev in _DMA_MAP_EVENTS:
-            opened = open_by_cpu.get(ln.cpu)
-            f = ln.fields
-            if opened and f.get("dma_addr") != DMA_MAPPING_ERROR:  # a failed map allocated nothing
-                addr = f.get("dma_addr")
-                if addr is None and f.get("dma_addrs"):
-                    addr = f["dma_addrs"][0]
-                pick = opened[-1]
-                if addr is not None:
-                    for cur in reversed(opened):
-                        if cur.base <= addr < max(cur.span_end, cur.base + 1):
-                            pick = cur
-                            break
-                opened.remove(pick)
-                pick.closed = True
-                pick.kind = ev
-        elif ev == "unmap":
-            iova, size = ln.fields["iova"], ln.fields["size"]
-            a = live.pop(iova, None)
-            if a is None:
-                steps.append(("unmatched", ln.lineno))
-                continue
-            live_bases.remove(iova)
-            a.size = size
-            a.freed_at = ln.lineno
-            a.closed = True
-            opened = open_by_cpu.get(a.cpu)
-            if opened and a in opened:
-                opened.remove(a)
-            steps.append(("free", a, ln.cpu, ln.in_irq, ln.lineno, ln.timestamp))
-        elif ev == "cache_tag_flush_all":
-            steps.append(("flush", ln.cpu, ln.lineno, ln.timestamp, ln.in_softirq))
-        elif ev == "tracing_mark_write":
-            steps.append(("phase", ln.text.strip(), ln.lineno))
-    for _, a in live.items():  # never unmapped: the span its map lines cover
-        a.size = iova_align(GRANULE, a.span_end - a.base)
-    for st in steps:
-        if st[0] == "alloc" and st[1].size <= 0:
-            st[1].size = iova_align(GRANULE, max(st[1].span_end - st[1].base, GRANULE))
-    return steps
-
-
 def infer_mode(cap: FtraceCapture) -> tuple[str, str]:
     """strict or lazy, and how that was decided."""
     c = cap.counts
@@ -213,11 +114,9 @@ def infer_mode(cap: FtraceCapture) -> tuple[str, str]:
 
 
 class _Replayer:
-    def __init__(self, cpus: int, mode: str, flush_points: bool):
+    def __init__(self, cpus: int, mode: str, flush_points: bool, system: SystemConfig):
         self.log = EventLog(keep=False)
-        iommu = IommuDomain.preset("intel-vtd", log=self.log)
-        self.dom = DmaDomain(iommu, strict=(mode == "strict"), ncpus=cpus, log=self.log,
-                             reserve_msi=True)
+        self.dom = system.make_domain(strict=(mode == "strict"), ncpus=cpus, log=self.log)
         self.dev = Device(name="0000:00:01.0", dma_mask=DMA_BIT_MASK(64), is_pci=True)
         self.lazy = mode == "lazy"
         self.flush_points = flush_points  # lazy: flushes come from cache_tag_flush_all lines
@@ -318,29 +217,37 @@ class _Replayer:
 
 
 def replay_capture(cap: FtraceCapture, *, cpus: int | None = None, mode: str | None = None,
-                   path: str = "<capture>") -> ReplayResult:
-    """Replay a parsed capture; see the module docstring for the rules."""
+                   path: str = "<capture>", system: SystemConfig | None = None,
+                   lines: bool = False) -> ReplayResult:
+    """Replay a parsed capture; see the module docstring for the rules. ``system``: the simulated
+    system (default: :func:`infer_system` of the capture); ``lines``: also redo every mapping and
+    compare every ``map``/``unmap`` line (:func:`check_lines`, in ``result.lines``)."""
     t0 = time.perf_counter()
+    system = system or infer_system(cap)
     inferred_mode, why = infer_mode(cap)
     if mode is None:
-        result = _replay(cap, cpus, inferred_mode, path, why)
+        result = _replay(cap, cpus, inferred_mode, path, why, system)
         if result.mismatched and "guess" in why:
             alt = _replay(cap, cpus, "lazy", path, "lazy (a guess: strict did not match; flush "
-                          "points from the 10 ms flush-queue timer and event timestamps)")
+                          "points from the 10 ms flush-queue timer and event timestamps)", system)
             if alt.mismatched < result.mismatched:
                 result = alt
     else:
-        result = _replay(cap, cpus, mode, path, f"{mode} (given)")
+        result = _replay(cap, cpus, mode, path, f"{mode} (given)", system)
+    if lines:
+        result.lines = check_lines(cap, system, cpus=result.cpus, strict=result.mode == "strict",
+                                   reorders=result.reorder_frees)
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def _replay(cap: FtraceCapture, cpus: int | None, mode: str, path: str, why: str) -> ReplayResult:
+def _replay(cap: FtraceCapture, cpus: int | None, mode: str, path: str, why: str,
+            system: SystemConfig) -> ReplayResult:
     ncpus = cpus or cap.nr_cpus or (max(cap.cpus) + 1 if cap.cpus else 1)
-    steps = reconstruct(cap)
+    steps = reconstruct(cap, system.granule)
     flush_points = any(s[0] == "flush" for s in steps)
-    rp = _Replayer(ncpus, mode, flush_points)
-    res = ReplayResult(path, ncpus, mode, why)
+    rp = _Replayer(ncpus, mode, flush_points, system)
+    res = ReplayResult(path, ncpus, mode, why, system=system)
     phase = PhaseResult("(before the first marker)", 1)
     res.phases.append(phase)
     pending: list[tuple] = []   # frees seen since the last allocation: (alloc, cpu, irq, ln, ts)
@@ -416,6 +323,7 @@ def _replay(cap: FtraceCapture, cpus: int | None, mode: str, path: str, why: str
                     res.reordered += 1
                     phase.reordered += 1
                     res.reorders.append(a.lineno)
+                    res.reorder_frees[a.lineno] = chosen
             else:
                 res.mismatched += 1
                 phase.mismatched += 1
@@ -515,7 +423,10 @@ def export_ftrace(events, path, *, nr_cpus: int = 1, **kw) -> int:
 
 
 def cli(args) -> int:
-    """``python -m iovalab replay-ftrace FILE [--cpus N] [--strict|--lazy] [--json]``."""
+    """``python -m iovalab replay-ftrace FILE [--cpus N] [--strict|--lazy] [--iommu NAME]
+    [--page-size BYTES] [--reserve START-END]... [--json]``: the inferred system and its evidence,
+    allocations per phase, the per-path line table, ``LINES:`` and ``TOTAL:``; exit status 0 iff no
+    allocation and no line differs."""
     from iovalab.resources import resolve_data_paths
     from iovalab.trace.ftrace import FtraceParseError
 
@@ -532,11 +443,22 @@ def cli(args) -> int:
     except OSError as e:
         print(f"error: {args.file}: {e.strerror}", file=sys.stderr)
         return 2
-    res = replay_capture(cap, cpus=args.cpus, mode=args.mode, path=args.file)
+    try:
+        system = infer_system(cap, iommu=args.iommu, page_size=args.page_size,
+                              reserve=[parse_range(r) for r in args.reserve])
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    res = replay_capture(cap, cpus=args.cpus, mode=args.mode, path=args.file, system=system, lines=True)
+    lines = res.lines
+    assert lines is not None
     if args.json:
         print(json.dumps(res.as_dict(), indent=1))
     else:
         print(f"{args.file}: {res.cpus} CPU(s), {res.mode_inferred}")
+        print(f"system: {system.describe()}")
+        for d in system.decisions:
+            print(f"    {d}")
         print(f"{'phase':<62} {'allocs':>6} {'matched':>7} {'reord':>5} {'mismatch':>8}")
         for p in res.phases:
             if not p.allocations:
@@ -550,6 +472,11 @@ def cli(args) -> int:
         if res.reorders:
             print(f"reordered allocations (moved before interrupt-context frees) at lines: "
                   f"{', '.join(map(str, res.reorders[:20]))}")
+        for row in lines.table():
+            print(row)
+        for m in lines.mismatches[:5]:
+            print(f"    {m}")
+        print(lines.summary())
     print(f"TOTAL: {res.allocations} allocations, {res.matched} matched ({res.reordered} reordered), "
           f"{res.mismatched} mismatched")
-    return 0 if res.mismatched == 0 else 1
+    return 0 if res.mismatched == 0 and lines.ok else 1

@@ -1,0 +1,289 @@
+"""Every ``iommu:map`` / ``iommu:unmap`` line of a capture, redone through the simulator's DMA API.
+
+For each request, the path that mapped it is read from the trace's own evidence (the ``dma:*`` event
+that closed its allocation, :func:`iovalab.trace.steps.reconstruct`); the simulator is driven through
+that path with the request's physical addresses, in file order, and every ``map`` line it would trace
+(iova, paddr, size) and every ``unmap`` line (iova, size, unmapped_size) is compared with the kernel's:
+
+* ``dma_map_phys`` (7.3) / ``dma_map_page`` (6.x): ``dma_map_page(phys_addr, size, dir)``
+  (``__iommu_dma_map``: one granule-aligned IOVA, one ``iommu_map``), ``dma_unmap_page`` at the unmap;
+  the ``dma_addr`` is compared too.
+* ``dma_map_sg`` (6.12 NVMe): ``iommu_dma_map_sg`` of the traced ``phys_addrs``. The event does not
+  carry each entry's length; only its granule-aligned extent decides the lines (``iova_align(length +
+  iova_offset)``, concatenated, one ``map`` per physically contiguous run), and the map lines give
+  that extent, so each entry is taken to end at its last granule's end: the ``map``/``unmap`` lines
+  are then the kernel's arithmetic, the merged DMA segments are not checked (only the first
+  ``dma_addr``). ``dma_unmap_sg`` at the unmap.
+* two-step (map lines under one unmap with no ``dma:*`` event; 7.3 ``blk_rq_dma_map_iter_start``):
+  ``dma_iova_try_alloc`` of the unmap's size, one ``dma_iova_link`` per map line, ``dma_iova_sync``,
+  ``dma_iova_destroy(mapped_len)`` at the unmap (7.3: unlink + free).
+* ``dma_alloc``: ``iommu_dma_alloc_iova`` with the coherent mask and one ``iommu_map`` per map line
+  of the traced paddr (the simulator's own ``dma_alloc_coherent`` would pick its own memory).
+* the software-MSI doorbell (:class:`~iovalab.trace.system.SystemConfig` ``msi_doorbell``):
+  ``iommu_dma_get_msi_page`` = ``iommu_dma_alloc_iova`` of one granule + ``iommu_map`` with
+  ``IOMMU_WRITE | IOMMU_NOEXEC | IOMMU_MMIO``.
+
+Lines no modelled path accounts for (other ``dma:*`` kinds, unmaps of ranges never seen mapped) are
+counted under their own row and as not reproduced, never skipped. Frees run in file order, except
+the interrupt-context frees the allocation replay moved after an allocation (``reorders``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from iovalab.kernel.device import DMA_BIDIRECTIONAL, Device
+from iovalab.kernel.dma_iommu import ScatterEntry
+from iovalab.kernel.dma_iova import DmaIovaState, dma_info_to_prot
+from iovalab.kernel.events import EventLog
+from iovalab.kernel.iommu import IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_WRITE
+from iovalab.kernel.units import DMA_BIT_MASK, DmaError, iova_offset
+from iovalab.trace.ftrace import DMA_DIRECTIONS, FtraceCapture, TraceLine
+from iovalab.trace.steps import Allocation, reconstruct
+from iovalab.trace.system import SystemConfig, infer_system
+
+__all__ = ["PathLines", "LineCheck", "check_lines", "PATHS"]
+
+#: rows of the per-path table, in print order
+PATHS = ("dma_map_phys", "dma_map_page", "dma_map_sg", "two-step", "dma_alloc", "msi doorbell", "not modelled")
+
+
+@dataclass
+class PathLines:
+    requests: int = 0
+    lines: int = 0
+    reproduced: int = 0
+
+
+@dataclass
+class LineCheck:
+    """Result of :func:`check_lines`."""
+
+    lines: int = 0                    # map + unmap lines of the capture
+    reproduced: int = 0
+    dma_addrs: int = 0                # dma_addr values compared (single mappings, first of an sg list)
+    dma_addrs_ok: int = 0
+    paths: dict[str, PathLines] = field(default_factory=lambda: {p: PathLines() for p in PATHS})
+    mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def differ(self) -> int:
+        return self.lines - self.reproduced
+
+    @property
+    def ok(self) -> bool:
+        return self.differ == 0 and self.dma_addrs_ok == self.dma_addrs
+
+    def summary(self) -> str:
+        """The ``LINES:`` line of ``replay-ftrace``."""
+        return f"LINES: {self.lines} map/unmap lines, {self.reproduced} reproduced, {self.differ} differ"
+
+    def table(self) -> list[str]:
+        rows = [f"{'path':<14} {'requests':>8} {'lines':>6} {'reproduced':>10}"]
+        for name, p in self.paths.items():
+            if p.requests or p.lines:
+                rows.append(f"{name:<14} {p.requests:>8} {p.lines:>6} {p.reproduced:>10}")
+        if self.dma_addrs:
+            rows.append(f"dma_addr values: {self.dma_addrs_ok} of {self.dma_addrs} reproduced")
+        return rows
+
+    def as_dict(self) -> dict:
+        return {"lines": self.lines, "reproduced": self.reproduced, "differ": self.differ,
+                "dma_addrs": self.dma_addrs, "dma_addrs_ok": self.dma_addrs_ok,
+                "paths": {k: vars(v) for k, v in self.paths.items()}, "mismatches": self.mismatches[:20]}
+
+
+def _path(a: Allocation, system: SystemConfig) -> str:
+    if a.kind in ("dma_map_phys", "dma_map_page", "dma_map_sg", "dma_alloc"):
+        return a.kind
+    if a.kind == "?":
+        if a.freed_at is None and system.msi_doorbell and system.msi_doorbell[0] == a.base:
+            return "msi doorbell"
+        return "two-step"
+    return "not modelled"
+
+
+def _sg_entries(phys: list[int], maps: list[TraceLine], granule: int) -> list[ScatterEntry] | None:
+    """The scatterlist ``iommu_dma_map_sg`` was given, as far as its lines depend on it: each entry
+    from its traced phys to the end of the granule-aligned extent the map lines give it (None when
+    the lines and the phys_addrs do not fit together)."""
+    starts: list[int] = []          # IOVA offset of each entry's aligned start
+    j, off, base = 0, 0, maps[0].fields["iova"] if maps else 0
+    for p in phys:
+        pa = p - iova_offset(granule, p)
+        while j < len(maps):
+            f = maps[j].fields
+            if f["paddr"] + off <= pa < f["paddr"] + f["size"]:
+                off = pa - f["paddr"]
+                break
+            j, off = j + 1, 0
+        else:
+            return None
+        starts.append(maps[j].fields["iova"] - base + off)
+        off += granule
+    end = maps[-1].fields["iova"] + maps[-1].fields["size"] - base
+    bounds = starts[1:] + [end]
+    ents = [ScatterEntry(p, b - s - iova_offset(granule, p)) for p, s, b in zip(phys, starts, bounds, strict=True)]
+    return ents if all(e.length > 0 for e in ents) else None
+
+
+def check_lines(cap: FtraceCapture, system: SystemConfig | None = None, *, cpus: int | None = None,
+                strict: bool = True, reorders: dict[int, int] | None = None) -> LineCheck:
+    """Redo every mapping of ``cap`` through the simulator's DMA API and compare its ``map`` and
+    ``unmap`` lines (module doc). ``reorders``: ``{allocation line: k}`` from the allocation replay,
+    the ``k`` frees just before that allocation done after it."""
+    system = system or infer_system(cap)
+    g = system.granule
+    ncpus = cpus or system.cpus or (max(cap.cpus) + 1 if cap.cpus else 1)
+    log = EventLog(keep=True)
+    dom = system.make_domain(strict=strict, ncpus=ncpus, log=log)
+    res = LineCheck()
+    steps = reconstruct(cap, g)
+    by_line = {ln.lineno: ln for ln in cap.lines}
+    first: dict[int, Allocation] = {}
+    owner: dict[int, Allocation] = {}
+    deferred: dict[int, int] = {}    # unmap line -> the allocation line it is done after
+    frees: list[int] = []
+    for st in steps:
+        if st[0] == "alloc":
+            a = st[1]
+            first[a.lineno] = a
+            owner.update(dict.fromkeys(a.map_lines, a))
+            k = (reorders or {}).get(a.lineno, 0)
+            for ul in frees[len(frees) - k:] if k else ():
+                deferred[ul] = a.lineno
+            frees.clear()
+        elif st[0] == "free":
+            frees.append(st[4])
+    devs: dict[str, Device] = {}
+    live: dict[int, tuple] = {}       # kernel base -> (path, how to undo it)
+    held: dict[int, list[TraceLine]] = {}   # allocation line -> unmap lines deferred after it
+
+    def device(name: str) -> Device:
+        if name not in devs:
+            devs[name] = Device(name=name, dma_mask=DMA_BIT_MASK(64), is_pci=True)
+        return devs[name]
+
+    def compare(path: str, kernel: list[TraceLine], fields: tuple[str, ...], sim: list[tuple]) -> None:
+        want = [tuple(ln.fields[k] for k in fields) for ln in kernel]
+        p = res.paths[path]
+        p.lines += len(kernel)
+        ok = sum(1 for w, s in zip(want, sim, strict=False) if w == s) if len(sim) == len(want) else 0
+        p.reproduced += ok
+        res.reproduced += ok
+        if ok < len(want):
+            res.mismatches.append(f"line {kernel[0].lineno}: {path} {kernel[0].event} "
+                                  f"{[tuple(hex(x) for x in w) for w in want]}, simulator "
+                                  f"{[tuple(hex(x) for x in s) for s in sim]}")
+
+    def cmp_addr(ln: TraceLine, want: int, got: int) -> None:
+        res.dma_addrs += 1
+        if want == got:
+            res.dma_addrs_ok += 1
+        else:
+            res.mismatches.append(f"line {ln.lineno}: {ln.event} dma_addr {want:#x}, simulator {got:#x}")
+
+    def do_map(a: Allocation) -> None:
+        path = _path(a, system)
+        maps = [by_line[n] for n in a.map_lines]
+        ev = by_line.get(a.closed_at)
+        cpu = a.cpu
+        mark = log.mark()
+        undo: tuple = ()
+        try:
+            undo = redo(a, path, maps, ev, cpu)
+        except (ValueError, DmaError) as e:
+            res.mismatches.append(f"line {a.lineno}: {path}: the simulator refused: {e}")
+        res.paths[path].requests += 1
+        sim = [(e.args["iova"], e.args["paddr"], e.args["size"]) for e in log.since(mark)
+               if e.kind == "iommu_map_calls"]
+        compare(path, maps, ("iova", "paddr", "size"), sim)
+        log.clear()
+        if a.freed_at is not None:
+            live[a.base] = (path, undo)
+
+    def redo(a: Allocation, path: str, maps: list[TraceLine], ev: TraceLine | None, cpu: int) -> tuple:
+        """Map request ``a`` through ``path``; returns how to unmap it."""
+        undo: tuple = ()
+        if path in ("dma_map_phys", "dma_map_page"):
+            f = ev.fields
+            dev, d = device(f["device"]), DMA_DIRECTIONS[f["dir"]]
+            got = dom.dma_map_page(dev, f["phys_addr"], f["size"], d, cpu=cpu)
+            cmp_addr(ev, f["dma_addr"], got)
+            undo = ("single", dev, got, f["size"], d)
+        elif path == "dma_map_sg":
+            f = ev.fields
+            dev, d = device(f["device"]), DMA_DIRECTIONS[f["dir"]]
+            sgl = _sg_entries(f["phys_addrs"], maps, g)
+            if sgl is not None and len(f["phys_addrs"]) == f.get("nents", len(f["phys_addrs"])) and \
+                    dom.dma_map_sg(dev, sgl, d, cpu=cpu):
+                cmp_addr(ev, f["dma_addrs"][0], sgl[0].dma_address)
+                undo = ("sg", dev, sgl, d)
+            else:
+                res.mismatches.append(f"line {ev.lineno}: dma_map_sg: the scatterlist does not follow "
+                                      "from its phys_addrs and map lines")
+        elif path == "two-step":
+            dev = device("0000:00:01.0" if not devs else next(iter(devs)))
+            state = DmaIovaState()
+            dom.dma_iova_try_alloc(dev, state, maps[0].fields["paddr"], a.size, cpu=cpu)
+            for m in maps:
+                dom.dma_iova_link(dev, state, m.fields["paddr"], m.fields["iova"] - a.base, m.fields["size"],
+                                  cpu=cpu)
+            dom.dma_iova_sync(dev, state, 0, a.size, cpu=cpu)
+            undo = ("iova", dev, state)
+        elif path in ("dma_alloc", "msi doorbell"):
+            dev = device(ev.fields["device"] if ev is not None else "0000:00:01.0")
+            mask = dev.coherent_dma_mask if path == "dma_alloc" else dev.dma_get_mask()
+            iova = dom.iommu_dma_alloc_iova(a.size, mask, dev, cpu)
+            prot = dma_info_to_prot(DMA_BIDIRECTIONAL, dev.coherent, 0) if path == "dma_alloc" else \
+                IOMMU_WRITE | IOMMU_NOEXEC | IOMMU_MMIO
+            for m in maps:
+                dom.iommu.iommu_map(iova + m.fields["iova"] - a.base, m.fields["paddr"], m.fields["size"], prot,
+                                    cpu=cpu)
+            if ev is not None:
+                cmp_addr(ev, ev.fields["dma_addr"], iova + iova_offset(g, ev.fields["dma_addr"]))
+        return undo
+
+    def do_unmap(ln: TraceLine) -> None:
+        path, undo = live.pop(ln.fields["iova"], ("not modelled", ()))
+        mark = log.mark()
+        cpu = ln.cpu
+        try:
+            if undo and undo[0] == "single":
+                _, dev, addr, size, d = undo
+                dom.dma_unmap_page(dev, addr, size, d, cpu=cpu)
+            elif undo and undo[0] == "sg":
+                _, dev, sgl, d = undo
+                dom.dma_unmap_sg(dev, sgl, d, cpu=cpu)
+            elif undo and undo[0] == "iova":
+                _, dev, state = undo
+                dom.dma_iova_destroy(dev, state, ln.fields["size"], cpu=cpu)
+        except (ValueError, DmaError) as e:
+            res.mismatches.append(f"line {ln.lineno}: unmap: the simulator refused: {e}")
+        sim = [(e.args["iova"], e.args["size"], e.args["unmapped_size"]) for e in log.since(mark)
+               if e.kind == "iommu_unmap"]
+        compare(path, [ln], ("iova", "size", "unmapped_size"), sim)
+        log.clear()
+
+    for ln in cap.lines:
+        ev = ln.event
+        if ev not in ("map", "unmap"):
+            continue
+        res.lines += 1
+        if ev == "map":
+            a = owner.get(ln.lineno)
+            if a is None:
+                compare("not modelled", [ln], ("iova",), [])
+            elif ln.lineno == a.lineno:     # the whole request, at its first map line
+                if _path(a, system) == "not modelled":
+                    res.paths["not modelled"].requests += 1
+                    compare("not modelled", [by_line[n] for n in a.map_lines], ("iova",), [])
+                else:
+                    do_map(a)
+                    for u in held.pop(a.lineno, ()):
+                        do_unmap(u)
+        elif ln.lineno in deferred:
+            held.setdefault(deferred[ln.lineno], []).append(ln)
+        else:
+            do_unmap(ln)
+    return res

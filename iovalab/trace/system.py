@@ -1,0 +1,261 @@
+"""The traced system, read from a capture's own evidence: IOMMU, IOVA granule, kernel ``PAGE_SIZE``,
+reserved IOVA regions, CPUs.
+
+A replay must build the DMA domain ``iommu_dma_init_domain()`` (drivers/iommu/dma-iommu.c, 6.17 and
+7.3) built for the traced device. :func:`infer_system` decides each parameter from the capture's
+lines and the model of the kernel, never from the IOVAs the kernel chose, and records every decision
+with its evidence (a :class:`Decision`); a decision the evidence does not force is marked a guess.
+Options (``--iommu``, ``--page-size``, ``--reserve``) override the inference.
+
+* IOVA granule = ``1 << __ffs(domain->pgsize_bitmap)`` (``iommu_dma_init_domain``). ``__iommu_map()``
+  / ``__iommu_unmap()`` (drivers/iommu/iommu.c) refuse ranges not aligned to it, so it divides every
+  ``map``/``unmap`` line's IOVA and size; a single mapping (``__iommu_dma_map``) maps
+  ``iova_align(size + iova_offset(phys))`` at ``dma_addr - iova_offset(dma_addr)``, which tells the
+  granules that divide the lines apart (a 4 KiB buffer maps one whole 64 KiB granule).
+* IOMMU: VT-d when the capture has ``intel_iommu`` events; an Arm SMMUv3 (io-pgtable-arm LPAE)
+  when the granule is above 4 KiB (VT-d and AMD v1 have a 4 KiB smallest page; LPAE's granule is
+  the CPU's ``PAGE_SIZE`` when the SMMU offers it, ``arm_lpae_restrict_pgsizes()``), or when a
+  software-MSI doorbell is mapped: ``iommu_dma_prepare_msi()`` -> ``iommu_dma_get_msi_page()``
+  allocates one granule of IOVA and maps the interrupt controller's doorbell (GICv3 ITS
+  ``GITS_TRANSLATER``) with no ``dma:*`` event, never unmapped. VT-d otherwise (a guess).
+* ``PAGE_SIZE``: 4 KiB on x86-64. On arm64 ``init_iova_domain()`` (drivers/iommu/iova.c) has
+  ``BUG_ON(granule > PAGE_SIZE)`` and 64 KiB is the largest page; nvme-pci caps a request at
+  ``dma_opt_mapping_size()`` = ``iova_rcache_range()`` = ``PAGE_SIZE << 5`` (drivers/nvme/host/pci.c
+  ``nvme_pci_alloc_dev``), so the largest two-step IOVA range bounds it from below.
+* Reserved regions (``iova_reserve_iommu_regions``): the x86 interrupt window 0xfee00000-0xfeefffff
+  (``IOMMU_RESV_MSI``) on VT-d and AMD; SMMUv3's ``IOMMU_RESV_SW_MSI`` region is skipped there ("We
+  ARE the software that manages these"), its doorbell is an ordinary allocation. PCI host-bridge
+  windows (``iova_reserve_pci_windows``) are not in a capture: pass them with ``--reserve``.
+* CPUs: the trace header's ``#P:`` (per-CPU rcaches and flush queues), else the highest CPU seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from iovalab.kernel.dma_iommu import DmaDomain
+from iovalab.kernel.events import EventLog
+from iovalab.kernel.iommu import PRESETS, IommuDomain
+from iovalab.kernel.iova import iova_rcache_range
+from iovalab.kernel.units import DMA_MAPPING_ERROR, SZ_4K, SZ_16K, SZ_64K, iova_align, iova_offset
+from iovalab.trace.ftrace import FtraceCapture
+from iovalab.trace.steps import GRANULE, MAX_GRANULE, map_alignment, reconstruct
+
+__all__ = ["Decision", "SystemConfig", "infer_system", "parse_range", "IOMMU_CHOICES", "PAGE_SIZES"]
+
+#: granules io-pgtable-arm offers (arm_lpae_restrict_pgsizes) and the LPAE preset of each
+_LPAE_PRESET = {SZ_4K: "smmuv3-4k", SZ_16K: "smmuv3-16k", SZ_64K: "smmuv3-64k"}
+#: ``--iommu`` values: every IOMMU preset, plus ``vtd`` and ``smmuv3`` (the LPAE preset of the granule)
+IOMMU_CHOICES = ("vtd", "smmuv3", *sorted(PRESETS))
+#: kernel page sizes the model knows (x86-64: 4K; arm64: 4K, 16K, 64K)
+PAGE_SIZES = (SZ_4K, SZ_16K, SZ_64K)
+#: intel_iommu trace events (drivers/iommu/intel/trace.h)
+_VTD_EVENTS = ("qi_submit", "prq_report", "cache_tag_assign", "cache_tag_unassign", "cache_tag_flush_range",
+               "cache_tag_flush_all", "cache_tag_flush_range_np")
+_X86_MSI_WINDOW = (0xFEE00000, 0xFEEFFFFF)
+
+
+@dataclass
+class Decision:
+    """One parameter of the simulated system: its value, why, and whether the evidence forces it."""
+
+    what: str
+    value: str
+    evidence: str
+    guess: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.value}{' (a guess)' if self.guess else ''}: {self.evidence}"
+
+
+@dataclass
+class SystemConfig:
+    """The traced system as the replay models it (see the module doc)."""
+
+    iommu: str = "intel-vtd"        # IommuDomain preset
+    arch: str = "x86_64"
+    granule: int = GRANULE          # IOVA granule, bytes
+    page_size: int = SZ_4K          # the kernel's PAGE_SIZE
+    reserve: list[tuple[int, int]] = field(default_factory=list)   # (start, end inclusive) byte ranges
+    msi_doorbell: tuple[int, int] | None = None   # (iova, paddr) of a software-MSI doorbell map
+    max_request: int = 0            # largest two-step (dma_iova_*) IOVA range unmapped
+    cpus: int | None = None         # #P: of the trace header
+    decisions: list[Decision] = field(default_factory=list)
+
+    @property
+    def guesses(self) -> list[Decision]:
+        return [d for d in self.decisions if d.guess]
+
+    def describe(self) -> str:
+        door = f", MSI doorbell at {self.msi_doorbell[0]:#x}" if self.msi_doorbell else ""
+        res = ", ".join(f"{a:#x}-{b:#x}" for a, b in self.reserve) or "none"
+        return (f"{self.arch} {self.iommu}, IOVA granule {self.granule // 1024} KiB, PAGE_SIZE "
+                f"{self.page_size // 1024} KiB, reserved {res}{door}")
+
+    def as_dict(self) -> dict:
+        return {"iommu": self.iommu, "arch": self.arch, "granule": self.granule, "page_size": self.page_size,
+                "reserve": [list(r) for r in self.reserve], "msi_doorbell": self.msi_doorbell,
+                "max_request": self.max_request, "cpus": self.cpus,
+                "decisions": [vars(d) for d in self.decisions]}
+
+    def make_domain(self, *, strict: bool, ncpus: int, log: EventLog) -> DmaDomain:
+        """``iommu_dma_init_domain()`` for this system: granule, PAGE_SIZE, reserved regions, rcaches."""
+        iommu = IommuDomain.preset(self.iommu, log=log)
+        return DmaDomain(iommu, strict=strict, ncpus=ncpus, log=log, reserve=self.reserve,
+                         page_size=self.page_size)
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """``"0x10000000-0x3efeffff"`` -> ``(0x10000000, 0x3efeffff)`` (inclusive end, as
+    ``/sys/kernel/iommu_groups/*/reserved_regions`` and the console's host-bridge lines print it)."""
+    lo, sep, hi = text.partition("-")
+    try:
+        a, b = int(lo, 0), int(hi, 0)
+    except ValueError:
+        a = b = -1
+    if not sep or a < 0 or b < 0:
+        raise ValueError(f"--reserve {text!r}: expected START-END, two non-negative integers")
+    if a > b:
+        raise ValueError(f"--reserve {text!r}: START is above END")
+    return a, b
+
+
+def _single_mappings(cap: FtraceCapture) -> list[tuple[int, int, int, int]]:
+    """``(map iova, map size, dma_addr, size)`` of every ``dma_map_page``/``dma_map_phys`` whose
+    ``dma_addr`` falls in the ``map`` line just before it on its CPU."""
+    pairs = []
+    last_map: dict[int, tuple[int, int]] = {}
+    for ln in cap.lines:
+        ev = ln.event
+        if ev == "map":
+            last_map[ln.cpu] = (ln.fields["iova"], ln.fields["size"])
+        elif ev in ("dma_map_page", "dma_map_phys"):
+            m = last_map.pop(ln.cpu, None)
+            f = ln.fields
+            if m is not None and f["dma_addr"] != DMA_MAPPING_ERROR and m[0] <= f["dma_addr"] < m[0] + m[1]:
+                pairs.append((m[0], m[1], f["dma_addr"], f["size"]))
+        elif ev in ("unmap", "dma_map_sg", "dma_alloc"):
+            last_map.pop(ln.cpu, None)
+    return pairs
+
+
+def _infer_granule(cap: FtraceCapture) -> Decision:
+    align = map_alignment(cap)
+    n = cap.counts.get("map", 0) + cap.counts.get("unmap", 0)
+    pairs = _single_mappings(cap)
+    fits = [g for g in (SZ_4K, SZ_16K, SZ_64K) if g <= align and all(
+        mi == da - iova_offset(g, da) and ms == iova_align(g, sz + iova_offset(g, da))
+        for mi, ms, da, sz in pairs)]
+    if not n:
+        return Decision("granule", "4 KiB", "no map/unmap lines: the smallest granule", guess=True)
+    if not fits:   # no granule explains the single mappings: keep the alignment, say so
+        return Decision("granule", f"{align // 1024} KiB", f"every one of {n} map/unmap lines is a multiple "
+                        f"of it, but no granule gives __iommu_dma_map's iova_align(size + iova_offset) for all "
+                        f"{len(pairs)} single mappings", guess=True)
+    g = max(fits)
+    small = sum(1 for _, _, da, sz in pairs if sz + iova_offset(g, da) < g)
+    ev = (f"every one of {n} map/unmap lines is a multiple of it at an address aligned to it "
+          f"(__iommu_map refuses less); {len(pairs)} single mappings map iova_align(size + iova_offset) "
+          f"for it, {small} of them smaller than one granule mapping a whole one")
+    if len(fits) > 1:
+        return Decision("granule", f"{g // 1024} KiB", ev + f"; {', '.join(f'{x // 1024} KiB' for x in fits)}"
+                        " fit as well: the largest is used", guess=True)
+    return Decision("granule", f"{g // 1024} KiB", ev)
+
+
+def _doorbell(cap: FtraceCapture, granule: int) -> tuple[int, int] | None:
+    """``(iova, paddr)`` of the first one-granule mapping with no ``dma:*`` event, never unmapped."""
+    for st in reconstruct(cap, granule):
+        if st[0] == "alloc":
+            a = st[1]
+            if a.kind == "?" and a.freed_at is None and a.size == granule:
+                paddr = next(ln.fields["paddr"] for ln in cap.lines
+                             if ln.lineno == a.lineno)
+                return a.base, paddr
+    return None
+
+
+def infer_system(cap: FtraceCapture, *, iommu: str | None = None, page_size: int | None = None,
+                 reserve: list[tuple[int, int]] | None = None) -> SystemConfig:
+    """The simulated system for ``cap`` (module doc). ``iommu`` (one of :data:`IOMMU_CHOICES`),
+    ``page_size`` (bytes) and ``reserve`` (extra ``(start, end)`` byte ranges) override the
+    inference; a bad value raises ``ValueError`` naming it and the rule."""
+    if iommu is not None and iommu not in IOMMU_CHOICES:
+        raise ValueError(f"--iommu {iommu!r} is not one of {', '.join(IOMMU_CHOICES)}")
+    if page_size is not None and page_size not in PAGE_SIZES:
+        raise ValueError(f"--page-size {page_size!r}: the kernel's PAGE_SIZE is one of 4096, 16384, 65536")
+    d: list[Decision] = []
+    gd = _infer_granule(cap)
+    d.append(gd)
+    granule = int(gd.value.split()[0]) * 1024
+    door = _doorbell(cap, granule)
+    vtd = [k for k in _VTD_EVENTS if cap.counts.get(k)]
+    if iommu is not None:
+        name = {"vtd": "intel-vtd", "smmuv3": _LPAE_PRESET.get(granule, "smmuv3-4k")}.get(iommu, iommu)
+        d.append(Decision("iommu", name, "given (--iommu)"))
+    elif vtd:
+        name = "intel-vtd"
+        d.append(Decision("iommu", name, f"the capture has intel_iommu events ({', '.join(vtd)})"))
+    elif granule > GRANULE:
+        name = _LPAE_PRESET[granule]
+        d.append(Decision("iommu", name, f"Arm SMMUv3 (io-pgtable-arm LPAE): a {granule // 1024} KiB granule; "
+                          "VT-d and AMD v1 have a 4 KiB smallest page"))
+    elif door is not None:
+        name = _LPAE_PRESET[granule]
+        d.append(Decision("iommu", name, "Arm SMMUv3 (io-pgtable-arm LPAE): a software-MSI doorbell is mapped "
+                          "(iommu_dma_get_msi_page); VT-d and AMD remap interrupts instead"))
+    else:
+        name = "intel-vtd"
+        d.append(Decision("iommu", name, "a 4 KiB granule, no doorbell mapping, no intel_iommu events "
+                          "(the capture's IOMMU left no other mark)", guess=True))
+    bitmap = PRESETS[name]["pgsize_bitmap"]
+    if bitmap & -bitmap != granule:
+        raise ValueError(f"--iommu {iommu!r}: preset {name} has a {(bitmap & -bitmap) // 1024} KiB granule, "
+                         f"the capture's map lines a {granule // 1024} KiB one")
+    x86 = PRESETS[name]["fmt"] == "x86-64"
+    arch = "x86_64" if x86 else "arm64"
+    if door is not None:
+        d.append(Decision("msi", f"doorbell {door[0]:#x} -> {door[1]:#x}", "one granule mapped with no dma:* "
+                          "event and never unmapped (iommu_dma_prepare_msi -> iommu_dma_get_msi_page)"))
+    # largest two-step range: nvme-pci's max_hw_sectors <= dma_opt_mapping_size() = PAGE_SIZE << 5
+    steps = reconstruct(cap, granule)
+    max_req = max((st[1].size for st in steps if st[0] == "alloc" and st[1].kind == "?"
+                   and st[1].freed_at is not None), default=0)
+    low = next((p for p in PAGE_SIZES if p >= granule and iova_rcache_range(p) + granule >= max_req),
+               SZ_64K)
+    if page_size is not None:
+        if x86 and page_size != SZ_4K:
+            raise ValueError(f"--page-size {page_size}: {name} is an x86-64 IOMMU, whose PAGE_SIZE is 4096")
+        if page_size < granule:
+            raise ValueError(f"--page-size {page_size}: below the IOVA granule {granule} "
+                             "(init_iova_domain: BUG_ON(granule > PAGE_SIZE))")
+        page = page_size
+        d.append(Decision("page_size", f"{page // 1024} KiB", "given (--page-size)"))
+    elif x86:
+        page = SZ_4K
+        d.append(Decision("page_size", "4 KiB", "x86-64 has 4 KiB pages only"))
+    elif granule == MAX_GRANULE:
+        page = SZ_64K
+        d.append(Decision("page_size", "64 KiB", "init_iova_domain needs PAGE_SIZE >= the 64 KiB granule, "
+                          "arm64's largest page"))
+    else:
+        page = low
+        d.append(Decision("page_size", f"{page // 1024} KiB", "arm_lpae_restrict_pgsizes makes the granule "
+                          "the CPU's PAGE_SIZE when the SMMU offers it" + (
+                              f"; the largest two-step range {max_req // 1024} KiB is within "
+                              "PAGE_SIZE << 5 (nvme-pci's dma_opt_mapping_size) + one granule"
+                              if max_req else ""), guess=True))
+    regions = list(reserve or [])
+    if x86:
+        regions.append(_X86_MSI_WINDOW)
+        d.append(Decision("reserved", "0xfee00000-0xfeefffff", "the x86 interrupt window (IOMMU_RESV_MSI "
+                          "of the VT-d/AMD driver, reserved by iova_reserve_iommu_regions)"))
+    for a, b in reserve or ():
+        d.append(Decision("reserved", f"{a:#x}-{b:#x}", "given (--reserve)"))
+    cpus = cap.nr_cpus
+    if cpus:
+        d.append(Decision("cpus", str(cpus), "the trace header's #P:"))
+    elif cap.cpus:
+        d.append(Decision("cpus", str(max(cap.cpus) + 1), "the highest CPU seen (no #P: header)", guess=True))
+    return SystemConfig(iommu=name, arch=arch, granule=granule, page_size=page, reserve=regions,
+                        msi_doorbell=door, max_request=max_req, cpus=cpus, decisions=d)
