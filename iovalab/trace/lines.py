@@ -206,12 +206,14 @@ def check_lines(cap: FtraceCapture, system: SystemConfig | None = None, *, cpus:
         """Map request ``a`` through ``path``; returns how to unmap it."""
         undo: tuple = ()
         if path in ("dma_map_phys", "dma_map_page"):
+            assert ev is not None, f"{path} is chosen from its dma:* event"
             f = ev.fields
             dev, d = device(f["device"]), DMA_DIRECTIONS[f["dir"]]
             got = dom.dma_map_page(dev, f["phys_addr"], f["size"], d, cpu=cpu)
             cmp_addr(ev, f["dma_addr"], got)
             undo = ("single", dev, got, f["size"], d)
         elif path == "dma_map_sg":
+            assert ev is not None
             f = ev.fields
             dev, d = device(f["device"]), DMA_DIRECTIONS[f["dir"]]
             sgl = _sg_entries(f["phys_addrs"], maps, g)
@@ -234,6 +236,7 @@ def check_lines(cap: FtraceCapture, system: SystemConfig | None = None, *, cpus:
         elif path in ("dma_alloc", "msi doorbell"):
             dev = device(ev.fields["device"] if ev is not None else "0000:00:01.0")
             mask = dev.coherent_dma_mask if path == "dma_alloc" else dev.dma_get_mask()
+            assert mask is not None, f"{dev.name}: no DMA mask"
             iova = dom.iommu_dma_alloc_iova(a.size, mask, dev, cpu)
             prot = dma_info_to_prot(DMA_BIDIRECTIONAL, dev.coherent, 0) if path == "dma_alloc" else \
                 IOMMU_WRITE | IOMMU_NOEXEC | IOMMU_MMIO
