@@ -293,3 +293,15 @@ def test_text_cache_draws_the_same_pixels(monkeypatch):
     plain = frames()
     for a, b in zip(cached, plain, strict=True):
         assert a.shape == b.shape and (a == b).all()
+
+
+def test_panel_updates_carry_no_stylesheet():
+    """A <style> in every text update makes the browser restyle the whole page on each step: the
+    stylesheet is sent once per panel, the updates carry none."""
+    for _name, make, change in widgets.bench_cases():
+        w = make()
+        change(w, 0)
+        panels = [w.left, w.right] if hasattr(w, "left") else [w]
+        for p in panels:
+            assert "<style" not in p.text.value
+            assert any(type(c).__name__ == "HTML" and "<style>" in c.value for c in p.children)
