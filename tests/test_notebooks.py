@@ -238,4 +238,6 @@ def test_start_here_names_the_explorers_iommu():
     nb = _read("00-start-here.ipynb")
     i = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "GranuleExplorer(" in c.source)
     after = nb.cells[i + 1].source
-    assert GRANULE_PRESETS[0x1000] in after and "VT-d" in after, after
+    named = re.findall(r"`((?:intel|amd|smmuv3)[-\w]*)`", after)
+    assert named and all(GRANULE_PRESETS[g] in named for g in (0x1000, 0x4000, 0x10000)), after
+    assert set(named) <= set(GRANULE_PRESETS.values()), f"00 names presets the explorer does not use: {named}"

@@ -36,15 +36,20 @@ def _cell(k: str, v: Any, hex_cols: set[str] | None) -> str:
     return str(v)
 
 
+def _words(s: str) -> str:
+    """Escaped text whose hyphenated words (message ids, ``smmuv3-4k``) never break at their hyphens."""
+    return re.sub(r"\S*-\S*", lambda m: f'<span style="white-space:nowrap">{m.group(0)}</span>', html.escape(s))
+
+
 def _html_text(s: str) -> str:
     """Escaped text with URLs as links (a URL is never cut: it is the link's own text)."""
     out, last = [], 0
     for m in _URL.finditer(s):
-        out.append(html.escape(s[last:m.start()]))
+        out.append(_words(s[last:m.start()]))
         url = html.escape(m.group(0))
         out.append(f'<a href="{url}" target="_blank" style="white-space:nowrap">{url}</a>')
         last = m.end()
-    out.append(html.escape(s[last:]))
+    out.append(_words(s[last:]))
     return "".join(out)
 
 

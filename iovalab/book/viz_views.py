@@ -113,8 +113,6 @@ class View:
 
     def _draw(self, artists) -> None:
         renderer = self.canvas.get_renderer()
-        if self.blit and not getattr(renderer, "_iovalab_text_cache", False):
-            _cache_text(renderer)
         for a in artists:
             if a.get_visible():
                 a.draw(renderer)
@@ -137,64 +135,6 @@ class View:
             canvas.restore_region(self._bg2)
         self._draw(self._dynamic)
         return _encode(canvas)
-
-
-def _cache_text(renderer) -> None:
-    """Cache what FreeType does for the texts of a widget frame: the layout of each string (font, size)
-    and the bitmap of each glyph at each sub-pixel position (1/64 px, FreeType's unit). Layout and
-    rasterisation were about two thirds of a frame's time, and a frame mostly draws strings and glyphs
-    it drew before; a hit is the bitmap FreeType would produce (the frames are pixel-identical). Falls
-    back to matplotlib's own drawing for math text, unantialiased text, or if the private glyph API of
-    matplotlib 3.11's Agg renderer is not there."""
-    import numpy as np
-    from matplotlib.backends import backend_agg as agg
-
-    orig = renderer.draw_text
-    layouts: dict = {}
-    glyphs: dict = {}
-
-    def draw_text(gc, x, y, s, prop, angle, ismath=False, mtext=None):
-        if ismath or not gc.get_antialiased():
-            return orig(gc, x, y, s, prop, angle, ismath=ismath, mtext=mtext)
-        try:
-            flags = agg.get_hinting_flag()
-            size = prop.get_size_in_points()
-            lkey = (s, hash(prop), size, renderer.dpi)
-            items = layouts.get(lkey)
-            if items is None:
-                font = renderer._prepare_font(prop)
-                items = [(it.ft_object, it.glyph_index, it.x, it.y) for it in font._layout(
-                    s, flags=flags, features=mtext.get_fontfeatures() if mtext is not None else None,
-                    language=mtext.get_language() if mtext is not None else None)]
-                layouts[lkey] = items
-            cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-            rot = None
-            height = renderer.height
-            for ft, index, dx, dy in items:
-                tx = round(0x40 * (x + dx * cos - dy * sin))
-                ty = round(0x40 * (height - y + dx * sin + dy * cos))
-                key = (id(ft), size, renderer.dpi, index, angle, tx & 63, ty & 63)
-                g = glyphs.get(key)
-                if g is None:
-                    if rot is None:
-                        rot = (0x10000 * np.array([[cos, -sin], [sin, cos]])).round().astype(int)
-                    ft.set_size(size, renderer.dpi)
-                    ft._set_transform(rot, [tx, ty])
-                    bm = ft._render_glyph(index, flags, agg.RenderMode.NORMAL)
-                    g = (np.array(bm.buffer, copy=True), bm.left - (tx >> 6), bm.top - (ty >> 6))
-                    if len(glyphs) > 20000:
-                        glyphs.clear()
-                    glyphs[key] = g
-                buf, left, top = g
-                renderer._renderer.draw_text_image(buf, left + (tx >> 6), int(height) - (top + (ty >> 6))
-                                                   + buf.shape[0], 0, gc)
-        except (AttributeError, TypeError):
-            renderer.draw_text = orig
-            return orig(gc, x, y, s, prop, angle, ismath=ismath, mtext=mtext)
-        return None
-
-    renderer.draw_text = draw_text
-    renderer._iovalab_text_cache = True
 
 
 def _encode(canvas) -> bytes:

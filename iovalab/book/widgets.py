@@ -64,8 +64,15 @@ def _table(rows, head: tuple[str, ...] | None = None) -> str:
 
 
 def _wrap(inner: str) -> str:
-    """Every panel text: our styles, and a normal line height (the HTML widget's is 28px)."""
-    return f'{_CSS}<div style="line-height:1.4">{inner}</div>'
+    """Every panel text: a normal line height (the HTML widget's is 28px). The styles are not repeated in
+    every update (a new <style> element makes the browser recompute the style of the whole page, on
+    every step of a player): each panel carries them once, in :func:`_styles`."""
+    return f'<div style="line-height:1.4">{inner}</div>'
+
+
+def _styles() -> W.HTML:
+    """The panel's stylesheet, sent once (an invisible HTML widget: a <style> element applies anyway)."""
+    return W.HTML(_CSS, layout=W.Layout(display="none"))
 
 
 def _error(msg: str) -> str:
@@ -132,7 +139,7 @@ class GranuleExplorer(_Batch, W.VBox):
         self.footprint: explain.Footprint | None = None
         for c in (self.granule, self.phys, self.size):
             c.observe(self._changed, names="value")
-        super().__init__([W.HBox([self.granule, self.phys, self.size]), self.image, self.text])
+        super().__init__([W.HBox([self.granule, self.phys, self.size]), self.image, self.text, _styles()])
         self.refresh()
 
 
@@ -201,7 +208,8 @@ class MaskExplorer(_Batch, W.VBox):
                   self.granules):
             c.observe(self._changed, names="value")
         super().__init__([W.HBox([self.mask_bits, self.bus_limit, self.free_below_4g]),
-                          W.HBox([self.pci, self.forcedac, self.count, self.granules]), self.image, self.text])
+                          W.HBox([self.pci, self.forcedac, self.count, self.granules]), self.image, self.text,
+                          _styles()])
         self.refresh()
 
 
@@ -328,7 +336,7 @@ class ScenarioPlayer(_Batch, W.VBox):
         else:
             top = [W.HBox([self.workload, self.path], layout=_row()), W.HBox([self.lazy, self.unit], layout=_row())]
         nav = W.HBox([self.first, self.back, self.next, self.last, self.step, self.play], layout=_row())
-        super().__init__(top + [nav, self.image, self.text])
+        super().__init__(top + [nav, self.image, self.text, _styles()])
         self.refresh()
 
     def _go(self, k: int) -> None:
@@ -462,7 +470,7 @@ class PathComparison(_Batch, W.VBox):
         self.results: dict | None = None
         for c in (self.workload, self.cost_preset, self.lazy):
             c.observe(self._changed, names="value")
-        super().__init__([W.HBox([self.workload, self.cost_preset, self.lazy]), self.image, self.text])
+        super().__init__([W.HBox([self.workload, self.cost_preset, self.lazy]), self.image, self.text, _styles()])
         self.refresh()
 
 
@@ -511,7 +519,7 @@ class ScalingExplorer(_Batch, W.VBox):
         for c in (self.kind, self.cost_preset, self.contiguous, self.lazy):
             c.observe(self._changed, names="value")
         super().__init__([W.HBox([self.kind, self.cost_preset]), W.HBox([self.contiguous, self.lazy]),
-                          self.image, self.text])
+                          self.image, self.text, _styles()])
         self.refresh()
 
 

@@ -78,10 +78,12 @@ _DONE = """(quiet) => {
     return changed && b.last > 0 && now - b.last >= quiet ? b.last - b.t0 : null;
 }"""
 
-_PNG = """(box) => {
+_PNG = """async (box) => {
     const root = document.querySelectorAll('.iovalab-bench')[box].closest('.jp-Cell')
         .querySelector('.jp-OutputArea');
-    return Array.from(root.querySelectorAll('img')).map(x => Math.round((x.src.length - 22) * 3 / 4));
+    const sizes = [];
+    for (const img of root.querySelectorAll('img')) sizes.push((await (await fetch(img.src)).blob()).size);
+    return sizes;
 }"""
 
 
