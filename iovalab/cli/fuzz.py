@@ -313,8 +313,10 @@ def _dma_invariants(dom: DmaDomain, live: list[_Live], reserved: list[int], i: i
             p = iommu.iommu_iova_to_phys(a)
             if p == want:
                 continue
-            t = pool._start_of(p) if pool is not None else p
-            m = pool.mappings.get(t) if pool is not None else None
+            # the live bounce mapping holding p (a sync or a tail may point inside one)
+            hits = [(t, m) for t, m in (pool.mappings.items() if pool is not None else ())
+                    if t <= p < t + m.mapping_size]
+            t, m = hits[0] if hits else (p, None)
             _check(m is not None and m.orig_addr + (p - t) == want,
                    f"op {i}: {what} IOVA {a:#x} translates to {p:#x}, not {want:#x} (nor its bounce slot)")
             tlbs.add(t)
