@@ -221,6 +221,7 @@ def fuzz_dma(seed: int, ops: int, *, preset: str = "intel-vtd", strict: bool = T
                     if x.phys % g == 0 and x.size > g and rnd.random() < 0.5:
                         dom.dma_iova_link(x.dev, x.state, x.phys, 0, g, x.dir, 0, cpu)
                         x.linked.append((0, g, x.phys))
+                        before = whole()   # one snapshot per call: the next call starts from here
                         dom.dma_iova_link(x.dev, x.state, x.phys + g, g, x.size - g, x.dir, 0, cpu)
                         x.linked.append((g, x.size - g, x.phys + g))
                     else:
@@ -236,9 +237,11 @@ def fuzz_dma(seed: int, ops: int, *, preset: str = "intel-vtd", strict: bool = T
                     dom.dma_unmap_sg(x.dev, x.sgl, x.dir, 0, cpu)
                     live.remove(x)
                 elif x.linked and rnd.random() < 0.5:
-                    for off, n, _ in x.linked:
+                    while x.linked:
+                        off, n, _ = x.linked[0]
                         dom.dma_iova_unlink(x.dev, x.state, off, n, x.dir, 0, cpu)
-                    x.linked.clear()
+                        x.linked.pop(0)
+                        before = whole()
                     if rnd.random() < 0.5:
                         dom.dma_iova_free(x.dev, x.state, cpu)
                         live.remove(x)
