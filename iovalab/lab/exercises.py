@@ -40,7 +40,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from iovalab.lab.claims import evaluate, format_split, fresh_domain, make_device, parse_errno, parse_split, path_counts
+from iovalab.lab.derivation import evaluate, fresh_domain, make_device
+from iovalab.lab.notation import format_split, parse_errno, parse_split
+from iovalab.lab.review import path_counts
 from iovalab.kernel.dma_iommu import DmaIovaState
 from iovalab.kernel.iommu import PRESETS, iommu_pgsize, split_pages
 from iovalab.kernel.units import DMA_BIT_MASK, errname, fmt_size, hx, iova_offset, parse_int
