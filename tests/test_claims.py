@@ -1,4 +1,5 @@
-"""iovalab.lab.claims (the reviewer's claim checker and the review-lab drivers) and iovalab.book.viz_replay."""
+"""iovalab.lab.claims, .derivation, .notation (the reviewer's claim checker) and .review (the review-lab drivers),
+and iovalab.book.viz_replay."""
 
 import json
 from pathlib import Path
@@ -8,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import iovalab
-from iovalab.lab.claims import (
-    check, evaluate, hint_effect, iova_space_use, parse_errno, parse_statement, path_counts, table,
-    unaligned_buffers, aligned_pages,
-)
+from iovalab.lab.claims import check, parse_statement
+from iovalab.lab.derivation import evaluate
+from iovalab.lab.notation import parse_errno, table
+from iovalab.lab.review import aligned_pages, hint_effect, iova_space_use, path_counts, unaligned_buffers
 
 ROOT = Path(__file__).resolve().parent.parent
 

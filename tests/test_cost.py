@@ -12,7 +12,8 @@ from iovalab.lab.cost import (
     default_cost_model_path,
     load_cost_model,
 )
-from iovalab.kernel.events import COUNTER_KINDS, Counters, EventLog
+from iovalab.kernel.event_schema import COUNTER_KINDS
+from iovalab.kernel.events import Counters, EventLog
 
 PRESETS = ("x86-vtd", "arm-smmuv3", "smmu-noncoherent")
 V_LEVEL = re.compile(r"\b(V-txt|V-exc|V-abs|2nd|NV)\b")

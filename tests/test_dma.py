@@ -13,7 +13,8 @@ from iovalab.kernel.dma_iommu import (
     ScatterEntry, dma_iova_size, dma_mapping_error, dma_use_iova,
 )
 from iovalab.kernel.dma_iova import IovaApi, dma_iova_range
-from iovalab.kernel.events import COUNTER_KINDS, EventLog
+from iovalab.kernel.event_schema import COUNTER_KINDS
+from iovalab.kernel.events import EventLog
 from iovalab.kernel.swiotlb import SwiotlbPool
 from iovalab.kernel.units import DMA_BIT_MASK, EEXIST, EINVAL, EIO, DmaError
 

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-import iovalab.kernel.events as events
-from iovalab.kernel.events import COUNTER_KINDS, SCHEMA, Counters, EventLog, Kind, schema_text
+import iovalab.kernel.event_schema as events
+from iovalab.kernel.event_schema import COUNTER_KINDS, SCHEMA, Kind, schema_text
+from iovalab.kernel.events import Counters, EventLog
 
 
 def test_kinds_are_strings():

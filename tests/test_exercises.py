@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iovalab.lab.claims import format_split, parse_split
+from iovalab.lab.notation import format_split, parse_split
 from iovalab.lab.exercises import KINDS, cli, generate, make_problem, parse_id, problem, wrong_answer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parent.parent / "iovalab"
 #: The subpackages are bands: kernel < drivers, trace < lab < book < cli.
 RANK = {
     "resources": 0,
-    "kernel": 0, "kernel.events": 0, "kernel.units": 0,
+    "kernel": 0, "kernel.event_schema": 0, "kernel.units": 0, "kernel.events": 0.2,
     "kernel.iova": 1, "kernel.pgtable.table": 0.5, "kernel.pgtable.ops": 0.6,
     "kernel.pgtable.intel_vtd": 0.7, "kernel.pgtable.amd_v1": 0.7, "kernel.pgtable.arm_lpae": 0.7,
     "kernel.pgtable.io_pgtable": 0.8, "kernel.pgtable": 0.9,
@@ -27,8 +27,11 @@ RANK = {
     "drivers.common": 5, "drivers.nvme": 5.5, "drivers.hmm": 5.5, "drivers.vfio_mlx5": 5.5, "drivers": 5.8,
     "trace": 5, "trace.ftrace": 5, "trace.ftrace_write": 5.5, "trace.steps": 5.6, "trace.system": 5.7,
     "trace.lines": 5.8, "trace.reference": 6, "trace.replay": 6,
-    "lab": 6, "lab.cost": 6.5, "lab.scenarios": 7, "lab.explain_steps": 7.5,
-    "lab.explain": 8, "lab.claims": 8, "lab.exercises": 9,
+    "lab": 6, "lab.cost": 6.5, "lab.scenarios": 7, "lab.step_state": 6.2, "lab.explain_steps": 7.5,
+    "lab.notation": 6.1, "lab.derivation": 7.8,
+    "lab.explain": 8, "lab.claims": 8, "lab.review": 8,
+    "lab.exercise_base": 8.2, "lab.exercise_alloc": 8.5, "lab.exercise_map": 8.5, "lab.exercise_workload": 8.5,
+    "lab.exercises": 9,
     "book": 9, "book.viz_views": 9.5, "book.viz_replay": 9.5, "book.viz": 10,
     "book.tables": 9.5, "book.widgets": 11, "book.quizwidget": 11,
     "cli.bench_browser": 11.5, "cli.bench": 12, "cli.handout": 12, "cli.fuzz": 12, "cli": 13,

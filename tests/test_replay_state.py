@@ -1,4 +1,4 @@
-"""The players' state rebuilt from events (``lab.explain_steps._Replay`` / ``state_at``) equals the live
+"""The players' state rebuilt from events (``lab.step_state._Replay`` / ``state_at``) equals the live
 domain's state after every event-producing call of random workloads.
 
 ``_Replay`` reads only the event log; these tests drive ``DmaDomain`` through both DMA APIs (classic
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from iovalab.kernel.device import Device
 from iovalab.kernel.dma_iommu import DMA_BIDIRECTIONAL, DmaDomain, DmaIovaState, ScatterEntry, dma_mapping_error
 from iovalab.kernel.units import DMA_BIT_MASK
-from iovalab.lab.explain_steps import _Replay, state_at
+from iovalab.lab.step_state import _Replay, state_at
 
 PRESETS = ("intel-vtd", "intel-vtd-caching-mode", "amd-v1", "smmuv3-4k", "smmuv3-16k", "smmuv3-64k")
 

@@ -1,7 +1,7 @@
 """Tables for the lab book's cells: HTML in JupyterLab and Voila, plain text elsewhere.
 
 No kernel analogue and no model logic. :func:`show_table` formats rows exactly as
-:func:`iovalab.lab.claims.table` does (hex for address-like columns, yes/no for booleans) but renders
+:func:`iovalab.lab.notation.table` does (hex for address-like columns, yes/no for booleans) but renders
 as an HTML table whose cells never break inside a word: numbers and identifiers stay on one line,
 prose columns wrap only at spaces, URLs are whole links, and a table wider than the column scrolls
 sideways instead of squeezing (JupyterLab's text output breaks long lines anywhere, "sour/ce").
@@ -13,7 +13,7 @@ import html
 import re
 from typing import Any
 
-from iovalab.lab.claims import _HEX_WORDS, table
+from iovalab.lab.notation import _HEX_WORDS, table
 
 __all__ = ["Table", "show_table", "Shown", "shown"]
 
@@ -54,7 +54,7 @@ def _html_text(s: str) -> str:
 
 
 class Table:
-    """Rows shown as an HTML table (``_repr_html_``) or as :func:`~iovalab.lab.claims.table` text."""
+    """Rows shown as an HTML table (``_repr_html_``) or as :func:`~iovalab.lab.notation.table` text."""
 
     def __init__(self, rows: list[dict], columns: list[str] | None = None, hex_cols: set[str] | None = None,
                  caption: str = ""):

@@ -25,7 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-from iovalab.kernel.events import COUNTER_KINDS
+from iovalab.kernel.event_schema import COUNTER_KINDS
 from iovalab.lab.explain import PATH_TITLES, PATHS
 
 __all__ = [
@@ -41,7 +41,7 @@ COLORS = {
     "full width": "#ff7f0e", "focus": "#ffe066", "counter": "#9e9e9e", "counter changed": "#ff7f0e",
     "page": "#1f77b4", "sg": "#ff7f0e", "iova": "#2ca02c",
 }
-#: Short display names of the counters (:data:`~iovalab.kernel.events.COUNTER_KINDS`).
+#: Short display names of the counters (:data:`~iovalab.kernel.event_schema.COUNTER_KINDS`).
 COUNTER_LABELS = {
     "iova_allocs": "IOVA allocs", "iova_frees": "IOVA frees", "rcache_hits": "rcache hits",
     "iommu_map_calls": "iommu_map calls", "pte_writes": "PTE writes", "table_pages": "table pages",

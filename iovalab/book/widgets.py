@@ -423,7 +423,7 @@ class ComparePlayers(W.VBox):
 # --------------------------------------------------------------------------------------------
 def compare_html(results: dict) -> str:
     """The :class:`PathComparison` text: counters and MODELLED ns per path, plus the runs' notes."""
-    from iovalab.kernel.events import COUNTER_KINDS
+    from iovalab.kernel.event_schema import COUNTER_KINDS
     paths = [p for p in explain.PATHS if p in results]
     rows = [[k] + [results[p]["counters"].as_dict()[k] for p in paths] for k in COUNTER_KINDS]
     rows.append(["modelled ns (not measured)"] + [f"{results[p]['modelled'].total:,.0f}" for p in paths])
@@ -503,7 +503,7 @@ class ScalingExplorer(_Batch, W.VBox):
 
     def __init__(self, kind: str = "iommu_map_calls", *, contiguous: bool = False, strict: bool = True):
         from iovalab.lab.cost import load_cost_model
-        from iovalab.kernel.events import COUNTER_KINDS
+        from iovalab.kernel.event_schema import COUNTER_KINDS
 
         self.kind = W.Dropdown(options=[k for k in COUNTER_KINDS if k != "swiotlb_bounces"], value=kind,
                                description="counter", style=_S)

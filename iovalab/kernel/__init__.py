@@ -3,7 +3,8 @@
 ==========================  ====================================================================
 module                      kernel file it models (Linux 6.17 unless a docstring says otherwise)
 ==========================  ====================================================================
-``events``, ``units``       the typed event log every layer writes; sizes, masks, errno
+``event_schema``            the event kinds and each kind's typed arguments (the log's schema)
+``events``, ``units``       the event log every layer writes; sizes, masks, errno
 ``iova``                    ``drivers/iommu/iova.c``
 ``pgtable``                 one module per format: ``intel_vtd`` (``intel/iommu.c``), ``amd_v1``
                             (``amd/io_pgtable.c``), ``arm_lpae`` (``io-pgtable-arm.c``), ``ops``

@@ -9,7 +9,7 @@ Use the output to compare the *shape* of two runs (which operation dominates, ho
 scales), never as a prediction of wall-clock time. Every label this module produces says
 "modelled". See ``data/cost-model.README.md`` for every derivation and caveat.
 
-Operations and the counters they multiply (names from :data:`iovalab.kernel.events.COUNTER_KINDS`):
+Operations and the counters they multiply (names from :data:`iovalab.kernel.event_schema.COUNTER_KINDS`):
 
 ==========================  ===========================================================
 ``iova_alloc_rcache``       ``rcache_hits``

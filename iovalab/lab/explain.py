@@ -32,10 +32,11 @@ from iovalab.kernel.units import (
     roundup_pow_of_two,
 )
 from iovalab.lab.explain_steps import (
-    DEMO_WORKLOADS, LEADING_EVENTS, PATH_TITLES, PATHS, PLAYER_PRESETS, PLAYER_VARIANTS, Recording, StepState,
-    Timeline, describe_event, describe_events, hexify, player_workloads, preset_dict, record, recording_state,
-    run_segments, state_at, step_bounds, workload_paths,
+    DEMO_WORKLOADS, LEADING_EVENTS, PATH_TITLES, PATHS, PLAYER_PRESETS, PLAYER_VARIANTS, Recording,
+    describe_event, describe_events, hexify, player_workloads, preset_dict, record, recording_state,
+    run_segments, step_bounds, workload_paths,
 )
+from iovalab.lab.step_state import StepState, Timeline, state_at
 
 __all__ = [
     "GRANULE_PRESETS", "Footprint", "footprint",
@@ -485,7 +486,7 @@ def scaling(npages=(1, 2, 4, 8, 16, 32, 64, 128, 256), *, contiguous: bool = Fal
     [per n], "modelled_ns": [per n, on cost_preset], "modelled_all": {cost preset: [per n]}}}}``.
     """
     from iovalab.lab.cost import load_cost_model
-    from iovalab.kernel.events import COUNTER_KINDS
+    from iovalab.kernel.event_schema import COUNTER_KINDS
 
     cm = cost_model if cost_model is not None else load_cost_model()
     cp = cost_preset or COST_PRESET.get(preset, "x86-vtd")
