@@ -99,6 +99,10 @@ class _Batch:
 
     _held = False
 
+    def refresh(self) -> None:
+        """Redraw from the controls' current values (each panel defines it)."""
+        raise NotImplementedError
+
     @contextmanager
     def batch(self):
         self._held = True
@@ -387,6 +391,8 @@ class ScenarioPlayer(_Batch, W.VBox):
     def show(self, k: int) -> None:
         """Draw step ``k`` (clamped); what a slider move or button click does."""
         rec = self.rec
+        if rec is None:     # nothing recorded yet (a refresh failed): nothing to draw
+            return
         unit = self.unit.value
         k = max(0, min(k, len(rec.steps(unit)) - 1))
         st = rec.state(k, unit)
