@@ -116,7 +116,6 @@ def _walk(n: int = 4) -> tuple[int, ...]:
 CLAIMS: list[tuple[str, str, Callable[[], Any]]] = [
     ("00-start-here.ipynb", "one node of «8» granules", lambda: _fp(0x1000, 0x200, 0x5600).node_granules),
     ("00-start-here.ipynb", "a single address, `«0xffff8200»`", lambda: _fp(0x1000, 0x200, 0x5600).fresh_addr),
-    ("00-start-here.ipynb", "for this buffer (`«0xffffc234»`", lambda: _fp(0x1000, 0x1234, 0x3000).fresh_addr),
     ("01-iova-granule-and-offset.ipynb", "starts `«0x234»` bytes into a 4 KiB granule and ends `«0xdcc»` bytes",
      lambda: (_fp(0x1000, 0x1234, 0x3000).iova_offset, _fp(0x1000, 0x1234, 0x3000).tail)),
     ("01-iova-granule-and-offset.ipynb", "the IOVA node `«0xffffc000»`-`0xffffffff` («4» granules)",
@@ -166,7 +165,9 @@ ALLOWED: list[tuple[str, str, str]] = [
      INPUT),
     ('00-start-here.ipynb', 'type a new `phys` or `size` (hex, decimal, or `16K`) and press Enter.',
      INPUT),
-    ('00-start-here.ipynb', '`smmuv3-4k`, `smmuv3-16k` or `smmuv3-64k` (an Arm SMMUv3; Intel VT-d, `intel-vtd`, offers only 4 KiB). With a',
+    ('00-start-here.ipynb', '`intel-vtd` for 4 KiB, the same Intel VT-d as the picture above, and an Arm SMMUv3 (`smmuv3-16k`,',
+     INPUT),
+    ('00-start-here.ipynb', '`smmuv3-64k`) for 16 and 64 KiB, the granules only arm64\'s page tables offer. Its x-axis label names the',
      INPUT),
     ('00-start-here.ipynb', 'From the iovalab simulator, which follows the kernel functions step by step. Call the same function in a cell, e.g. `explain.footprint(0x1000, 0x1234, 0x3000)` for what the granule explorer shows.',
      INPUT),
