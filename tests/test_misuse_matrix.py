@@ -194,3 +194,17 @@ def test_hmm_huge_entries_stay_inside_the_reservation():
     assert begin.args["nr_entries"] == 2048 and begin.args["dma_entry_size"] == 0x200000
     assert not [e for e in r.log.events if e.kind in ("contract", "warn")]
     assert r.device_view["mapped"] == 4 or r.extra["faults"] == 4
+
+
+def test_pgsize_split_answer_has_the_second_map_pages_call_at_an_arm_table_end():
+    """io-pgtable-arm.c __arm_lpae_map stops at the end of the 16K granule's 32M leaf table
+    (arm_lpae_max_entries); iommu.c iommu_map_nosync calls iommu_pgsize again (6.17, 7.3.4)."""
+    from iovalab.lab.exercises import make_problem
+    p = make_problem("pgsize_split", dict(preset="smmuv3-16k", bitmap=0x2004000, iova=0x2000000 - 0xC000,
+                                          paddr=0x4000, size=0x14000))
+    assert p.value == [(5, 0x4000), (2, 0x4000)]            # 5 handed over, 3 mapped, then the other 2
+    assert any("arm_lpae_max_entries" in line for line in p.check(p.answer).derivation.splitlines())
+    # VT-d maps the whole count in one call: one step
+    q = make_problem("pgsize_split", dict(preset="intel-vtd", bitmap=0x40201000, iova=0x1FF4000,
+                                          paddr=0x4000, size=0x14000))
+    assert q.value == [(20, 0x1000)]
