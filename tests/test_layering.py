@@ -31,6 +31,7 @@ RANK = {
     "lab.notation": 6.1, "lab.derivation": 7.8,
     "lab.explain": 8, "lab.claims": 8, "lab.review": 8,
     "lab.exercise_base": 8.2, "lab.exercise_alloc": 8.5, "lab.exercise_map": 8.5, "lab.exercise_workload": 8.5,
+    "lab.exercise_misuse": 8.5,
     "lab.exercises": 9,
     "book": 9, "book.viz_views": 9.5, "book.viz_replay": 9.5, "book.viz": 10,
     "book.tables": 9.5, "book.widgets": 11, "book.quizwidget": 11,

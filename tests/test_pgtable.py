@@ -171,7 +171,10 @@ def test_overlap_is_eexist_and_changes_nothing(fmt, granule, driver):
     # block over block
     assert t.map_pages(4 * big, 0, big, 1, RW) == (0, -EEXIST)
     assert (t.snapshot(), t.table_page_count(), t.leaf_count()) == (snap, tables, leaves)
-    assert log.count("warn") == 4
+    # AMD's iommu_v1_map_pages (amd/io_pgtable.c, 6.17) replaces a leaf silently: the model's refusal of
+    # leaf (or block over block) is an ``error`` event there, not a WARN (tests/test_misuse_matrix.py)
+    amd = driver == "amd"
+    assert log.count("warn") == (2 if amd else 4) and log.count("error") == (2 if amd else 0)
 
 
 @pytest.mark.parametrize("fmt,granule,driver", ALL)

@@ -251,11 +251,11 @@ def make_domain(spec: str | dict | None, *, strict: bool, keep_events: bool, ncp
     if not isinstance(spec, str):
         raise ValueError(f"iommu {spec!r} must be an IOMMU preset name or an object with \"preset\"")
     allowed = {"reserve_msi", "ncpus", "single_queue", "dma_debug", "dma_debug_version", "hz", "check_contract",
-               "page_size"}
+               "page_size", "follow_kernel"}
     bad = set(kw) - allowed
     if bad:
         raise ValueError(f"iommu options {sorted(bad)} are not among {sorted(allowed)}")
-    for flag in ("reserve_msi", "single_queue", "dma_debug", "check_contract"):
+    for flag in ("reserve_msi", "single_queue", "dma_debug", "check_contract", "follow_kernel"):
         if flag in kw and not isinstance(kw[flag], bool):
             raise ValueError(f"iommu option {flag!r}: {kw[flag]!r} must be true or false")
     ncpus = kw.pop("ncpus", ncpus)
@@ -326,7 +326,8 @@ class ScenarioContext:
         self.direct = api == "direct"
         if self.direct:
             iommu = preset.get("iommu")
-            opts = sorted({"dma_debug", "dma_debug_version", "hz", "check_contract"} & set(iommu or {})) \
+            opts = sorted({"dma_debug", "dma_debug_version", "hz", "check_contract", "follow_kernel"}
+                          & set(iommu or {})) \
                 if isinstance(iommu, dict) else []
             if opts:
                 raise ValueError(f"options {opts} need an IOMMU DMA domain, but api='direct' has none "

@@ -27,7 +27,9 @@ Bookkeeping (see :mod:`.common`): ``pfn_list`` 8 B per entry always; ``dma_list`
 in the fallback that needs unmaps; ``struct dma_iova_state`` 16 B (embedded in ``struct
 hmm_dma_map``).
 
-Parameters: ``npages`` (entries, ``dma_entry_size`` = ``entry_size``, default 4096), ``fault_order``
+Parameters: ``npages`` (entries, ``dma_entry_size`` = ``entry_size``, default 4096; the umem spans
+``npages * entry_size`` bytes and ``hmm_dma_map_alloc`` gets ``nr_entries`` = that span in system
+pages, as :func:`ib_init_umem_odp` computes it), ``fault_order
 (``sequential`` | ``random`` (``seed``) | ``strided`` (``stride``: all indices ``= s mod stride`` for
 s = 0, 1, ...) | ``repeated`` (``passes`` sequential passes; later passes hit mapped pfns)),
 ``faults`` (stop after this many), ``invalidate`` (``[[first, count], ...]`` index ranges unmapped
@@ -50,7 +52,7 @@ from collections.abc import Generator
 import numpy as np
 
 from iovalab.kernel.dma_iommu import DMA_BIDIRECTIONAL, DmaIovaState, dma_use_iova
-from iovalab.kernel.units import DMA_MAPPING_ERROR, EOPNOTSUPP, PAGE_SIZE, DmaError, hx
+from iovalab.kernel.units import DMA_MAPPING_ERROR, EINVAL, EOPNOTSUPP, PAGE_SIZE, U64_MASK, DmaError, hx
 from iovalab.drivers.common import SIZEOF, ScenarioContext, Step, as_context, int_param, make_run
 
 __all__ = ["APIS", "FAULT_ORDERS", "fault_order", "iter_steps", "run"]
@@ -90,6 +92,38 @@ def fault_order(params: dict, npages: int) -> np.ndarray:
     return seq
 
 
+EOVERFLOW = 75  # include/uapi/asm-generic/errno.h
+
+
+def ib_init_umem_odp(address: int, length: int, page_shift: int) -> tuple[int, int, int, int]:
+    """The arithmetic of ``ib_init_umem_odp()`` (drivers/infiniband/core/umem_odp.c, 7.3.4), the
+    real caller of ``hmm_dma_map_alloc``: ``(start, end, nr_entries, dma_entry_size)``.
+
+    ``start = ALIGN_DOWN(address, page_size)``, ``end = ALIGN(address + length, page_size)``
+    (-EOVERFLOW on a 64-bit wrap), and ``nr_entries = (end - start) >> PAGE_SHIFT``: the entry
+    count is in *system pages* while ``dma_entry_size = 1 << page_shift`` may be a huge page, so the
+    IOVA reserved (``nr_entries * PAGE_SIZE``) is the umem's byte span and only
+    ``nr_entries * PAGE_SIZE / dma_entry_size`` entries of ``dma_entry_size`` are ever linked (-EINVAL
+    when that is 0). ``pfn_list`` keeps ``nr_entries`` slots (``hmm_range_fault`` fills it per page)."""
+    if not PAGE_SIZE.bit_length() - 1 <= page_shift < 64:
+        raise ValueError(f"page_shift {page_shift!r} must be in {PAGE_SIZE.bit_length() - 1}..63 "
+                         "(umem_odp->page_shift is PAGE_SHIFT or a huge page shift)")
+    if not 0 <= address <= U64_MASK or not 0 <= length <= U64_MASK:
+        raise ValueError(f"address {address!r} / length {length!r} must be 64-bit unsigned values")
+    page_size = 1 << page_shift
+    start = address & ~(page_size - 1)
+    end = address + length
+    if end > U64_MASK:
+        raise DmaError(-EOVERFLOW, f"address {address:#x} + length {length:#x} overflows", "ib_init_umem_odp")
+    end = (end + page_size - 1) & ~(page_size - 1) & U64_MASK
+    if end < page_size:
+        raise DmaError(-EOVERFLOW, f"ALIGN({address + length:#x}, {page_size:#x}) wraps", "ib_init_umem_odp")
+    nr_entries = (end - start) >> (PAGE_SIZE.bit_length() - 1)
+    if not nr_entries * PAGE_SIZE // page_size:
+        raise DmaError(-EINVAL, f"{nr_entries} pages hold no {page_size:#x} entry", "ib_init_umem_odp")
+    return start, end, nr_entries, page_size
+
+
 class _HmmMap:
     """``struct hmm_dma_map`` plus the per-entry ``HMM_PFN_DMA_MAPPED`` bit of its ``pfn_list``."""
 
@@ -127,6 +161,8 @@ class _Hmm:
         if self.entry < PAGE_SIZE or self.entry & (self.entry - 1):
             raise ValueError(f"entry_size {self.entry} must be a power of two >= PAGE_SIZE (dma_entry_size)")
         self.map = _HmmMap(ctx, self.npages, self.entry)
+        # ib_init_umem_odp: nr_entries in system pages, dma_entry_size = the (huge) page size
+        self.nr_entries = ib_init_umem_odp(0, self.npages * self.entry, self.entry.bit_length() - 1)[2]
         inv = p.get("invalidate", [])
         if not isinstance(inv, list) or not all(isinstance(r, list) and len(r) == 2 for r in inv):
             raise ValueError(f"scenario parameter 'invalidate': {inv!r} must be a list of [first, npages] pairs")
@@ -156,23 +192,23 @@ class _Hmm:
         """``hmm_dma_map_alloc(dev, map, nr_entries, dma_entry_size)``."""
         ctx, m = self.ctx, self.map
         dev = ctx.dev
-        ctx.begin("hmm_dma_map_alloc", nr_entries=self.npages, dma_entry_size=self.entry)
+        ctx.begin("hmm_dma_map_alloc", nr_entries=self.nr_entries, dma_entry_size=self.entry)
         if not dev.dma_skip_sync or dev.dma_addressing_limited():
             why = "the device needs CPU syncs (non-coherent)" if not dev.dma_skip_sync else \
                 "dma_addressing_limited(dev)"
             raise DmaError(-EOPNOTSUPP, f"hmm_dma_map_alloc refuses the device: {why}", "hmm_dma_map_alloc")
-        ctx.bk.add("pfn_list (unsigned long per entry)", SIZEOF["unsigned long"] * self.npages)
+        ctx.bk.add("pfn_list (unsigned long per entry)", SIZEOF["unsigned long"] * self.nr_entries)
         ctx.bk.add("struct dma_iova_state (hmm_dma_map.state)", SIZEOF["struct dma_iova_state"])
         if ctx.api in ("iova", "direct"):   # api="page" stands for try_alloc failing
-            self.use_iova = ctx.dma.dma_iova_try_alloc(dev, m.state, 0, self.npages * PAGE_SIZE)
+            self.use_iova = ctx.dma.dma_iova_try_alloc(dev, m.state, 0, self.nr_entries * PAGE_SIZE)
         if not self.use_iova:
             m.addrs = array("Q", bytes(8 * self.npages))
             if self.need_unmap:
                 m.dma_list = m.addrs
-                ctx.bk.add("dma_list (dma_addr_t per entry)", SIZEOF["dma_addr_t"] * self.npages)
+                ctx.bk.add("dma_list (dma_addr_t per entry)", SIZEOF["dma_addr_t"] * self.nr_entries)
         if self.use_iova:
-            what = (f"dma_iova_try_alloc(0, {hx(self.npages * PAGE_SIZE)}) reserves the whole range: "
-                    f"state.addr = {hx(m.state.addr)}; pfn_list {self.npages * 8} B")
+            what = (f"dma_iova_try_alloc(0, {hx(self.nr_entries * PAGE_SIZE)}) reserves the whole range: "
+                    f"state.addr = {hx(m.state.addr)}; pfn_list {self.nr_entries * 8} B")
         elif ctx.api == "page":
             what = "fallback (api='page'): no IOVA reservation; pfn_list + dma_list"
         else:
@@ -224,10 +260,10 @@ class _Hmm:
         ctx, m = self.ctx, self.map
         if dma_use_iova(m.state):
             ctx.dma.dma_iova_free(ctx.dev, m.state)
-        ctx.bk.remove("pfn_list (unsigned long per entry)", SIZEOF["unsigned long"] * self.npages)
+        ctx.bk.remove("pfn_list (unsigned long per entry)", SIZEOF["unsigned long"] * self.nr_entries)
         ctx.bk.remove("struct dma_iova_state (hmm_dma_map.state)", SIZEOF["struct dma_iova_state"])
         if m.dma_list is not None:
-            ctx.bk.remove("dma_list (dma_addr_t per entry)", SIZEOF["dma_addr_t"] * self.npages)
+            ctx.bk.remove("dma_list (dma_addr_t per entry)", SIZEOF["dma_addr_t"] * self.nr_entries)
 
     # ---------------------------------------------------------------- workload phases
     def faults(self, seq: np.ndarray, label: str) -> Generator[Step, None, None]:

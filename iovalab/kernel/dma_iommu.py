@@ -19,8 +19,14 @@ simulator raises :class:`~iovalab.kernel.units.DmaError` with that errno *before
 Misuse the kernel does *not* catch (linking past the reserved size, syncing a range never linked)
 is recorded as a ``contract`` event and otherwise behaves as the kernel does; with
 ``DmaDomain(check_contract=True)`` such calls are refused instead (like a dma-debug build).
-The kernel's void unlink/destroy WARN (``WARN_ON(unmapped != size)``) and unmap a prefix; here the
-call is refused with ``-EINVAL`` after the WARN event so the simulator state stays consistent.
+Unmapping a range that is not fully mapped (a hole): the kernel differs by driver (6.17) - VT-d
+``intel_iommu_unmap`` never stops at a hole (the whole range is cleared, no WARN fires), ARM
+``__arm_lpae_unmap`` WARNs and stops, AMD ``iommu_v1_unmap_pages`` stops silently; then
+``__iommu_dma_unmap``/``__iommu_dma_iova_unlink`` ``WARN_ON(unmapped != size)``, and the IOVA is
+freed anyway, so what lies after the hole stays mapped while its IOVA is handed out again. By
+default the call is refused with ``-EINVAL`` after a WARN event saying what the kernel would do, so
+the simulator state stays consistent; ``DmaDomain(follow_kernel=True)`` follows the kernel instead
+(also for mapping over a mapped range, see :mod:`iovalab.kernel.pgtable.ops`).
 """
 
 from __future__ import annotations
@@ -142,6 +148,9 @@ class DmaDomain:
         changes; map findings after the mapping is made and recorded, as dma-debug runs after the
         map; the error's ``result`` is the call's return value so the caller can undo it).
     :param dma_debug_version: ``"6.17"`` or ``"7.3"``, whose ``kernel/dma/debug.c`` to follow.
+    :param follow_kernel: follow the kernel into the corrupt state it leaves on misuse (an unmap
+        over a hole, a map over a mapped range: stale translations, an IOVA handed out twice, a
+        neighbour unmapped) instead of refusing (the default, whose events say what the kernel does).
     :param hz: ``CONFIG_HZ`` (100, 250, 300 or 1000): the flush-queue timer is armed in jiffies,
         ``msecs_to_jiffies(fq_timeout)``, so it fires after a whole number of ticks (see
         :meth:`fq_timer_ms`). ``None`` keeps the plain millisecond timer.
@@ -152,7 +161,10 @@ class DmaDomain:
                  reserve_msi: bool = False, single_queue: bool = False,
                  check_contract: bool = False, swiotlb: SwiotlbPool | None = None,
                  page_size: int | None = None, dma_debug: bool = False,
-                 dma_debug_version: str = "6.17", hz: int | None = None):
+                 dma_debug_version: str = "6.17", hz: int | None = None, follow_kernel: bool = False):
+        if not isinstance(follow_kernel, bool):
+            raise ValueError(f"follow_kernel {follow_kernel!r} must be a bool (True: do what the kernel does "
+                             "on misuse; False: refuse and say what it would do)")
         if not isinstance(dma_debug, bool):
             raise ValueError(f"dma_debug {dma_debug!r} must be a bool (CONFIG_DMA_API_DEBUG is y or n)")
         if hz is not None and hz not in CONFIG_HZ_VALUES:
@@ -166,6 +178,8 @@ class DmaDomain:
         else:
             iommu.log = self.log
         self.iommu = iommu
+        self.follow_kernel = follow_kernel
+        iommu.pgtable.follow_kernel = follow_kernel
         self.ncpus = ncpus
         self.strict = strict
         self.check_contract = check_contract
@@ -435,14 +449,28 @@ class DmaDomain:
         """Up to 16 granule addresses in ``[iova, iova + size)`` that have a translation."""
         return self.iommu.pgtable.find_mapped(iova, iova + size, 16)
 
+    #: what each driver's unmap does at a hole (Linux 6.17), for the refusal's event.
+    HOLE_BEHAVIOUR = {
+        "intel": "intel_iommu_unmap never stops at a hole: the whole range is cleared, no WARN fires",
+        "arm": "__arm_lpae_unmap WARN_ON(!pte) stops at the hole, then WARN_ON(unmapped != size); "
+               "what follows the hole stays mapped while its IOVA is freed",
+        "amd": "iommu_v1_unmap_pages stops at the hole, then WARN_ON(unmapped != size); what follows "
+               "the hole stays mapped while its IOVA is freed",
+    }
+
     def check_mapped(self, func: str, iova: int, size: int, cpu: int) -> None:
-        """Refuse (WARN + -EINVAL) an unmap of a range that is not fully mapped."""
+        """Refuse (WARN + -EINVAL) an unmap of a range that is not fully mapped, saying what the
+        driver's kernel code would do; with ``follow_kernel`` do nothing (the unmap runs as the
+        kernel's does)."""
+        if self.follow_kernel:
+            return
         a = self.first_unmapped(iova, size)
         if a is not None:
+            what = self.HOLE_BEHAVIOUR.get(self.iommu.driver, "the driver unmaps only up to the hole")
             self.log.warn(_L, func, EINVAL, f"IOVA {a:#x} in [{iova:#x}, {iova + size:#x}) is not "
-                          "mapped: WARN_ON(unmapped != size)", cpu=cpu)
-            raise DmaError(-EINVAL, f"IOVA {a:#x} is not mapped (the kernel WARNs: unmapped != size "
-                           "and unmaps only up to the hole)", func, warned="WARN_ON")
+                          f"mapped: in the kernel {what}; the simulator refuses (follow_kernel=True "
+                          "follows the kernel)", cpu=cpu)
+            raise DmaError(-EINVAL, f"IOVA {a:#x} is not mapped (the kernel: {what})", func, warned="WARN_ON")
 
     def needs_bounce(self, dev: Device, size: int, dir: int, phys: int) -> bool:
         """``dev_use_swiotlb(dev, size, dir) && iova_unaligned(iovad, phys, size)`` (dma-iommu.c)."""

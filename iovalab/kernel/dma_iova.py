@@ -437,7 +437,10 @@ class IovaApi:
                 a += chunk
         gather = IotlbGather()
         gather.queued = free_iova and self.host.fq_domain
-        self.host.iommu.iommu_unmap_fast(addr - pad, length, gather, cpu=cpu)
+        unmapped = self.host.iommu.iommu_unmap_fast(addr - pad, length, gather, cpu=cpu)
+        if unmapped != length:  # reached only with follow_kernel (check_mapped refuses otherwise)
+            self.host.log.warn(_L, "__iommu_dma_iova_unlink", 0,
+                               f"WARN_ON(unmapped {unmapped:#x} != size {length:#x})", cpu=cpu)
         if not gather.queued:
             self.host.iommu.iommu_iotlb_sync(gather, cpu=cpu)
         if free_iova:

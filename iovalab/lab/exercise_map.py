@@ -12,7 +12,7 @@ import random
 from typing import Any
 
 from iovalab.kernel.dma_iommu import DmaIovaState
-from iovalab.kernel.iommu import PRESETS, iommu_pgsize, split_pages
+from iovalab.kernel.iommu import IOMMU_READ, IOMMU_WRITE, PRESETS, IommuDomain, iommu_pgsize, split_pages
 from iovalab.kernel.units import fmt_size, hx, iova_offset
 from iovalab.lab.derivation import evaluate, fresh_domain, make_device
 from iovalab.lab.exercise_base import Kind, dom_text, draw_granule, event_lines
@@ -46,15 +46,25 @@ def _gen_split(rng: random.Random) -> dict:
 def _q_split(p: dict) -> str:
     return (f"An IOMMU domain with pgsize_bitmap {hx(p['bitmap'])} ({p['preset']}) gets iommu_map(domain, "
             f"iova={hx(p['iova'])}, paddr={hx(p['paddr'])}, size={hx(p['size'])}). Which (count, page size) "
-            "does each iommu_pgsize() step hand to ->map_pages, in order? Answer as comma-separated "
-            "COUNTxPGSIZE items, e.g. '3x4K, 2x2M, 1x4K'.")
+            "does each ->map_pages call receive, in order? (A driver may map fewer pages than it is given - "
+            "ARM io-pgtable stops at the end of a table - and iommu_map_nosync then calls iommu_pgsize "
+            "again for the rest.) Answer as comma-separated COUNTxPGSIZE items, e.g. '3x4K, 2x2M, 1x4K'.")
 
 
 def _solve_split(p: dict) -> tuple[Any, list[str]]:
-    steps = split_pages(p["bitmap"], p["iova"], p["paddr"], p["size"])
+    """The ``map_pages`` calls of a simulated ``iommu_map`` on the preset's domain (an ARM table end
+    splits a run: ``__arm_lpae_map`` maps up to ``arm_lpae_max_entries`` and ``iommu_map_nosync``
+    loops); a bitmap with no preset uses the side-effect-free :func:`split_pages`."""
+    if p["preset"] in PRESETS:
+        dom = IommuDomain.preset(p["preset"])
+        assert dom.iommu_map(p["iova"], p["paddr"], p["size"], IOMMU_READ | IOMMU_WRITE) == 0
+        steps = dom.log.of_kind("iommu_map_calls")[-1].args["chunks"]
+    else:
+        steps = split_pages(p["bitmap"], p["iova"], p["paddr"], p["size"])
     lines = []
-    rem = p["size"]
-    for iova, paddr, pg, cnt in steps:
+    end = p["iova"] + p["size"]
+    for i, (iova, paddr, pg, cnt) in enumerate(steps):
+        rem = end - iova
         merge = iova | paddr
         pgsize, count = iommu_pgsize(p["bitmap"], iova, paddr, rem)
         lines.append(f"iommu_pgsize(iova {hx(iova)}, paddr {hx(paddr)}, size {hx(rem)}): addr_merge "
@@ -62,7 +72,11 @@ def _solve_split(p: dict) -> tuple[Any, list[str]]:
                      f"{hx(1 << (rem.bit_length() - 1))} -> pgsize {fmt_size(pgsize)}, count {count}   "
                      "[drivers/iommu/iommu.c iommu_pgsize]")
         assert (pgsize, count) == (pg, cnt)
-        rem -= pg * cnt
+        nxt = steps[i + 1][0] if i + 1 < len(steps) else end
+        if nxt - iova < pg * cnt:
+            lines.append(f"  ->map_pages maps only {(nxt - iova) // pg} of them: the table ends at {hx(nxt)} "
+                         "[drivers/iommu/io-pgtable-arm.c __arm_lpae_map, arm_lpae_max_entries]; "
+                         "iommu_map_nosync loops [drivers/iommu/iommu.c]")
     return [(c, pg) for (_, _, pg, c) in steps], lines
 
 

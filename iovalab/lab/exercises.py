@@ -7,8 +7,8 @@ scenario) and reads the result, and :meth:`Problem.check` compares a learner's a
 returns the simulator's derivation.
 
 Problem kinds (:data:`KINDS`; each question text says how to write the answer; generators, questions
-and solvers live in :mod:`~iovalab.lab.exercise_alloc`, :mod:`~iovalab.lab.exercise_map` and
-:mod:`~iovalab.lab.exercise_workload`, on :mod:`~iovalab.lab.exercise_base`):
+and solvers live in :mod:`~iovalab.lab.exercise_alloc`, :mod:`~iovalab.lab.exercise_map`,
+:mod:`~iovalab.lab.exercise_misuse` and :mod:`~iovalab.lab.exercise_workload`, on :mod:`~iovalab.lab.exercise_base`):
 
 =================  =================================================================================
 ``reserve_len``    reserved IOVA length of ``dma_iova_try_alloc`` / ``dma_map_page`` (dma-iommu.c)
@@ -26,6 +26,8 @@ and solvers live in :mod:`~iovalab.lab.exercise_alloc`, :mod:`~iovalab.lab.exerc
 ``lazy_reuse``     when an unmapped IOVA goes back to the allocator, strict vs lazy (flush queue)
 ``rcache_bin``     which rcache bin a freed IOVA lands in (``order_base_2`` of the size at free time)
 ``link_iova``      which IOVA a ``dma_iova_link`` maps
+``misuse_map``     what ``iommu_map`` over a mapped page returns per driver (6.17, ``follow_kernel``)
+``misuse_unmap``   what ``iommu_unmap`` over a hole returns per driver (6.17, ``follow_kernel``)
 =================  =================================================================================
 
 Command line: ``python -m iovalab quiz --seed S --count N [--json] [--answers]`` and
@@ -42,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iovalab.kernel.units import errname, hx, parse_int
-from iovalab.lab import exercise_alloc, exercise_map, exercise_workload
+from iovalab.lab import exercise_alloc, exercise_map, exercise_misuse, exercise_workload
 from iovalab.lab.exercise_base import Kind
 from iovalab.lab.notation import format_split, parse_errno, parse_split
 
@@ -104,8 +106,9 @@ def _parse(atype: str, text: str) -> Any:
 #: means). The kinds themselves live in their families' modules.
 _ORDER = ("reserve_len", "tree_footprint", "try_alloc_addr", "map_page_addr", "next_alloc", "attempt",
           "pgsize_split", "nvme_prp", "invalidations", "map_calls", "api_calls", "errno", "lazy_reuse",
-          "rcache_bin", "link_iova")
-_FAMILIES: dict[str, Kind] = {**exercise_alloc.KINDS, **exercise_map.KINDS, **exercise_workload.KINDS}
+          "rcache_bin", "link_iova", "misuse_map", "misuse_unmap")
+_FAMILIES: dict[str, Kind] = {**exercise_alloc.KINDS, **exercise_map.KINDS, **exercise_workload.KINDS,
+                              **exercise_misuse.KINDS}
 if sorted(_FAMILIES) != sorted(_ORDER):  # pragma: no cover - a kind added to a family but not to _ORDER
     raise ImportError(f"exercise kinds {sorted(set(_FAMILIES) ^ set(_ORDER))} are not both in a family and in _ORDER")
 KINDS: dict[str, Kind] = {name: _FAMILIES[name] for name in _ORDER}

@@ -4,8 +4,11 @@
 ``iommu_v1_iova_to_phys``. Level ``L0`` holds 4K PTEs; any level may hold a leaf, and sizes between
 level sizes are replicated PTEs (``PAGE_SIZE_PTE`` with ``PM_LEVEL_ENC(7)``: 64K = 16 level-0 PTEs).
 
-* **Overlap.** The kernel silently replaces the old PTEs (``free_clear_pte``) and flushes. **Model:
-  -EEXIST (+ a warn event), nothing written** (documented, not reproduced).
+* **Overlap.** ``iommu_v1_map_pages`` (6.17) silently replaces the old PTEs (``free_clear_pte``
+  frees any table below them) and flushes (``amd_iommu_domain_flush_pages``) only when it freed or
+  allocated a table: a replaced leaf is not invalidated, so an IOTLB entry for the old page stays.
+  **Model: refuses** (-EEXIST, nothing written, the ``error`` event says what the kernel does);
+  with ``follow_kernel`` it replaces silently, as the kernel does.
 * **Large page over an existing lower table.** ``free_clear_pte`` + ``amd_iommu_domain_flush_pages``
   once for the mapped range.
 * **One map_pages call** maps the whole ``pgsize * pgcount``, crossing tables.
@@ -23,7 +26,7 @@ import numpy as np
 
 from iovalab.kernel.pgtable.ops import IOMMU_READ, IOMMU_WRITE, IoPgtable, x86_geometry
 from iovalab.kernel.pgtable.table import Table
-from iovalab.kernel.units import EFAULT, EINVAL, GENMASK
+from iovalab.kernel.units import EEXIST, EFAULT, EINVAL, GENMASK
 
 __all__ = ["AMD_IOMMU_PGSIZES", "AmdV1Pgtable"]
 
@@ -48,6 +51,12 @@ class AmdV1Pgtable(IoPgtable):
           "root": "iommu_alloc_pages_node_sz", "free": "free_clear_pte",
           "flush": "amd_iommu_domain_flush_pages", "init": "iommu_v1_map_pages"}
     ANY_PGSIZE = True
+    OVERLAP = "replace"
+
+    def _overlap_refused(self, iova, old, new, cpu):
+        return self._err("iommu_v1_map_pages", EEXIST, "PTE already present: the kernel replaces it silently "
+                         "(no WARN, no IOTLB flush for a replaced leaf) and returns 0; the simulator refuses "
+                         "(-EEXIST, nothing written; follow_kernel=True follows the kernel)", False, cpu, iova=iova)
 
     @classmethod
     def format_geometry(cls, granule: int) -> tuple[int, int, int]:

@@ -5,8 +5,10 @@
 Driver name ``"arm"``, format ``"arm-lpae"``; granules 4K, 16K, 64K (geometry:
 :mod:`~iovalab.kernel.pgtable.ops`).
 
-* **Overlap.** A present leaf where a new leaf goes -> ``WARN_ON`` + ``-EEXIST`` (``arm_lpae_init_pte``),
-  also when a block already covers the walk (``__arm_lpae_map``).
+* **Overlap.** A present leaf where a new leaf goes -> ``WARN_ON`` + ``-EEXIST`` (``arm_lpae_init_pte``
+  checks every entry of the call before writing any), also when a block already covers the walk
+  (``__arm_lpae_map``); ``iommu_map_nosync`` then unmaps what earlier calls mapped. The model does
+  the same (no refusal needed).
 * **Block over an existing lower table.** ``arm_lpae_init_pte`` -> ``__arm_lpae_unmap`` +
   ``io_pgtable_tlb_flush_walk`` (the model: only an empty table, see ``ops``).
 * **One map_pages call** maps at most up to the end of the current table (``arm_lpae_max_entries``)
@@ -29,7 +31,7 @@ import numpy as np
 from iovalab.kernel.pgtable.ops import (
     IOMMU_CACHE, IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE, IoPgtable,
 )
-from iovalab.kernel.units import EINVAL, ERANGE, GENMASK, SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M
+from iovalab.kernel.units import EEXIST, EINVAL, ERANGE, GENMASK, SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M
 
 __all__ = ["arm_lpae_pgsizes", "ArmLpaePgtable"]
 
@@ -72,6 +74,10 @@ class ArmLpaePgtable(IoPgtable):
           "flush": "io_pgtable_tlb_flush_walk", "init": "arm_lpae_init_pte"}
     DEFAULT_OAS = 48
     ENCODES_PADDR = True
+
+    def _overlap_refused(self, iova, old, new, cpu):
+        return self._err("arm_lpae_init_pte", EEXIST, "WARN_ON: leaf PTE already present, -EEXIST "
+                         "(we require an unmap first)", True, cpu, iova=iova)
 
     @classmethod
     def format_geometry(cls, granule: int) -> tuple[int, int, int]:

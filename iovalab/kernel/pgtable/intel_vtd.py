@@ -4,9 +4,11 @@
 ``intel_iommu_unmap`` -> ``domain_unmap`` -> ``dma_pte_clear_level``, ``intel_iommu_iova_to_phys``.
 Levels ``PML5``/``PML4``/``PDPT``/``PD``/``PT`` (geometry: :mod:`~iovalab.kernel.pgtable.ops`).
 
-* **Overlap.** ``__domain_mapping`` prints "DMA PTE for vPFN ... already set", ``WARN_ON(1)``, keeps
-  the old PTE and returns 0. **Model: -EEXIST (+ a warn event), nothing written** (documented, not
-  reproduced).
+* **Overlap.** ``__domain_mapping`` (6.17): ``cmpxchg64_local`` fails, ``pr_crit("ERROR: DMA PTE for
+  vPFN 0x%lx already set (to %llx not %llx)")``, ``WARN_ON(1)``, the old PTE stays, the other PTEs
+  are written and the call returns 0: the caller believes the range is mapped to its pages while
+  the device reaches the old ones there. **Model: refuses** (-EEXIST, nothing written, the event
+  quotes the kernel's line); with ``follow_kernel`` it does what the kernel does.
 * **Superpage over an existing lower table.** ``switch_to_super_page`` + ``cache_tag_flush_range``.
 * **One map_pages call** maps the whole ``pgsize * pgcount``, crossing tables.
 * **Partial unmap of a superpage.** ``intel_iommu_unmap`` rounds the size up to the superpage found at
@@ -28,7 +30,7 @@ import numpy as np
 
 from iovalab.kernel.pgtable.ops import IOMMU_READ, IOMMU_WRITE, IoPgtable, x86_geometry
 from iovalab.kernel.pgtable.table import Table
-from iovalab.kernel.units import EFAULT, EINVAL, GENMASK, SZ_1G, SZ_2M, SZ_4K
+from iovalab.kernel.units import EEXIST, EFAULT, EINVAL, GENMASK, SZ_1G, SZ_2M, SZ_4K
 
 __all__ = ["INTEL_PGSIZES", "IntelVtdPgtable"]
 
@@ -51,6 +53,22 @@ class IntelVtdPgtable(IoPgtable):
     FN = {"map": "intel_iommu_map_pages", "unmap": "intel_iommu_unmap_pages", "alloc": "pfn_to_dma_pte",
           "root": "iommu_alloc_pages_node_sz", "free": "dma_pte_clear_level",
           "flush": "cache_tag_flush_range", "init": "__domain_mapping"}
+    OVERLAP = "keep"
+
+    @staticmethod
+    def already_set(iova: int, old: int, new: int) -> str:
+        """The line ``__domain_mapping`` (intel/iommu.c, 6.17) prints for a PTE already present."""
+        return f"ERROR: DMA PTE for vPFN {iova >> 12:#x} already set (to {old:x} not {new:x})"
+
+    def _overlap_refused(self, iova, old, new, cpu):
+        return self._err("__domain_mapping", EEXIST, f"the kernel prints '{self.already_set(iova, old, new)}', "
+                         "WARN_ON(1), keeps the old PTE, writes the rest and returns 0; the simulator refuses "
+                         "(-EEXIST, nothing written; follow_kernel=True follows the kernel)", True, cpu, iova=iova)
+
+    def _overlap_followed(self, iova, old, new, cpu):
+        if self.log is not None:
+            self.log.warn("pgtable", "__domain_mapping", 0, f"pr_crit: {self.already_set(iova, old, new)}; "
+                          "WARN_ON(1): the old PTE stays and the call returns 0", cpu=cpu, iova=iova)
 
     @classmethod
     def format_geometry(cls, granule: int) -> tuple[int, int, int]:

@@ -11,8 +11,13 @@ Geometry of every format: :mod:`iovalab.kernel.pgtable`.
 
 Shared behaviour (each format module lists where its kernel driver differs):
 
-* **Overlap.** Model: every format returns -EEXIST (+ a warn event) and writes nothing (the kernel
-  drivers differ: see each format).
+* **Overlap** (a leaf PTE already present where a new leaf goes). The kernel drivers differ
+  (``OVERLAP``): ARM ``arm_lpae_init_pte`` WARNs and returns -EEXIST, writing nothing in that call
+  (the model does the same); VT-d 6.17 ``__domain_mapping`` prints "DMA PTE for vPFN ... already
+  set", WARNs, keeps the old PTE and returns 0; AMD v1 6.17 ``iommu_v1_map_pages`` replaces the
+  PTE silently (no IOTLB flush unless it freed or allocated tables). By default the model refuses
+  the last two with -EEXIST, writing nothing, and its event says what the kernel would do;
+  with ``follow_kernel = True`` (``DmaDomain(follow_kernel=True)``) it does what the kernel does.
 * **Block/superpage over an existing lower table.** All three drivers drop the table. Model: done
   when the table (subtree) holds no leaf (the normal case after unmapping small pages, since tables
   are not freed on leaf unmap); if it still holds live leaves the kernel would silently discard them -
@@ -117,6 +122,10 @@ class IoPgtable:
     ANY_PGSIZE: ClassVar[bool] = False
     #: the PTE's address field is not the physical address itself (ARM 52-bit rotation).
     ENCODES_PADDR: ClassVar[bool] = False
+    #: what the driver does with a leaf already present where ``map_pages`` writes one: ``"eexist"``
+    #: (WARN + -EEXIST, nothing written), ``"keep"`` (message + WARN, old PTE kept, returns 0),
+    #: ``"replace"`` (silently overwritten).
+    OVERLAP: ClassVar[str] = "eexist"
 
     def __init__(self, granule: int = SZ_4K, ias: int = 48, log: EventLog | None = None, *,
                  pgsize_bitmap: int | None = None, oas: int | None = None, tlb_flush: TlbFlush | None = None):
@@ -163,6 +172,9 @@ class IoPgtable:
         self._leaves = 0
         #: table pages the last ``unmap_pages`` freed (VT-d: queued on ``gather->freelist``).
         self.last_freed = 0
+        #: follow the driver into the corrupt state it leaves on misuse (see ``OVERLAP``) instead of
+        #: refusing; set by ``DmaDomain(follow_kernel=True)``.
+        self.follow_kernel = False
         self.root = self._new_table(0, 0)
         if log is not None:
             log.emit(LAYER, self.FN["root"], "table_pages", self.root.phys, level=self.level_name(0), iova=0)
@@ -220,6 +232,15 @@ class IoPgtable:
 
     def _after_replace(self, iova: int, size: int, cpu: int) -> None:
         """Invalidation after a map that replaced tables (AMD flushes the range once)."""
+
+    def _overlap_refused(self, iova: int, old: int, new: int, cpu: int) -> tuple[int, int]:
+        """A leaf already present at ``iova`` (PTE ``old``; the new one would be ``new``): the
+        refusal event, -EEXIST. Formats whose driver does not refuse say what it would do."""
+        return self._err(self.FN["init"], EEXIST, "PTE already present (unmap first)", True, cpu, iova=iova)
+
+    def _overlap_followed(self, iova: int, old: int, new: int, cpu: int) -> None:
+        """``follow_kernel``: the event (if any) the driver prints for one overlapping PTE it keeps
+        or replaces."""
 
     def _unmap(self, iova: int, pgsize: int, count: int, cpu: int) -> tuple[int, int, tuple | None]:
         """The driver's unmap: ``(bytes unmapped, PTEs cleared, gather (iova, size, leaf) or None)``."""
@@ -372,6 +393,9 @@ class IoPgtable:
         init = self.FN["init"]
         # 1. validate every span (no allocation, no write)
         spans = []
+        follow = self.follow_kernel and self.OVERLAP != "eexist"
+        clashes: list[tuple[Table, int, int]] = []  # (table, index, iova) of present leaves (follow)
+        bits = self._leaf_bits(prot, lvl, rep)
         cur = iova
         while left:
             idx = (cur >> sh) & mask
@@ -389,8 +413,12 @@ class IoPgtable:
                 for j in nz:
                     k = t.kids.get(idx + j)
                     if k is None:
-                        return self._err(init, EEXIST, "PTE already present (unmap first)", True,
-                                         cpu, iova=cur + j * bsz)
+                        at = cur + j * bsz
+                        if follow:
+                            clashes.append((t, idx + j, at))
+                            continue
+                        return self._overlap_refused(at, int(t.ent[idx + j]), self._enc(paddr + (at - iova))
+                                                     | bits, cpu)
                     if self._subtree_leaves(k):
                         return self._err(init, EEXIST, "a lower-level table with live mappings "
                                          "is where the block would go (the kernel would discard them)",
@@ -400,7 +428,7 @@ class IoPgtable:
             cur += n * bsz
             left -= n
         # 2. write
-        bits = self._leaf_bits(prot, lvl, rep)
+        kept = {(id(t), j): int(t.ent[j]) for t, j, _ in clashes}
         written = 0
         replaced = False
         for cur, idx, n, t, repl in spans:
@@ -422,9 +450,14 @@ class IoPgtable:
             else:
                 t.ent[idx:idx + n] = self._replicated(phys0, pgsize, n, rep, bits)
             written += n
+        for t, j, at in clashes:  # follow_kernel: the driver's own way with a present leaf
+            new = int(t.ent[j])
+            if self.OVERLAP == "keep":
+                t.ent[j] = kept[(id(t), j)]
+            self._overlap_followed(at, kept[(id(t), j)], new, cpu)
         if replaced:
             self._after_replace(iova, written // rep * pgsize, cpu)
-        self._leaves += written
+        self._leaves += written - len(clashes)
         mapped = written // rep * pgsize
         if self.log is not None:
             self.log.emit(LAYER, self._fn_map, "pte_writes", mapped, cpu=cpu, count=written, iova=iova,
