@@ -17,6 +17,7 @@ Notebooks are found by globbing ``notebooks/*.ipynb`` at collection time: a new 
 from __future__ import annotations
 
 import os
+import json
 import re
 import sys
 import time
@@ -105,6 +106,9 @@ def test_notebook_is_stripped(name):
              if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
     assert not dirty, f"{name}: cells {dirty} have outputs or execution counts; clear them before committing"
     assert "widgets" not in nb.metadata, f"{name}: saved widget state in the notebook metadata"
+    raw = json.loads((NB_DIR / name).read_text(encoding="utf-8"))
+    no_id = [i for i, c in enumerate(raw["cells"]) if "id" not in c]
+    assert not no_id, f"{name}: cells {no_id} have no id (nbformat 4.5 requires one; a future nbformat refuses them)"
 
 
 # --- chapter shape ----------------------------------------------------------------------------------
