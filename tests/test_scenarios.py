@@ -20,9 +20,8 @@ from iovalab.lab.scenarios import (
     COUNTER_KEYS, cli, iter_scenario, list_presets, load_preset, run_scenario, valid_apis,
 )
 from iovalab.drivers.common import SIZEOF, Bookkeeping
-from iovalab.drivers.nvme import (
-    NVME_CTRL_PAGE_SIZE, blk_map_iter_segments, blk_split_requests, bio_vecs, nvme_prp_layout,
-)
+from iovalab.drivers.blk_mq_dma import blk_map_iter_segments, blk_split_requests, bio_vecs
+from iovalab.drivers.nvme_pci import NVME_CTRL_PAGE_SIZE, nvme_prp_layout
 from iovalab.drivers.vfio_mlx5 import sg_slots
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -495,7 +494,7 @@ def test_valid_apis():
 
 
 def test_module_entry_points_take_preset_names():
-    from iovalab.drivers import nvme
+    from iovalab.drivers import nvme_pci as nvme
     from iovalab.drivers import vfio_mlx5 as vfio
     r = nvme.run("nvme-4k-read", api="page")
     assert r.counters.iova_allocs == 1 and r.api == "page"
@@ -521,7 +520,7 @@ def test_nvme_queue_limits_follow_the_kernels_page_size_not_the_granule():
     nvme_max_drv_segments = max_hw_sectors / 4 KiB + 1. The arm64 captures (Linux 7.3.4, QEMU NVMe with
     a 512 KiB MDTS): max_sectors_kb 128 / max_segments 33 with 4 KiB pages, 512 / 129 with 64 KiB pages,
     so a 1 MiB read is eight 128 KiB requests or (MDTS aside) one."""
-    from iovalab.drivers.nvme import dma_opt_mapping_size_iommu, nvme_max_drv_segments
+    from iovalab.drivers.nvme_pci import dma_opt_mapping_size_iommu, nvme_max_drv_segments
 
     assert dma_opt_mapping_size_iommu(0x1000) == 128 << 10 and dma_opt_mapping_size_iommu(0x10000) == 2 << 20
     assert nvme_max_drv_segments(128 << 10) == 33 and nvme_max_drv_segments(512 << 10) == 129

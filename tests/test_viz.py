@@ -1,4 +1,5 @@
-"""viz / viz_views: figures carry the expected artists, labels and hex ticks; views redraw in place."""
+"""viz / viz_base / viz_views / viz_paths: figures carry the expected artists, labels and hex ticks;
+views redraw in place."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from iovalab.book import viz  # noqa: E402
 from iovalab.lab import explain  # noqa: E402
 from iovalab.kernel.device import Device  # noqa: E402
 from iovalab.kernel.dma_iommu import DmaDomain, DmaIovaState  # noqa: E402
-from iovalab.book.viz_views import FootprintView, StepView, hex_label, hex_ticks  # noqa: E402
+from iovalab.book.viz_base import hex_label, hex_ticks  # noqa: E402
+from iovalab.book.viz_views import FootprintView, StepView  # noqa: E402
 
 
 def texts(fig: Figure) -> list[str]:

@@ -242,7 +242,7 @@ def test_answer_list_hidden_until_asked():
 
 
 def test_paths_legend_lists_only_paths_that_ran():
-    from iovalab.book.viz_views import PathsView
+    from iovalab.book.viz_paths import PathsView
 
     v = PathsView(blit=False).update(explain.compare_workload("hmm-16mib-strided"))
     labels = [t.get_text() for t in v.path_legend.get_texts()]

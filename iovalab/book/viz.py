@@ -7,10 +7,10 @@ draws it; nothing here changes or computes model state (the numbers come from th
 :class:`matplotlib.figure.Figure` objects with an Agg canvas (no pyplot, no global state).
 
 The drawings the widgets animate are the views of :mod:`iovalab.book.viz_views` (``FootprintView``,
-``StepView``, ``MaskView``, ``PathsView``, ``ScalingView``): ``draw_footprint``, ``draw_step``,
-``draw_address_map``, ``draw_paths`` and ``draw_scaling`` build the same view without blitting and
-return its figure, so a plain cell shows exactly what the widget shows. ``draw_iova_space`` and
-``draw_rcache`` take an ``ax`` to draw into again.
+``StepView``, ``MaskView``) and :mod:`iovalab.book.viz_paths` (``PathsView``, ``ScalingView``):
+``draw_footprint``, ``draw_step``, ``draw_address_map``, ``draw_paths`` and ``draw_scaling`` build the
+same view without blitting and return its figure, so a plain cell shows exactly what the widget shows.
+``draw_iova_space`` and ``draw_rcache`` take an ``ax`` to draw into again.
 
 In IPython a PNG formatter for :class:`~matplotlib.figure.Figure` is registered on import, so a
 cell that ends with a figure shows it even without ``%matplotlib inline``.
@@ -29,9 +29,9 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from iovalab.lab.explain import Footprint, MaskWalk, StepState
-from iovalab.book.viz_views import (
-    COLORS, COUNTER_LABELS, FONT, FootprintView, MaskView, PathsView, ScalingView, StepView, hex_label, hex_ticks,
-)
+from iovalab.book.viz_base import COLORS, COUNTER_LABELS, FONT, hex_label, hex_ticks
+from iovalab.book.viz_paths import PathsView, ScalingView
+from iovalab.book.viz_views import FootprintView, MaskView, StepView
 
 __all__ = [
     "COLORS", "COUNTER_LABELS", "new_figure", "figure_png", "hex_label", "set_hex_ticks",
@@ -225,14 +225,14 @@ def draw_step(state: StepState, window: tuple[int, int], title: str = "", counte
 
 def draw_paths(results: dict) -> Figure:
     """Counters (bars, each group scaled to its largest path, labelled with the counts) and MODELLED
-    time of the three paths on one workload (:class:`~iovalab.book.viz_views.PathsView`); ``results`` as
+    time of the three paths on one workload (:class:`~iovalab.book.viz_paths.PathsView`); ``results`` as
     :func:`~iovalab.lab.explain.compare_workload` or :func:`~iovalab.lab.explain.compare_paths` return."""
     return PathsView(blit=False).update(results).fig
 
 
 def draw_scaling(scale: dict, kind: str = "iommu_map_calls") -> Figure:
     """One counter and the MODELLED time per request against the pages per request, one line per
-    path (:class:`~iovalab.book.viz_views.ScalingView`); ``scale`` as :func:`~iovalab.lab.explain.scaling`."""
+    path (:class:`~iovalab.book.viz_paths.ScalingView`); ``scale`` as :func:`~iovalab.lab.explain.scaling`."""
     return ScalingView(blit=False).update(scale, kind).fig
 
 

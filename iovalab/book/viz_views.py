@@ -1,153 +1,24 @@
-"""Reusable figures for the lab book's widgets (the drawing half of :mod:`iovalab.book.viz`).
+"""The address-space views of the lab book's widgets: one buffer's IOVA footprint, a player frame
+(allocator nodes, leaf PTEs, IOTLB entries over an IOVA window) and the DMA-mask walk.
 
-No kernel analogue. A view builds one :class:`~matplotlib.figure.Figure` once - axes, ticks,
-legend - and keeps the parts that change (patches, collections, lines, texts) as artists that
-:meth:`update` moves in place. With ``blit=True`` the static part is rendered once and each frame
-only redraws the changing artists onto a copy of it (Agg blitting), so a widget redraw costs a few
-milliseconds plus the PNG encoding. With ``blit=False`` (what the ``viz.draw_*`` functions use) the
-same figure is an ordinary one, so a plain cell and a widget show the same drawing.
-
-Views read model state and :mod:`iovalab.lab.explain` results; they compute nothing about the model.
+No kernel analogue. Each view is a :class:`~iovalab.book.viz_base.View` (one figure built once, the
+changing artists moved in place by ``update``). Views read model state and :mod:`iovalab.lab.explain`
+results; they compute nothing about the model.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import io
 import math
 
-import matplotlib
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection, PolyCollection
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 from iovalab.kernel.event_schema import COUNTER_KINDS
-from iovalab.lab.explain import PATH_TITLES, PATHS
+from iovalab.book.viz_base import COLORS, COUNTER_LABELS, FONT, View, hex_label, hex_ticks, strip_spines
 
-__all__ = [
-    "COLORS", "COUNTER_LABELS", "hex_label", "hex_ticks", "View", "FootprintView", "StepView", "MaskView",
-    "PathsView", "ScalingView",
-]
-
-#: One colour per thing, used by every drawing.
-COLORS = {
-    "in use": "#1f77b4", "cached": "#2ca02c", "queued": "#ff7f0e", "reserved": "#9e9e9e",
-    "data": "#1f77b4", "pad": "#d9d9d9", "waste": "#ffffff", "mapped": "#8c564b",
-    "iotlb": "#17becf", "stale": "#d62728", "fail": "#d62728", "below 4 GiB": "#1f77b4",
-    "full width": "#ff7f0e", "focus": "#ffe066", "counter": "#9e9e9e", "counter changed": "#ff7f0e",
-    "page": "#1f77b4", "sg": "#ff7f0e", "iova": "#2ca02c",
-}
-#: Short display names of the counters (:data:`~iovalab.kernel.event_schema.COUNTER_KINDS`).
-COUNTER_LABELS = {
-    "iova_allocs": "IOVA allocs", "iova_frees": "IOVA frees", "rcache_hits": "rcache hits",
-    "iommu_map_calls": "iommu_map calls", "pte_writes": "PTE writes", "table_pages": "table pages",
-    "iotlb_syncs": "iotlb_sync_map", "iotlb_invalidations": "IOTLB invalidations",
-    "swiotlb_bounces": "swiotlb bounces", "dma_api_calls": "DMA API calls",
-}
-FONT = 8
-
-
-def hex_label(x: float) -> str:
-    """``0x...``; beyond 32 bits with ``_`` every 4 digits (``0x1_0000_0000``)."""
-    v = int(round(x))
-    if v < 0:
-        return "-" + hex_label(-v)
-    return f"{v:#x}" if v < 1 << 32 else "0x" + f"{v:_x}"
-
-
-def hex_ticks(lo: int, hi: int, max_ticks: int = 7, step: int | None = None) -> list[int]:
-    """Tick positions at multiples of a power of two, at most ``max_ticks`` + 1 of them."""
-    span = max(1, hi - lo)
-    if step is None:
-        step = 1 << max(0, math.ceil(math.log2(span / max(1, max_ticks - 1))))
-    first = -(-lo // step) * step
-    ticks = list(range(first, hi + 1, step))
-    if len(ticks) > max_ticks + 1:
-        ticks = ticks[:: math.ceil(len(ticks) / max_ticks)]
-    return ticks
-
-
-def _strip(ax, keep=("bottom",)) -> None:
-    for name, s in ax.spines.items():
-        s.set_visible(name in keep)
-
-
-class View:
-    """Base: a figure with an Agg canvas, static artists and changing artists.
-
-    Changing artists are registered with :meth:`dyn`; ``slow=True`` marks one that changes only now
-    and then (tick labels of a new window): those are drawn once onto a second cached background
-    after :meth:`touch`, so an ordinary frame redraws only the per-step artists.
-    """
-
-    def __init__(self, width: float, height: float, *, dpi: int | None = None, blit: bool = True):
-        # a widget frame (blit) is re-encoded on every change: 90 dpi keeps the PNG small; a figure of a
-        # plain cell is drawn once, at 110 dpi, so its text reads at 12-13 px in a notebook column
-        self.fig = Figure(figsize=(width, height), dpi=dpi or (90 if blit else 110))
-        self.canvas = FigureCanvasAgg(self.fig)
-        self.blit = blit
-        self._dynamic: list = []
-        self._slow: list = []
-        self._bg = None
-        self._bg2 = None
-
-    def dyn(self, artist, slow: bool = False):
-        """Register ``artist`` as changing from frame to frame (or now and then, ``slow``)."""
-        if self.blit:
-            artist.set_animated(True)
-        (self._slow if slow else self._dynamic).append(artist)
-        return artist
-
-    def invalidate(self) -> None:
-        """The static part changed (limits, ticks): render it again on the next frame."""
-        self._bg = None
-        self._bg2 = None
-
-    def touch(self) -> None:
-        """A ``slow`` artist changed: redraw that layer on the next frame."""
-        self._bg2 = None
-
-    def _draw(self, artists) -> None:
-        renderer = self.canvas.get_renderer()
-        for a in artists:
-            if a.get_visible():
-                a.draw(renderer)
-
-    def png(self) -> bytes:
-        """The current frame as PNG bytes."""
-        canvas = self.canvas
-        if not self.blit:
-            buf = io.BytesIO()
-            self.fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
-            return buf.getvalue()
-        if self._bg is None:
-            canvas.draw()
-            self._bg = canvas.copy_from_bbox(self.fig.bbox)
-        if self._bg2 is None:
-            canvas.restore_region(self._bg)
-            self._draw(self._slow)
-            self._bg2 = canvas.copy_from_bbox(self.fig.bbox)
-        else:
-            canvas.restore_region(self._bg2)
-        self._draw(self._dynamic)
-        return _encode(canvas)
-
-
-def _encode(canvas) -> bytes:
-    """A widget frame as PNG: opaque, reduced to a 128-colour palette (flat charts and anti-aliased
-    text need no more), which encodes faster than RGBA and is 2-3 times smaller to send, base64-wrap and
-    decode in the browser (what a person waits for after a change)."""
-    from PIL import Image
-
-    w, h = canvas.get_width_height(physical=True)
-    im = Image.frombuffer("RGBA", (w, h), canvas.buffer_rgba(), "raw", "RGBA", 0, 1).convert("RGB")
-    buf = io.BytesIO()
-    im.quantize(128, method=Image.Quantize.FASTOCTREE).save(buf, "png", compress_level=1)
-    return buf.getvalue()
+__all__ = ["FootprintView", "StepView", "MaskView"]
 
 
 def _ARROW(style: str, lw: float) -> dict:  # noqa: N802 - reads like the constant it almost is
@@ -177,7 +48,7 @@ class FootprintView(View):
         ax.set_ylim(-0.45, 1.25)
         ax.set_yticks([])
         ax.set_xticks([])
-        _strip(ax)
+        strip_spines(ax)
         self.rects = [self.dyn(ax.add_patch(Rectangle((0, 0.2), 0, 0.6, facecolor=COLORS[c], hatch=h, lw=0.8,
                                                       edgecolor="black", zorder=3 if c == "data" else 2)))
                       for _, c, h in self._PARTS]
@@ -261,7 +132,6 @@ _LANE_LEGEND = (("in use", "IOVA in use"), ("cached", "IOVA in an rcache"),
                 ("queued", "IOVA in a flush queue"), ("reserved", "IOVA reserved"), ("mapped", "leaf PTE"),
                 ("iotlb", "IOTLB entry (device DMA)"), ("stale", "stale IOTLB entry"),
                 ("unflushed", "unmapped, not yet invalidated"), ("focus", "touched by this step"))
-COLORS["unflushed"] = "#f4a6a6"
 
 
 def _merged(items, limit: int = 256):
@@ -337,7 +207,7 @@ class StepView(View):
         cax.set_yticklabels([COUNTER_LABELS[k] for k in kinds], fontsize=FONT - 0.5)
         cax.set_ylim(-0.6, len(kinds) - 0.4)
         cax.set_xticks([])
-        _strip(cax, ("left", "bottom"))
+        strip_spines(cax, ("left", "bottom"))
         self.ctitle = self.dyn(cax.text(0.5, 1.02, "", transform=cax.transAxes, ha="center", va="bottom",
                                         fontsize=FONT + 0.5))
         self.set_window(window)
@@ -479,189 +349,4 @@ class MaskView(View):
         self.title.set_text(f"{walk.preset}: {n} x {walk.allocs[0].size:#x} bytes, "
                             f"{'PCI' if walk.pci else 'non-PCI'}{', iommu.forcedac=1' if walk.forcedac else ''}, "
                             f"effective limit {hex_label(walk.dma_limit)}")
-        return self
-
-
-# --------------------------------------------------------------------------------------------
-_OPS = ("iova_alloc_rcache", "iova_alloc_tree", "iova_free", "pte_write", "table_page", "iommu_map_call",
-        "iotlb_sync", "iotlb_invalidation", "sync_wait", "swiotlb_copy_per_byte", "dma_api_call")
-
-
-class PathsView(View):
-    """Left: the counters of the three paths as grouped bars, each group scaled to its largest
-    path (the bars are labelled with the counts). Right: MODELLED time of each path as a bar split
-    by cost-model operation, as a share of the slowest path, with the modelled total in ns."""
-
-    def __init__(self, *, blit: bool = True):
-        super().__init__(11.0, 3.2, blit=blit)
-        fig = self.fig
-        self.kinds = [k for k in COUNTER_KINDS if k != "swiotlb_bounces"]
-        ax = self.ax = fig.add_axes((0.06, 0.34, 0.42, 0.56))
-        ax.set_ylim(0, 1.3)
-        ax.set_yticks([0, 0.5, 1.0])
-        ax.set_yticklabels(["0", "50%", "100%"], fontsize=FONT)
-        ax.set_xlim(-0.6, len(self.kinds) - 0.4)
-        ax.set_xticks(range(len(self.kinds)))
-        ax.set_xticklabels([COUNTER_LABELS[k] for k in self.kinds], fontsize=FONT, rotation=25,
-                           ha="right")
-        ax.set_ylabel("share of the largest path", fontsize=FONT)
-        ax.set_title("counters per path, same workload (labels: the counts)", fontsize=FONT + 1)
-        _strip(ax, ("left", "bottom"))
-        w = 0.8 / len(PATHS)
-        self.bars = {}
-        self.labels = {}
-        for i, p in enumerate(PATHS):
-            xs = [j + (i - (len(PATHS) - 1) / 2) * w for j in range(len(self.kinds))]
-            self.bars[p] = [self.dyn(ax.add_patch(Rectangle((x - w / 2, 0), w, 0, facecolor=COLORS[p])), slow=True)
-                            for x in xs]
-            self.labels[p] = [self.dyn(ax.text(x, 0, "", ha="center", va="bottom", fontsize=FONT + 0.5,
-                                               rotation=90), slow=True) for x in xs]
-        self._counts: dict | None = None
-        self._present: tuple | None = None
-        self.path_legend: Any = None
-        mx = self.mx = fig.add_axes((0.56, 0.34, 0.26, 0.56))
-        mx.set_xlim(0, 1.45)
-        mx.set_ylim(-0.6, len(PATHS) - 0.4)
-        mx.set_yticks(range(len(PATHS)))
-        mx.set_yticklabels(list(PATHS), fontsize=FONT)
-        mx.invert_yaxis()
-        mx.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
-        mx.set_xticklabels(["0", "25%", "50%", "75%", "100%"], fontsize=FONT - 0.5)
-        mx.set_xlabel("share of the slowest path's modelled time", fontsize=FONT)
-        _strip(mx, ("left", "bottom"))
-        cmap = matplotlib.colormaps["tab20"]
-        self.op_colors = {op: cmap(i) for i, op in enumerate(_OPS)}
-        self.segs = {p: [self.dyn(mx.add_patch(Rectangle((0, i - 0.3), 0, 0.6, facecolor=self.op_colors[op])))
-                         for op in _OPS] for i, p in enumerate(PATHS)}
-        self.totals = {p: self.dyn(mx.text(0, i, "", va="center", fontsize=FONT)) for i, p in enumerate(PATHS)}
-        self.mtitle = self.dyn(mx.text(0.5, 1.03, "", transform=mx.transAxes, ha="center", va="bottom",
-                                       fontsize=FONT + 1))
-        fig.legend(handles=[Patch(color=self.op_colors[op], label=op) for op in _OPS], loc="upper left",
-                   bbox_to_anchor=(0.84, 0.92), fontsize=FONT - 0.5, frameon=False, title="modelled operation",
-                   title_fontsize=FONT)
-
-    def _set_present(self, present: tuple) -> None:
-        """Legend and row labels list only the paths the workload runs on (06 has no ``sg``)."""
-        if present == self._present:
-            return
-        self._present = present
-        if self.path_legend is not None:
-            self.path_legend.remove()
-        self.path_legend = self.fig.legend(
-            handles=[Patch(color=COLORS[p], label=f"{p}: {PATH_TITLES[p]}") for p in present],
-            fontsize=FONT, frameon=False, loc="lower left", bbox_to_anchor=(0.02, 0.0), ncols=3)
-        self.mx.set_yticks([i for i, p in enumerate(PATHS) if p in present])
-        self.mx.set_yticklabels(list(present), fontsize=FONT)
-        self.invalidate()
-
-    def update(self, results: dict) -> PathsView:
-        self._set_present(tuple(p for p in PATHS if p in results))
-        counts = {p: (results[p]["counters"].as_dict() if p in results else {}) for p in PATHS}
-        if counts != self._counts:    # the counter bars change with the workload, not the cost preset
-            self._counts = counts
-            self._update_counts(counts, results)
-            self.touch()
-        self._update_modelled(results)
-        return self
-
-    def _update_counts(self, counts: dict, results: dict) -> None:
-        for j, k in enumerate(self.kinds):
-            top = max([counts[p].get(k, 0) for p in PATHS] + [0])
-            for p in PATHS:
-                v = counts[p].get(k, 0)
-                h = v / top if top else 0.0
-                self.bars[p][j].set_height(h)
-                lab = self.labels[p][j]
-                lab.set_y(h + 0.02)
-                lab.set_text(f"{v:,}" if p in results else "")
-
-    def _update_modelled(self, results: dict) -> None:
-        totals = {p: results[p]["modelled"].total for p in PATHS if p in results}
-        top = max(totals.values()) if totals and max(totals.values()) > 0 else 1.0
-        for p in PATHS:
-            x = 0.0
-            m = results[p]["modelled"] if p in results else {}
-            for op, seg in zip(_OPS, self.segs[p], strict=True):
-                w = m.get(op, 0.0) / top
-                seg.set_x(x)
-                seg.set_width(w)
-                x += w
-            self.totals[p].set_x(x + 0.02)
-            self.totals[p].set_text(f"{totals.get(p, 0):,.0f} ns" if p in totals else "")
-        preset = next((results[p]["modelled"].preset for p in PATHS if p in results), "")
-        self.mtitle.set_text(f"MODELLED time (not measured), cost preset {preset!r}")
-
-
-# --------------------------------------------------------------------------------------------
-class ScalingView(View):
-    """Left: one counter against the pages per request, one line per path. Right: MODELLED time
-    per request against the pages per request. Log-log axes whose ranges depend only on the request
-    sizes, so changing the counter or the cost preset never moves them."""
-
-    def __init__(self, *, blit: bool = True):
-        super().__init__(10.0, 3.0, blit=blit)
-        fig = self.fig
-        self.ax = ax = fig.add_axes((0.08, 0.17, 0.39, 0.7))
-        self.mx = mx = fig.add_axes((0.58, 0.17, 0.39, 0.7))
-        for a in (ax, mx):
-            a.set_xscale("log", base=2)
-            a.set_yscale("log")
-            a.xaxis.set_major_formatter(FuncFormatter(lambda x, pos: f"{int(x)}"))
-            a.xaxis.set_minor_formatter(NullFormatter())
-            a.tick_params(labelsize=FONT - 0.5)
-            a.grid(True, which="major", lw=0.3, color="#dddddd")
-            a.set_xlabel("4 KiB pages per request", fontsize=FONT)
-            _strip(a, ("left", "bottom"))
-        mx.set_ylabel("modelled ns per request", fontsize=FONT)
-        self.ylabel = self.dyn(fig.text(0.015, 0.52, "", rotation=90, va="center", fontsize=FONT), slow=True)
-        self.title = self.dyn(ax.text(0.5, 1.03, "", transform=ax.transAxes, ha="center", va="bottom",
-                                      fontsize=FONT + 1), slow=True)
-        self.mtitle = self.dyn(mx.text(0.5, 1.03, "", transform=mx.transAxes, ha="center", va="bottom",
-                                       fontsize=FONT + 1))
-        self.lines = {p: self.dyn(ax.plot([], [], "-o", ms=3, color=COLORS[p])[0], slow=True) for p in PATHS}
-        self._left: tuple | None = None
-        self.mlines = {p: self.dyn(mx.plot([], [], "-o", ms=3, color=COLORS[p])[0]) for p in PATHS}
-        ax.legend(handles=[Line2D([], [], color=COLORS[p], marker="o", ms=3, label=f"{p}: {PATH_TITLES[p]}")
-                           for p in PATHS], loc="upper left", fontsize=FONT - 1, frameon=False)
-        self.limits: tuple[float, float, float, float] | None = None
-
-    def _set_limits(self, xs) -> None:
-        """Fixed by the request sizes only: counts per request are at most a few per page and
-        modelled time at most ~20 us per page, so redraws never move the axes."""
-        lo, hi = max(1, min(xs)) / 1.4, max(xs) * 1.4
-        top = 10.0 ** math.ceil(math.log10(4 * max(xs)))
-        mtop = 10.0 ** math.ceil(math.log10(2e4 * max(xs)))
-        lim = (lo, hi, top, mtop)
-        if lim == self.limits:
-            return
-        self.limits = lim
-        step = max(1, math.ceil((math.log2(hi) - math.log2(lo)) / 7))
-        for a, yl in ((self.ax, (0.5, top)), (self.mx, (100, mtop))):
-            a.set_xlim(lo, hi)
-            a.set_ylim(*yl)
-            a.xaxis.set_major_locator(FixedLocator([2.0 ** b for b in range(0, int(math.log2(hi)) + 1, step)]))
-        self.invalidate()
-
-    def update(self, scale: dict, kind: str = "iommu_map_calls") -> ScalingView:
-        xs = scale["npages"]
-        self._set_limits(xs)
-        layout = "contiguous" if scale.get("contiguous") else "scattered"
-        left = (kind, layout, tuple(xs), tuple(tuple(s[kind]) for s in scale["paths"].values()))
-        if left != self._left:       # the counter side does not depend on the cost preset
-            self._left = left
-            for p in PATHS:
-                s = scale["paths"].get(p)
-                self.lines[p].set_data(xs, [max(v, 0.6) for v in s[kind]] if s else [])
-                if s is None:
-                    self.lines[p].set_data([], [])
-            self.ylabel.set_text(f"{COUNTER_LABELS[kind]} per request")
-            self.title.set_text(f"{COUNTER_LABELS[kind]}, {layout} pages")
-            self.touch()
-        for p in PATHS:
-            s = scale["paths"].get(p)
-            if s is None:
-                self.mlines[p].set_data([], [])
-            else:
-                self.mlines[p].set_data(xs, [max(v, 101.0) for v in s["modelled_ns"]])
-        self.mtitle.set_text(f"MODELLED time, cost preset {scale.get('cost_preset', '')!r} (not measured)")
         return self

@@ -2,7 +2,7 @@
 
 No kernel analogue and no model logic: each panel reads its controls, calls one function of
 :mod:`iovalab.lab.explain` (which drives the model), writes the numbers into an ``HTML`` widget and
-the drawing (a reused :mod:`iovalab.book.viz_views` figure, rendered to PNG) into an ``Image`` widget.
+the drawing (a reused :mod:`iovalab.book.viz_base` view, rendered to PNG) into an ``Image`` widget.
 Anything a panel shows comes from a plain call a cell can make too:
 
 ================================  ============================================================
@@ -32,7 +32,8 @@ import ipywidgets as W
 
 from iovalab.lab import explain
 from iovalab.kernel.units import hx, parse_int
-from iovalab.book.viz_views import FootprintView, MaskView, PathsView, ScalingView, StepView
+from iovalab.book.viz_paths import PathsView, ScalingView
+from iovalab.book.viz_views import FootprintView, MaskView, StepView
 
 __all__ = [
     "GranuleExplorer", "MaskExplorer", "ScenarioPlayer", "ComparePlayers", "PathComparison", "ScalingExplorer",

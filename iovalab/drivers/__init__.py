@@ -1,4 +1,4 @@
-"""The DMA API's users: NVMe (:mod:`.nvme`, with the block layer's ``blk-mq-dma.c``), HMM (:mod:`.hmm`,
+"""The DMA API's users: NVMe (:mod:`.nvme_pci`, over the block layer's :mod:`.blk_mq_dma`), HMM (:mod:`.hmm`,
 ``mm/hmm.c``) and VFIO mlx5 live migration (:mod:`.vfio_mlx5`).
 
 A driver calls only the DMA layer's public entry points (``dma_map_page``, ``dma_map_sg``, ``dma_iova_*``
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Generator
 
-from iovalab.drivers import hmm, nvme, vfio_mlx5
+from iovalab.drivers import hmm, nvme_pci, vfio_mlx5
 from iovalab.drivers.common import APIS, ScenarioContext, ScenarioResult, Step
 from iovalab.resources import data_dir
 
@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 #: scenario name -> driver module (each has ``APIS``, ``iter_steps(ctx)``, ``run(ctx)``)
-SCENARIOS = {"nvme": nvme, "hmm": hmm, "vfio": vfio_mlx5}
+SCENARIOS = {"nvme": nvme_pci, "hmm": hmm, "vfio": vfio_mlx5}
 _DEFAULT_DEVICE = {"nvme": "nvme", "hmm": "mlx5", "vfio": "mlx5"}
 
 

@@ -1,14 +1,14 @@
-"""NVMe reads and writes under every mapping path: ``drivers/nvme/host/pci.c`` + ``block/blk-mq-dma.c``.
+"""The NVMe PCI driver's data path under every mapping path: ``drivers/nvme/host/pci.c``.
 
-Mirrors (Linux 6.17 unless said otherwise): ``nvme_map_data``, ``nvme_pci_setup_data_simple``,
-``nvme_pci_setup_data_prp``, ``nvme_pci_setup_data_sgl``, ``nvme_pci_use_sgls``,
-``nvme_pci_avg_seg_size``, ``nvme_pci_prp_iter_next``, ``nvme_unmap_data`` (drivers/nvme/host/pci.c);
-``blk_rq_dma_map_iter_start``, ``blk_rq_dma_map_iter_next``, ``blk_rq_dma_map_iova``,
-``blk_dma_map_direct``, ``blk_can_dma_map_iova``, ``blk_map_iter_next``, ``blk_rq_dma_unmap``
-(block/blk-mq-dma.c, include/linux/blk-mq-dma.h); ``biovec_phys_mergeable``, ``get_max_segment_size``,
-``bvec_gap_to_prev`` (block/blk.h, block/blk-merge.c). The ``sg`` path is the 6.12-6.16 driver
-(``blk_rq_map_sg`` + ``dma_map_sgtable``, ``nvme_pci_setup_prps``/``nvme_pci_setup_sgls``) that the
-real capture in data/real/ (Linux 6.12) shows.
+Mirrors (Linux 6.17 unless said otherwise; Linux 7.3.4 keeps these functions in
+drivers/nvme/host/pci.c): ``nvme_map_data``, ``nvme_pci_setup_data_simple``, ``nvme_pci_setup_data_prp``,
+``nvme_pci_setup_data_sgl``, ``nvme_pci_use_sgls``, ``nvme_pci_avg_seg_size``, ``nvme_pci_prp_iter_next``,
+``nvme_unmap_data`` (drivers/nvme/host/pci.c), the queue limits of ``nvme_pci_alloc_dev`` and
+``nvme_max_drv_segments`` (drivers/nvme/host/core.c), and the scenario's entry points
+(:func:`iter_steps`, :func:`run`). The block layer it calls (``blk_rq_dma_map_iter_start`` and
+friends, bio_vec splitting) is :mod:`iovalab.drivers.blk_mq_dma` (block/blk-mq-dma.c). The ``sg`` path
+is the 6.12-6.16 driver (``blk_rq_map_sg`` + ``dma_map_sgtable``,
+``nvme_pci_setup_prps``/``nvme_pci_setup_sgls``) that the real capture in data/real/ (Linux 6.12) shows.
 
 Mapping paths (``api``):
 
@@ -56,19 +56,20 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from iovalab.kernel.dma_iommu import (
-    DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaIovaState, ScatterEntry, dma_iova_size, dma_use_iova,
-)
+from iovalab.kernel.dma_iommu import DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaIovaState, ScatterEntry, dma_use_iova
 from iovalab.kernel.device import NVME_CTRL_PAGE_SIZE
 from iovalab.kernel.units import DMA_MAPPING_ERROR, PAGE_SIZE, SZ_128K, hx
-from iovalab.drivers.common import PARAM_BOUNDS, SIZEOF, ScenarioContext, Step, as_context, int_param, make_run
+from iovalab.drivers.blk_mq_dma import (
+    BlkDmaIter, BlkRequest, bio_vecs, blk_map_iter_segments, blk_rq_dma_map_iter_next, blk_rq_dma_map_iter_start,
+    blk_rq_dma_unmap, blk_split_requests,
+)
+from iovalab.drivers.common import SIZEOF, ScenarioContext, Step, as_context, int_param, make_run
 
 __all__ = [
     "APIS", "NVME_CTRL_PAGE_SIZE", "dma_opt_mapping_size_iommu", "nvme_max_drv_segments",
     "NVME_SMALL_POOL_SIZE", "NVME_MAX_BYTES", "NVME_MAX_SEGS",
     "NVME_MAX_SEGS_PRE_6_17", "NVME_SGL_DESC_SIZE", "PRPS_PER_PAGE", "SGL_THRESHOLD_DEFAULT",
-    "SGL_UNSUPPORTED", "SGL_SUPPORTED", "SGL_FORCED", "NvmeRequest", "bio_vecs", "get_max_segment_size",
-    "biovec_phys_mergeable", "blk_split_requests", "blk_map_iter_segments", "nvme_prp_layout",
+    "SGL_UNSUPPORTED", "SGL_SUPPORTED", "SGL_FORCED", "NvmeError", "NvmeRequest", "nvme_prp_layout",
     "iter_steps", "run",
 ]
 
@@ -82,7 +83,6 @@ NVME_MAX_SEGS = NVME_CTRL_PAGE_SIZE // NVME_SGL_DESC_SIZE   # 256 (6.17)
 NVME_MAX_SEGS_PRE_6_17 = 128        # pci.c 6.3-6.16
 PRPS_PER_PAGE = NVME_CTRL_PAGE_SIZE // 8 - 1                 # 511 (the last slot chains)
 SGL_THRESHOLD_DEFAULT = 32 * 1024   # module parameter sgl_threshold
-UINT_MAX = 0xFFFFFFFF
 #: ``dma_opt_mapping_size()`` behind an IOMMU with 4 KiB pages: ``iova_rcache_range()`` =
 #: ``PAGE_SIZE << (6 - 1)`` (:func:`dma_opt_mapping_size_iommu` for another ``PAGE_SIZE``)
 DMA_OPT_MAPPING_SIZE_IOMMU = SZ_128K
@@ -108,156 +108,6 @@ _SGL_NAMES = {0: "SGL_UNSUPPORTED", 1: "SGL_SUPPORTED", 2: "SGL_FORCED"}
 
 class NvmeError(RuntimeError):
     """The driver would fail the request (BLK_STS_RESOURCE / BLK_STS_IOERR); the message says why."""
-
-
-# ============================================================================================ block layer
-def bio_vecs(params: dict, page_size: int = PAGE_SIZE) -> list[tuple[int, int]]:
-    """The I/O's bio_vecs ``[(phys, len), ...]`` from the preset parameters (see the module doc);
-    a user buffer is cut into the simulated kernel's pages of ``page_size`` bytes (``PAGE_SIZE``:
-    with 64 KiB pages an 8 KiB buffer inside one page is one bio_vec, one physical segment).
-
-    Physically contiguous neighbours are merged into one multi-page bio_vec (``bio_add_page`` ->
-    ``bvec_try_merge_page``). Raises ValueError for an empty buffer or a length that is not a
-    multiple of 512 (the logical block size O_DIRECT requires).
-    """
-    if "segments" in params:
-        if not isinstance(params["segments"], list) or len(params["segments"]) > PARAM_BOUNDS["npages"]:
-            raise ValueError(f"scenario parameter 'segments' must be a list of at most {PARAM_BOUNDS['npages']} "
-                             "[phys, len] pairs")
-        raw = []
-        for i, s in enumerate(params["segments"]):
-            if not isinstance(s, (list, tuple)) or len(s) != 2:
-                raise ValueError(f"segments[{i}] = {s!r} must be [phys, len]")
-            p, n = int_param({"p": s[0]}, "p"), int_param({"n": s[1]}, "n")
-            if n <= 0 or p < 0 or n > PARAM_BOUNDS["length"] or p > PARAM_BOUNDS["base"]:
-                raise ValueError(f"segments[{i}] = [{hx(p)}, {hx(n)}]: phys must be in 0..{hx(PARAM_BOUNDS['base'])} "
-                                 f"and len in 1..{hx(PARAM_BOUNDS['length'])}")
-            raw.append((p, n))
-    else:
-        length = int_param(params, "length")
-        offset = int_param(params, "offset", 0)
-        ph = params.get("phys", {})
-        base = int_param(ph, "base", 0x1_0000_0000)
-        stride = int_param(ph, "stride", page_size)
-        run = int_param(ph, "run_pages", 1)
-        if length <= 0 or not 0 <= offset < page_size or run < 1 or stride < page_size * run:
-            raise ValueError(f"buffer length {length} must be > 0, offset {offset:#x} in [0, {page_size:#x}), "
-                             f"run_pages {run} >= 1 and stride {stride:#x} >= run_pages * {page_size:#x}")
-        if base & (page_size - 1) or stride & (page_size - 1):
-            raise ValueError(f"phys.base {base:#x} and phys.stride {stride:#x} must be page aligned")
-        raw = []
-        i, off, left = 0, offset, length
-        while left:
-            n = min(left, page_size - off)
-            raw.append((base + (i // run) * stride + (i % run) * page_size + off, n))
-            left -= n
-            off = 0
-            i += 1
-    total = sum(n for _, n in raw)
-    if total % 512:
-        raise ValueError(f"I/O length {total:#x} is not a multiple of the 512-byte logical block size")
-    out: list[list[int]] = []
-    for p, n in raw:
-        if out and out[-1][0] + out[-1][1] == p and out[-1][1] + n <= UINT_MAX:
-            out[-1][1] += n
-        else:
-            out.append([p, n])
-    return [(p, n) for p, n in out]
-
-
-def get_max_segment_size(seg_boundary_mask: int, max_segment_size: int, paddr: int, length: int) -> int:
-    """``get_max_segment_size(lim, paddr, len)`` (block/blk.h): the longest segment starting at
-    ``paddr`` that stays inside one segment-boundary window and within ``max_segment_size``."""
-    return min(length, min(seg_boundary_mask - (seg_boundary_mask & paddr), max_segment_size - 1) + 1)
-
-
-def biovec_phys_mergeable(seg_boundary_mask: int, v1: tuple[int, int], v2: tuple[int, int]) -> bool:
-    """``biovec_phys_mergeable(q, vec1, vec2)`` (block/blk.h): physically contiguous and inside one
-    segment-boundary window (``biovec_within_boundary``)."""
-    a1, n1 = v1
-    a2, n2 = v2
-    if a1 + n1 != a2:
-        return False
-    return (a1 | seg_boundary_mask) == ((a2 + n2 - 1) | seg_boundary_mask)
-
-
-def blk_map_iter_segments(bvecs: list[tuple[int, int]], seg_boundary_mask: int = UINT_MAX,
-                          max_segment_size: int = UINT_MAX) -> list[tuple[int, int]]:
-    """Physical segments ``[(paddr, len), ...]`` in the order ``blk_map_iter_next()`` (block/blk-mq-dma.c)
-    produces them: each bio_vec clipped by ``get_max_segment_size``, then the following bio_vecs merged
-    while ``biovec_phys_mergeable`` and the total stays within that size."""
-    segs: list[tuple[int, int]] = []
-    i, done = 0, 0
-    while i < len(bvecs):
-        p, n = bvecs[i]
-        p += done
-        n -= done
-        max_size = get_max_segment_size(seg_boundary_mask, max_segment_size, p, UINT_MAX)
-        take = min(n, max_size)
-        if take < n:
-            done += take
-            segs.append((p, take))
-            continue
-        i += 1
-        done = 0
-        while i < len(bvecs):
-            nxt = bvecs[i]
-            if take + nxt[1] > max_size or not biovec_phys_mergeable(seg_boundary_mask, (p, take), nxt):
-                break
-            take += nxt[1]
-            i += 1
-        segs.append((p, take))
-    return segs
-
-
-def blk_split_requests(bvecs: list[tuple[int, int]], max_bytes: int, max_segs: int,
-                       virt_boundary_mask: int = NVME_CTRL_PAGE_SIZE - 1,
-                       seg_boundary_mask: int = UINT_MAX) -> list[list[tuple[int, int]]]:
-    """Split an I/O's bio_vecs into requests as ``bio_split_rw_at()`` (block/blk-merge.c) would:
-    at ``max_bytes`` (``max_sectors``, cut to a 512-byte multiple), at ``max_segs`` physical
-    segments, and before a bio_vec that leaves a gap at the virt boundary (``bvec_gap_to_prev``:
-    the previous one does not end, or this one does not start, on the boundary)."""
-    if max_bytes < 512 or max_segs < 1:
-        raise ValueError(f"max_bytes {max_bytes} must be >= 512 and max_segs {max_segs} >= 1")
-    reqs: list[list[tuple[int, int]]] = []
-    cur: list[tuple[int, int]] = []
-    cur_bytes = 0
-    nsegs = 0
-
-    def close() -> None:
-        nonlocal cur, cur_bytes, nsegs
-        if cur:
-            reqs.append(cur)
-        cur, cur_bytes, nsegs = [], 0, 0
-
-    for p, n in bvecs:
-        while n:
-            if cur and virt_boundary_mask and ((p & virt_boundary_mask)
-                                               or ((cur[-1][0] + cur[-1][1]) & virt_boundary_mask)):
-                close()
-            room = max_bytes - cur_bytes
-            take = min(n, room)
-            if take < n:
-                take &= ~511
-            if take == 0:
-                close()
-                continue
-            new_seg = not cur or not biovec_phys_mergeable(seg_boundary_mask, cur[-1], (p, take))
-            if new_seg and nsegs == max_segs:
-                close()
-                continue
-            if cur and not new_seg:
-                cur[-1] = (cur[-1][0], cur[-1][1] + take)
-            else:
-                cur.append((p, take))
-                nsegs += 1
-            cur_bytes += take
-            p += take
-            n -= take
-            if cur_bytes == max_bytes:
-                close()
-    close()
-    return reqs
 
 
 # ============================================================================================ PRP layout
@@ -343,44 +193,18 @@ def _prp_walk(it: dict, length: int, iter_next) -> Generator[Step, None, dict]:
 
 # ============================================================================================ requests
 @dataclass
-class NvmeRequest:
-    """One block request and the driver state of its ``struct nvme_iod`` (pci.c)."""
+class NvmeRequest(BlkRequest):
+    """One block request and the driver state of its ``struct nvme_iod`` (drivers/nvme/host/pci.c, 6.17)."""
 
-    io: int
-    index: int
-    bvecs: list[tuple[int, int]]
-    segments: list[tuple[int, int]]
-    dir: int
     state: DmaIovaState = field(default_factory=DmaIovaState)
     single_segment: bool = False          # IOD_SINGLE_SEGMENT
-    path: str = ""
     use_sgl: int = SGL_UNSUPPORTED
     dma_vecs: list[tuple[int, int]] = field(default_factory=list)   # iod->dma_vecs (6.17, non-IOVA PRP)
     sgl: list[ScatterEntry] | None = None   # iod->sgt (6.12 path)
     nents: int = 0                         # iod->sgt.nents after dma_map_sgtable
-    dma_segments: list[tuple[int, int]] = field(default_factory=list)  # what the iterator produced
     cmd: dict = field(default_factory=dict)
     total_len: int = 0                     # iod->total_len
     held: list[tuple[str, int]] = field(default_factory=list)  # bookkeeping to release at completion
-
-    @property
-    def payload(self) -> int:
-        """``blk_rq_payload_bytes(req)``."""
-        return sum(n for _, n in self.bvecs)
-
-    @property
-    def nr_phys_segments(self) -> int:
-        """``blk_rq_nr_phys_segments(req)``."""
-        return len(self.segments)
-
-
-class _Iter:
-    """``struct blk_dma_iter``: ``addr``, ``len`` and the cursor over the request's physical segments
-    (for the 6.12 ``sg`` path: over the mapped DMA segments)."""
-
-    def __init__(self) -> None:
-        self.it = {"addr": 0, "len": 0}
-        self.pos = 0
 
 
 def _hold(ctx: ScenarioContext, rq: NvmeRequest, what: str, nbytes: int) -> None:
@@ -391,6 +215,12 @@ def _hold(ctx: ScenarioContext, rq: NvmeRequest, what: str, nbytes: int) -> None
 def _fail(addr: int, what: str) -> None:
     if addr == DMA_MAPPING_ERROR:
         raise NvmeError(f"{what} returned DMA_MAPPING_ERROR (BLK_STS_RESOURCE)")
+
+
+def _blk_status(it: BlkDmaIter) -> None:
+    """``nvme_map_data`` returns ``iter.status`` when the block layer's iterator failed to map."""
+    if it.status:
+        raise NvmeError(f"dma_map_page returned DMA_MAPPING_ERROR ({it.status})")
 
 
 class _Nvme:
@@ -458,8 +288,9 @@ class _Nvme:
         if self.api == "sg":
             yield from self.map_data_sg(rq)
             return
-        it = _Iter()
-        yield from self.blk_rq_dma_map_iter_start(rq, it)
+        it = BlkDmaIter()
+        if not (yield from blk_rq_dma_map_iter_start(ctx, rq, rq.state, it, self.vbm, try_iova=self.api != "page")):
+            _blk_status(it)
         coalesced = dma_use_iova(rq.state)
         nseg = 1 if coalesced else rq.nr_phys_segments
         avg = -(-rq.payload // nseg)
@@ -506,88 +337,21 @@ class _Nvme:
                        f"{rq.cmd['format']} in the command (IOD_SINGLE_SEGMENT)", request=rq.index, dma=addr)
         return True
 
-    # -- 6.17 block-layer iterator --------------------------------------------------------------
-    def blk_rq_dma_map_iter_start(self, rq: NvmeRequest, it: _Iter) -> Generator[Step, None, None]:
-        """``blk_rq_dma_map_iter_start()``: IOVA coalescing iff ``blk_can_dma_map_iova()`` and
-        ``dma_iova_try_alloc(dev, state, first.paddr, payload)``, else ``blk_dma_map_direct()``."""
-        ctx = self.ctx
-        first = rq.segments[0]
-        it.pos = 1
-        ctx.begin("blk_rq_dma_map_iter_start", request=rq.index, payload=rq.payload,
-                  nr_phys_segments=rq.nr_phys_segments)
-        if self.api == "page":
-            can = False
-            why = "api='page': the IOVA branch is not taken (as when blk_can_dma_map_iova() is false)"
-        else:
-            mb = ctx.dma_get_merge_boundary()
-            can = ((self.vbm + 1) & mb) == 0
-            why = (f"blk_can_dma_map_iova: (virt_boundary {self.vbm:#x} + 1) & merge_boundary {mb:#x} = "
-                   f"{(self.vbm + 1) & mb:#x}")
-        if can:
-            ok = ctx.dma.dma_iova_try_alloc(ctx.dev, rq.state, first[0], rq.payload)
-            if ctx.fine:
-                yield ctx.step(f"{why}; dma_iova_try_alloc(phys {hx(first[0])}, {hx(rq.payload)}) -> {ok}"
-                               + (f", state.addr = {hx(rq.state.addr)}" if ok else ""), request=rq.index)
-            if ok:
-                yield from self.blk_rq_dma_map_iova(rq, it)
-                return
-        elif ctx.fine:
-            yield ctx.step(f"{why}: map segment by segment", request=rq.index)
-        yield from self.blk_dma_map_direct(rq, it, first)
-
-    def blk_rq_dma_map_iova(self, rq: NvmeRequest, it: _Iter) -> Generator[Step, None, None]:
-        """``blk_rq_dma_map_iova()``: link every physical segment at its payload offset, one sync."""
-        ctx = self.ctx
-        rq.path = "IOVA (dma_iova_link per segment)"
-        it.it["addr"], it.it["len"] = rq.state.addr, dma_iova_size(rq.state)
-        mapped = 0
-        for p, n in rq.segments:
-            ctx.begin("blk_rq_dma_map_iova", request=rq.index, phys=p, offset=mapped, len=n)
-            ctx.dma.dma_iova_link(ctx.dev, rq.state, p, mapped, n, rq.dir)
-            mapped += n
-            if ctx.fine:
-                yield ctx.step(f"dma_iova_link(phys {hx(p)}, offset {hx(mapped - n)}, {hx(n)})", request=rq.index)
-        ctx.begin("blk_rq_dma_map_iova", request=rq.index, sync=mapped)
-        ctx.dma.dma_iova_sync(ctx.dev, rq.state, 0, mapped)
-        it.pos = len(rq.segments)
-        rq.dma_segments = [(rq.state.addr, dma_iova_size(rq.state))]
-        yield ctx.step(f"{len(rq.segments)} link(s), one dma_iova_sync(0, {hx(mapped)}): the request is one DMA "
-                       f"segment {hx(rq.state.addr)}+{hx(mapped)}", request=rq.index)
-
-    def blk_dma_map_direct(self, rq: NvmeRequest, it: _Iter, seg: tuple[int, int]) -> Generator[Step, None, None]:
-        """``blk_dma_map_direct()``: ``dma_map_page`` of one physical segment."""
-        ctx = self.ctx
-        rq.path = "dma-direct (phys = DMA address)" if ctx.direct else "dma_map_page per segment"
-        ctx.begin("blk_dma_map_direct", request=rq.index, phys=seg[0], len=seg[1])
-        addr = ctx.dma.dma_map_page(ctx.dev, seg[0], seg[1], rq.dir)
-        _fail(addr, "dma_map_page")
-        it.it["addr"], it.it["len"] = addr, seg[1]
-        rq.dma_segments.append((addr, seg[1]))
-        if ctx.fine:
-            yield ctx.step(f"dma_map_page(phys {hx(seg[0])}, {hx(seg[1])}) -> {hx(addr)}", request=rq.index)
-
-    def blk_rq_dma_map_iter_next(self, rq: NvmeRequest, it: _Iter) -> Generator[Step, None, bool]:
-        """``blk_rq_dma_map_iter_next()``: map the next physical segment (non-IOVA case only)."""
-        if it.pos >= len(rq.segments):
-            return False
-        seg = rq.segments[it.pos]
-        it.pos += 1
-        yield from self.blk_dma_map_direct(rq, it, seg)
-        return True
-
-    def nvme_pci_prp_iter_next(self, rq: NvmeRequest, it: _Iter) -> Generator[Step, None, bool]:
+    # -- 6.17 PRP / SGL over the block layer's DMA iterator ------------------------------------------
+    def nvme_pci_prp_iter_next(self, rq: NvmeRequest, it: BlkDmaIter) -> Generator[Step, None, bool]:
         """``nvme_pci_prp_iter_next()``: next segment when this one is used up; record it in
         ``iod->dma_vecs`` when not coalesced and ``dma_need_unmap()``."""
         if it.it["len"]:
             return True
-        if not (yield from self.blk_rq_dma_map_iter_next(rq, it)):
+        if not (yield from blk_rq_dma_map_iter_next(self.ctx, rq, it)):
+            _blk_status(it)
             return False
         if not dma_use_iova(rq.state) and self.ctx.dma_need_unmap():
             rq.dma_vecs.append((it.it["addr"], it.it["len"]))
             _hold(self.ctx, rq, "struct nvme_dma_vec (iod->dma_vecs)", SIZEOF["struct nvme_dma_vec"])
         return True
 
-    def setup_data_prp(self, rq: NvmeRequest, it: _Iter, avg: int) -> Generator[Step, None, None]:
+    def setup_data_prp(self, rq: NvmeRequest, it: BlkDmaIter, avg: int) -> Generator[Step, None, None]:
         """``nvme_pci_setup_data_prp()``: PRP1 (may be unaligned), PRP2 = data pointer or list."""
         ctx = self.ctx
         ctx.begin("nvme_pci_setup_data_prp", request=rq.index, payload=rq.payload, avg_seg_size=avg)
@@ -599,7 +363,7 @@ class _Nvme:
         self._prp_cmd(rq, out)
         yield ctx.step(self._describe(rq, avg), request=rq.index, cmd=rq.cmd)
 
-    def setup_data_sgl(self, rq: NvmeRequest, it: _Iter, avg: int) -> Generator[Step, None, None]:
+    def setup_data_sgl(self, rq: NvmeRequest, it: BlkDmaIter, avg: int) -> Generator[Step, None, None]:
         """``nvme_pci_setup_data_sgl()``: one data descriptor in the SQE if one segment or coalesced,
         else a descriptor list (small pool if <= 16 entries) and a last-segment descriptor."""
         ctx = self.ctx
@@ -614,7 +378,8 @@ class _Nvme:
             while True:
                 descs.append({"type": "DATA_DESC", "addr": it.it["addr"], "length": it.it["len"]})
                 rq.total_len += it.it["len"]
-                if not (yield from self.blk_rq_dma_map_iter_next(rq, it)):
+                if not (yield from blk_rq_dma_map_iter_next(ctx, rq, it)):
+                    _blk_status(it)
                     break
             self._sgl_list_cmd(rq, descs)
         yield ctx.step(self._describe(rq, avg), request=rq.index, cmd=rq.cmd)
@@ -699,11 +464,8 @@ class _Nvme:
         elif self.api == "sg":
             ctx.dma.dma_unmap_sg(dev, rq.sgl, rq.dir)
             what = "dma_unmap_sgtable: one unmap of the list's IOVA"
-        elif dma_use_iova(rq.state):
-            ctx.dma.dma_iova_destroy(dev, rq.state, rq.total_len, rq.dir)
-            what = f"blk_rq_dma_unmap -> dma_iova_destroy(mapped_len {hx(rq.total_len)})"
-        elif not ctx.dma_need_unmap():
-            what = "blk_rq_dma_unmap: dma_need_unmap() is false (dma-direct, coherent): nothing to unmap"
+        elif (done := blk_rq_dma_unmap(ctx, rq.state, rq.total_len, rq.dir)) is not None:
+            what = done
         elif rq.cmd["format"] == "SGL":
             descs = rq.cmd["descriptors"] or [rq.cmd["sgl"]]
             for d in descs:
