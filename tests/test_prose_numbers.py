@@ -113,7 +113,34 @@ def _walk(n: int = 4) -> tuple[int, ...]:
     return tuple(a.iova for a in explain.mask_walk(64, count=n).allocs)
 
 
+
+def _cap():
+    """The real arm64 capture redone by the simulator (lab.captures), cached."""
+    from iovalab.lab import captures
+    if not hasattr(_cap, "run"):
+        _cap.run = captures.run_capture()   # type: ignore[attr-defined]
+        _cap.space = captures.iova_space(_cap.run)   # type: ignore[attr-defined]
+    return _cap.run, _cap.space   # type: ignore[attr-defined]
+
+
+def _offset_mod_short() -> int:
+    """The smallest modulus of offset_evidence that does not explain every dma_map_phys line."""
+    from iovalab.lab.captures import offset_evidence
+    e = offset_evidence(_cap()[0])
+    return min(m for m, k in e.offset_mod.items() if k < e.requests)
+
+
 CLAIMS: list[tuple[str, str, Callable[[], Any]]] = [
+    ("09-reviewer-lab.ipynb", "a real «64K»-page kernel", lambda: _cap()[0].system.page_size),
+    ("09-reviewer-lab.ipynb", "A «4 KiB» modulus explains just the buffers whose offset inside the granule is below one «4 KiB» page",
+     lambda: (_offset_mod_short(),) * 2),
+    ("09-reviewer-lab.ipynb", "a «64K»-page kernel behind a «4K»-granule SMMU",
+     lambda: (_cap()[0].system.page_size, _cap()[1][2].granule)),
+    ("09-reviewer-lab.ipynb", "### IOVA space of the whole workload, «64K» pages vs «4K»",
+     lambda: (_cap()[1][0].granule, _cap()[1][2].granule)),
+    ("09-reviewer-lab.ipynb", "a «4 KiB» granule with a «4 KiB» `PAGE_SIZE`, next to the kernel and the simulator at «64 KiB»",
+     lambda: (_cap()[1][2].granule, _cap()[1][2].granule, _cap()[1][1].granule)),
+    ("09-reviewer-lab.ipynb", "the real and simulated «64K» runs", lambda: _cap()[1][1].granule),
     ("00-start-here.ipynb", "one node of «8» granules", lambda: _fp(0x1000, 0x200, 0x5600).node_granules),
     ("00-start-here.ipynb", "a single address, `«0xffff8200»`", lambda: _fp(0x1000, 0x200, 0x5600).fresh_addr),
     ("01-iova-granule-and-offset.ipynb", "starts `«0x234»` bytes into a 4 KiB granule and ends `«0xdcc»` bytes",

@@ -539,3 +539,26 @@ def test_nvme_single_segment_path_counts_kernel_pages():
     big = _read("smmuv3-64k", 0x2000, offset=0x600)
     assert len(kinds(big, "dma_api_calls", "dma_map_page")) == 1
     assert not kinds(big, "dma_api_calls", "dma_iova_try_alloc")
+
+
+def _vfio(iommu, api="iova", npages=8, **phys):
+    return run_scenario({"name": "t", "scenario": "vfio", "device": "mlx5", "iommu": iommu,
+                         "parameters": {"npages": npages, **({"phys": phys} if phys else {})}}, api=api, strict=True)
+
+
+def test_vfio_page_array_entries_are_kernel_pages():
+    """register_dma_pages (drivers/vfio/pci/mlx5/cmd.c, 6.16): one MTT entry per struct page, PAGE_SIZE
+    each (dma_iova_try_alloc(0, npages * PAGE_SIZE), dma_iova_link(.., PAGE_SIZE, ..), log_page_size =
+    PAGE_SHIFT): with a 64 KiB kernel each of the 8 entries is 64 KiB, also behind a 4 KiB granule."""
+    for iommu, page in (("smmuv3-4k", 0x1000), ("smmuv3-64k", 0x10000),
+                        ({"preset": "smmuv3-4k", "page_size": 0x10000}, 0x10000)):
+        r = _vfio(iommu)
+        (alloc,) = kinds(r, "dma_api_calls", "dma_iova_try_alloc")
+        assert alloc.args["size"] == 8 * page, iommu
+        links = kinds(r, "dma_api_calls", "dma_iova_link")
+        assert [e.args["size"] for e in links] == [page] * 8, iommu
+        mtt = r.device_view["mtt"]
+        assert len(mtt) == 8 and all(int(b) - int(a) == page for a, b in zip(mtt, mtt[1:], strict=False)), iommu
+        assert r.device_view["log_page_size"] == page.bit_length() - 1
+    sg = _vfio("smmuv3-64k", api="sg", run_pages=2, stride=0x40000)   # pairs of contiguous 64 KiB pages
+    assert sg.extra["sg_entries"] == 4

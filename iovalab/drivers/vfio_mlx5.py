@@ -61,58 +61,62 @@ APIS = ("iova", "page", "sg", "direct")
 SG_MAX_SINGLE_ALLOC = PAGE_SIZE // SIZEOF["struct scatterlist"]
 #: drivers/vfio/vfio_iommu_type1.c
 VFIO_IOMMU_TLB_SYNC_MAX = 512
-#: ``UINT_MAX`` max_segment, aligned down to PAGE_SIZE by ``sg_alloc_append_table_from_pages``
-_SG_MAX_SEGMENT = 0xFFFFFFFF & ~(PAGE_SIZE - 1)
 
 
-def _pages(params: dict) -> np.ndarray:
-    """Physical address of each buffer page (``page_to_phys(page_list[i])``), int64."""
+def _pages(params: dict, page: int = PAGE_SIZE) -> np.ndarray:
+    """Physical address of each buffer page (``page_to_phys(page_list[i])``), int64; ``page``: the
+    simulated kernel's ``PAGE_SIZE`` (``DmaDomain.page_size``), the size of one ``struct page``."""
     n = int_param(params, "npages")
     if n < 1:
         raise ValueError(f"npages {n} must be >= 1")
     ph = params.get("phys", {})
     base = int_param(ph, "base", 0x1_0000_0000)
-    stride = int_param(ph, "stride", 2 * PAGE_SIZE)
+    stride = int_param(ph, "stride", 2 * page)
     run = int_param(ph, "run_pages", 1)
-    if base % PAGE_SIZE or stride % PAGE_SIZE or run < 1 or stride < run * PAGE_SIZE:
+    if base % page or stride % page or run < 1 or stride < run * page:
         raise ValueError(f"phys.base {base:#x}/stride {stride:#x} must be page aligned, run_pages {run} >= 1, "
                          "stride >= run_pages * PAGE_SIZE")
     i = np.arange(n, dtype=np.int64)
-    return base + (i // run) * stride + (i % run) * PAGE_SIZE
+    return base + (i // run) * stride + (i % run) * page
 
 
-def page_runs(phys: np.ndarray, max_len: int = _SG_MAX_SEGMENT) -> list[tuple[int, int]]:
-    """Physically contiguous runs ``[(phys, len), ...]`` of the page array, each at most ``max_len``
-    bytes (how ``sg_alloc_append_table_from_pages`` and ``vfio_pin_pages_remote`` group pages)."""
+def page_runs(phys: np.ndarray, max_len: int | None = None, page: int = PAGE_SIZE) -> list[tuple[int, int]]:
+    """Physically contiguous runs ``[(phys, len), ...]`` of the page array (pages of ``page`` bytes,
+    the kernel's ``PAGE_SIZE``), each at most ``max_len`` bytes (default ``UINT_MAX`` aligned down to
+    ``PAGE_SIZE``: how ``sg_alloc_append_table_from_pages`` and ``vfio_pin_pages_remote`` group pages)."""
+    if max_len is None:
+        max_len = 0xFFFFFFFF & ~(page - 1)
     if not len(phys):
         return []
-    breaks = np.flatnonzero(np.diff(phys) != PAGE_SIZE) + 1
+    breaks = np.flatnonzero(np.diff(phys) != page) + 1
     starts = np.concatenate(([0], breaks))
     ends = np.concatenate((breaks, [len(phys)]))
     runs = []
-    per = max_len // PAGE_SIZE
+    per = max_len // page
     for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
         while s < e:
             k = min(e - s, per)
-            runs.append((int(phys[s]), k * PAGE_SIZE))
+            runs.append((int(phys[s]), k * page))
             s += k
     return runs
 
 
-def sg_slots(nents: int) -> int:
-    """Scatterlist slots allocated for ``nents`` entries when chunks of ``SG_MAX_SINGLE_ALLOC`` are
-    chained (``__sg_alloc_table``: a full non-last chunk gives its last slot to the chain link)."""
-    if nents <= SG_MAX_SINGLE_ALLOC:
+def sg_slots(nents: int, page: int = PAGE_SIZE) -> int:
+    """Scatterlist slots allocated for ``nents`` entries when chunks of ``SG_MAX_SINGLE_ALLOC``
+    (``PAGE_SIZE / sizeof(struct scatterlist)``, ``page`` = the kernel's ``PAGE_SIZE``) are chained
+    (``__sg_alloc_table``: a full non-last chunk gives its last slot to the chain link)."""
+    per = page // SIZEOF["struct scatterlist"]
+    if nents <= per:
         return nents
-    chunks = 1 + -(-(nents - SG_MAX_SINGLE_ALLOC) // (SG_MAX_SINGLE_ALLOC - 1))
+    chunks = 1 + -(-(nents - per) // (per - 1))
     return nents + chunks - 1
 
 
-def vfio_type1_counts(phys: np.ndarray) -> dict:
+def vfio_type1_counts(phys: np.ndarray, page: int = PAGE_SIZE) -> dict:
     """Counting-only estimate of ``VFIO_IOMMU_MAP_DMA`` + ``VFIO_IOMMU_UNMAP_DMA`` of these pages in a
     type1 container (see the module doc); keys named like the counters, plus ``model``."""
-    runs = len(page_runs(phys))
-    npages = len(phys)
+    runs = len(page_runs(phys, page=page))
+    npages = len(phys) * (page // PAGE_SIZE)
     return {
         "model": "counting-only: vfio_iommu_type1 iommu_map()s user memory at a user-chosen IOVA in an "
                  "UNMANAGED domain; this cannot be expressed with the DMA API, so it is not simulated",
@@ -129,7 +133,9 @@ class _Mlx5Vf:
     def __init__(self, ctx: ScenarioContext):
         self.ctx = ctx
         p = ctx.params
-        self.phys = _pages(p)
+        # the simulated kernel's PAGE_SIZE, DmaDomain.page_size (dma-direct has no domain: the 4 KiB default)
+        self.page = page = getattr(ctx.dma, "page_size", PAGE_SIZE)
+        self.phys = _pages(p, page)
         self.n = len(self.phys)
         d = str(p.get("direction", "from_device"))
         dirs = {"from_device": DMA_FROM_DEVICE, "to_device": DMA_TO_DEVICE, "bidirectional": DMA_BIDIRECTIONAL}
@@ -154,20 +160,20 @@ class _Mlx5Vf:
         ctx.begin("register_dma_pages", npages=self.n, dir=self.dir)
         ok = False
         if ctx.api in ("iova", "direct"):
-            ok = ctx.dma.dma_iova_try_alloc(dev, self.state, 0, self.n * PAGE_SIZE)
+            ok = ctx.dma.dma_iova_try_alloc(dev, self.state, 0, self.n * self.page)
         if ok:
-            yield ctx.step(f"dma_iova_try_alloc(0, {hx(self.n * PAGE_SIZE)}) -> state.addr = {hx(self.state.addr)}")
+            yield ctx.step(f"dma_iova_try_alloc(0, {hx(self.n * self.page)}) -> state.addr = {hx(self.state.addr)}")
             link = ctx.dma.dma_iova_link
             addr = self.state.addr
             mapped = 0
             for i, p in enumerate(self.phys.tolist()):
-                link(dev, self.state, p, mapped, PAGE_SIZE, self.dir)
+                link(dev, self.state, p, mapped, self.page, self.dir)
                 self.mtt[i] = addr
-                addr += PAGE_SIZE
-                mapped += PAGE_SIZE
+                addr += self.page
+                mapped += self.page
                 if ctx.fine:
-                    yield ctx.step(f"dma_iova_link(page {i}: phys {hx(p)}, offset {hx(mapped - PAGE_SIZE)}); "
-                                   f"MTT[{i}] = {hx(addr - PAGE_SIZE)}", page=i)
+                    yield ctx.step(f"dma_iova_link(page {i}: phys {hx(p)}, offset {hx(mapped - self.page)}); "
+                                   f"MTT[{i}] = {hx(addr - self.page)}", page=i)
             if not ctx.fine:
                 yield ctx.step(f"{self.n} x dma_iova_link, MTT[i] = state.addr + i * PAGE_SIZE")
             ctx.dma.dma_iova_sync(dev, self.state, 0, mapped)
@@ -175,7 +181,7 @@ class _Mlx5Vf:
             return
         why = "api='page': the fallback branch" if ctx.api == "page" else "dma_iova_try_alloc is false (dma-direct)"
         for i, p in enumerate(self.phys.tolist()):
-            a = ctx.dma.dma_map_page(dev, p, PAGE_SIZE, self.dir)
+            a = ctx.dma.dma_map_page(dev, p, self.page, self.dir)
             if a == DMA_MAPPING_ERROR:
                 raise RuntimeError(f"dma_map_page of page {i} failed: the driver unwinds (unregister_dma_pages) "
                                    "and returns -ENOMEM")
@@ -188,9 +194,9 @@ class _Mlx5Vf:
     def _register_sg(self) -> Generator[Step, None, None]:
         ctx = self.ctx
         ctx.begin("sg_alloc_append_table_from_pages", npages=self.n)
-        runs = page_runs(self.phys)
+        runs = page_runs(self.phys, page=self.page)
         self.sgl = [ScatterEntry(p, n) for p, n in runs]
-        self.slots = sg_slots(len(self.sgl))
+        self.slots = sg_slots(len(self.sgl), self.page)
         ctx.bk.add("struct sg_append_table (mlx5_vhca_data_buffer.table)", SIZEOF["struct sg_append_table"])
         ctx.bk.add("struct scatterlist (incl. chain slots)", SIZEOF["struct scatterlist"] * self.slots)
         yield ctx.step(f"{self.n} pages -> {len(self.sgl)} scatterlist entries ({self.slots} slots with chaining)")
@@ -200,11 +206,11 @@ class _Mlx5Vf:
             raise RuntimeError("dma_map_sgtable failed")
         i = 0
         for s in self.sgl[:ents]:
-            k = s.dma_length // PAGE_SIZE
-            self.mtt[i:i + k] = np.uint64(s.dma_address) + np.arange(k, dtype=np.uint64) * np.uint64(PAGE_SIZE)
+            k = s.dma_length // self.page
+            self.mtt[i:i + k] = np.uint64(s.dma_address) + np.arange(k, dtype=np.uint64) * np.uint64(self.page)
             i += k
         yield ctx.step(f"dma_map_sgtable -> {ents} DMA segment(s) from {hx(self.sgl[0].dma_address)}; MTT filled per "
-                       "4 KiB DMA page (for_each_sgtable_dma_page)")
+                       f"{self.page // 1024} KiB DMA page (for_each_sgtable_dma_page)")
 
     def unregister_dma_pages(self) -> Generator[Step, None, None]:
         """``unregister_dma_pages(mdev, npages, mkey_in, state, dir)`` (6.16) / ``dma_unmap_sgtable``."""
@@ -218,11 +224,11 @@ class _Mlx5Vf:
             yield ctx.step("dma_unmap_sgtable: one unmap of the list's IOVA")
             return
         if dma_use_iova(self.state):
-            ctx.dma.dma_iova_destroy(dev, self.state, self.n * PAGE_SIZE, self.dir)
-            what = f"dma_iova_destroy(mapped_len {hx(self.n * PAGE_SIZE)}): one unmap, one sync, IOVA freed"
+            ctx.dma.dma_iova_destroy(dev, self.state, self.n * self.page, self.dir)
+            what = f"dma_iova_destroy(mapped_len {hx(self.n * self.page)}): one unmap, one sync, IOVA freed"
         else:
             for a in self.mtt[::-1].tolist():
-                ctx.dma.dma_unmap_page(dev, a, PAGE_SIZE, self.dir)
+                ctx.dma.dma_unmap_page(dev, a, self.page, self.dir)
             what = f"dma_unmap_page x {self.n}, last page first"
         ctx.bk.remove("page_list (struct page * per page)", SIZEOF["struct page *"] * self.n)
         ctx.bk.remove("struct dma_iova_state (mlx5_vhca_data_buffer.state)", SIZEOF["struct dma_iova_state"])
@@ -232,18 +238,18 @@ class _Mlx5Vf:
 def iter_steps(ctx: ScenarioContext | str | dict, api: str = "iova", *, strict: bool = True,
                keep_events: bool = True, fine: bool = True) -> Generator[Step, None, None]:
     """The VFIO scenario as steps: register the buffer (mkey MTT), unregister it. ``ctx.device_view``:
-    ``{"mtt": ndarray(uint64) per page, "log_page_size": 12, "mtt_bytes", "state_addr"}``;
+    ``{"mtt": ndarray(uint64) per page, "log_page_size": PAGE_SHIFT, "mtt_bytes", "state_addr"}``;
     ``ctx.extra["vfio_type1"]``: the counting-only contrast."""
     ctx = as_context(ctx, api, "vfio", "mlx5", strict=strict, keep_events=keep_events, fine=fine)
     if ctx.api not in APIS:
         raise ValueError(f"api {ctx.api!r} does not apply to the vfio scenario; valid: {', '.join(APIS)}")
     m = _Mlx5Vf(ctx)
     yield from m.register_dma_pages()
-    ctx.device_view = {"mtt": m.mtt.copy(), "log_page_size": 12, "mtt_bytes": 8 * m.n,
+    ctx.device_view = {"mtt": m.mtt.copy(), "log_page_size": m.page.bit_length() - 1, "mtt_bytes": 8 * m.n,
                        "state_addr": m.state.addr if dma_use_iova(m.state) else None}
     yield from m.unregister_dma_pages()
     yield from ctx.settle()
-    ctx.extra["vfio_type1"] = vfio_type1_counts(m.phys)
+    ctx.extra["vfio_type1"] = vfio_type1_counts(m.phys, m.page)
     ctx.extra["sg_entries"] = len(m.sgl) if m.sgl is not None else None
     ctx.notes.append("vfio-type1 contrast (result.extra['vfio_type1']) is counting-only, not simulated: it uses "
                      "iommu_map() in an UNMANAGED domain, outside the DMA API")

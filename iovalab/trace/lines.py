@@ -128,10 +128,14 @@ def _sg_entries(phys: list[int], maps: list[TraceLine], granule: int) -> list[Sc
 
 
 def check_lines(cap: FtraceCapture, system: SystemConfig | None = None, *, cpus: int | None = None,
-                strict: bool = True, reorders: dict[int, int] | None = None) -> LineCheck:
+                strict: bool = True, reorders: dict[int, int] | None = None,
+                record: dict[int, dict] | None = None) -> LineCheck:
     """Redo every mapping of ``cap`` through the simulator's DMA API and compare its ``map`` and
     ``unmap`` lines (module doc). ``reorders``: ``{allocation line: k}`` from the allocation replay,
-    the ``k`` frees just before that allocation done after it."""
+    the ``k`` frees just before that allocation done after it. ``record``: a dict filled with one
+    entry per request, keyed by its first map line: ``path``, the kernel's and the simulator's
+    ``maps`` (iova, paddr, size) and ``unmaps`` (iova, size, unmapped_size), and ``dma_addr``
+    (kernel, simulator) when the path returns one."""
     system = system or infer_system(cap)
     g = system.granule
     ncpus = cpus or system.cpus or (max(cap.cpus) + 1 if cap.cpus else 1)
@@ -158,6 +162,8 @@ def check_lines(cap: FtraceCapture, system: SystemConfig | None = None, *, cpus:
     devs: dict[str, Device] = {}
     live: dict[int, tuple] = {}       # kernel base -> (path, how to undo it)
     held: dict[int, list[TraceLine]] = {}   # allocation line -> unmap lines deferred after it
+    rec_by_base: dict[int, dict] = {}       # kernel base -> its ``record`` entry, until unmapped
+    cur: dict = {}                          # the ``record`` entry of the request being redone
 
     def device(name: str) -> Device:
         if name not in devs:
@@ -177,6 +183,7 @@ def check_lines(cap: FtraceCapture, system: SystemConfig | None = None, *, cpus:
                                   f"{[tuple(hex(x) for x in s) for s in sim]}")
 
     def cmp_addr(ln: TraceLine, want: int, got: int) -> None:
+        cur["dma_addr"] = (want, got)
         res.dma_addrs += 1
         if want == got:
             res.dma_addrs_ok += 1
@@ -190,6 +197,7 @@ def check_lines(cap: FtraceCapture, system: SystemConfig | None = None, *, cpus:
         cpu = a.cpu
         mark = log.mark()
         undo: tuple = ()
+        cur.clear()
         try:
             undo = redo(a, path, maps, ev, cpu)
         except (ValueError, DmaError) as e:
@@ -199,6 +207,12 @@ def check_lines(cap: FtraceCapture, system: SystemConfig | None = None, *, cpus:
                if e.kind == "iommu_map_calls"]
         compare(path, maps, ("iova", "paddr", "size"), sim)
         log.clear()
+        if record is not None:
+            entry = {"path": path, "kernel_maps": [(m.fields["iova"], m.fields["paddr"], m.fields["size"])
+                                                   for m in maps],
+                     "sim_maps": sim, "kernel_unmaps": [], "sim_unmaps": [], **cur}
+            record[a.lineno] = entry
+            rec_by_base[a.base] = entry
         if a.freed_at is not None:
             live[a.base] = (path, undo)
 
@@ -267,6 +281,10 @@ def check_lines(cap: FtraceCapture, system: SystemConfig | None = None, *, cpus:
                if e.kind == "iommu_unmap"]
         compare(path, [ln], ("iova", "size", "unmapped_size"), sim)
         log.clear()
+        entry = rec_by_base.pop(ln.fields["iova"], None)
+        if entry is not None:
+            entry["kernel_unmaps"].append((ln.fields["iova"], ln.fields["size"], ln.fields["unmapped_size"]))
+            entry["sim_unmaps"].extend(sim)
 
     for ln in cap.lines:
         ev = ln.event
