@@ -49,6 +49,8 @@ _NUMBER = re.compile(
 _FENCE = re.compile(r"```.*?```", re.S)
 _LINK_TARGET = re.compile(r"\]\([^)]*\)")
 _MARK = re.compile(r"«([^»]*)»")
+# a count spelled out in prose ("three PTEs", "**one** unmap") may be marked as a result too
+_WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve".split())}
 
 
 def _blank(m: re.Match) -> str:
@@ -69,6 +71,14 @@ def value(num: str, unit: str | None) -> float | int:
     else:
         v = int(num.replace(",", ""))
     return v * _UNIT[unit] if unit in _UNIT else v
+
+
+def marked_value(mark: str) -> float | int | None:
+    """The value of one «mark»: a number token, or a count spelled out (``three``, ``Eight``)."""
+    if mark.lower() in _WORDS:
+        return _WORDS[mark.lower()]
+    toks = numbers(mark)
+    return toks[0][2] if len(toks) == 1 else None
 
 
 def numbers(text: str) -> list[tuple[int, int, float | int]]:
@@ -128,6 +138,176 @@ def _offset_mod_short() -> int:
     from iovalab.lab.captures import offset_evidence
     e = offset_evidence(_cap()[0])
     return min(m for m, k in e.offset_mod.items() if k < e.requests)
+def _ch02_tree() -> tuple[int, ...]:
+    """Chapter 02 cell 2: alloc_iova_fast(1), (1), (2), (3); the node of the 3-granule request."""
+    from iovalab.kernel.iova import IovaDomain
+    iovad = IovaDomain(0x1000, start_pfn=1)
+    pfn = [iovad.alloc_iova_fast(n, 0xFFFFF) for n in (1, 1, 2, 3)][-1]
+    node = iovad.find_iova(pfn)
+    assert node is not None
+    return node.size, node.pfn_lo, node.pfn_hi
+
+
+def _ch02_hole() -> int:
+    """Chapter 02 cell 5: alloc_iova(3, size_aligned) leaves a hole above it (granules between two nodes)."""
+    from iovalab.kernel.iova import IovaDomain
+    raw = IovaDomain(0x1000, start_pfn=1)
+    nodes = [raw.alloc_iova(n, 0xFFFFF, True) for n in (1, 1, 2, 3, 1)]
+    assert all(n is not None for n in nodes)
+    return nodes[2].pfn_lo - nodes[3].pfn_hi - 1  # type: ignore[union-attr]
+
+
+def _ch02_magazines() -> tuple[int, ...]:
+    """Chapter 02 cells 15 and 17: (prev, depot magazines, depot magazine size, loaded) of CPU0's bin 0."""
+    from iovalab.kernel.device import Device
+    from iovalab.kernel.dma_iommu import DmaDomain
+    dom, dev = DmaDomain("intel-vtd", ncpus=2), Device.nvme()
+    a = dom.dma_map_page(dev, 0x10000000, 0x1000, cpu=0)
+    dom.dma_unmap_page(dev, a, 0x1000, cpu=0)
+    dom.dma_map_page(dev, 0x10000000, 0x1000, cpu=0)
+    dom.dma_map_page(dev, 0x20000000, 0x1000, cpu=1)
+    addrs = [dom.dma_map_page(dev, 0x40000000 + i * 0x1000, 0x1000) for i in range(300)]
+    for x in addrs:
+        dom.dma_unmap_page(dev, x, 0x1000)
+    bin0 = dom.iovad.rcache_summary()[0]
+    (loaded, prev), _cpu1 = bin0["cpus"]
+    return prev, bin0["depot"], dom.iovad.rcaches[0].depot[0].size, loaded
+
+
+def _ch03_map():
+    """Chapter 03 cells 2, 6 and 10: a strict VT-d domain, map 0x2000 at 0x12345678, unmap, map 4 MiB."""
+    from iovalab.kernel.device import Device
+    from iovalab.kernel.dma_iommu import DmaDomain
+    dom, dev = DmaDomain("intel-vtd"), Device.nvme()
+    mark = dom.log.mark()
+    addr = dom.dma_map_page(dev, 0x12345678, 0x2000)
+    small = [e.args for e in dom.log.since(mark) if e.kind == "pte_writes"]
+    node = dom.iovad.find_iova(addr >> 12)
+    dom.dma_unmap_page(dev, addr, 0x2000)
+    mark = dom.log.mark()
+    big = dom.dma_map_page(dev, 0x40000000, 0x400000)
+    large = [e.args for e in dom.log.since(mark) if e.kind == "pte_writes"]
+    return dom, node, small, big, large
+
+
+def _ch03_small() -> tuple[int, ...]:
+    _, node, small, _, _ = _ch03_map()
+    (pte,) = small
+    fp = _fp(0x1000, 0x12345678, 0x2000)
+    return (fp.granules, fp.iova_offset, pte["pgcount"], pte["paddr"],
+            pte["paddr"] + pte["pgsize"] * pte["pgcount"] - 1, fp.granules, node.size)
+
+
+def _ch03_big() -> tuple[int, ...]:
+    _, _, _, big, large = _ch03_map()
+    fp = _fp(0x1000, 0x40000000, 0x400000)
+    (pte,) = large
+    return fp.granules, fp.align_granules, big, pte["pgcount"], pte["pgsize"]
+
+
+def _ch03_pgsize() -> tuple[int, ...]:
+    dom, _, _, big, _ = _ch03_map()
+    return dom.iommu.iommu_pgsize(big, 0x40000000, 0x400000)
+
+
+def _ch03_lazy() -> tuple[int, ...]:
+    from iovalab.lab import explain
+    s = explain.record("demo:pages-8", "page", strict=True)
+    lz = explain.record("demo:pages-8", "page", strict=False)
+    return (s.state(len(s.bounds) - 1).counters.iotlb_invalidations,
+            lz.state(len(lz.bounds) - 1).counters.iotlb_invalidations)
+
+
+def _ch04_state() -> tuple[int, ...]:
+    from iovalab.lab import explain
+    from iovalab.kernel.device import Device
+    from iovalab.kernel.dma_iommu import DmaDomain, DmaIovaState
+    dom, dev = DmaDomain("intel-vtd"), Device.nvme()
+    phys = explain.DEMO_WORKLOADS["nvme-demo"][1][0][0]
+    state = DmaIovaState()
+    assert dom.dma_iova_try_alloc(dev, state, phys, 0x5600)
+    pad = _fp(0x1000, phys, 0x5600).iova_offset
+    return state.addr - pad, pad
+
+
+def _nvme_prps() -> tuple[int, ...]:
+    from iovalab.lab.scenarios import run_scenario
+    view = run_scenario("nvme-spec-example", api="iova").device_view[0]
+    (prps,) = view["prp_lists"]
+    return view["prp1"], prps["entries"][0], prps["entries"][-1]
+
+
+def _blk_can_dma_map_iova(iommu: str) -> tuple[int, ...]:
+    """``(virt_boundary, merge_boundary, (virt_boundary + 1) & merge_boundary)`` as the NVMe driver's
+    ``blk_can_dma_map_iova()`` step reports them for nvme-spec-example on ``iommu``."""
+    from iovalab.lab import explain
+    from iovalab.lab.scenarios import iter_scenario
+    pre = explain.preset_dict("nvme-spec-example")
+    pre["iommu"] = iommu
+    for step in iter_scenario(pre, "iova"):
+        m = re.search(r"blk_can_dma_map_iova: \(virt_boundary (0x[0-9a-f]+) \+ 1\) & merge_boundary "
+                      r"(0x[0-9a-f]+) = (0x[0-9a-f]+)", step.get("what", ""))
+        if m:
+            return tuple(int(g, 16) for g in m.groups())
+    raise AssertionError(f"no blk_can_dma_map_iova step on {iommu}")
+
+
+def _vfio(api: str):
+    from iovalab.lab.scenarios import run_scenario
+    return run_scenario("vfio-migration-4mib", api=api)
+
+
+def _vfio_nents() -> int:
+    (n,) = [e.args["nents"] for e in _vfio("sg").log.events if e.kind == "driver" and "nents" in e.args
+            and "dir" in e.args]
+    return n
+
+
+def _vfio_bookkeeping() -> tuple[int, ...]:
+    iova, page, sg = (_vfio(api).bookkeeping for api in ("iova", "page", "sg"))
+    assert iova == page, (iova, page)
+    sgl = sg["struct scatterlist (incl. chain slots)"]
+    return (iova["page_list (struct page * per page)"], sum(iova.values()), _vfio_nents(), sgl // 32, sgl,
+            sum(sg.values()))
+
+
+def _vfio_unwind() -> tuple[int, ...]:
+    """Chapter 07 cell 9: reserve 8 pages, link 4, then register_dma_pages()'s unwind."""
+    from iovalab.kernel.device import Device
+    from iovalab.kernel.dma_iommu import DmaDomain, DmaIovaState
+    from iovalab.kernel.iova import iova_rcache_bin
+    dom, dev = DmaDomain("intel-vtd"), Device.mlx5()
+    state = DmaIovaState()
+    dom.dma_iova_try_alloc(dev, state, 0, 8 * 0x1000)
+    node = dom.iovad.find_iova(state.addr >> 12)
+    for i in range(4):
+        dom.dma_iova_link(dev, state, 0x40000000 + i * 0x3000, i * 0x1000, 0x1000)
+    mark = dom.log.mark()
+    dom.dma_iova_destroy(dev, state, 4 * 0x1000)
+    ev = dom.log.since(mark)
+    unmaps = [e.args for e in ev if e.kind == "pte_clear"]
+    syncs = [e for e in ev if e.kind == "iotlb_invalidations"]
+    (free,) = [e.args for e in ev if e.kind == "iova_frees"]
+    (ins,) = [e.args for e in ev if e.kind == "rcache_insert"]
+    return (len(unmaps), unmaps[0]["pgcount"], len(syncs), free["size"], free["size"] * dom.granule,
+            node.size, ins["bin"], iova_rcache_bin(node.size))
+
+
+def _hint(phys: int, size: int) -> dict:
+    from iovalab.lab.review import hint_effect
+    return hint_effect(phys, size, granule=0x1000)
+
+
+def _per_request(kind: str) -> tuple[int, int]:
+    """Chapter 08's scaling: ``kind`` per request on the ``sg`` and ``iova`` paths (one value whatever
+    *n*), while the ``page`` path makes *n*."""
+    from iovalab.lab import explain
+    n = (1, 8, 64)
+    paths = explain.scaling(n)["paths"]
+    assert list(paths["page"][kind]) == list(n), paths["page"][kind]
+    sg, iova = set(paths["sg"][kind]), set(paths["iova"][kind])
+    assert len(sg) == 1 and len(iova) == 1, (sg, iova)
+    return sg.pop(), iova.pop()
 
 
 CLAIMS: list[tuple[str, str, Callable[[], Any]]] = [
@@ -167,18 +347,57 @@ CLAIMS: list[tuple[str, str, Callable[[], Any]]] = [
     ("05-nvme.ipynb", "«1» allocation, «4» map calls (one per `dma_iova_link()`), «1» sync and «1» invalidation",
      lambda: tuple(_nvme_demo().get(k, 0) for k in ("iova_allocs", "iommu_map_calls", "iotlb_syncs", "iotlb_invalidations"))),
     ("06-hmm.ipynb", "«4096»: HMM syncs each page", lambda: _ctr("hmm-16mib-strided", "iova", "iotlb_syncs")),
-    ("05-nvme.ipynb", "PRP1 `«0xffff8200»`", lambda: _fp(0x1000, 0x200, 0x5600).fresh_addr),
     ("08-cost-and-scaling.ipynb", "**one** PTE write instead of 512, and no last-level table page («2» instead of «3»). "
      "The modelled time falls from about «3,500 ns» (256 pages) to\nabout «2,210 ns»", lambda: _sg_dip()[1:]),
+    ("01-iova-granule-and-offset.ipynb", "the same address, `«0x4»` PTEs against none", lambda: _fp(0x1000, 0x1234, 0x3000).fresh_ptes),
+    ("02-the-iova-allocator.ipynb", "- the 3-granule request was rounded to «4» by `alloc_iova_fast()` before it reached the tree (chapter 01),\n"
+     "  so it fills `«0xffff8»`-`«0xffffb»`.", _ch02_tree),
+    ("02-the-iova-allocator.ipynb", "Three granules aligned to 4 leave «one» granule free", _ch02_hole),
+    ("02-the-iova-allocator.ipynb", "«127» pfns in `prev`, «one» full magazine («127») in the depot, the other «46» in `loaded`",
+     _ch02_magazines),
+    ("03-map-page-path.ipynb", "The buffer `0x12345678`-`0x12347677` touches «three» 4 KiB granules (offset `«0x678»`), so «three» PTEs map\n"
+     "`«0x12345000»`-`«0x12347fff»`; the allocator rounded «3» granules to a node of «4».", _ch03_small),
+    ("03-map-page-path.ipynb", "(«1024» granules: no rounding, but\naligned to «1024»; here `«0xff800000»`, because the node of the first "
+     "mapping still sits in the rcache and the\nwalk starts below it), so VT-d maps it with **«two»** «2 MiB» entries:", _ch03_big),
+    ("03-map-page-path.ipynb", "Both addresses are 2 MiB aligned and the bitmap has 2M (4K|2M|1G); 1 GiB pages do not fit, "
+     "so `iommu_pgsize()` returns «2 MiB» with count «2».", _ch03_pgsize),
+    ("03-map-page-path.ipynb", "«Eight» invalidations (one per `dma_unmap_page()`) in the strict domain, «one» `flush_iotlb_all` in the lazy",
+     _ch03_lazy),
+    ("04-two-step-api.ipynb", "`state->addr = «0xffff8000» + «0x200»`", _ch04_state),
+    ("05-nvme.ipynb", "PRP1 `«0xffff8200»` carries the first segment's offset; the PRP list `«0xffff9000»` ... `«0xffffd000»` has",
+     _nvme_prps),
+    ("05-nvme.ipynb", "`(queue_virt_boundary + 1) & dma_get_merge_boundary(dev)` is «0» (NVMe's virt boundary «0xfff», VT-d's merge\n"
+     "   boundary «0xfff»)", lambda: _blk_can_dma_map_iova("intel-vtd")[2:] + _blk_can_dma_map_iova("intel-vtd")[:2]),
+    ("05-nvme.ipynb", "On an SMMU with 64 KiB pages the merge boundary is «0xffff», and\n`(0xfff + 1) & 0xffff != 0`",
+     lambda: _blk_can_dma_map_iova("smmuv3-64k")[1]),
+    ("05-nvme.ipynb", "`blk_can_dma_map_iova()` needs `(virt_boundary + 1) & merge_boundary == 0`; with a 4 KiB virt boundary and a «0xffff» merge boundary it is «0x1000», so the block layer falls back",
+     lambda: _blk_can_dma_map_iova("smmuv3-64k")[1:]),
+    ("07-vfio.ipynb", "so «256» entries for runs of 4", _vfio_nents),
+    ("07-vfio.ipynb", "page, 1024 x 8 = «8192» bytes, plus the 16-byte `struct dma_iova_state` embedded in the buffer (there even\n"
+     "when the `dma_map_page()` fallback runs): «8208». The pre-6.16 `sg` path keeps no page list but a\n"
+     "`struct sg_append_table` (32 bytes) and its scatterlist: «256» entries for 1024 pages in runs of 4, allocated\n"
+     "128 slots at a time with the last slot of a full chunk used as the chain link, so «258» slots of 32 bytes =\n"
+     "«8256»; «8288» in all. The MTT (8 bytes per page)", lambda: _vfio_bookkeeping()),
+    ("07-vfio.ipynb", "Read the events: **«one»** unmap of the 4 linked pages (`pgcount=«0x4»`),\n«one» IOTLB sync, and the IOVA freed "
+     "with size «4» granules, `iova_align(mapped_len + pad)` = «0x4000», although\n`dma_iova_try_alloc()` reserved «8»: the "
+     "tree node goes, but the rcache files the range under bin «2» (4\ngranules) instead of bin «3» (8). No page-table entry of pages 4-7 existed", _vfio_unwind),
+    ("09-reviewer-lab.ipynb", "With `phys = 0` the *reserved length* is `«0x3000»` («three» granules), but the *tree footprint* is `«0x4000»`",
+     lambda: (_hint(0, 0x3000)["reserved_phys"], _hint(0, 0x3000)["reserved_phys"] // 0x1000, _hint(0, 0x3000)["tree_phys"])),
+    ("09-reviewer-lab.ipynb", "`(0x1234, 0x3000)`: `iova_align(0x3000 + 0x234) = «0x4000»` with the real `phys`, `«0x3000»` with 0. "
+     "`(0x1234, 0x2dcc)`: `0x2dcc + 0x234 = «0x3000»` ends on a boundary, so `«0x3000»` either way.",
+     lambda: (_hint(0x1234, 0x3000)["reserved_phys"], _hint(0x1234, 0x3000)["reserved_0"],
+              _hint(0x1234, 0x2dcc)["reserved_phys"], _hint(0x1234, 0x2dcc)["reserved_0"])),
+    ("08-cost-and-scaling.ipynb", "and invalidations stay at «1» on the `sg` and `iova` paths and grow linearly on the `page` path",
+     lambda: tuple({v for k in ("iova_allocs", "iotlb_invalidations") for v in _per_request(k)})),
+    ("08-cost-and-scaling.ipynb", "`page`: n (one per `dma_unmap_page()`); `sg`: «1» (one `dma_unmap_sg()`); `iova`: «1» (one `dma_iova_destroy()`).",
+     lambda: _per_request("iotlb_invalidations")),
 ]
 
 # Reasons of ALLOWED. INPUT: the numbers of the line are the example's inputs (a phys, a size, a preset's
 # page count), kernel constants or struct sizes quoted as definitions (magazine of 127 pfns, 256 flush-queue
-# slots, 10 ms timer, 8-byte dma_addr_t), arguments of a quoted kernel call or list numbering. RESULT: a
-# simulator result stated in prose that is not registered in CLAIMS yet (to move into CLAIMS; listed so
-# that the set cannot grow unnoticed, see test_result_allowances_do_not_grow).
+# slots, 10 ms timer, 8-byte dma_addr_t), arguments of a quoted kernel call or list numbering. A result
+# of the simulator has no allowance: it is a claim (test_allowances_are_not_results).
 INPUT = "input of the example, kernel constant or definition (not a simulator output)"
-RESULT = "simulator result, not yet registered in CLAIMS"
 HINT = "the hint value 0 passed to dma_iova_try_alloc() (an argument, not a result)"
 
 ALLOWED: list[tuple[str, str, str]] = [
@@ -234,8 +453,6 @@ ALLOWED: list[tuple[str, str, str]] = [
      INPUT),
     ('01-iova-granule-and-offset.ipynb', '0). The entries come later, with `dma_iova_link()` (chapter 04). The last rows of `describe()` above show',
      INPUT),
-    ('01-iova-granule-and-offset.ipynb', 'both calls on fresh domains: the same address, `0x4` PTEs against none.',
-     INPUT),
     ('01-iova-granule-and-offset.ipynb', '**1. With a 4 KiB granule, how many granules does a 32-byte buffer at phys 0x1ff0 need, and how long is its IOVA range?**',
      INPUT),
     ('01-iova-granule-and-offset.ipynb', 'Two granules, `0x2000` bytes: `iova_offset = 0xff0`, `0xff0 + 0x20 = 0x1010`, rounded up to `0x2000`. Check: `explain.footprint(0x1000, 0x1ff0, 0x20).iova_len`.',
@@ -248,10 +465,6 @@ ALLOWED: list[tuple[str, str, str]] = [
      INPUT),
     ('02-the-iova-allocator.ipynb', 'We ask `alloc_iova_fast()` for 1, 1, 2 and 3 granules below 4 GiB (`limit_pfn = 0xfffff`, inclusive),',
      INPUT),
-    ('02-the-iova-allocator.ipynb', '- the 3-granule request was rounded to 4 by `alloc_iova_fast()` before it reached the tree (chapter 01),',
-     INPUT),
-    ('02-the-iova-allocator.ipynb', 'so it fills `0xffff8`-`0xffffb`.',
-     RESULT),
     ('02-the-iova-allocator.ipynb', '`alloc_iova()` does not round. Three granules aligned to 4 leave one granule free, and the next allocation',
      INPUT),
     ('02-the-iova-allocator.ipynb', '`iommu_setup_dma_ops()` unless the boot option `iommu.forcedac=1`), it first tries `alloc_iova_fast(...,',
@@ -268,8 +481,6 @@ ALLOWED: list[tuple[str, str, str]] = [
      INPUT),
     ('02-the-iova-allocator.ipynb', 'empty one. 300 single-granule frees on CPU0:',
      INPUT),
-    ('02-the-iova-allocator.ipynb', "127 pfns in `prev`, one full magazine (127) in the depot, the other 46 in `loaded`; CPU1's magazines are",
-     RESULT),
     ('02-the-iova-allocator.ipynb', '`iova_depot_work_func()` (every 100 ms) returns depot magazines to the tree only while the depot holds',
      INPUT),
     ('02-the-iova-allocator.ipynb', 'to the tree and tries once more. Below, a 32-bit device on a domain with 16 KiB free below 4 GiB maps and',
@@ -282,15 +493,7 @@ ALLOWED: list[tuple[str, str, str]] = [
      INPUT),
     ('03-map-page-path.ipynb', 'A fresh VT-d domain (strict), an NVMe controller, and 0x2000 bytes at physical `0x12345678`. The event log',
      INPUT),
-    ('03-map-page-path.ipynb', 'The buffer `0x12345678`-`0x12347677` touches three 4 KiB granules (offset `0x678`), so three PTEs map',
-     RESULT),
-    ('03-map-page-path.ipynb', '`0x12345000`-`0x12347fff`; the allocator rounded 3 granules to a node of 4. On bare-metal VT-d',
-     INPUT),
     ('03-map-page-path.ipynb', 'start. A 4 MiB buffer at physical `0x40000000` gets a 4 MiB-aligned IOVA (1024 granules: no rounding, but',
-     INPUT),
-    ('03-map-page-path.ipynb', 'aligned to 1024; here `0xff800000`, because the node of the first mapping still sits in the rcache and the',
-     RESULT),
-    ('03-map-page-path.ipynb', 'walk starts below it), so VT-d maps it with **two** 2 MiB entries:',
      INPUT),
     ('03-map-page-path.ipynb', 'unaligned example of drivers/iommu/iommu.c: `iommu_pgsize()` (6.17): a 4 KiB head up to the 2 MiB boundary, then two 2 MiB pages:',
      INPUT),
@@ -300,13 +503,9 @@ ALLOWED: list[tuple[str, str, str]] = [
      INPUT),
     ('03-map-page-path.ipynb', '**3. Why does a 4 MiB mapping from a 4 MiB-aligned IOVA to physical `0x40000000` need only two PTEs on VT-d?**',
      INPUT),
-    ('03-map-page-path.ipynb', 'Both addresses are 2 MiB aligned and the bitmap has 2M (4K|2M|1G); 1 GiB pages do not fit, so `iommu_pgsize()` returns 2 MiB with count 2.',
-     RESULT),
     ('04-two-step-api.ipynb', '| `dma_iova_destroy(dev, state, mapped_len, dir, attrs)` | unmap `[0, mapped_len)`, free the IOVA | free | unmap | sync or flush queue |',
      INPUT),
     ('04-two-step-api.ipynb', 'Four segments of an NVMe read (block/blk-mq-dma.c: `blk_rq_dma_map_iova()`, 6.17): 0x5600 bytes, the first starting at offset 0x200.',
-     INPUT),
-    ('04-two-step-api.ipynb', '`state->addr = 0xffff8000 + 0x200`. Now link the segments at their running offsets and sync once, as',
      INPUT),
     ('04-two-step-api.ipynb', 'One-shot users (NVMe, VFIO) call `dma_iova_destroy()`: one unmap over `[0, mapped_len)`, one',
      INPUT),
@@ -322,10 +521,6 @@ ALLOWED: list[tuple[str, str, str]] = [
      INPUT),
     ('05-nvme.ipynb', '1. `blk_rq_dma_map_iter_start()`: first segment; `blk_can_dma_map_iova()` checks',
      INPUT),
-    ('05-nvme.ipynb', "`(queue_virt_boundary + 1) & dma_get_merge_boundary(dev)` is 0 (NVMe's virt boundary 0xfff, VT-d's merge",
-     INPUT),
-    ('05-nvme.ipynb', 'boundary 0xfff): every segment but the first starts, and every one but the last ends, on a granule;',
-     INPUT),
     ('05-nvme.ipynb', '2. `dma_iova_try_alloc(dev, state, first.paddr, payload)`: one IOVA for the whole request;',
      INPUT),
     ('05-nvme.ipynb', '3. `blk_rq_dma_map_iova()`: `dma_iova_link()` per physical segment at the running offset, one',
@@ -333,8 +528,6 @@ ALLOWED: list[tuple[str, str, str]] = [
     ('05-nvme.ipynb', '4. `nvme_pci_setup_data_prp()`: PRP1 = `state->addr` (the only unaligned PRP), then one 4 KiB-aligned PRP per',
      INPUT),
     ('05-nvme.ipynb', '5. completion, `nvme_unmap_data()` -> `blk_rq_dma_unmap()` -> `dma_iova_destroy(mapped_len = payload)`.',
-     INPUT),
-    ('05-nvme.ipynb', "PRP1 `0xffff8200` carries the first segment's offset; the PRP list `0xffff9000` ... `0xffffd000` has",
      INPUT),
     ('05-nvme.ipynb', '## A 128 KiB read of scattered pages',
      INPUT),
@@ -346,14 +539,10 @@ ALLOWED: list[tuple[str, str, str]] = [
      INPUT),
     ('05-nvme.ipynb', '`iova_rcache_range()` = `PAGE_SIZE << 5` (`max_hw_sectors`), and the block layer splits larger I/O:',
      INPUT),
-    ('05-nvme.ipynb', '**A 64 KiB IOMMU granule.** On an SMMU with 64 KiB pages the merge boundary is 0xffff, and',
-     INPUT),
     ('05-nvme.ipynb', '`(0xfff + 1) & 0xffff != 0`: `blk_can_dma_map_iova()` is false, so every segment is mapped with',
      INPUT),
     ('05-nvme.ipynb', "Only PRP1. `dma_iova_try_alloc()` is given the first segment's physical address, so `state->addr` keeps its offset (`0x200`); every later page of the contiguous range is 4 KiB aligned.",
      INPUT),
-    ('05-nvme.ipynb', '`blk_can_dma_map_iova()` needs `(virt_boundary + 1) & merge_boundary == 0`; with a 4 KiB virt boundary and a 0xffff merge boundary it is 0x1000, so the block layer falls back to `dma_map_page()`.',
-     RESULT),
     ('05-nvme.ipynb', '**4. A 4 KiB read: which path does it take?**',
      INPUT),
     ('06-hmm.ipynb', '`hmm_dma_map_alloc(dev, map, nr_entries, dma_entry_size)` calls `dma_iova_try_alloc(dev, &map->state, 0,',
@@ -390,35 +579,15 @@ ALLOWED: list[tuple[str, str, str]] = [
      INPUT),
     ('07-vfio.ipynb', '1024 pages. The `sg` variant builds a scatterlist from the page array',
      INPUT),
-    ('07-vfio.ipynb', '(`sg_alloc_append_table_from_pages()` merges contiguous pages, so 256 entries for runs of 4) and maps it',
-     RESULT),
     ('07-vfio.ipynb', 'run) and 32 bytes per scatterlist entry to keep.',
      INPUT),
     ('07-vfio.ipynb', 'How to read it. `iova` and `page` keep the same host memory: `page_list`, one `struct page *` (8 bytes) per',
      INPUT),
-    ('07-vfio.ipynb', 'page, 1024 x 8 = 8192 bytes, plus the 16-byte `struct dma_iova_state` embedded in the buffer (there even',
-     INPUT),
-    ('07-vfio.ipynb', 'when the `dma_map_page()` fallback runs): 8208. The pre-6.16 `sg` path keeps no page list but a',
-     RESULT),
-    ('07-vfio.ipynb', '`struct sg_append_table` (32 bytes) and its scatterlist: 256 entries for 1024 pages in runs of 4, allocated',
-     INPUT),
-    ('07-vfio.ipynb', '128 slots at a time with the last slot of a full chunk used as the chain link, so 258 slots of 32 bytes =',
-     INPUT),
-    ('07-vfio.ipynb', '8256; 8288 in all. The MTT (8 bytes per page) lives in `mkey_in`, goes to the device, and is the same on',
-     RESULT),
     ('07-vfio.ipynb', 'is `dma_iova_destroy(dev, state, i * PAGE_SIZE, dir, 0)`: one unmap of the *i* linked pages and the IOVA',
      INPUT),
     ('07-vfio.ipynb', 'free. With `i == 0`, `dma_iova_destroy()` sees `mapped_len == 0` and only calls `dma_iova_free()`. Note the',
      INPUT),
     ('07-vfio.ipynb', "The simulator never runs out of memory, so above the loop stops at page 4 by hand, where the kernel's",
-     INPUT),
-    ('07-vfio.ipynb', "`register_dma_pages()`'s error path runs. Read the events: **one** unmap of the 4 linked pages (`pgcount=0x4`),",
-     INPUT),
-    ('07-vfio.ipynb', 'one IOTLB sync, and the IOVA freed with size 4 granules, `iova_align(mapped_len + pad)` = 0x4000, although',
-     RESULT),
-    ('07-vfio.ipynb', '`dma_iova_try_alloc()` reserved 8: the tree node goes, but the rcache files the range under bin 2 (4',
-     RESULT),
-    ('07-vfio.ipynb', 'granules) instead of bin 3 (8). No page-table entry of pages 4-7 existed, so nothing else is undone.',
      INPUT),
     ('07-vfio.ipynb', '**1. How many `dma_iova_sync()` calls does registering a 1024-page buffer make?**',
      INPUT),
@@ -438,8 +607,6 @@ ALLOWED: list[tuple[str, str, str]] = [
      INPUT),
     ('08-cost-and-scaling.ipynb', 'One request of *n* scattered 4 KiB pages, *n* = 1 ... 1024, on each path. Per-request IOVA allocations',
      INPUT),
-    ('08-cost-and-scaling.ipynb', 'and invalidations stay at 1 on the `sg` and `iova` paths and grow linearly on the `page` path; `iommu_map`',
-     INPUT),
     ('08-cost-and-scaling.ipynb', '**Why the `sg` curve dips at 512 contiguous pages** (tick *physically contiguous pages*): 512 pages are',
      INPUT),
     ('08-cost-and-scaling.ipynb', '2 MiB. The allocator aligns an IOVA range to its size (`alloc_iova(..., size_aligned=true)`) and the pages',
@@ -452,8 +619,6 @@ ALLOWED: list[tuple[str, str, str]] = [
      INPUT),
     ('08-cost-and-scaling.ipynb', 'IOVA against scatterlist, and a 16 MiB HMM region, IOVA against the page fallback (allocations, map calls,',
      INPUT),
-    ('08-cost-and-scaling.ipynb', '`page`: n (one per `dma_unmap_page()`); `sg`: 1 (one `dma_unmap_sg()`); `iova`: 1 (one `dma_iova_destroy()`).',
-     INPUT),
     ('09-reviewer-lab.ipynb', '# 09 · Reviewer lab: every question of the patch-05 thread, re-runnable',
      INPUT),
     ('09-reviewer-lab.ipynb', 'In October 2024 the series that became the two-step DMA API posted patch 05, *"dma: Provide an interface to',
@@ -464,8 +629,6 @@ ALLOWED: list[tuple[str, str, str]] = [
      INPUT),
     ('09-reviewer-lab.ipynb', "The review thread's arithmetic: `dma_iova_try_alloc(phys=0x1234, size=0x3000)` with a 4 KiB granule on a fresh",
      INPUT),
-    ('09-reviewer-lab.ipynb', 'With `phys = 0` the *reserved length* is `0x3000` (three granules), but the *tree footprint* is `0x4000`:',
-     HINT),
     ('09-reviewer-lab.ipynb', '`alloc_iova_fast` rounds 3 granules up to 4 (and aligns the range to 4 granules). Both numbers matter: the',
      INPUT),
     ('09-reviewer-lab.ipynb', "entirely from the page path's one IOTLB invalidation plus wait per segment, costed from a *secondhand* 2015",
@@ -508,8 +671,6 @@ ALLOWED: list[tuple[str, str, str]] = [
      HINT),
     ('09-reviewer-lab.ipynb', '**1. With a 4 KiB granule, give a `(phys, size)` for which `dma_iova_try_alloc` reserves a different length with the real `phys` than with 0, and one for which it reserves the same. Check both with `check(...)`.**',
      HINT),
-    ('09-reviewer-lab.ipynb', '`(0x1234, 0x3000)`: `iova_align(0x3000 + 0x234) = 0x4000` with the real `phys`, `0x3000` with 0. `(0x1234, 0x2dcc)`: `0x2dcc + 0x234 = 0x3000` ends on a boundary, so `0x3000` either way. `check("try_alloc(phys=0x1234, size=0x2dcc) reserves 0x3000")` shows ✓ and the derivation.',
-     RESULT),
     ('09-reviewer-lab.ipynb', '**2. Why does `dma_iova_link` fail with `-EINVAL` after a 0 hint for an unaligned buffer, even when both hints reserve the same length?**',
      HINT),
     ('09-reviewer-lab.ipynb', 'After a 0 hint `state->addr` is granule-aligned; the first link maps `state->addr - pad` with `pad = iova_offset(phys)`, which is not granule-aligned, and `iommu_map_nosync()` refuses an unaligned IOVA (`pr_err("unaligned: ...")`, `-EINVAL`). The length was never the problem; the alignment of the start is.',
@@ -665,12 +826,12 @@ def test_no_stale_phrase(nb, phrase):
 def test_every_claim_marks_a_number():
     for nb, phrase, _ in CLAIMS:
         marked = _MARK.findall(phrase)
-        assert marked and all(len(numbers(m)) == 1 for m in marked), f"{nb}: mark one number each: {phrase!r}"
+        assert marked and all(marked_value(m) is not None for m in marked), f"{nb}: mark one number each: {phrase!r}"
 
 
 @pytest.mark.parametrize("nb,phrase,fn", CLAIMS, ids=[f"{nb[:2]}:{p[:40]}" for nb, p, _ in CLAIMS])
 def test_claim_matches_simulator(nb, phrase, fn):
-    stated = tuple(numbers(m)[0][2] for m in _MARK.findall(phrase))
+    stated = tuple(marked_value(m) for m in _MARK.findall(phrase))
     got = fn()
     got = got if isinstance(got, tuple) else (got,)
     assert stated == got, f"{nb}: the prose says {stated} in {phrase!r}, the simulator {got}"
@@ -692,6 +853,6 @@ def test_inline_checks_hold():
     assert found >= 2
 
 
-def test_result_allowances_do_not_grow():
-    """Results stated in prose but not yet computed by a claim: a fixed, shrinking list (move them to CLAIMS)."""
-    assert sum(1 for _, _, why in ALLOWED if why == RESULT) <= 15
+def test_allowances_are_not_results():
+    """Only INPUT and HINT allow a number: a simulator result stated in prose must be a claim."""
+    assert {why for _, _, why in ALLOWED} <= {INPUT, HINT}
