@@ -20,6 +20,9 @@ from iovalab.kernel.units import DMA_BIT_MASK, EEXIST, EINVAL, EIO, DmaError
 
 
 def fresh(strict=True, ncpus=1, iommu="intel-vtd", **kw):
+    """A domain of the 6.17 model with a 10 ms timer in whole ms (HZ=1000); 7.3: tests/test_kernel73.py."""
+    kw.setdefault("kernel", "6.17")
+    kw.setdefault("hz", 1000)
     return DmaDomain(iommu, strict=strict, ncpus=ncpus, **kw)
 
 

@@ -15,7 +15,7 @@ from iovalab.kernel.units import DMA_MAPPING_ERROR, EINVAL
 
 
 def dbg(**kw):
-    return DmaDomain("intel-vtd", dma_debug=True, **kw), Device()
+    return DmaDomain("intel-vtd", dma_debug=True, **{"kernel": "6.17", **kw}), Device()
 
 
 def lines(dom):

@@ -33,7 +33,9 @@ TRACE = Path(__file__).resolve().parent.parent / "data" / "kernel-traces" / "pgs
 
 
 def dom(name="intel-vtd", **kw):
+    """A domain of the 6.17 model this module documents (7.3 VT-d: tests/test_kernel73.py)."""
     log = EventLog()
+    kw.setdefault("kernel", "6.17")
     return IommuDomain.preset(name, log=log, **kw), log
 
 
@@ -354,7 +356,7 @@ def _pages(iova, size, g):
 @settings(max_examples=40, deadline=None)
 @given(st.sampled_from(sorted(PRESETS)), st.data())
 def test_iotlb_and_translation_properties(name, data):
-    d = IommuDomain.preset(name, log=EventLog(keep=False))
+    d = IommuDomain.preset(name, log=EventLog(keep=False), kernel="6.17")
     g = d.granule
     big = (d.pgsize_bitmap & ~(2 * g - 1)) & -(d.pgsize_bitmap & ~(2 * g - 1))
     model: dict[int, int] = {}
@@ -433,7 +435,7 @@ def test_log_setter_reaches_the_page_table():
 @pytest.mark.parametrize("name", ["intel-vtd", "smmuv3-4k"])
 def test_scale_262144_pages(name):
     log = EventLog(keep=False)
-    d = IommuDomain.preset(name, log=log)
+    d = IommuDomain.preset(name, log=log, kernel="6.17")
     iova, pa = 4 * SZ_1G, 64 * SZ_1G + K4          # PA offset forces 4K pages: 262,144 PTEs
     assert d.iommu_map(iova, pa, SZ_1G, RW) == 0
     pt = d.pgtable

@@ -73,7 +73,7 @@ def test_mismatch_is_reported_with_line(tmp_path):
 # ---------------------------------------------------------------------------- round trips
 def _nvme_like_run(strict=True, ncpus=1, seed=5):
     """A run configured like the traced system: VT-d, MSI window reserved, PCI 64-bit NVMe."""
-    dom = DmaDomain("intel-vtd", strict=strict, ncpus=ncpus, reserve_msi=True)
+    dom = DmaDomain("intel-vtd", strict=strict, ncpus=ncpus, reserve_msi=True, kernel="6.17", hz=1000)
     dev = Device.nvme(name="0000:00:01.0")
     rng = random.Random(seed)
     dom.dma_alloc_coherent(dev, 512)
@@ -133,7 +133,7 @@ def test_export_parse_replay_round_trip(tmp_path, strict, ncpus):
 def test_lazy_queue_full_flushes_round_trip(tmp_path):
     """300 unmaps without a timer tick: the simulator's queue-full flush (exported in the unmap's
     context) and a later timer flush (softirq) both replay exactly."""
-    dom = DmaDomain("intel-vtd", strict=False, reserve_msi=True)
+    dom = DmaDomain("intel-vtd", strict=False, reserve_msi=True, kernel="6.17", hz=1000)
     dev = Device.nvme(name="0000:00:01.0")
     addrs = [dom.dma_map_page(dev, 0x1000_0000 + i * 0x2000, 4096) for i in range(300)]
     for a in addrs:

@@ -197,7 +197,7 @@ def test_negative_and_stale_iotlb_entries_replayed():
     """A fixed lazy caching-mode run: a stale hit after unmap, then (after the flush-queue timer) a fault
     that caches a non-present entry, dropped again by iotlb_sync_map when the IOVA is mapped anew; the
     replay (incremental, and ``state_at`` from scratch) follows each step."""
-    dom = DmaDomain("intel-vtd-caching-mode", strict=False)
+    dom = DmaDomain("intel-vtd-caching-mode", strict=False, kernel="6.17", hz=1000)
     dev = Device(dma_mask=DMA_BIT_MASK(48), is_pci=True)
     r = _Replay(dom.granule)
     seen = [0]

@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--cost-preset", default=None)
     s.add_argument("--lazy", action="store_true", help="lazy (flush-queue) domain instead of strict")
+    s.add_argument("--kernel", choices=("6.17", "7.3"), default=None, help="modelled kernel (default 7.3)")
+    s.add_argument("--hz", type=int, default=None, help="CONFIG_HZ of the flush-queue timer (default 250)")
     s.set_defaults(func=_delegate("lab.scenarios", "cli"))
 
     q = sub.add_parser("quiz", help="seeded exercises with answers computed by the simulator")

@@ -241,7 +241,8 @@ def make_device(spec: str | dict | Device | None, default: str = "nvme") -> Devi
 
 def make_domain(spec: str | dict | None, *, strict: bool, keep_events: bool, ncpus: int = 1) -> DmaDomain:
     """A :class:`~iovalab.kernel.dma_iommu.DmaDomain` from an IOMMU preset name or ``{"preset": name, "reserve_msi":
-    bool, "ncpus": int, "single_queue": bool, "page_size": int}``; a fresh :class:`~iovalab.kernel.events.EventLog`."""
+    bool, "ncpus": int, "single_queue": bool, "page_size": int, "kernel": "6.17"|"7.3", "hz": int}``; a fresh
+    :class:`~iovalab.kernel.events.EventLog`."""
     kw: dict[str, Any] = {}
     if spec is None:
         spec = "intel-vtd"
@@ -251,7 +252,7 @@ def make_domain(spec: str | dict | None, *, strict: bool, keep_events: bool, ncp
     if not isinstance(spec, str):
         raise ValueError(f"iommu {spec!r} must be an IOMMU preset name or an object with \"preset\"")
     allowed = {"reserve_msi", "ncpus", "single_queue", "dma_debug", "dma_debug_version", "hz", "check_contract",
-               "page_size", "follow_kernel"}
+               "page_size", "follow_kernel", "kernel"}
     bad = set(kw) - allowed
     if bad:
         raise ValueError(f"iommu options {sorted(bad)} are not among {sorted(allowed)}")
@@ -392,10 +393,12 @@ class ScenarioContext:
         the ``flush_iotlb_all`` are in the counters; nothing in strict mode."""
         if self.domain is None or self.strict or not self.domain.fq_pending():
             return
-        self.begin("fq_flush_timeout", pending=self.domain.fq_pending())
-        self.domain.advance_time(self.domain.fq_timeout)
-        yield self.step(f"{self.domain.fq_timeout} ms later the flush-queue timer fires: one flush_iotlb_all, "
-                        "then the queued IOVAs are freed")
+        d = self.domain
+        self.begin("fq_flush_timeout", pending=d.fq_pending())
+        wait = max(0.0, d.fq_timer_deadline - d.now_ms)
+        d.advance_time(wait)
+        yield self.step(f"{wait:g} ms later (msecs_to_jiffies({d.fq_timeout}) at HZ={d.hz}, on a tick) the "
+                        "flush-queue timer fires: one flush_iotlb_all, then the queued IOVAs are freed")
 
 
 def as_context(obj: ScenarioContext | str | dict, api: str, scenario: str, default_device: str, *,

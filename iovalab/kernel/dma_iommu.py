@@ -27,6 +27,10 @@ freed anyway, so what lies after the hole stays mapped while its IOVA is handed 
 default the call is refused with ``-EINVAL`` after a WARN event saying what the kernel would do, so
 the simulator state stays consistent; ``DmaDomain(follow_kernel=True)`` follows the kernel instead
 (also for mapping over a mapped range, see :mod:`iovalab.kernel.pgtable.ops`).
+
+Kernel version: ``DmaDomain(kernel="6.17"|"7.3")`` (default 7.3); what differs is listed, with the 7.3.4
+functions that changed it, in :data:`iovalab.kernel.version.DIFFERENCES`. ``hz`` is ``CONFIG_HZ``
+(default 250): the flush-queue timer fires on a tick (:func:`iovalab.kernel.version.fq_timer_expiry`).
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ from iovalab.kernel.dma_iova import (
 )
 from iovalab.kernel.iova import IovaDomain
 from iovalab.kernel.swiotlb import SwiotlbPool
+from iovalab.kernel.version import (
+    CONFIG_HZ_VALUES, DEFAULT_HZ, DEFAULT_KERNEL, behaves, check_hz, check_kernel, fq_timer_expiry,
+    msecs_to_jiffies,
+)
 from iovalab.kernel.units import (
     DMA_BIT_MASK, DMA_MAPPING_ERROR, EINVAL, ENOMEM, EOPNOTSUPP, PAGE_SIZE, SZ_4K, SZ_16K, SZ_64K, U64_MASK,
     DmaError, _is_int, bits_per, check_cpu, check_phys, check_size, iova_align, iova_offset,
@@ -62,6 +70,7 @@ __all__ = [
     "dma_info_to_prot", "DmaIovaState", "ScatterEntry", "DmaDomain", "dma_use_iova",
     "dma_iova_size", "dma_mapping_error", "IOVA_DEFAULT_FQ_SIZE",
     "IOVA_DEFAULT_FQ_TIMEOUT", "IOVA_SINGLE_FQ_SIZE", "IOVA_SINGLE_FQ_TIMEOUT",
+    "CONFIG_HZ_VALUES", "msecs_to_jiffies",
 ]
 
 #: enum dma_data_direction names (include/linux/dma-direction.h); the values come from device.py
@@ -71,22 +80,7 @@ IOVA_DEFAULT_FQ_SIZE = 256
 IOVA_DEFAULT_FQ_TIMEOUT = 10      # ms
 IOVA_SINGLE_FQ_SIZE = 32768
 IOVA_SINGLE_FQ_TIMEOUT = 1000     # ms
-#: ``CONFIG_HZ`` choices (kernel/Kconfig.hz)
-CONFIG_HZ_VALUES = (100, 250, 300, 1000)
-
-
-def msecs_to_jiffies(ms: int, hz: int) -> int:
-    """``msecs_to_jiffies(m)`` (include/linux/jiffies.h, ``_msecs_to_jiffies``): rounds **up** to whole
-    ticks. ``HZ <= MSEC_PER_SEC`` and 1000 a multiple of HZ: ``DIV_ROUND_UP(m, MSEC_PER_SEC / HZ)``;
-    HZ=300 (not a divisor of 1000): ``(m * HZ + 999) / 1000`` (the ``MSEC_TO_HZ_MUL32`` path gives
-    the same round-up for these small values)."""
-    if hz not in CONFIG_HZ_VALUES:
-        raise ValueError(f"HZ {hz!r} is not a CONFIG_HZ choice ({', '.join(map(str, CONFIG_HZ_VALUES))})")
-    if ms < 0:
-        raise ValueError(f"msecs_to_jiffies: ms {ms} must be >= 0 (negative values are MAX_JIFFY_OFFSET)")
-    if 1000 % hz == 0:
-        return -(-ms // (1000 // hz))
-    return -(-(ms * hz) // 1000)
+# CONFIG_HZ_VALUES and msecs_to_jiffies: iovalab.kernel.version (re-exported here)
 
 _L = "dma"
 
@@ -147,13 +141,17 @@ class DmaDomain:
         turns it on and raises each finding as :class:`DmaError` (unmap findings before anything
         changes; map findings after the mapping is made and recorded, as dma-debug runs after the
         map; the error's ``result`` is the call's return value so the caller can undo it).
-    :param dma_debug_version: ``"6.17"`` or ``"7.3"``, whose ``kernel/dma/debug.c`` to follow.
+    :param dma_debug_version: ``"6.17"`` or ``"7.3"``, whose ``kernel/dma/debug.c`` to follow
+        (default: ``kernel``).
     :param follow_kernel: follow the kernel into the corrupt state it leaves on misuse (an unmap
         over a hole, a map over a mapped range: stale translations, an IOVA handed out twice, a
         neighbour unmapped) instead of refusing (the default, whose events say what the kernel does).
-    :param hz: ``CONFIG_HZ`` (100, 250, 300 or 1000): the flush-queue timer is armed in jiffies,
-        ``msecs_to_jiffies(fq_timeout)``, so it fires after a whole number of ticks (see
-        :meth:`fq_timer_ms`). ``None`` keeps the plain millisecond timer.
+    :param hz: ``CONFIG_HZ`` (100, 250, 300 or 1000; default 250, :data:`~iovalab.kernel.version.DEFAULT_HZ`):
+        the flush-queue timer is armed in jiffies, ``msecs_to_jiffies(fq_timeout)``, and fires on a
+        tick (see :meth:`fq_timer_ms`).
+    :param kernel: the modelled version, ``"6.17"`` or ``"7.3"`` (:mod:`iovalab.kernel.version`). A
+        preset name builds its IOMMU for that version (7.3 VT-d: the generic page table); a given
+        :class:`IommuDomain` is used as it is.
     """
 
     def __init__(self, iommu: IommuDomain | str = "intel-vtd", *, strict: bool = True, ncpus: int = 1,
@@ -161,20 +159,21 @@ class DmaDomain:
                  reserve_msi: bool = False, single_queue: bool = False,
                  check_contract: bool = False, swiotlb: SwiotlbPool | None = None,
                  page_size: int | None = None, dma_debug: bool = False,
-                 dma_debug_version: str = "6.17", hz: int | None = None, follow_kernel: bool = False):
+                 dma_debug_version: str | None = None, hz: int = DEFAULT_HZ, follow_kernel: bool = False,
+                 kernel: str = DEFAULT_KERNEL):
+        self.kernel = check_kernel(kernel)
         if not isinstance(follow_kernel, bool):
             raise ValueError(f"follow_kernel {follow_kernel!r} must be a bool (True: do what the kernel does "
                              "on misuse; False: refuse and say what it would do)")
         if not isinstance(dma_debug, bool):
             raise ValueError(f"dma_debug {dma_debug!r} must be a bool (CONFIG_DMA_API_DEBUG is y or n)")
-        if hz is not None and hz not in CONFIG_HZ_VALUES:
-            raise ValueError(f"hz {hz!r} is not a CONFIG_HZ choice (kernel/Kconfig.hz: "
-                             f"{', '.join(map(str, CONFIG_HZ_VALUES))})")
+        self.hz = check_hz(hz)
+        if dma_debug_version is None:
+            dma_debug_version = self.kernel
         self.log = log if log is not None else EventLog()
         self.debug = (DmaDebug(self.log, version=dma_debug_version) if dma_debug or check_contract else None)
-        self.hz = hz
         if isinstance(iommu, str):
-            iommu = IommuDomain.preset(iommu, log=self.log)
+            iommu = IommuDomain.preset(iommu, log=self.log, kernel=self.kernel)
         else:
             iommu.log = self.log
         self.iommu = iommu
@@ -361,20 +360,19 @@ class DmaDomain:
                       counter=self.fq_flush_start_cnt, queued=len(fq.entries))
         if not self.fq_timer_on:
             self.fq_timer_on = True
-            self.fq_timer_deadline = self.now_ms + self.fq_timer_ms()
+            # mod_timer(&fq_timer, jiffies + msecs_to_jiffies(fq_timeout)): fires on a tick
+            self.fq_timer_deadline = fq_timer_expiry(self.now_ms, self.fq_timeout, self.hz)
 
     def fq_timer_ms(self) -> float:
-        """How long after ``queue_iova`` arms it the flush-queue timer fires, in ms.
+        """How long after ``queue_iova`` arms it now (at ``now_ms``) the flush-queue timer fires, in ms.
 
-        ``queue_iova`` (dma-iommu.c) arms ``mod_timer(&cookie->fq_timer, jiffies +
-        msecs_to_jiffies(fq_timeout))``: with ``hz`` set, a whole number of ticks of ``1000 / HZ`` ms
-        (10 ms at HZ=250 is 3 jiffies = 12 ms; at HZ=100 one jiffy = 10 ms; at HZ=300, 3 jiffies =
-        10.0 ms). The tick phase at which the timer is armed is not modelled (the kernel's first tick
-        may come sooner than a full period). Without ``hz``, exactly ``fq_timeout`` ms.
+        ``queue_iova`` (dma-iommu.c, 6.17 and 7.3.4) arms ``mod_timer(&cookie->fq_timer, jiffies +
+        msecs_to_jiffies(fq_timeout))``; ``fq_flush_timeout`` runs at the tick that brings ``jiffies``
+        there (:func:`~iovalab.kernel.version.fq_timer_expiry`; ticks at multiples of ``1000 / HZ`` ms
+        from time 0). Armed on a tick: a whole number of ticks (10 ms at HZ=250 is 3 jiffies = 12 ms;
+        at HZ=100 one jiffy = 10 ms; at HZ=300, 3 jiffies = 10.0 ms); armed between ticks: less.
         """
-        if self.hz is None:
-            return float(self.fq_timeout)
-        return msecs_to_jiffies(self.fq_timeout, self.hz) * 1000 / self.hz
+        return fq_timer_expiry(self.now_ms, self.fq_timeout, self.hz) - self.now_ms
 
     def fq_flush_timeout(self, cpu: int = 0) -> None:
         """``fq_flush_timeout()`` (dma-iommu.c), the timer callback, run on ``cpu``: one
@@ -485,24 +483,46 @@ class DmaDomain:
 
         Bounces through swiotlb when the device needs it and the buffer is not granule-aligned at
         both ends; then ``__iommu_dma_map`` (allocate IOVA, ``iommu_map`` incl. ``iotlb_sync_map``).
+        7.3.4 (kernel/dma/mapping.c: ``dma_map_page_attrs()``): ``DMA_ATTR_MMIO`` is refused with
+        ``DMA_MAPPING_ERROR`` (no trace), everything else is :meth:`dma_map_phys` (whose trace event,
+        ``dma:dma_map_phys``, the exporter writes for this call).
         """
+        if behaves(self.kernel, "dma_map_phys") and _is_int(attrs) and attrs & DMA_ATTR_MMIO:
+            valid_dma_direction(dir)
+            self.log.emit(_L, "dma_map_page_attrs", "step", DMA_MAPPING_ERROR, cpu=cpu,
+                          rule="DMA_ATTR_MMIO: use dma_map_phys()")
+            return DMA_MAPPING_ERROR
+        return self._map_phys("dma_map_page", dev, phys, size, dir, attrs, cpu)
+
+    def dma_map_phys(self, dev: Device, phys: int, size: int, dir: int = DMA_BIDIRECTIONAL,
+                     attrs: int = 0, cpu: int = 0) -> int:
+        """``dma_map_phys(dev, phys, size, dir, attrs)`` -> ``iommu_dma_map_phys()`` (7.3.4
+        kernel/dma/mapping.c, drivers/iommu/dma-iommu.c). With ``DMA_ATTR_MMIO`` (a BAR reached through
+        the host bridge): no swiotlb bounce, no CPU cache maintenance, ``IOMMU_MMIO`` in the PTE.
+        Not in 6.17: ValueError."""
+        if not behaves(self.kernel, "dma_map_phys"):
+            raise ValueError(f"dma_map_phys: not in kernel {self.kernel} (7.3 has it; use dma_map_page)")
+        return self._map_phys("dma_map_phys", dev, phys, size, dir, attrs, cpu)
+
+    def _map_phys(self, func: str, dev: Device, phys: int, size: int, dir: int, attrs: int, cpu: int) -> int:
         valid_dma_direction(dir)
-        check_cpu("dma_map_page", cpu, self.ncpus)
-        check_size("dma_map_page", size)
-        check_phys("dma_map_page", phys, size)
+        check_cpu(func, cpu, self.ncpus)
+        check_size(func, size)
+        check_phys(func, phys, size)
+        mmio = behaves(self.kernel, "dma_map_phys") and _is_int(attrs) and attrs & DMA_ATTR_MMIO
         self.log.depth += 1
         try:
             orig = phys
-            if self.needs_bounce(dev, size, dir, phys):
+            if not mmio and self.needs_bounce(dev, size, dir, phys):
                 if self.swiotlb is None:
                     self.log.warn(_L, "iommu_dma_map_page", 0, "DMA bounce buffers are inactive, "
                                   "unable to map unaligned transaction.", cpu=cpu)
                     addr = DMA_MAPPING_ERROR
-                    self.trace_api("dma_map_page", dev, cpu, addr, dir=dir, phys=orig, size=size)
+                    self.trace_api(func, dev, cpu, addr, dir=dir, phys=orig, size=size)
                     return addr
                 phys = self.swiotlb.iommu_dma_map_swiotlb(dev, phys, size, self.granule, dir, attrs, cpu)
                 if phys == DMA_MAPPING_ERROR:
-                    self.trace_api("dma_map_page", dev, cpu, phys, dir=dir, phys=orig, size=size, attrs=attrs)
+                    self.trace_api(func, dev, cpu, phys, dir=dir, phys=orig, size=size, attrs=attrs)
                     return phys
             prot = dma_info_to_prot(dir, dev.coherent, attrs)
             addr = self.__iommu_dma_map(dev, phys, size, prot, dev.dma_get_mask(), cpu)
@@ -510,7 +530,7 @@ class DmaDomain:
                 self.swiotlb.swiotlb_tbl_unmap_single(phys, size, dir, attrs, cpu, dev=dev)
         finally:
             self.log.depth -= 1
-        self.trace_api("dma_map_page", dev, cpu, addr, dir=dir, phys=orig, size=size, attrs=attrs)
+        self.trace_api(func, dev, cpu, addr, dir=dir, phys=orig, size=size, attrs=attrs)
         if self.debug is not None:
             self._raise_findings(self.debug.debug_dma_map_phys(dev, orig, size, dir, addr, attrs,
                                                                self._swiotlb_active(), cpu), addr)
@@ -545,12 +565,29 @@ class DmaDomain:
 
     def dma_unmap_page(self, dev: Device, dma_addr: int, size: int, dir: int = DMA_BIDIRECTIONAL,
                        attrs: int = 0, cpu: int = 0) -> None:
-        """``dma_unmap_page_attrs()`` -> ``iommu_dma_unmap_page()`` (dma-iommu.c)."""
+        """``dma_unmap_page_attrs()`` -> ``iommu_dma_unmap_page()`` (dma-iommu.c); 7.3.4: ->
+        ``dma_unmap_phys`` (``DMA_ATTR_MMIO`` there is a silent no-op: kernel/dma/mapping.c)."""
+        if behaves(self.kernel, "dma_map_phys") and _is_int(attrs) and attrs & DMA_ATTR_MMIO:
+            valid_dma_direction(dir)
+            return
+        self._unmap_phys("dma_unmap_page", dev, dma_addr, size, dir, attrs, cpu)
+
+    def dma_unmap_phys(self, dev: Device, dma_addr: int, size: int, dir: int = DMA_BIDIRECTIONAL,
+                       attrs: int = 0, cpu: int = 0) -> None:
+        """``dma_unmap_phys()`` -> ``iommu_dma_unmap_phys()`` (7.3.4): with ``DMA_ATTR_MMIO`` straight
+        to ``__iommu_dma_unmap`` (no CPU sync, no swiotlb lookup). Not in 6.17: ValueError."""
+        if not behaves(self.kernel, "dma_map_phys"):
+            raise ValueError(f"dma_unmap_phys: not in kernel {self.kernel} (7.3 has it; use dma_unmap_page)")
+        self._unmap_phys("dma_unmap_phys", dev, dma_addr, size, dir, attrs, cpu)
+
+    def _unmap_phys(self, func: str, dev: Device, dma_addr: int, size: int, dir: int, attrs: int,
+                    cpu: int) -> None:
         valid_dma_direction(dir)
-        check_cpu("dma_unmap_page", cpu, self.ncpus)
-        check_size("dma_unmap_page", size)
+        check_cpu(func, cpu, self.ncpus)
+        check_size(func, size)
         if not _is_int(dma_addr) or not 0 <= dma_addr <= U64_MASK - size + 1:
-            raise ValueError(f"dma_unmap_page: dma_addr {dma_addr!r} + size {size:#x} is not a 64-bit DMA range")
+            raise ValueError(f"{func}: dma_addr {dma_addr!r} + size {size:#x} is not a 64-bit DMA range")
+        mmio = behaves(self.kernel, "dma_map_phys") and _is_int(attrs) and attrs & DMA_ATTR_MMIO
         ref = None
         if self.debug is not None:
             ref = self.debug.unmap_page_ref(dev, dma_addr, size, dir, attrs)
@@ -558,19 +595,21 @@ class DmaDomain:
         g = self.granule
         start = dma_addr - iova_offset(g, dma_addr)
         self.check_mapped("iommu_dma_unmap_page", start, iova_align(g, size + dma_addr - start), cpu)
-        phys = self.iommu.iommu_iova_to_phys(dma_addr)
-        if self.swiotlb is not None and self.swiotlb.is_swiotlb_buffer(phys):
+        phys: int | None = self.iommu.iommu_iova_to_phys(dma_addr)
+        if mmio:
+            phys = None   # iommu_dma_unmap_phys: DMA_ATTR_MMIO goes straight to __iommu_dma_unmap
+        if phys is not None and self.swiotlb is not None and self.swiotlb.is_swiotlb_buffer(phys):
             # what swiotlb_tbl_unmap_single will refuse (another device's min_align_mask, an address it
             # never returned) is checked before anything is unmapped
             self.swiotlb.lookup_mapping("swiotlb_tbl_unmap_single", phys, None, dev)
         self.log.depth += 1
         try:
             self.__iommu_dma_unmap(dev, dma_addr, size, cpu)
-            if self.swiotlb is not None and self.swiotlb.is_swiotlb_buffer(phys):
+            if phys is not None and self.swiotlb is not None and self.swiotlb.is_swiotlb_buffer(phys):
                 self.swiotlb.swiotlb_tbl_unmap_single(phys, size, dir, attrs, cpu, dev=dev)
         finally:
             self.log.depth -= 1
-        self.trace_api("dma_unmap_page", dev, cpu, None, dir=dir, dma_addr=dma_addr, size=size)
+        self.trace_api(func, dev, cpu, None, dir=dir, dma_addr=dma_addr, size=size)
         if ref is not None and self.debug is not None:
             self.debug.check_unmap(ref, "debug_dma_unmap_phys", cpu)
 

@@ -5,7 +5,8 @@
 ``dma_iova_try_alloc`` reserves IOVA once (``phys`` only sets the sub-granule offset);
 ``dma_iova_link`` writes page-table entries without syncing; one ``dma_iova_sync`` makes them
 visible; ``dma_iova_unlink`` (always strict, keeps the IOVA), ``dma_iova_destroy`` (one unmap, one
-sync or flush-queue entry, and the free) and ``dma_iova_free`` undo it. The swiotlb variant of the
+sync or flush-queue entry, and the free; in 7.3.4 an unlink and a free, never queued) and
+``dma_iova_free`` undo it. The swiotlb variant of the
 link (``iommu_dma_iova_link_swiotlb``) bounces unaligned head and tail granules.
 
 :class:`IovaApi` holds these calls over a :class:`DmaIovaHost`: what they need from the DMA domain
@@ -31,6 +32,7 @@ from iovalab.kernel.iommu import (
 )
 from iovalab.kernel.swiotlb import SwiotlbPool
 from iovalab.kernel.units import DMA_MAPPING_ERROR, EINVAL, EIO, ENOMEM, EPERM, DmaError, iova_align, iova_offset
+from iovalab.kernel.version import behaves
 
 __all__ = ["DMA_ATTR_MMIO", "DMA_IOVA_USE_SWIOTLB", "dma_info_to_prot", "DmaIovaState", "dma_use_iova",
            "dma_iova_size", "dma_iova_range", "DmaIovaHost", "IovaApi"]
@@ -113,6 +115,8 @@ class DmaIovaHost(Protocol):
     ncpus: int
     swiotlb: SwiotlbPool | None
     check_contract: bool
+    #: the modelled kernel version (:mod:`iovalab.kernel.version`)
+    kernel: str
 
     @property
     def fq_domain(self) -> bool:
@@ -422,7 +426,8 @@ class IovaApi:
         pad = iova_offset(g, addr)
         length = iova_align(g, size + pad)
         self.host.check_mapped(func, addr - pad, length, cpu)
-        slow = not dev.coherent and not attrs & DMA_ATTR_SKIP_CPU_SYNC
+        skip = DMA_ATTR_SKIP_CPU_SYNC | (DMA_ATTR_MMIO if behaves(self.host.kernel, "dma_map_phys") else 0)
+        slow = not dev.coherent and not attrs & skip   # 7.3.4 dma_iova_unlink: MMIO skips the CPU sync
         if (state.size_field & DMA_IOVA_USE_SWIOTLB) or slow:
             # iommu_dma_iova_unlink_range_slow
             end = addr + size
@@ -430,7 +435,7 @@ class IovaApi:
             while a < end:
                 chunk = min(end - a, g - iova_offset(g, a))
                 p = self.host.iommu.iommu_iova_to_phys(a)
-                if not dev.coherent and not attrs & DMA_ATTR_SKIP_CPU_SYNC:
+                if slow:
                     self.host.log.emit(_L, "arch_sync_dma_for_cpu", "cpu_sync", None, cpu=cpu, phys=p, size=chunk)
                 if self.host.swiotlb is not None and self.host.swiotlb.is_swiotlb_buffer(p):
                     self.host.swiotlb.swiotlb_tbl_unmap_single(p, chunk, dir, attrs, cpu, dev=dev)
@@ -465,9 +470,13 @@ class IovaApi:
 
     def dma_iova_destroy(self, dev: Device, state: DmaIovaState, mapped_len: int,
                          dir: int = DMA_BIDIRECTIONAL, attrs: int = 0, cpu: int = 0) -> None:
-        """``dma_iova_destroy(dev, state, mapped_len, dir, attrs)`` (dma-iommu.c): one unmap of
-        ``[0, mapped_len)``, one sync (strict) or a flush-queue entry (lazy), and the IOVA free;
-        ``mapped_len == 0`` only frees (``dma_iova_free``)."""
+        """``dma_iova_destroy(dev, state, mapped_len, dir, attrs)`` (dma-iommu.c).
+
+        6.17: one unmap of ``[0, mapped_len)``, one sync (strict) or a flush-queue entry (lazy), and
+        the free of ``iova_align(mapped_len + pad)``; ``mapped_len == 0`` only frees (``dma_iova_free``).
+        7.3.4 (``dma_iova_destroy()``): ``dma_iova_unlink(state, 0, mapped_len)`` when ``mapped_len``
+        (its own ``iommu_iotlb_sync``, even in a flush-queue domain), then always ``dma_iova_free``:
+        the whole reserved ``iova_align(dma_iova_size + pad)`` straight back, never queued."""
         valid_dma_direction(dir)
         if not dma_use_iova(state):
             raise ValueError("dma_iova_destroy: state does not hold an IOVA")
@@ -483,10 +492,13 @@ class IovaApi:
                                f"range (IOVA {left[0]:#x} still linked); the kernel does not check and "
                                "frees the IOVA with those PTEs live", f"mapped_len {mapped_len:#x} leaves "
                                f"IOVA {left[0]:#x} linked", cpu)
+            new = behaves(self.host.kernel, "destroy_unlink_then_free")
             self.host.log.depth += 1
             try:
                 self.__iommu_dma_iova_unlink("dma_iova_destroy", dev, state, 0, mapped_len, dir, attrs,
-                                             True, cpu)
+                                             not new, cpu)
+                if new:   # 7.3.4 dma_iova_free(): the whole reservation, never queued
+                    self.host.iommu_dma_free_iova(base, length, None, cpu)
             finally:
                 self.host.log.depth -= 1
             state.freed = True

@@ -29,7 +29,7 @@ Kinds and their arguments (``result`` is what the function returned):
 ``rcache_hits`` (counter): an allocation served by a per-CPU magazine or the depot; result pfn
     (size: int, limit_pfn: int)
 ``iommu_map_calls`` (counter): one iommu_map_nosync() call (one iommu:map trace event)
-    (iova: int, paddr: int, size: int, prot: int, chunks: list)
+    (iova: int, paddr: int, size: int, prot: int, chunks: list, requested?: int)
 ``pte_writes`` (counter): leaf entries written by one map_pages call (count = entries); result bytes mapped
     (iova: int, paddr: int, pgsize: int, pgcount: int, level: str)
 ``table_pages`` (counter): page-table pages allocated; result the table's phys
@@ -46,6 +46,8 @@ Kinds and their arguments (``result`` is what the function returned):
 ``dma_api_calls`` (counter): driver-visible DMA API entry points; result what the call returned
     ``dma_map_page``: (dev: str, dir: int, phys: int, size: int, attrs?: int)
     ``dma_unmap_page``: (dev: str, dir: int, dma_addr: int, size: int, attrs?: int)
+    ``dma_map_phys``: (dev: str, dir: int, phys: int, size: int, attrs?: int)
+    ``dma_unmap_phys``: (dev: str, dir: int, dma_addr: int, size: int, attrs?: int)
     ``dma_map_sg``: (dev: str, dir: int, nents: int, phys: list, sizes: list, dma_addrs: list)
     ``dma_unmap_sg``: (dev: str, dir: int, phys: list)
     ``dma_alloc``: (dev: str, size: int, phys: int)
@@ -60,6 +62,7 @@ Kinds and their arguments (``result`` is what the function returned):
     ``iommu_dma_init_domain``: (granule: int, start_pfn: int, strict: bool, reserved: int)
     ``iommu_dma_alloc_iova``: (attempt: str, size: int, limit: int)
     ``iommu_map_sg``: (iova: int, nents: int)
+    ``dma_map_page_attrs``: (rule: str)
     ``swiotlb_init_io_tlb_pool``: (start: int, nslabs: int, nareas: int)
     ``swiotlb_tbl_unmap_single``: (tlb_addr: int, mapping_size: int, dir: str)
 ``tree_alloc``: a node inserted by __alloc_and_insert_iova_range; result pfn_lo
@@ -229,7 +232,7 @@ _DECLARED: dict[Kind, tuple[str, str | dict[str, str]]] = {
     Kind.RCACHE_HITS: ("an allocation served by a per-CPU magazine or the depot; result pfn",
                        "size: int, limit_pfn: int"),
     Kind.IOMMU_MAP_CALLS: ("one iommu_map_nosync() call (one iommu:map trace event)",
-                           "iova: int, paddr: int, size: int, prot: int, chunks: list"),
+                           "iova: int, paddr: int, size: int, prot: int, chunks: list, requested?: int"),
     Kind.PTE_WRITES: ("leaf entries written by one map_pages call (count = entries); result bytes mapped",
                       "iova: int, paddr: int, pgsize: int, pgcount: int, level: str"),
     Kind.TABLE_PAGES: ("page-table pages allocated; result the table's phys", "iova: int, level: str"),
@@ -245,6 +248,8 @@ _DECLARED: dict[Kind, tuple[str, str | dict[str, str]]] = {
     Kind.DMA_API_CALLS: ("driver-visible DMA API entry points; result what the call returned", {
         "dma_map_page": "dev: str, dir: int, phys: int, size: int, attrs?: int",
         "dma_unmap_page": "dev: str, dir: int, dma_addr: int, size: int, attrs?: int",
+        "dma_map_phys": "dev: str, dir: int, phys: int, size: int, attrs?: int",
+        "dma_unmap_phys": "dev: str, dir: int, dma_addr: int, size: int, attrs?: int",
         "dma_map_sg": "dev: str, dir: int, nents: int, phys: list, sizes: list, dma_addrs: list",
         "dma_unmap_sg": "dev: str, dir: int, phys: list",
         "dma_alloc": "dev: str, size: int, phys: int",
@@ -261,6 +266,7 @@ _DECLARED: dict[Kind, tuple[str, str | dict[str, str]]] = {
         "iommu_dma_init_domain": "granule: int, start_pfn: int, strict: bool, reserved: int",
         "iommu_dma_alloc_iova": "attempt: str, size: int, limit: int",
         "iommu_map_sg": "iova: int, nents: int",
+        "dma_map_page_attrs": "rule: str",
         "swiotlb_init_io_tlb_pool": "start: int, nslabs: int, nareas: int",
         "swiotlb_tbl_unmap_single": "tlb_addr: int, mapping_size: int, dir: str",
     }),

@@ -51,8 +51,9 @@ from dataclasses import dataclass
 from iovalab.kernel.events import EventLog
 from iovalab.kernel.pgtable import (
     AMD_IOMMU_PGSIZES, IOMMU_CACHE, IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE,
-    IoPgtable, alloc_io_pgtable_ops,
+    IoPgtable, VtdssPgtable, alloc_io_pgtable_ops,
 )
+from iovalab.kernel.version import DEFAULT_KERNEL, behaves, check_kernel
 from iovalab.kernel.units import EINVAL, SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M, ULONG_MAX, U64_MASK
 
 __all__ = [
@@ -225,12 +226,16 @@ class IommuDomain:
     :param driver: ``"intel"``/``"amd"`` (x86-64) or ``"arm"`` (arm-lpae); default from ``fmt``.
     :param caches_non_present: the IOTLB caches faults (default: ``has_iotlb_sync_map``).
     :param name: a label (presets set it).
+    :param kernel: the modelled version (:mod:`iovalab.kernel.version`); 7.3 builds VT-d tables as a
+        generic page table (:class:`~iovalab.kernel.pgtable.VtdssPgtable`) and traces failed maps.
     """
 
     def __init__(self, pgsize_bitmap: int, fmt: str = "x86-64", ias: int = 48, aperture_start: int = 0,
                  aperture_end: int = _A48, force_aperture: bool = True, has_iotlb_sync_map: bool = False,
                  gather_style: str | None = None, log: EventLog | None = None, *, driver: str | None = None,
-                 caches_non_present: bool | None = None, oas: int | None = None, name: str | None = None):
+                 caches_non_present: bool | None = None, oas: int | None = None, name: str | None = None,
+                 kernel: str = DEFAULT_KERNEL):
+        self.kernel = check_kernel(kernel)
         if not isinstance(pgsize_bitmap, int) or pgsize_bitmap <= 0:
             raise ValueError(f"pgsize_bitmap {pgsize_bitmap!r}: no page sizes (iommu_map_nosync would "
                              "WARN_ON(domain->pgsize_bitmap == 0) and return -ENODEV)")
@@ -245,7 +250,8 @@ class IommuDomain:
         self._log = log if log is not None else EventLog()
         self.pgtable: IoPgtable = alloc_io_pgtable_ops(fmt, granule, ias, self._log, driver=driver,
                                                        pgsize_bitmap=pgsize_bitmap, oas=oas,
-                                                       tlb_flush=self._driver_flush)
+                                                       tlb_flush=self._driver_flush,
+                                                       generic_pt=behaves(kernel, "vtd_generic_pt"))
         self.driver = self.pgtable.driver
         if gather_style is None:
             gather_style = _DRIVER_GATHER[self.driver]
@@ -296,6 +302,29 @@ class IommuDomain:
         return iommu_pgsize(self.pgsize_bitmap, iova, paddr, size)
 
     def iommu_map_nosync(self, iova: int, paddr: int, size: int, prot: int, cpu: int = 0) -> int:
+        if self.pgtable.pt_iommu:
+            return self._map_nosync_pt(iova, paddr, size, prot, cpu)
+        return self._map_nosync(iova, paddr, size, prot, cpu)
+
+    def _map_nosync_pt(self, iova: int, paddr: int, size: int, prot: int, cpu: int) -> int:
+        """7.3.4 ``iommu_map_nosync`` on a ``struct pt_iommu``: one ``pt->ops->map_range``, then
+        ``trace_map(iova, paddr, mapped)`` whether it worked or not (``iommu_map_calls`` carries
+        ``size`` = bytes mapped, ``requested``, ``result``); on error ``iommu_unmap(iova, mapped)``."""
+        log = self._log
+        log.depth += 1
+        try:
+            pt = self.pgtable
+            assert isinstance(pt, VtdssPgtable), "pt_iommu is set only by the generic page table"
+            mapped, ret, chunks = pt.map_range(iova, paddr, size, prot, self.iommu_pgsize, cpu)
+        finally:
+            log.depth -= 1
+        log.emit(_L, "iommu_map_nosync", "iommu_map_calls", ret, cpu=cpu, iova=iova, paddr=paddr, size=mapped,
+                 prot=prot, chunks=chunks, requested=size)
+        if ret:
+            self.iommu_unmap(iova, mapped, cpu=cpu)
+        return ret
+
+    def _map_nosync(self, iova: int, paddr: int, size: int, prot: int, cpu: int = 0) -> int:
         """``iommu_map_nosync(domain, iova, paddr, size, prot, gfp)`` (iommu.c): 0 or -errno.
 
         ``iova`` (``unsigned long``), ``paddr`` (``phys_addr_t``), ``size`` (``size_t``), ``prot``
@@ -432,8 +461,24 @@ class IommuDomain:
         stopping when the driver returns 0. One ``iommu_unmap`` event = the ``iommu:unmap`` trace
         (``iova``, ``size``, ``unmapped_size``), with ``chunks`` = ``(iova, pgsize, count, returned)``.
         (Python name-mangles this method to ``_IommuDomain__iommu_unmap``; use
-        :meth:`iommu_unmap_fast`.)
+        :meth:`iommu_unmap_fast`.) 7.3.4 on a ``struct pt_iommu``: one ``pt->ops->unmap_range``
+        (:meth:`~iovalab.kernel.pgtable.VtdssPgtable.unmap_range`), its tables on the gather's freelist
+        and one gather range ``(iova, unmapped)`` (``gather_range_pending``; none when queued).
         """
+        if self.pgtable.pt_iommu:
+            self._log.depth += 1
+            try:
+                pt = self.pgtable
+                assert isinstance(pt, VtdssPgtable), "pt_iommu is set only by the generic page table"
+                unmapped, freed, chunks = pt.unmap_range(iova, size, self.iommu_pgsize, cpu)
+            finally:
+                self._log.depth -= 1
+            gather.freelist += freed
+            if unmapped and not gather.queued:
+                iommu_iotlb_gather_add_range(gather, iova, unmapped)
+            self._log.emit(_L, "__iommu_unmap", "iommu_unmap", unmapped, cpu=cpu, iova=iova, size=size,
+                           unmapped_size=unmapped, chunks=chunks)
+            return unmapped
         log = self._log
         g = self.granule
         if (iova | size) & (g - 1):

@@ -20,7 +20,7 @@ __all__ = [
     "bits_per", "GENMASK",
     "iova_shift", "iova_mask", "iova_offset", "iova_align", "iova_align_down",
     "EPERM", "EIO", "ENOMEM", "EFAULT", "EEXIST", "ENODEV", "EINVAL", "ENOSPC", "ERANGE", "EOPNOTSUPP",
-    "EREMOTEIO",
+    "EREMOTEIO", "ENXIO", "EADDRINUSE",
     "ERRNO_NAMES", "errname",
     "DmaError", "hx", "fmt_size", "parse_int",
 ]
@@ -47,6 +47,7 @@ DMA_MAPPING_ERROR = U64_MASK
 # errno values (include/uapi/asm-generic/errno-base.h, errno.h)
 EPERM = 1
 EIO = 5
+ENXIO = 6
 ENOMEM = 12
 EFAULT = 14
 EEXIST = 17
@@ -55,11 +56,13 @@ EINVAL = 22
 ENOSPC = 28
 ERANGE = 34
 EOPNOTSUPP = 95
+EADDRINUSE = 98
 EREMOTEIO = 121
 
 ERRNO_NAMES = {
     EPERM: "EPERM", EIO: "EIO", ENOMEM: "ENOMEM", EFAULT: "EFAULT", EEXIST: "EEXIST", ENODEV: "ENODEV",
     EINVAL: "EINVAL", ENOSPC: "ENOSPC", ERANGE: "ERANGE", EOPNOTSUPP: "EOPNOTSUPP", EREMOTEIO: "EREMOTEIO",
+    ENXIO: "ENXIO", EADDRINUSE: "EADDRINUSE",
 }
 
 

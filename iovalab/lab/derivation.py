@@ -35,6 +35,12 @@ from iovalab.kernel.units import (
 )
 from iovalab.lab.notation import format_split
 
+#: the kernel version this module's texts and derivations describe (6.17; 7.3 differences:
+#: iovalab.kernel.version.DIFFERENCES)
+TEXT_KERNEL = "6.17"
+#: and the flush-queue timer they count in whole milliseconds: CONFIG_HZ=1000 (10 ms = 10 jiffies)
+TEXT_HZ = 1000
+
 __all__ = ["APIS", "API_ALIASES", "QUANTITIES", "Step", "Outcome", "fresh_domain", "make_device", "evaluate"]
 
 #: API names :func:`evaluate` (and :func:`iovalab.lab.claims.check`) accepts, and the kernel entry point each runs.
@@ -139,7 +145,7 @@ def fresh_domain(granule: int | None = None, iommu: str | IommuDomain | None = N
             raise ValueError(f"granule {g!r} must be one of {', '.join(map(hex, GRANULE_PRESETS))} "
                              "(or pass iommu= a preset whose smallest page size is the granule)")
         iommu = GRANULE_PRESETS[g]
-    dom = DmaDomain(iommu, strict=strict, ncpus=ncpus, reserve_msi=reserve_msi)
+    dom = DmaDomain(iommu, strict=strict, ncpus=ncpus, reserve_msi=reserve_msi, kernel=TEXT_KERNEL, hz=TEXT_HZ)
     if granule is not None and dom.granule != granule:
         raise ValueError(f"granule {granule:#x} does not match IOMMU {iommu!r}, whose granule "
                          f"(1 << __ffs(pgsize_bitmap)) is {dom.granule:#x}")

@@ -29,7 +29,7 @@ def _gen_misuse(rng: random.Random) -> dict:
 
 
 def _misuse_domain(p: dict):
-    return DmaDomain(_MISUSE_PRESETS[p["driver"]], follow_kernel=True).iommu
+    return DmaDomain(_MISUSE_PRESETS[p["driver"]], follow_kernel=True, kernel="6.17").iommu
 
 
 def _q_misuse_map(p: dict) -> str:

@@ -48,6 +48,11 @@ __all__ = [
     "scattered_pages", "scaling", "with_cost_preset", "sensitivity_text",
 ]
 
+#: the kernel version this module's texts and derivations describe (6.17; 7.3 differences:
+#: iovalab.kernel.version.DIFFERENCES)
+TEXT_KERNEL = "6.17"
+#: and the flush-queue timer they count in whole milliseconds: CONFIG_HZ=1000 (10 ms = 10 jiffies)
+TEXT_HZ = 1000
 
 
 
@@ -179,7 +184,7 @@ def _fresh(fp: Footprint) -> Footprint:
     from iovalab.kernel.dma_iommu import DmaDomain, DmaIovaState
 
     preset = GRANULE_PRESETS[fp.granule]
-    dom = DmaDomain(preset, strict=True)
+    dom = DmaDomain(preset, strict=True, kernel=TEXT_KERNEL, hz=TEXT_HZ)
     dev = Device(name="0000:01:00.0")
     mark = dom.log.mark()
     addr = dom.dma_map_page(dev, fp.phys, fp.size)
@@ -196,7 +201,7 @@ def _fresh(fp: Footprint) -> Footprint:
     node = dom.iovad.find_iova(base // fp.granule)
     assert node is not None, f"dma_map_page's IOVA {base:#x} is not in the tree"
     # the two-step API on its own fresh domain reserves the same IOVA and writes nothing
-    dom2 = DmaDomain(preset, strict=True)
+    dom2 = DmaDomain(preset, strict=True, kernel=TEXT_KERNEL, hz=TEXT_HZ)
     st = DmaIovaState()
     dom2.dma_iova_try_alloc(Device(name="0000:01:00.0"), st, fp.phys, fp.size)
     if st.addr != addr:  # pragma: no cover - would be a model bug
@@ -335,7 +340,7 @@ def mask_walk(mask_bits: int = 64, *, pci: bool = True, forcedac: bool = False, 
         top = (1 << 32) - free_below_4g
         if top > g:
             reserve.append((g, top - 1))
-    dom = DmaDomain(preset, reserve=reserve)
+    dom = DmaDomain(preset, reserve=reserve, kernel=TEXT_KERNEL, hz=TEXT_HZ)
     dev = Device(name="0000:01:00.0" if pci else "platform-dev", is_pci=pci, forcedac=forcedac,
                  dma_mask=DMA_BIT_MASK(mask_bits),
                  bus_dma_limit=DMA_BIT_MASK(bus_limit_bits) if bus_limit_bits else 0)
@@ -381,7 +386,7 @@ def path_totals(segments, path: str, *, preset: str = "intel-vtd", strict: bool 
     from iovalab.kernel.events import EventLog
 
     log = EventLog(keep=False)
-    dom = DmaDomain(preset, strict=strict, log=log)
+    dom = DmaDomain(preset, strict=strict, log=log, kernel=TEXT_KERNEL, hz=TEXT_HZ)
     dev = device if device is not None else Device.nvme()
     mark = log.mark()
     for _ in range(repeat):

@@ -24,6 +24,12 @@ __all__ = [
     "recording_state", "describe_events", "hexify",
 ]
 
+#: the kernel version this module's texts and derivations describe (6.17; 7.3 differences:
+#: iovalab.kernel.version.DIFFERENCES)
+TEXT_KERNEL = "6.17"
+#: and the flush-queue timer they count in whole milliseconds: CONFIG_HZ=1000 (10 ms = 10 jiffies)
+TEXT_HZ = 1000
+
 PATHS = ("page", "sg", "iova")
 PATH_TITLES = {
     "page": "dma_map_page per segment",
@@ -286,13 +292,13 @@ def record(workload: str = "nvme-spec-example", path: str = "iova", *, strict: b
     else:
         segments = tuple((int(p), int(n)) for p, n in workload)
         title, name = f"{len(segments)} segments", "demo:custom"
-    dom = DmaDomain(preset, strict=strict)
+    dom = DmaDomain(preset, strict=strict, kernel=TEXT_KERNEL, hz=TEXT_HZ)
     dev = device if device is not None else Device.nvme()
     setup = len(dom.log)
     run_segments(dom, dev, segments, path, device_dma=True)
     work = len(dom.log)
     if not strict and dom.fq_pending():
-        dom.advance_time(dom.fq_timeout)
+        dom.advance_time(max(0.0, dom.fq_timer_deadline - dom.now_ms))
     events = list(dom.log.events)
     bounds = step_bounds(events[:work], setup)
     labels = ["domain set-up (iommu_dma_init_domain)"]

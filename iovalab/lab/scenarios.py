@@ -22,6 +22,7 @@ from collections.abc import Generator
 from iovalab.drivers import APIS, SCENARIOS, iter_workload, list_presets, load_preset, run_workload, valid_apis
 from iovalab.drivers.common import ScenarioResult, Step
 from iovalab.kernel.events import EventLog
+from iovalab.kernel.version import check_hz, check_kernel
 from iovalab.lab.cost import CostModelError, load_cost_model
 
 __all__ = [
@@ -53,14 +54,31 @@ def _attach_cost(result: ScenarioResult, cost_preset: str | None) -> ScenarioRes
     return result
 
 
+def with_kernel(preset: str | dict, kernel: str | None = None, hz: int | None = None) -> str | dict:
+    """``preset`` whose IOMMU domain models ``kernel`` (``"6.17"``/``"7.3"``) at ``CONFIG_HZ`` ``hz``
+    (None: leave the preset's own, by default 7.3 at HZ=250); bad values raise ValueError."""
+    if kernel is None and hz is None:
+        return preset
+    p = dict(load_preset(preset) if isinstance(preset, str) else preset)
+    spec = p.get("iommu") or "intel-vtd"
+    spec = dict(spec) if isinstance(spec, dict) else {"preset": spec}
+    if kernel is not None:
+        spec["kernel"] = check_kernel(kernel)
+    if hz is not None:
+        spec["hz"] = check_hz(hz)
+    p["iommu"] = spec
+    return p
+
+
 def iter_scenario(preset: str | dict, api: str = "iova", strict: bool = True, keep_events: bool = True,
-                  cost_preset: str | None = None, fine: bool = True) -> Generator[Step, None, ScenarioResult]:
+                  cost_preset: str | None = None, fine: bool = True, kernel: str | None = None,
+                  hz: int | None = None) -> Generator[Step, None, ScenarioResult]:
     """Step-by-step run of a preset: yields one step dict per driver-level action; the last step has
     ``driver == "done"`` and ``result`` (the :class:`ScenarioResult` with modelled cost, also the generator's
     return value). ``fine=False`` yields only per-phase steps (faster for large workloads). Arguments as
     :func:`run_scenario`.
     """
-    gen = iter_workload(preset, api, strict, keep_events, fine)
+    gen = iter_workload(with_kernel(preset, kernel, hz), api, strict, keep_events, fine)
     while True:
         try:
             step = next(gen)
@@ -72,7 +90,7 @@ def iter_scenario(preset: str | dict, api: str = "iova", strict: bool = True, ke
 
 
 def run_scenario(preset: str | dict, api: str = "iova", strict: bool = True, keep_events: bool = True,
-                 cost_preset: str | None = None) -> ScenarioResult:
+                 cost_preset: str | None = None, kernel: str | None = None, hz: int | None = None) -> ScenarioResult:
     """Run a preset to completion under one mapping path, with modelled cost.
 
     :param preset: a name from :func:`list_presets` or a preset dict (same shape as the JSON files).
@@ -81,8 +99,9 @@ def run_scenario(preset: str | dict, api: str = "iova", strict: bool = True, kee
     :param strict: strict (``IOMMU_DOMAIN_DMA``) or lazy (``DMA_FQ``) domain.
     :param keep_events: keep every event (False: tallies only, for large workloads).
     :param cost_preset: one cost-model preset for ``result.modelled`` (default: all of them).
+    :param kernel, hz: the modelled kernel version and ``CONFIG_HZ`` (:func:`with_kernel`).
     """
-    return _attach_cost(run_workload(preset, api, strict, keep_events), cost_preset)
+    return _attach_cost(run_workload(with_kernel(preset, kernel, hz), api, strict, keep_events), cost_preset)
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -105,7 +124,8 @@ def cli(args: argparse.Namespace) -> int:
         return 2
     try:
         res = run_scenario(preset, api=args.api, strict=not args.lazy, keep_events=False,
-                           cost_preset=args.cost_preset)
+                           cost_preset=args.cost_preset, kernel=getattr(args, "kernel", None),
+                           hz=getattr(args, "hz", None))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -117,7 +137,8 @@ def cli(args: argparse.Namespace) -> int:
         print(json.dumps(out, sort_keys=False))
         return 0
     mode = "strict" if res.strict else "lazy (flush queue)"
-    print(f"scenario {res.name} ({preset['scenario']}), api={res.api}, {mode}")
+    print(f"scenario {res.name} ({preset['scenario']}), api={res.api}, {mode}, "
+          f"kernel {res.domain.kernel if res.domain is not None else '(no IOMMU)'}")
     for k in COUNTER_KEYS:
         print(f"  {k:<22} {summary[k]:>14,}")
     if res.modelled:

@@ -26,6 +26,10 @@ vs. the real 6.12.95 Debian capture in ``data/real``):
 * The flags column may be absent (``irq-info`` off), 4 characters (kernels before
   ``migrate-disable``, ~5.13) or 5 characters; a TGID column may be present.
 * Timestamps may be ``secs.usecs`` (``global``/``local`` clocks) or a plain counter.
+* Linux 7.3.4 (drivers/iommu/intel/trace.h): ``cache_tag_flush_range``/``_np`` print no ``pages``
+  word (``fields`` then has no ``pages`` key), and a domain-wide flush is a ``cache_tag_flush_range``
+  over ``[0x0-0xffffffffffffffff]`` (:func:`is_domain_flush`); ``dma_map_phys``/``dma_unmap_phys``
+  replace ``dma_map_page``/``dma_unmap_page``; four more ``attrs`` names.
 
 No kernel analogue for :func:`phases` (it splits a capture at ``WORKLOAD:`` marker lines).
 This module is the text layer only; replaying a capture into the simulator lives in ``traces.py``.
@@ -45,7 +49,7 @@ __all__ = [
     "KNOWN_EVENTS", "DMA_DIRECTIONS", "DMA_ATTR_NAMES", "DMA_TRACE_MAX_ENTRIES",
     "FtraceParseError", "TraceLine", "FtraceCapture", "Phase",
     "parse_ftrace", "parse_line", "phases",
-    "decode_dma_attrs", "parse_dma_attrs",
+    "decode_dma_attrs", "is_domain_flush", "parse_dma_attrs",
 ]
 
 #: Event name -> trace system, for every event this module parses (the text carries no system).
@@ -75,6 +79,9 @@ DMA_ATTR_NAMES: dict[str, int] = {
     "WEAK_ORDERING": 1 << 1, "WRITE_COMBINE": 1 << 2, "NO_KERNEL_MAPPING": 1 << 4,
     "SKIP_CPU_SYNC": 1 << 5, "FORCE_CONTIGUOUS": 1 << 6, "ALLOC_SINGLE_PAGES": 1 << 7,
     "NO_WARN": 1 << 8, "PRIVILEGED": 1 << 9, "MMIO": 1 << 10,
+    # 7.3.4 (include/trace/events/dma.h): DMA_ATTR_DEBUGGING_IGNORE_CACHELINES prints CACHELINES_OVERLAP
+    "CACHELINES_OVERLAP": 1 << 11, "REQUIRE_COHERENT": 1 << 12, "CC_SHARED": 1 << 13,
+    "ALLOC_CC_SHARED": 1 << 14,
 }
 
 #: ``DMA_TRACE_MAX_ENTRIES`` (include/trace/events/dma.h, stable 6.12.y and mainline): arrays of
@@ -272,7 +279,8 @@ _ALLOC_FMT = "'%s dir=%s dma_addr=%llx size=%zu virt_addr=%p flags=%s attrs=%s'"
 _FREE_FMT = "'%s dir=%s dma_addr=%llx size=%zu virt_addr=%p attrs=%s'"
 _SYNC_FMT = "'%s dir=%s dma_addr=%llx size=%zu'"
 _SYNC_SG_FMT = "'%s dir=%s dma_addrs=%s sizes=%s'"
-_CT_FLUSH_FMT = "'%s %s[%d] type %s did %d [0x%lx-0x%lx] addr 0x%lx pages 0x%lx mask 0x%lx'"
+_CT_FLUSH_FMT = ("'%s %s[%d] type %s did %d [0x%lx-0x%lx] addr 0x%lx pages 0x%lx mask 0x%lx' (6.12) or "
+                 "'%s %s[%d] type %s did %d [0x%lx-0x%lx] addr 0x%lx mask 0x%lx' (7.3)")
 _CT_LOG_FMT = "'%s/%s type %s did %d pasid %d ref %d'"
 _GROUP_FMT = "'IOMMU: groupID=%d device=%s'"
 _DEVICE_FMT = "'IOMMU: device=%s'"
@@ -291,7 +299,7 @@ _sync_sg_spec = _Spec(rf"{_DEV} {_DIR} dma_addrs=(?P<dma_addrs>{_ARR}) sizes=(?P
 _ct_flush_spec = _Spec(
     rf"(?P<iommu>\S+) (?P<dev>\S+?)\[(?P<pasid>{_SDEC})\] type (?P<type>\S+) "
     rf"did (?P<domain_id>{_SDEC}) \[0x(?P<start>{_HEX})-0x(?P<end>{_HEX})\] "
-    rf"addr 0x(?P<addr>{_HEX}) pages 0x(?P<pages>{_HEX}) mask 0x(?P<mask>{_HEX})", _CT_FLUSH_FMT)
+    rf"addr 0x(?P<addr>{_HEX})(?: pages 0x(?P<pages>{_HEX}))? mask 0x(?P<mask>{_HEX})", _CT_FLUSH_FMT)
 _ct_log_spec = _Spec(rf"(?P<iommu>[^/\s]+)/(?P<dev>\S+) type (?P<type>\S+) did (?P<domain_id>{_SDEC}) "
                      rf"pasid (?P<pasid>{_SDEC}) ref (?P<ref>{_SDEC})", _CT_LOG_FMT)
 _group_spec = _Spec(rf"IOMMU: groupID=(?P<group_id>{_SDEC}) device=(?P<device>.*)", _GROUP_FMT)
@@ -627,6 +635,16 @@ def phases(capture: FtraceCapture, prefix: str = "WORKLOAD:") -> list[Phase]:
 
 
 # -- attrs -------------------------------------------------------------------------------------
+
+def is_domain_flush(line: TraceLine) -> bool:
+    """A domain-wide VT-d IOTLB flush (``flush_iotlb_all``): a 6.12 ``cache_tag_flush_all`` line, or a
+    7.3 ``cache_tag_flush_range`` over ``[0x0-0xffffffffffffffff]`` (7.3.4 drivers/iommu/intel/cache.c:
+    ``cache_tag_flush_all()`` calls ``cache_tag_flush_range(domain, 0, ULONG_MAX, 0)``)."""
+    if line.event == "cache_tag_flush_all":
+        return True
+    f = line.fields
+    return line.event == "cache_tag_flush_range" and f.get("start") == 0 and f.get("end") == U64_MASK
+
 
 def decode_dma_attrs(attrs: int) -> str:
     """Text of ``decode_dma_attrs(attrs)`` (include/trace/events/dma.h, ``__print_flags`` with

@@ -21,6 +21,10 @@ from iovalab.kernel.events import EventLog
 from iovalab.kernel.iova import IovaDomain
 from iovalab.kernel.units import DmaError
 
+#: the reference traces were produced by the 6.17 kernel's own iova.c / iommu_pgsize() / dma-iommu.c
+#: arithmetic: they are replayed under that model (Linux 7.3 changed dma_iova_destroy's free size)
+REFERENCE_KERNEL = "6.17"
+
 __all__ = ["TraceFormatError", "Mismatch", "TraceResult", "read_trace", "check_trace",
            "check_ops", "REPLAYERS"]
 
@@ -178,8 +182,8 @@ def _dma_section(header: dict) -> _Run:
     aperture_start = header.get("aperture_start", max(header.get("start_pfn", 1), 1) << shift
                                 if header.get("start_pfn", 1) > 1 else 0)
     iommu = _Iommu(bitmap, fmt=fmt, ias=ias, aperture_start=aperture_start, aperture_end=aperture_end,
-                   force_aperture=True, log=log)
-    dom = DmaDomain(iommu, strict=True, log=log)
+                   force_aperture=True, log=log, kernel=REFERENCE_KERNEL)
+    dom = DmaDomain(iommu, strict=True, log=log, kernel=REFERENCE_KERNEL)
     d = header["device"]
     dev = Device(name="trace-dev", dma_mask=d["dma_mask"], bus_dma_limit=d.get("bus_dma_limit", 0),
                  is_pci=d.get("pci", True), forcedac=d.get("forcedac", False))

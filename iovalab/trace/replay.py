@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from iovalab.kernel.device import Device
 from iovalab.kernel.events import EventLog
-from iovalab.trace.ftrace import FtraceCapture, parse_ftrace
+from iovalab.trace.ftrace import FtraceCapture, is_domain_flush, parse_ftrace
 from iovalab.trace.ftrace_write import (
     format_dma_alloc, format_dma_map_page, format_dma_map_sg, format_dma_unmap_page, format_dma_unmap_sg,
     format_line, format_map, format_unmap, write_ftrace,
@@ -45,6 +45,7 @@ from iovalab.trace.ftrace_write import (
 from iovalab.kernel.iommu import IotlbGather
 from iovalab.kernel.iova import IOVA_DEPOT_DELAY_MS, IOVA_RANGE_CACHE_MAX_SIZE
 from iovalab.kernel.units import DMA_BIT_MASK
+from iovalab.kernel.version import behaves, check_kernel
 from iovalab.trace.lines import LineCheck, check_lines
 from iovalab.trace.steps import Allocation, reconstruct
 from iovalab.trace.system import SystemConfig, infer_system, parse_range
@@ -105,10 +106,14 @@ class ReplayResult:
 def infer_mode(cap: FtraceCapture) -> tuple[str, str]:
     """strict or lazy, and how that was decided."""
     c = cap.counts
-    if c.get("cache_tag_flush_range", 0):
+    # 7.3.4: a domain-wide flush is a cache_tag_flush_range over [0x0-0xffffffffffffffff] (is_domain_flush)
+    whole = sum(1 for ln in cap.lines if ln.event == "cache_tag_flush_range" and is_domain_flush(ln)) \
+        if c.get("cache_tag_flush_range", 0) else 0
+    if c.get("cache_tag_flush_range", 0) > whole:
         return "strict", "strict: one ranged IOTLB flush per unmap (cache_tag_flush_range)"
-    if c.get("cache_tag_flush_all", 0):
-        return "lazy", "lazy: only domain-wide flushes (cache_tag_flush_all), none per unmap"
+    if c.get("cache_tag_flush_all", 0) or whole:
+        return "lazy", ("lazy: only domain-wide flushes (cache_tag_flush_all, or cache_tag_flush_range over "
+                        "[0x0-0xffffffffffffffff]), none per unmap")
     return "strict", ("strict (a guess: the capture has no IOTLB flush events; lazy is tried too "
                       "when strict does not match)")
 
@@ -359,7 +364,7 @@ _TASK = "....."
 
 
 def events_to_ftrace(events, *, start: float = 100.0, step_us: int = 10, task: str = "iovalab",
-                     pid: int = 4242, iotlb_events: bool = True) -> list[str]:
+                     pid: int = 4242, iotlb_events: bool = True, kernel: str = "6.17") -> list[str]:
     """A simulator run (its event list) as kernel ftrace text lines, in the formats of
     ``include/trace/events/iommu.h`` (``map``, ``unmap``), ``include/trace/events/dma.h`` (6.12:
     ``dma_map_page``, ``dma_unmap_page``, ``dma_map_sg``, ``dma_unmap_sg``, ``dma_alloc``) and, with
@@ -369,7 +374,15 @@ def events_to_ftrace(events, *, start: float = 100.0, step_us: int = 10, task: s
     timestamps advance ``step_us`` per line. Event order is the log's, which is the kernel's:
     ``map`` before ``dma_map_*``, ``dma_unmap_sg`` before its ``unmap``, ``unmap`` before
     ``dma_unmap_page``.
+
+    ``kernel`` chooses the text forms (:data:`iovalab.kernel.version.DIFFERENCES`): ``"6.17"`` as
+    above; ``"7.3"`` writes ``dma_map_phys``/``dma_unmap_phys`` for page mappings,
+    ``cache_tag_flush_range`` without ``pages``, and a domain-wide flush as a ``cache_tag_flush_range``
+    over ``[0x0-0xffffffffffffffff]`` with mask 0x34 (drivers/iommu/intel/cache.c, trace.h, 7.3.4).
     """
+    check_kernel(kernel)
+    new_form = behaves(kernel, "flush_tag_no_pages")
+    phys_ev = behaves(kernel, "dma_map_phys")
     out = []
     t = [int(start * 1e6)]
 
@@ -390,21 +403,26 @@ def events_to_ftrace(events, *, start: float = 100.0, step_us: int = 10, task: s
                 # the flush-queue timer runs in softirq; a queue-full flush in the unmap's context
                 why = next((x.args.get("why") for x in events[n + 1:n + 4] if x.kind == "fq_flush"), None)
                 flags = _IRQ if why == "queue full" else "d.s2."
-                line(e.cpu, flags, "cache_tag_flush_all", "dmar0/dmar0 type iotlb did 3 pasid 0 ref 1")
+                if new_form:   # cache_tag_flush_range(domain, 0, ULONG_MAX, 0): mask 52 (0x34)
+                    line(e.cpu, flags, "cache_tag_flush_range",
+                         "dmar0 dmar0[0] type iotlb did 3 [0x0-0xffffffffffffffff] addr 0x0 mask 0x34")
+                else:
+                    line(e.cpu, flags, "cache_tag_flush_all", "dmar0/dmar0 type iotlb did 3 pasid 0 ref 1")
             elif "start" in a:
                 lo, hi = a["start"], a["end"]
                 pages = (hi - lo + 1) >> 12
+                pg = "" if new_form else f" pages {pages:#x}"
                 line(e.cpu, "d.h1.", "cache_tag_flush_range",
-                     f"dmar0 dmar0[0] type iotlb did 3 [{lo:#x}-{hi:#x}] addr {lo:#x} pages {pages:#x} "
+                     f"dmar0 dmar0[0] type iotlb did 3 [{lo:#x}-{hi:#x}] addr {lo:#x}{pg} "
                      f"mask {max(pages - 1, 0).bit_length():#x}")
         elif k == "dma_api_calls":
             dev = a.get("dev", "0000:00:01.0")
             d = a.get("dir", 0)
-            if f == "dma_map_page":
-                line(e.cpu, _TASK, "dma_map_page",
+            if f in ("dma_map_page", "dma_map_phys"):
+                line(e.cpu, _TASK, "dma_map_phys" if phys_ev else "dma_map_page",
                      format_dma_map_page(dev, d, e.result, a["size"], a["phys"], a.get("attrs", 0)))
-            elif f == "dma_unmap_page":
-                line(e.cpu, _IRQ, "dma_unmap_page",
+            elif f in ("dma_unmap_page", "dma_unmap_phys"):
+                line(e.cpu, _IRQ, "dma_unmap_phys" if phys_ev else "dma_unmap_page",
                      format_dma_unmap_page(dev, d, a["dma_addr"], a["size"], a.get("attrs", 0)))
             elif f == "dma_map_sg" and e.result:
                 line(e.cpu, _TASK, "dma_map_sg",

@@ -15,7 +15,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from iovalab.kernel.units import DMA_MAPPING_ERROR, iova_align
-from iovalab.trace.ftrace import FtraceCapture
+from iovalab.trace.ftrace import FtraceCapture, is_domain_flush
 
 __all__ = ["Allocation", "GRANULE", "DMA_MAP_EVENTS", "map_alignment", "reconstruct"]
 
@@ -61,7 +61,9 @@ def reconstruct(cap: FtraceCapture, granule: int | None = None) -> list[tuple]:
     """Turn the capture into an ordered list of steps:
 
     ``("alloc", Allocation)``, ``("free", Allocation, cpu, irq, lineno, ts)``,
-    ``("flush", cpu, lineno, ts, softirq)`` (a ``cache_tag_flush_all``), ``("phase", name, lineno)``.
+    ``("flush", cpu, lineno, ts, softirq)`` (a domain-wide flush: ``cache_tag_flush_all``, or in 7.3
+    a ``cache_tag_flush_range`` over ``[0x0-0xffffffffffffffff]``,
+    :func:`~iovalab.trace.ftrace.is_domain_flush`), ``("phase", name, lineno)``.
     Unmaps of ranges not seen allocated become ``("unmatched", lineno)``. ``granule``: the IOVA
     granule that never-unmapped spans are rounded to (default: :func:`map_alignment`).
     """
@@ -139,7 +141,7 @@ def reconstruct(cap: FtraceCapture, granule: int | None = None) -> list[tuple]:
             if opened and a in opened:
                 opened.remove(a)
             steps.append(("free", a, ln.cpu, ln.in_irq, ln.lineno, ln.timestamp))
-        elif ev == "cache_tag_flush_all":
+        elif ev in ("cache_tag_flush_all", "cache_tag_flush_range") and is_domain_flush(ln):
             steps.append(("flush", ln.cpu, ln.lineno, ln.timestamp, ln.in_softirq))
         elif ev == "tracing_mark_write":
             steps.append(("phase", ln.text.strip(), ln.lineno))

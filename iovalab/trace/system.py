@@ -80,6 +80,7 @@ class SystemConfig:
     msi_doorbell: tuple[int, int] | None = None   # (iova, paddr) of a software-MSI doorbell map
     max_request: int = 0            # largest two-step (dma_iova_*) IOVA range unmapped
     cpus: int | None = None         # #P: of the trace header
+    kernel: str = "6.17"            # the modelled kernel version (iovalab.kernel.version)
     decisions: list[Decision] = field(default_factory=list)
 
     @property
@@ -95,14 +96,14 @@ class SystemConfig:
     def as_dict(self) -> dict:
         return {"iommu": self.iommu, "arch": self.arch, "granule": self.granule, "page_size": self.page_size,
                 "reserve": [list(r) for r in self.reserve], "msi_doorbell": self.msi_doorbell,
-                "max_request": self.max_request, "cpus": self.cpus,
+                "max_request": self.max_request, "cpus": self.cpus, "kernel": self.kernel,
                 "decisions": [vars(d) for d in self.decisions]}
 
     def make_domain(self, *, strict: bool, ncpus: int, log: EventLog) -> DmaDomain:
         """``iommu_dma_init_domain()`` for this system: granule, PAGE_SIZE, reserved regions, rcaches."""
-        iommu = IommuDomain.preset(self.iommu, log=log)
+        iommu = IommuDomain.preset(self.iommu, log=log, kernel=self.kernel)
         return DmaDomain(iommu, strict=strict, ncpus=ncpus, log=log, reserve=self.reserve,
-                         page_size=self.page_size)
+                         page_size=self.page_size, kernel=self.kernel)
 
 
 def parse_range(text: str) -> tuple[int, int]:

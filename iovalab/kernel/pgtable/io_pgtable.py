@@ -12,9 +12,10 @@ from iovalab.kernel.pgtable.amd_v1 import AmdV1Pgtable
 from iovalab.kernel.pgtable.arm_lpae import ArmLpaePgtable
 from iovalab.kernel.pgtable.intel_vtd import IntelVtdPgtable
 from iovalab.kernel.pgtable.ops import IoPgtable, TlbFlush
+from iovalab.kernel.pgtable.vtdss import VtdssPgtable
 from iovalab.kernel.units import SZ_4K
 
-__all__ = ["FORMATS", "DRIVERS", "PGTABLE_CLASSES", "alloc_io_pgtable_ops"]
+__all__ = ["FORMATS", "DRIVERS", "PGTABLE_CLASSES", "GENERIC_PT_CLASSES", "alloc_io_pgtable_ops"]
 
 FORMATS = ("x86-64", "arm-lpae")
 DRIVERS = ("intel", "amd", "arm")
@@ -23,15 +24,21 @@ _DEFAULT_DRIVER = {"x86-64": "intel", "arm-lpae": "arm"}
 PGTABLE_CLASSES: dict[str, type[IoPgtable]] = {
     "intel": IntelVtdPgtable, "amd": AmdV1Pgtable, "arm": ArmLpaePgtable,
 }
+#: Linux 7.3.4: drivers whose tables are generic page tables (drivers/iommu/generic_pt/), modelled for
+#: VT-d (``pt_iommu_vtdss_init`` in intel_iommu_domain_alloc_second_stage()). AMD v1 is converted too in
+#: 7.3 (``pt_iommu_amdv1_init``) but keeps its 6.17 model here.
+GENERIC_PT_CLASSES: dict[str, type[IoPgtable]] = {"intel": VtdssPgtable}
 
 
 def alloc_io_pgtable_ops(fmt: str = "x86-64", granule: int = SZ_4K, ias: int = 48, log: EventLog | None = None,
                          *, driver: str | None = None, pgsize_bitmap: int | None = None, oas: int | None = None,
-                         tlb_flush: TlbFlush | None = None) -> IoPgtable:
+                         tlb_flush: TlbFlush | None = None, generic_pt: bool = False) -> IoPgtable:
     """``alloc_io_pgtable_ops(fmt, cfg, cookie)``: a new page table of ``fmt`` for ``driver``.
 
     :param fmt: ``"x86-64"`` or ``"arm-lpae"``.
     :param driver: ``"intel"`` (default for x86-64), ``"amd"`` (x86-64) or ``"arm"`` (arm-lpae).
+    :param generic_pt: the driver's 7.3 generic page table where one is modelled
+        (:data:`GENERIC_PT_CLASSES`), else its own format.
     Other arguments: :class:`~iovalab.kernel.pgtable.ops.IoPgtable`. Raises ``ValueError`` for an
     unknown format or driver, or a driver that does not use ``fmt``.
     """
@@ -40,7 +47,7 @@ def alloc_io_pgtable_ops(fmt: str = "x86-64", granule: int = SZ_4K, ias: int = 4
     driver = driver or _DEFAULT_DRIVER[fmt]
     if driver not in DRIVERS:
         raise ValueError(f"driver {driver!r} is not one of {DRIVERS}")
-    cls = PGTABLE_CLASSES[driver]
+    cls = GENERIC_PT_CLASSES.get(driver, PGTABLE_CLASSES[driver]) if generic_pt else PGTABLE_CLASSES[driver]
     if cls.fmt != fmt:
         raise ValueError(f"driver {driver!r} does not use the {fmt!r} format "
                          "(intel/amd: x86-64; arm: arm-lpae)")

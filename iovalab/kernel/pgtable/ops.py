@@ -111,6 +111,9 @@ class IoPgtable:
     The root table page is allocated at construction (one ``table_pages`` event).
     """
 
+    #: a Linux 7.3 ``struct pt_iommu`` (generic page table): the core calls ``map_range``/``unmap_range``
+    pt_iommu = False
+
     #: ``"x86-64"`` or ``"arm-lpae"``; the driver name (``"intel"``, ``"amd"``, ``"arm"``).
     fmt: ClassVar[str]
     driver: ClassVar[str]

@@ -1,0 +1,184 @@
+"""Kernel versions as a dimension: what Linux 7.3.4 does differently from the 6.17 model
+(iovalab.kernel.version.DIFFERENCES), one test per difference, and the version/HZ arguments."""
+
+import pytest
+
+from iovalab.kernel.device import Device
+from iovalab.kernel.dma_iommu import DMA_ATTR_MMIO, DMA_TO_DEVICE, DmaDomain, DmaIovaState
+from iovalab.kernel.events import EventLog
+from iovalab.kernel.iommu import IOMMU_MMIO, IommuDomain, IotlbGather
+from iovalab.kernel.pgtable import IntelVtdPgtable, VtdssPgtable
+from iovalab.kernel.swiotlb import SwiotlbPool
+from iovalab.kernel.units import DMA_MAPPING_ERROR, EADDRINUSE, ENXIO
+from iovalab.kernel.version import (
+    DEFAULT_HZ, DEFAULT_KERNEL, DIFFERENCES, behaves, fq_timer_expiry, msecs_to_jiffies,
+)
+from iovalab.lab.scenarios import run_scenario
+from iovalab.trace.ftrace import is_domain_flush, parse_ftrace
+from iovalab.trace.replay import events_to_ftrace
+
+RW = 3
+
+
+def test_defaults_and_bad_values():
+    assert (DEFAULT_KERNEL, DEFAULT_HZ) == ("7.3", 250)
+    d = DmaDomain()
+    assert (d.kernel, d.hz) == ("7.3", 250) and isinstance(d.iommu.pgtable, VtdssPgtable)
+    assert type(DmaDomain(kernel="6.17").iommu.pgtable) is IntelVtdPgtable
+    for bad in ("6.12", 7.3, None):
+        with pytest.raises(ValueError, match="kernel"):
+            DmaDomain(kernel=bad)
+    for bad in (0, -250, 250.0, True, "250"):
+        with pytest.raises(ValueError, match="hz"):
+            DmaDomain(hz=bad)
+    # every difference cites a 7.3.4 file and function
+    assert all(":" in d.source and "(" in d.source for d in DIFFERENCES.values())
+    assert behaves("7.3", "dma_map_phys") and not behaves("6.17", "dma_map_phys")
+
+
+def _two_step(dom, dev, pages, reserve):
+    st = DmaIovaState()
+    assert dom.dma_iova_try_alloc(dev, st, 0, reserve)
+    for k, p in enumerate(pages):
+        dom.dma_iova_link(dev, st, p, k * 0x1000, 0x1000)
+    dom.dma_iova_sync(dev, st, 0, len(pages) * 0x1000)
+    return st
+
+
+@pytest.mark.parametrize("kernel, queued, syncs, freed_pages", [("6.17", 1, 0, 2), ("7.3", 0, 1, 4)])
+def test_destroy_is_unlink_plus_free_of_the_reservation(kernel, queued, syncs, freed_pages):
+    """7.3.4 dma_iova_destroy = dma_iova_unlink (own sync, even lazy) + dma_iova_free of the whole
+    reserved size; 6.17 queued the unmap and freed only the mapped length."""
+    dom = DmaDomain("intel-vtd", strict=False, kernel=kernel)
+    dev = Device.nvme()
+    st = _two_step(dom, dev, [0x100000, 0x300000], reserve=0x4000)
+    mark = dom.log.mark()
+    dom.dma_iova_destroy(dev, st, 0x2000)
+    evs = dom.log.since(mark)
+    assert dom.fq_pending() == queued
+    assert sum(e.kind == "iotlb_invalidations" for e in evs) == syncs
+    frees = [e for e in evs if e.kind == "iova_frees"] + [e for e in evs if e.func == "queue_iova"]
+    assert frees and frees[0].args.get("size", frees[0].args.get("pages")) == freed_pages
+    # the nested free is no driver-visible call: one dma_api_calls event
+    assert [e.func for e in evs if e.kind == "dma_api_calls"] == ["dma_iova_destroy"]
+
+
+def test_dma_map_phys_and_mmio():
+    dev = Device.thunderbolt_nvme()
+    with pytest.raises(ValueError, match="dma_map_phys"):
+        DmaDomain(kernel="6.17").dma_map_phys(dev, 0x1000, 0x1000)
+    for attrs, bounced in ((0, 1), (DMA_ATTR_MMIO, 0)):
+        dom = DmaDomain("intel-vtd", swiotlb=SwiotlbPool(0x8000_0000, 1 << 20, EventLog()), kernel="7.3")
+        a = dom.dma_map_phys(dev, 0x1234_5E00, 0x300, DMA_TO_DEVICE, attrs)
+        assert dom.log.count("swiotlb_bounces") == bounced
+        assert (dom.iommu.iommu_iova_to_phys(a) == 0x1234_5E00) == (not bounced)
+        prot = [e.args["prot"] for e in dom.log if e.kind == "iommu_map_calls"][-1]
+        assert bool(prot & IOMMU_MMIO) == bool(attrs)
+        dom.dma_unmap_phys(dev, a, 0x300, DMA_TO_DEVICE, attrs)
+        assert dom.iommu.iommu_iova_to_phys(a) == 0
+    # dma_map_page_attrs refuses DMA_ATTR_MMIO in 7.3 (kernel/dma/mapping.c)
+    assert DmaDomain().dma_map_page(Device.nvme(), 0x1000, 0x1000, attrs=DMA_ATTR_MMIO) == DMA_MAPPING_ERROR
+
+
+def _pt(kernel):
+    log = EventLog()
+    return IommuDomain.preset("intel-vtd", log=log, kernel=kernel), log
+
+
+def _lines(log):
+    return [("map" if e.kind == "iommu_map_calls" else "unmap", e.args["iova"], e.args["size"])
+            for e in log if e.kind in ("iommu_map_calls", "iommu_unmap")]
+
+
+def test_generic_pt_map_errors_are_traced_and_unwound():
+    d, log = _pt("7.3")
+    assert d.iommu_map(0x10000, 0x100000, 0x1000, RW) == 0
+    # a mapped page in the way: the page before it is written, traced, then unmapped again
+    assert d.iommu_map(0xF000, 0x200000, 0x3000, RW) == -EADDRINUSE
+    assert d.iommu_map(0x20800, 0x300000, 0x1000, RW) == -ENXIO     # unaligned: no pr_err
+    assert _lines(log) == [("map", 0x10000, 0x1000), ("map", 0xF000, 0x1000), ("unmap", 0xF000, 0x1000),
+                           ("map", 0x20800, 0), ("unmap", 0x20800, 0)]
+    assert d.iommu_iova_to_phys(0xF000) == 0 and d.iommu_iova_to_phys(0x10000) == 0x100000
+    d6, _ = _pt("6.17")
+    d6.iommu_map(0x10000, 0x100000, 0x1000, RW)
+    assert d6.iommu_map(0xF000, 0x200000, 0x3000, RW) != -EADDRINUSE
+
+
+@pytest.mark.parametrize("kernel, unmapped, flushes", [("6.17", 0x3000, 2), ("7.3", 0x1000, 1)])
+def test_generic_pt_unmap_stops_at_a_hole_and_gathers_one_range(kernel, unmapped, flushes):
+    d, log = _pt(kernel)
+    d.iommu_map(0x40000, 0x400000, 0x1000, RW)
+    d.iommu_map(0x42000, 0x402000, 0x1000, RW)
+    g = IotlbGather()
+    assert d.iommu_unmap_fast(0x40000, 0x3000, g) == unmapped
+    d.iommu_iotlb_sync(g)
+    # a 4K head and a 2M superpage: 6.17 VT-d gathered per chunk (page-size change: early sync)
+    assert d.iommu_map(0x1FF000, 0x1FF000, 0x201000, RW) == 0
+    n0 = log.count("iotlb_invalidations")
+    g = IotlbGather()
+    assert d.iommu_unmap_fast(0x1FF000, 0x201000, g) == 0x201000
+    d.iommu_iotlb_sync(g)
+    assert log.count("iotlb_invalidations") - n0 == flushes
+
+
+def test_generic_pt_frees_covered_tables_through_the_gather():
+    d, log = _pt("7.3")
+    assert d.iommu_map(0x8000_0000, 0x1000, 0x200000, RW) == 0   # 512 4K leaves: one whole PT table
+    g = IotlbGather()
+    assert d.iommu_unmap_fast(0x8000_0000, 0x200000, g) == 0x200000   # covers the PT whole: freed
+    assert g.freelist >= 1
+    d.iommu_iotlb_sync(g)
+    assert log.events[-1].args["freed_tables"] >= 1
+
+
+def test_flush_queue_timer_in_jiffies():
+    assert msecs_to_jiffies(10, 250) == 3 and msecs_to_jiffies(10, 1000) == 10 and msecs_to_jiffies(100, 250) == 25
+    assert msecs_to_jiffies(10, 300) == 3 and msecs_to_jiffies(10, 100) == 1
+    assert fq_timer_expiry(1000.0, 10, 250) == pytest.approx(1012.0)    # armed on a tick: 3 ticks later
+    assert fq_timer_expiry(1003.9, 10, 250) == pytest.approx(1012.0)    # just before the next: 8.1 ms
+    with pytest.raises(ValueError, match="hz"):
+        msecs_to_jiffies(10, 0)
+    dom = DmaDomain("intel-vtd", strict=False, kernel="6.17", hz=250)
+    dev = Device.nvme()
+    dom.dma_unmap_page(dev, dom.dma_map_page(dev, 0x100000, 4096), 4096)
+    assert dom.fq_timer_on and dom.fq_timer_deadline == pytest.approx(12.0)
+    assert not dom.advance_time(11.9) and dom.advance_time(0.2)
+
+
+def test_lazy_two_step_is_flushed_at_once_in_73_but_map_phys_waits():
+    dev = Device.nvme()
+    dom = DmaDomain("intel-vtd", strict=False)
+    st = _two_step(dom, dev, [0x100000], reserve=0x1000)
+    dom.dma_iova_destroy(dev, st, 0x1000)
+    assert dom.fq_pending() == 0
+    a = dom.dma_map_phys(dev, 0x200000, 0x1000)
+    dom.dma_unmap_phys(dev, a, 0x1000)
+    assert dom.fq_pending() == 1
+
+
+@pytest.mark.parametrize("kernel", ["6.17", "7.3"])
+def test_exporter_writes_the_versions_form_and_the_parser_reads_both(kernel):
+    dom = DmaDomain("intel-vtd", strict=False, kernel=kernel)
+    dev = Device.nvme()
+    dom.dma_unmap_page(dev, dom.dma_map_page(dev, 0x100000, 4096), 4096)
+    dom.fq_flush_iotlb()
+    st = _two_step(dom, dev, [0x300000], reserve=0x1000)
+    dom.dma_iova_unlink(dev, st, 0, 0x1000)
+    cap = parse_ftrace(events_to_ftrace(dom.log.events, kernel=kernel))
+    events = [ln.event for ln in cap.lines]
+    new = kernel == "7.3"
+    assert ("dma_map_phys" in events, "dma_map_page" in events) == (new, not new)
+    assert ("cache_tag_flush_all" in events) == (not new)
+    assert sum(is_domain_flush(ln) for ln in cap.lines) == 1
+    ranged = [ln for ln in cap.lines if ln.event == "cache_tag_flush_range" and not is_domain_flush(ln)]
+    assert ranged and all(("pages" in ln.fields) == (not new) for ln in ranged)
+
+
+def test_scenarios_accept_kernel():
+    r6 = run_scenario("nvme-128k-scattered", api="iova", strict=False, kernel="6.17")
+    r7 = run_scenario("nvme-128k-scattered", api="iova", strict=False, kernel="7.3")
+    assert (r6.domain.kernel, r7.domain.kernel) == ("6.17", "7.3")
+    # 7.3: the two-step IOVA is unlinked with its own IOTLB sync, never queued
+    assert r7.summary()["iotlb_invalidations"] == 1
+    with pytest.raises(ValueError, match="kernel"):
+        run_scenario("nvme-128k-scattered", kernel="5.10")
