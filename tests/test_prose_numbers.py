@@ -271,12 +271,12 @@ def _vfio_bookkeeping() -> tuple[int, ...]:
             sum(sg.values()))
 
 
-def _vfio_unwind() -> tuple[int, ...]:
-    """Chapter 07 cell 9: reserve 8 pages, link 4, then register_dma_pages()'s unwind."""
+def _vfio_unwind(kernel: str = "6.17") -> tuple[int, ...]:
+    """Chapter 07 cells 9 (6.17) and 11 (7.3): reserve 8 pages, link 4, then register_dma_pages()'s unwind."""
     from iovalab.kernel.device import Device
     from iovalab.kernel.dma_iommu import DmaDomain, DmaIovaState
     from iovalab.kernel.iova import iova_rcache_bin
-    dom, dev = DmaDomain("intel-vtd"), Device.mlx5()
+    dom, dev = DmaDomain("intel-vtd", kernel=kernel), Device.mlx5()
     state = DmaIovaState()
     dom.dma_iova_try_alloc(dev, state, 0, 8 * 0x1000)
     node = dom.iovad.find_iova(state.addr >> 12)
@@ -378,9 +378,12 @@ CLAIMS: list[tuple[str, str, Callable[[], Any]]] = [
      "`struct sg_append_table` (32 bytes) and its scatterlist: «256» entries for 1024 pages in runs of 4, allocated\n"
      "128 slots at a time with the last slot of a full chunk used as the chain link, so «258» slots of 32 bytes =\n"
      "«8256»; «8288» in all. The MTT (8 bytes per page)", lambda: _vfio_bookkeeping()),
-    ("07-vfio.ipynb", "Read the events: **«one»** unmap of the 4 linked pages (`pgcount=«0x4»`),\n«one» IOTLB sync, and the IOVA freed "
+    ("07-vfio.ipynb", "Read the events (Linux 6.17, which `kernel=\"6.17\"` selects): **«one»** unmap of the 4 linked pages (`pgcount=«0x4»`),\n«one» IOTLB sync, and the IOVA freed "
      "with size «4» granules, `iova_align(mapped_len + pad)` = «0x4000», although\n`dma_iova_try_alloc()` reserved «8»: the "
      "tree node goes, but the rcache files the range under bin «2» (4\ngranules) instead of bin «3» (8). No page-table entry of pages 4-7 existed", _vfio_unwind),
+    ("07-vfio.ipynb", "Under 7.3 the unmap and its sync are the same, but the IOVA is freed with the reserved size, «8»\n"
+     "granules, so the rcache files it under bin «3», the bin it was allocated from.",
+     lambda: (_vfio_unwind("7.3")[3], _vfio_unwind("7.3")[6])),
     ("09-reviewer-lab.ipynb", "With `phys = 0` the *reserved length* is `«0x3000»` («three» granules), but the *tree footprint* is `«0x4000»`",
      lambda: (_hint(0, 0x3000)["reserved_phys"], _hint(0, 0x3000)["reserved_phys"] // 0x1000, _hint(0, 0x3000)["tree_phys"])),
     ("09-reviewer-lab.ipynb", "`(0x1234, 0x3000)`: `iova_align(0x3000 + 0x234) = «0x4000»` with the real `phys`, `«0x3000»` with 0. "
