@@ -182,3 +182,39 @@ def test_scenarios_accept_kernel():
     assert r7.summary()["iotlb_invalidations"] == 1
     with pytest.raises(ValueError, match="kernel"):
         run_scenario("nvme-128k-scattered", kernel="5.10")
+
+
+# ------------------------------------------------------------------ replay-ftrace --kernel
+def test_replay_kernel_inferred_from_trace_evidence():
+    from iovalab.resources import resolve_data_paths
+    from iovalab.trace.ftrace import parse_ftrace
+    from iovalab.trace.system import infer_kernel, infer_system
+
+    new = parse_ftrace(resolve_data_paths("real/v734-strict-smp1.trace")[0])
+    old = parse_ftrace(resolve_data_paths("real/strict-smp1.trace")[0])
+    d = infer_kernel(new)
+    assert (d.value, d.guess) == ("7.3", False) and "dma_map_phys" in d.evidence
+    d = infer_kernel(old)
+    assert (d.value, d.guess) == ("6.17", False) and "dma_map_page" in d.evidence
+    assert infer_system(new).kernel == "7.3" and infer_system(new, kernel="6.17").kernel == "6.17"
+    with pytest.raises(ValueError, match="kernel"):
+        infer_kernel(new, "6.12")
+
+
+def test_replay_kernel_guess_and_conflicting_forms():
+    from iovalab.trace.ftrace import parse_ftrace
+    from iovalab.trace.system import infer_kernel
+
+    head = "# tracer: nop\n#\n"
+    flush73 = ("  kworker-1 [000] d.h1. 10.000001: cache_tag_flush_range: dmar0 dmar0[0] type iotlb did 3 "
+               "[0x1000-0x1fff] addr 0x1000 mask 0x0\n")
+    flush612 = ("  kworker-1 [000] d.h1. 10.000002: cache_tag_flush_range: dmar0 dmar0[0] type iotlb did 3 "
+                "[0x1000-0x1fff] addr 0x1000 pages 0x1 mask 0x0\n")
+    d = infer_kernel(parse_ftrace(head + flush73))
+    assert (d.value, d.guess) == ("7.3", False) and "without pages" in d.evidence
+    assert infer_kernel(parse_ftrace(head + flush612)).value == "6.17"
+    with pytest.raises(ValueError, match="--kernel"):
+        infer_kernel(parse_ftrace(head + flush73 + flush612))
+    d = infer_kernel(parse_ftrace(head + "  kworker-1 [000] ..... 10.000003: map: IOMMU: iova=0x0000000000001000 "
+                                  "- 0x0000000000002000 paddr=0x0000000000100000 size=4096\n"))
+    assert d.guess and d.value == "7.3"

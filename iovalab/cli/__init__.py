@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the traced IOMMU: vtd, smmuv3 or a preset (default: inferred from the trace)")
     r.add_argument("--page-size", type=lambda t: int(t, 0), default=None, metavar="BYTES",
                    help="the traced kernel's PAGE_SIZE: 4096, 16384 or 65536 (default: inferred)")
+    r.add_argument("--kernel", choices=("6.17", "7.3"), default=None,
+                   help="the modelled kernel version (default: inferred from the trace's event forms)")
     r.add_argument("--reserve", action="append", default=[], metavar="START-END",
                    help="reserve an IOVA byte range, e.g. a PCI host-bridge window from the console log "
                         "(repeatable)")

@@ -463,7 +463,7 @@ def cli(args) -> int:
         return 2
     try:
         system = infer_system(cap, iommu=args.iommu, page_size=args.page_size,
-                              reserve=[parse_range(r) for r in args.reserve])
+                              reserve=[parse_range(r) for r in args.reserve], kernel=getattr(args, "kernel", None))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

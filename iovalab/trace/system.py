@@ -38,10 +38,11 @@ from iovalab.kernel.events import EventLog
 from iovalab.kernel.iommu import PRESETS, IommuDomain
 from iovalab.kernel.iova import iova_rcache_range
 from iovalab.kernel.units import DMA_MAPPING_ERROR, SZ_4K, SZ_16K, SZ_64K, iova_align, iova_offset
+from iovalab.kernel.version import DEFAULT_KERNEL, check_kernel
 from iovalab.trace.ftrace import FtraceCapture
 from iovalab.trace.steps import GRANULE, MAX_GRANULE, map_alignment, reconstruct
 
-__all__ = ["Decision", "SystemConfig", "infer_system", "parse_range", "IOMMU_CHOICES", "PAGE_SIZES"]
+__all__ = ["Decision", "SystemConfig", "infer_kernel", "infer_system", "parse_range", "IOMMU_CHOICES", "PAGE_SIZES"]
 
 #: granules io-pgtable-arm offers (arm_lpae_restrict_pgsizes) and the LPAE preset of each
 _LPAE_PRESET = {SZ_4K: "smmuv3-4k", SZ_16K: "smmuv3-16k", SZ_64K: "smmuv3-64k"}
@@ -91,7 +92,7 @@ class SystemConfig:
         door = f", MSI doorbell at {self.msi_doorbell[0]:#x}" if self.msi_doorbell else ""
         res = ", ".join(f"{a:#x}-{b:#x}" for a, b in self.reserve) or "none"
         return (f"{self.arch} {self.iommu}, IOVA granule {self.granule // 1024} KiB, PAGE_SIZE "
-                f"{self.page_size // 1024} KiB, reserved {res}{door}")
+                f"{self.page_size // 1024} KiB, reserved {res}{door}, Linux {self.kernel} model")
 
     def as_dict(self) -> dict:
         return {"iommu": self.iommu, "arch": self.arch, "granule": self.granule, "page_size": self.page_size,
@@ -176,8 +177,47 @@ def _doorbell(cap: FtraceCapture, granule: int) -> tuple[int, int] | None:
     return None
 
 
+def infer_kernel(cap: FtraceCapture, kernel: str | None = None) -> Decision:
+    """The modelled kernel version (:mod:`iovalab.kernel.version`) for ``cap``, with its evidence.
+
+    7.3: ``dma:dma_map_phys``/``dma_unmap_phys`` events (7.3.4 kernel/dma/mapping.c: ``dma_map_page_attrs``
+    calls ``dma_map_phys``, whose tracepoint replaces ``dma_map_page``'s), or ``cache_tag_flush_range``
+    lines without a ``pages`` field (7.3.4 drivers/iommu/intel/trace.h). 6.17: ``dma_map_page``/
+    ``dma_unmap_page`` events, ``pages`` in the flush lines or ``cache_tag_flush_all`` (the forms before
+    7.3). Neither: :data:`~iovalab.kernel.version.DEFAULT_KERNEL`, marked a guess. Evidence for both
+    versions: ValueError (unless ``kernel`` is given)."""
+    if kernel is not None:
+        return Decision("kernel", check_kernel(kernel), "given (--kernel)")
+    c = cap.counts
+    new, old = [], []
+    phys = [k for k in ("dma_map_phys", "dma_unmap_phys") if c.get(k)]
+    if phys:
+        new.append(f"{' and '.join(phys)} events")
+    page = [k for k in ("dma_map_page", "dma_unmap_page") if c.get(k)]
+    if page:
+        old.append(f"{' and '.join(page)} events")
+    if c.get("cache_tag_flush_range", 0) or c.get("cache_tag_flush_range_np", 0):
+        fl = [ln for ln in cap.lines if ln.event in ("cache_tag_flush_range", "cache_tag_flush_range_np")]
+        nopages = sum(1 for ln in fl if "pages" not in ln.fields)
+        if nopages:
+            new.append(f"{nopages} cache_tag_flush_range lines without pages")
+        if nopages < len(fl):
+            old.append(f"{len(fl) - nopages} cache_tag_flush_range lines with pages")
+    if c.get("cache_tag_flush_all", 0):
+        old.append("cache_tag_flush_all events")
+    if new and old:
+        raise ValueError(f"the capture shows both 7.3 ({'; '.join(new)}) and pre-7.3 ({'; '.join(old)}) "
+                         "trace forms: give --kernel")
+    if new:
+        return Decision("kernel", "7.3", f"{'; '.join(new)} (Linux 7.3 trace forms)")
+    if old:
+        return Decision("kernel", "6.17", f"{'; '.join(old)} (trace forms before 7.3; the 6.17 model)")
+    return Decision("kernel", DEFAULT_KERNEL, "no dma:* map event and no IOTLB flush line tells the version",
+                    guess=True)
+
+
 def infer_system(cap: FtraceCapture, *, iommu: str | None = None, page_size: int | None = None,
-                 reserve: list[tuple[int, int]] | None = None) -> SystemConfig:
+                 reserve: list[tuple[int, int]] | None = None, kernel: str | None = None) -> SystemConfig:
     """The simulated system for ``cap`` (module doc). ``iommu`` (one of :data:`IOMMU_CHOICES`),
     ``page_size`` (bytes) and ``reserve`` (extra ``(start, end)`` byte ranges) override the
     inference; a bad value raises ``ValueError`` naming it and the rule."""
@@ -186,6 +226,8 @@ def infer_system(cap: FtraceCapture, *, iommu: str | None = None, page_size: int
     if page_size is not None and page_size not in PAGE_SIZES:
         raise ValueError(f"--page-size {page_size!r}: the kernel's PAGE_SIZE is one of 4096, 16384, 65536")
     d: list[Decision] = []
+    kd = infer_kernel(cap, kernel)
+    d.append(kd)
     gd = _infer_granule(cap)
     d.append(gd)
     granule = int(gd.value.split()[0]) * 1024
@@ -259,4 +301,4 @@ def infer_system(cap: FtraceCapture, *, iommu: str | None = None, page_size: int
     elif cap.cpus:
         d.append(Decision("cpus", str(max(cap.cpus) + 1), "the highest CPU seen (no #P: header)", guess=True))
     return SystemConfig(iommu=name, arch=arch, granule=granule, page_size=page, reserve=regions,
-                        msi_doorbell=door, max_request=max_req, cpus=cpus, decisions=d)
+                        msi_doorbell=door, max_request=max_req, cpus=cpus, kernel=kd.value, decisions=d)
