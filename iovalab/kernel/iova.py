@@ -400,8 +400,15 @@ class IovaDomain:
             raise ValueError(f"reserve_iova: pfn_hi {pfn_hi:#x} reaches IOVA_ANCHOR {IOVA_ANCHOR:#x} "
                              "(the kernel would widen the anchor node)")
         overlap = False
-        for key in reversed(self._neg[1:]):
-            node = self._nodes[-key]
+        # The kernel walks from rb_first(); nodes below the first one reaching pfn_lo cannot
+        # overlap and the walk passes them by, so start there (nodes are disjoint: pfn_hi ascends
+        # with pfn_lo). An extended node keeps its place in the order, so indices stay valid.
+        neg, nodes = self._neg, self._nodes
+        first = bisect_left(neg, -pfn_lo)      # the highest node with pfn_lo <= the request's
+        if first >= len(neg) or nodes[-neg[first]].pfn_hi < pfn_lo:
+            first -= 1
+        for j in range(first, 0, -1):              # ascending, the anchor (index 0) excluded
+            node = nodes[-neg[j]]
             if pfn_lo <= node.pfn_hi and pfn_hi >= node.pfn_lo:  # __is_range_overlap
                 # __adjust_overlap_range
                 if pfn_lo < node.pfn_lo:
@@ -422,6 +429,13 @@ class IovaDomain:
         self.log.emit(_L, "reserve_iova", "reserve", pfn_lo, pfn_lo=pfn_lo, pfn_hi=pfn_hi,
                       merged=False)
         return node
+
+    def overlaps(self, pfn_lo: int, pfn_hi: int) -> bool:
+        """Whether any node (anchor excluded) holds a pfn of ``pfn_lo..pfn_hi`` (no kernel analogue;
+        one lookup: the highest node starting at or below ``pfn_hi`` is the only candidate)."""
+        neg = self._neg
+        i = bisect_left(neg, -pfn_hi)
+        return i < len(neg) and i > 0 and self._nodes[-neg[i]].pfn_hi >= pfn_lo
 
     # -- the range caches ------------------------------------------------------------------
     @staticmethod

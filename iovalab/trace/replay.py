@@ -352,9 +352,7 @@ def _resync(rp: _Replayer, a: Allocation, got: int) -> None:
         except ValueError:
             pass
     lo, hi = a.base >> shift, ((a.base + a.size) >> shift) - 1
-    clash = iovad.find_iova(lo) or iovad.find_iova(hi) or any(
-        lo <= n.pfn_lo <= hi for n in iovad.nodes())
-    if not clash:
+    if not iovad.overlaps(lo, hi):
         iovad.reserve_iova(lo, hi).reserved = False
 
 
