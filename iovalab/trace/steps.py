@@ -23,6 +23,8 @@ __all__ = ["Allocation", "GRANULE", "DMA_MAP_EVENTS", "map_alignment", "reconstr
 GRANULE = 0x1000
 #: the largest: io-pgtable-arm's 64 KiB granule (arm_lpae_restrict_pgsizes), arm64's largest PAGE_SIZE
 MAX_GRANULE = 0x10000
+#: the end of what an IOVA domain can hand out: pfns stay below IOVA_ANCHOR (~0UL) of the smallest granule
+_IOVA_END = (1 << 64) - GRANULE
 DMA_MAP_EVENTS = frozenset(("dma_map_page", "dma_map_sg", "dma_alloc", "dma_map_resource", "dma_map_phys",
                             "dma_alloc_pages", "dma_alloc_sgt"))
 
@@ -159,8 +161,14 @@ def reconstruct(cap: FtraceCapture, granule: int | None = None) -> list[tuple]:
     # dma_* event that would close it)
     unmaps: dict[int, list[tuple[int, int]]] = {}
     for ln in cap.lines:
-        if ln.event == "unmap":
-            unmaps.setdefault(ln.fields["iova"], []).append((ln.lineno, ln.fields["size"]))
+        if ln.event in ("map", "unmap"):
+            f = ln.fields
+            if f["iova"] + f["size"] > _IOVA_END:
+                raise ValueError(f"line {ln.lineno}: {ln.event} of {f['size']:#x} bytes at iova {f['iova']:#x} "
+                                 "wraps past 2^64 - 4 KiB: the IOVA allocator hands out ranges below its anchor "
+                                 "(drivers/iommu/iova.c: IOVA_ANCHOR ~0UL), so no DMA-API mapping ends there")
+            if ln.event == "unmap":
+                unmaps.setdefault(f["iova"], []).append((ln.lineno, f["size"]))
 
     def extent(base: int, lineno: int) -> int:
         later = unmaps.get(base, ())
