@@ -13,6 +13,9 @@ alloc_fast_free_fast_us    a warm rcache alloc_iova_fast + free_iova_fast pair  
 hmm_1gib_s / 4 / 16        hmm-1gib-random end to end, and its 4 and 16 GiB versions   1 GiB <= 1 s
 hmm_16gib_peak_mb          peak RSS of the 16 GiB run (its own process)                < 1000 MB
 real_trace_replay_s        replay-ftrace data/real/strict-smp1.trace                   <= 2 s
+replay_lines_per_s         parse + replay (allocations and every line) of a capture of  >= 100,000
+                           1,000,000 lines exported from a simulated run, own process
+replay_peak_mb             peak RSS of that replay (its own process)                   (reported)
 widget_redraw_ms_p50/p95   50 headless control changes per widget, worst widget        p95 <= 50 ms
 book_exec_s                every notebook executed in a fresh kernel                   <= 60 s
 browser_settle_ms_p50/p95  ``--browser`` only: JupyterLab + Chromium, 30 changes per     p95 <= 150 ms
@@ -43,6 +46,7 @@ BUDGETS = {
     "hmm_1gib_s": (1.0, "le"),
     "hmm_16gib_peak_mb": (1000.0, "lt"),
     "real_trace_replay_s": (2.0, "le"),
+    "replay_lines_per_s": (100_000.0, "ge"),
     "widget_redraw_ms_p95": (50.0, "le"),
     "book_exec_s": (60.0, "le"),
 }
@@ -134,6 +138,42 @@ def _hmm_child(gib: int) -> dict:
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"seconds": dt, "peak_mb": peak_kb / 1024, "iova_allocs": res.counters.iova_allocs,
             "pte_writes": res.counters.pte_writes}
+
+
+def _replay_child(path: str) -> dict:
+    """Run in a child: parse and replay (``lines=True``, as ``replay-ftrace`` does) one capture."""
+    from iovalab.trace.ftrace import parse_ftrace
+    from iovalab.trace.replay import replay_capture
+
+    t = time.perf_counter()
+    cap = parse_ftrace(path)
+    res = replay_capture(cap, path=path, lines=True)
+    dt = time.perf_counter() - t
+    assert res.lines is not None
+    return {"seconds": dt, "lines": cap.nr_lines, "mismatched": res.mismatched, "differ": res.lines.differ,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def bench_big_replay(lines: int = 1_000_000) -> dict:
+    """``replay_lines_per_s`` / ``replay_peak_mb``: a capture of ``lines`` lines exported from a
+    simulated run (:func:`iovalab.trace.bigtrace.write_sim_capture`, one range in three kept live),
+    replayed in its own process."""
+    import tempfile
+
+    from iovalab.trace.bigtrace import write_sim_capture
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "sim.trace")
+        _progress(f"writing a {lines:,}-line capture of a simulated run")
+        write_sim_capture(path, lines, keep_every=3)
+        _progress("replaying it (own process)")
+        p = subprocess.run([sys.executable, "-c", f"import json; from iovalab.cli.bench import _replay_child; "
+                            f"print(json.dumps(_replay_child({path!r})))"], capture_output=True, text=True)
+    if p.returncode:
+        return {"replay_lines_per_s": None, "replay_error": p.stderr.strip().splitlines()[-1:] or ["failed"]}
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    return {"replay_lines_per_s": round(r["lines"] / r["seconds"]), "replay_peak_mb": round(r["peak_mb"], 1),
+            "replay_capture_lines": r["lines"], "replay_capture_differ": r["differ"] + r["mismatched"]}
 
 
 def bench_hmm(sizes=(1, 4, 16)) -> dict:
@@ -228,6 +268,7 @@ def run_bench(quick: bool = False) -> dict:
         out["hmm_16gib_peak_mb"] = None
     _progress("real ftrace capture replay")
     out.update(bench_real_trace())
+    out.update(bench_big_replay(200_000 if quick else 1_000_000))
     _progress("widget redraws")
     out.update(bench_widgets(20 if quick else 50))
     if quick:
@@ -237,7 +278,8 @@ def run_bench(quick: bool = False) -> dict:
     verdicts = {}
     for key, (budget, how) in BUDGETS.items():
         v = out.get(key)
-        verdicts[key] = None if v is None else (v <= budget if how == "le" else v < budget)
+        verdicts[key] = None if v is None else (v <= budget if how == "le" else v >= budget if how == "ge"
+                                                else v < budget)
     g1, g4, g16 = out.get("hmm_1gib_s"), out.get("hmm_4gib_s"), out.get("hmm_16gib_s")
     if g1 and g4:
         out["hmm_growth_4x"] = round(g4 / g1, 2)

@@ -52,7 +52,7 @@ from iovalab.kernel.iommu import (
 from iovalab.kernel.dma_iova import (
     DMA_ATTR_MMIO, DMA_IOVA_USE_SWIOTLB, DmaIovaState, IovaApi, dma_info_to_prot, dma_iova_size, dma_use_iova,
 )
-from iovalab.kernel.iova import IovaDomain
+from iovalab.kernel.iova import IovaDomain, PerCpu
 from iovalab.kernel.swiotlb import SwiotlbPool
 from iovalab.kernel.version import (
     CONFIG_HZ_VALUES, DEFAULT_HZ, DEFAULT_KERNEL, behaves, check_hz, check_kernel, fq_timer_expiry,
@@ -201,7 +201,7 @@ class DmaDomain:
         fq_size = IOVA_SINGLE_FQ_SIZE if single_queue else IOVA_DEFAULT_FQ_SIZE
         self.fq_timeout = IOVA_SINGLE_FQ_TIMEOUT if single_queue else IOVA_DEFAULT_FQ_TIMEOUT
         nq = 1 if single_queue else ncpus
-        self.fqs = [_FlushQueue(fq_size) for _ in range(nq)]
+        self.fqs: PerCpu[_FlushQueue] = PerCpu(nq, lambda: _FlushQueue(fq_size))  # made on first use
         self.fq_flush_start_cnt = 0
         self.fq_flush_finish_cnt = 0
         self.fq_timer_on = False
@@ -379,7 +379,7 @@ class DmaDomain:
         ``flush_iotlb_all``, then free what is ready in every queue (into ``cpu``'s rcache)."""
         self.fq_timer_on = False
         self.fq_flush_iotlb(cpu, why="timeout")
-        for fq in self.fqs:
+        for _, fq in self.fqs.touched():   # an unused CPU's queue is empty: nothing to free
             self.fq_ring_free(fq, cpu)
 
     def advance_time(self, ms: float, cpu: int = 0) -> bool:
@@ -395,7 +395,7 @@ class DmaDomain:
 
     def fq_pending(self) -> int:
         """IOVA ranges waiting in flush queues."""
-        return sum(len(fq.entries) for fq in self.fqs)
+        return sum(len(fq.entries) for _, fq in self.fqs.touched())
 
     # ---------------------------------------------------------------- classic map/unmap
     def trace_api(self, func: str, dev: Device, cpu: int, result: Any, **args: Any) -> None:

@@ -31,10 +31,14 @@ Deviations (on purpose, all documented at the function):
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from iovalab.kernel.events import EventLog
 from iovalab.kernel.units import PAGE_SIZE, U64_MASK, fls_long, is_power_of_2
+
+T = TypeVar("T")
 
 __all__ = [
     "IOVA_ANCHOR", "IOVA_MAG_SIZE", "IOVA_RANGE_CACHE_MAX_SIZE", "IOVA_DEPOT_DELAY_MS",
@@ -129,6 +133,51 @@ class IovaMagazine:
         return pfn
 
 
+class PerCpu(Generic[T]):
+    """A per-CPU variable of ``ncpus`` CPUs (``alloc_percpu()``, include/linux/percpu.h), each CPU's
+    copy made on its first use.
+
+    The kernel allocates every possible CPU's copy up front; the model makes only those a run
+    touches, so a domain of ``MAX_CPUS`` CPUs costs what its busy CPUs use, and saving or
+    scanning the state visits only them (no kernel analogue for the laziness; the values are
+    the same). ``cpu`` outside ``0..ncpus-1`` raises ``IndexError``. Iteration yields every CPU's
+    value in CPU order (an untouched CPU's a fresh one, not kept); :meth:`touched` only the made
+    ones, in CPU order.
+    """
+
+    __slots__ = ("_n", "_make", "_d")
+
+    def __init__(self, ncpus: int, make: Callable[[], T]):
+        self._n = ncpus
+        self._make = make
+        self._d: dict[int, T] = {}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, cpu: int) -> T:
+        v = self._d.get(cpu)
+        if v is None:
+            if cpu.__class__ is not int or not 0 <= cpu < self._n:
+                raise IndexError(f"cpu {cpu!r} is not one of the {self._n} CPUs (0..{self._n - 1})")
+            v = self._d[cpu] = self._make()
+        return v
+
+    def __iter__(self) -> Iterator[T]:
+        d = self._d
+        for cpu in range(self._n):
+            v = d.get(cpu)
+            yield self._make() if v is None else v
+
+    def touched(self) -> list[tuple[int, T]]:
+        """``(cpu, value)`` of every CPU used so far, in CPU order."""
+        return sorted(self._d.items(), key=lambda kv: kv[0])
+
+    def replace(self, values: dict[int, T]) -> None:
+        """Set the used CPUs' values to ``values`` (the others become fresh again)."""
+        self._d = dict(values)
+
+
 class _CpuRcache:
     """``struct iova_cpu_rcache``: the ``loaded`` and ``prev`` magazines of one CPU and bin."""
 
@@ -145,7 +194,7 @@ class _Rcache:
     __slots__ = ("cpu_rcaches", "depot")
 
     def __init__(self, ncpus: int):
-        self.cpu_rcaches = [_CpuRcache() for _ in range(ncpus)]
+        self.cpu_rcaches: PerCpu[_CpuRcache] = PerCpu(ncpus, _CpuRcache)
         self.depot: list[IovaMagazine] = []  # depot[-1] is the head (rcache->depot)
 
     @property
@@ -400,8 +449,15 @@ class IovaDomain:
             raise ValueError(f"reserve_iova: pfn_hi {pfn_hi:#x} reaches IOVA_ANCHOR {IOVA_ANCHOR:#x} "
                              "(the kernel would widen the anchor node)")
         overlap = False
-        for key in reversed(self._neg[1:]):
-            node = self._nodes[-key]
+        # The kernel walks from rb_first(); nodes below the first one reaching pfn_lo cannot
+        # overlap and the walk passes them by, so start there (nodes are disjoint: pfn_hi ascends
+        # with pfn_lo). An extended node keeps its place in the order, so indices stay valid.
+        neg, nodes = self._neg, self._nodes
+        first = bisect_left(neg, -pfn_lo)      # the highest node with pfn_lo <= the request's
+        if first >= len(neg) or nodes[-neg[first]].pfn_hi < pfn_lo:
+            first -= 1
+        for j in range(first, 0, -1):              # ascending, the anchor (index 0) excluded
+            node = nodes[-neg[j]]
             if pfn_lo <= node.pfn_hi and pfn_hi >= node.pfn_lo:  # __is_range_overlap
                 # __adjust_overlap_range
                 if pfn_lo < node.pfn_lo:
@@ -422,6 +478,13 @@ class IovaDomain:
         self.log.emit(_L, "reserve_iova", "reserve", pfn_lo, pfn_lo=pfn_lo, pfn_hi=pfn_hi,
                       merged=False)
         return node
+
+    def overlaps(self, pfn_lo: int, pfn_hi: int) -> bool:
+        """Whether any node (anchor excluded) holds a pfn of ``pfn_lo..pfn_hi`` (no kernel analogue;
+        one lookup: the highest node starting at or below ``pfn_hi`` is the only candidate)."""
+        neg = self._neg
+        i = bisect_left(neg, -pfn_hi)
+        return i < len(neg) and i > 0 and self._nodes[-neg[i]].pfn_hi >= pfn_lo
 
     # -- the range caches ------------------------------------------------------------------
     @staticmethod
@@ -645,7 +708,7 @@ class IovaDomain:
         an alternative event order). Nodes are shared: only ``reserve_iova`` mutates a node."""
         return (self._neg[:], dict(self._nodes), self.cached_node, self.cached32_node,
                 self.max32_alloc_size,
-                [([(c.loaded.pfns[:], c.prev.pfns[:]) for c in r.cpu_rcaches],
+                [({cpu: (c.loaded.pfns[:], c.prev.pfns[:]) for cpu, c in r.cpu_rcaches.touched()},
                   [m.pfns[:] for m in r.depot]) for r in self.rcaches])
 
     def restore(self, saved: tuple) -> None:
@@ -654,9 +717,12 @@ class IovaDomain:
         self._neg = neg[:]
         self._nodes = dict(nodes)
         for r, (cpus, depot) in zip(self.rcaches, rc, strict=True):
-            for c, (loaded, prev) in zip(r.cpu_rcaches, cpus, strict=True):
+            made = {}
+            for cpu, (loaded, prev) in cpus.items():
+                c = made[cpu] = _CpuRcache()
                 c.loaded = IovaMagazine(loaded[:])
                 c.prev = IovaMagazine(prev[:])
+            r.cpu_rcaches.replace(made)
             r.depot = [IovaMagazine(p[:]) for p in depot]
 
     def snapshot(self) -> tuple:

@@ -43,6 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from iovalab.kernel.iova import MAX_CPUS
 from iovalab.kernel.units import U64_MASK
 
 __all__ = [
@@ -204,6 +205,10 @@ _PREFIX = re.compile(
     r"(?P<ts>[0-9]{1,20}(?:\.[0-9]{1,12})?): "
     r"(?P<event>\w+):(?: (?P<text>.*))?",
     re.ASCII)
+#: CPU numbers are bounded by NR_CPUS: at most MAX_CPUS (8192, x86_64 CONFIG_MAXSMP's NR_CPUS; arm64's
+#: Kconfig allows at most 4096). A larger "[CPU]" or "#P:" comes from no kernel, and the replay keeps
+#: per-CPU state for every CPU, so it is refused.
+_CPU_RULE = "{} is beyond NR_CPUS: at most " + str(MAX_CPUS) + " CPUs (x86_64 CONFIG_MAXSMP), numbered from 0"
 _PREFIX_EXPECTED = "'TASK-PID [CPU] FLAGS SECS.USECS: EVENT: TEXT' (FLAGS optional)"
 _LOST = re.compile(r"CPU:(?P<cpu>[0-9]{1,6}) \[LOST (?P<n>[0-9]{1,20}) EVENTS\]", re.ASCII)
 _ENTRIES = re.compile(r"# entries-in-buffer/entries-written: (?P<buf>[0-9]{1,20})/(?P<written>[0-9]{1,20})"
@@ -510,7 +515,14 @@ def parse_ftrace(lines_or_path: str | os.PathLike | Iterable[str] | IO[str], *,
         if not s:
             continue
         if s[0] == "#":
-            _header(cap, s)
+            if _header(cap, s):
+                err = FtraceParseError(lineno, None, "'#P:CPUS' with CPUS <= NR_CPUS", line,
+                                       _CPU_RULE.format(f"#P:{cap.nr_cpus}"))
+                cap.nr_cpus = None
+                if strict:
+                    raise err
+                cap.bad_lines += 1
+                cap.errors.append(err)
             continue
         m = prefix(line)
         if m is None:
@@ -546,6 +558,13 @@ def parse_ftrace(lines_or_path: str | os.PathLike | Iterable[str] | IO[str], *,
         tgid = m.group("tgid")
         ts = m.group("ts")
         cpu = int(m.group("cpu"))
+        if cpu >= MAX_CPUS:
+            err = FtraceParseError(lineno, event, _PREFIX_EXPECTED, line, _CPU_RULE.format(f"CPU {cpu}"))
+            if strict:
+                raise err
+            cap.bad_lines += 1
+            cap.errors.append(err)
+            continue
         tl = TraceLine(lineno, m.group("task"), int(m.group("pid")), cpu, m.group("flags"),
                        float(ts), ts, event, system, fields, line, text,
                        int(tgid) if tgid is not None and tgid[0] != "-" else None)
@@ -561,18 +580,21 @@ def parse_ftrace(lines_or_path: str | os.PathLike | Iterable[str] | IO[str], *,
     return cap
 
 
-def _header(cap: FtraceCapture, s: str) -> None:
+def _header(cap: FtraceCapture, s: str) -> bool:
+    """Read a header line; True when its ``#P:`` is beyond :data:`MAX_CPUS`."""
     if cap.tracer is None:
         m = _TRACER.match(s)
         if m:
             cap.tracer = m.group("tracer")
-            return
+            return False
     if cap.entries_in_buffer is None:
         m = _ENTRIES.match(s)
         if m:
             cap.entries_in_buffer = int(m.group("buf"))
             cap.entries_written = int(m.group("written"))
             cap.nr_cpus = int(m.group("cpus"))
+            return not 1 <= cap.nr_cpus <= MAX_CPUS
+    return False
 
 
 # -- phases ------------------------------------------------------------------------------------

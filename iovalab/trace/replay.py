@@ -43,7 +43,7 @@ from iovalab.trace.ftrace_write import (
     format_line, format_map, format_unmap, write_ftrace,
 )
 from iovalab.kernel.iommu import IotlbGather
-from iovalab.kernel.iova import IOVA_DEPOT_DELAY_MS, IOVA_RANGE_CACHE_MAX_SIZE
+from iovalab.kernel.iova import IOVA_DEPOT_DELAY_MS, IOVA_RANGE_CACHE_MAX_SIZE, MAX_CPUS
 from iovalab.kernel.units import DMA_BIT_MASK
 from iovalab.kernel.version import behaves, check_kernel
 from iovalab.trace.lines import LineCheck, check_lines
@@ -135,7 +135,7 @@ class _Replayer:
     # -- state save/restore for trying another order
     def save(self):
         d = self.dom
-        return (d.iovad.save(), [list(fq.entries) for fq in d.fqs], d.fq_flush_start_cnt,
+        return (d.iovad.save(), {cpu: list(fq.entries) for cpu, fq in d.fqs.touched()}, d.fq_flush_start_cnt,
                 d.fq_flush_finish_cnt, d.fq_timer_on, self.dev.pci_32bit_workaround,
                 dict(self.depot_deadline), list(self.depot_sizes), self.fq_deadline)
 
@@ -146,8 +146,9 @@ class _Replayer:
         self.depot_deadline = dict(self.depot_deadline)
         self.depot_sizes = list(self.depot_sizes)
         d.iovad.restore(iv)
-        for fq, entries in zip(d.fqs, fqs, strict=True):
-            fq.entries = deque(entries)
+        d.fqs.replace({})
+        for cpu, entries in fqs.items():
+            d.fqs[cpu].entries = deque(entries)
 
     # -- time
     def _note_depot(self, ts: float) -> None:
@@ -246,9 +247,24 @@ def replay_capture(cap: FtraceCapture, *, cpus: int | None = None, mode: str | N
     return result
 
 
+def replay_cpus(cap: FtraceCapture, cpus: int | None = None) -> int:
+    """The CPU count a replay models: ``cpus`` (``--cpus``), else the header's ``#P:``, else the
+    highest CPU seen + 1. ``ValueError`` when it is not ``1..MAX_CPUS`` or a line's CPU is beyond it
+    (per-CPU rcaches and flush queues exist for those CPUs only)."""
+    n = cpus or cap.nr_cpus or (max(cap.cpus) + 1 if cap.cpus else 1)
+    why = "--cpus" if cpus else "the header's #P:" if cap.nr_cpus else "the CPUs seen"
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CPUS:
+        raise ValueError(f"{n!r} CPUs ({why}): must be an int in 1..{MAX_CPUS} (NR_CPUS of x86_64 CONFIG_MAXSMP)")
+    if cap.cpus and cap.cpus[-1] >= n:
+        ln = next(x for x in cap.lines if x.cpu >= n)
+        raise ValueError(f"line {ln.lineno}: CPU {ln.cpu} is beyond the {n} CPUs of {why} (CPUs are 0..{n - 1}); "
+                         "pass --cpus with more")
+    return n
+
+
 def _replay(cap: FtraceCapture, cpus: int | None, mode: str, path: str, why: str,
             system: SystemConfig) -> ReplayResult:
-    ncpus = cpus or cap.nr_cpus or (max(cap.cpus) + 1 if cap.cpus else 1)
+    ncpus = replay_cpus(cap, cpus)
     steps = reconstruct(cap, system.granule)
     flush_points = any(s[0] == "flush" for s in steps)
     rp = _Replayer(ncpus, mode, flush_points, system)
@@ -352,9 +368,7 @@ def _resync(rp: _Replayer, a: Allocation, got: int) -> None:
         except ValueError:
             pass
     lo, hi = a.base >> shift, ((a.base + a.size) >> shift) - 1
-    clash = iovad.find_iova(lo) or iovad.find_iova(hi) or any(
-        lo <= n.pfn_lo <= hi for n in iovad.nodes())
-    if not clash:
+    if not iovad.overlaps(lo, hi):
         iovad.reserve_iova(lo, hi).reserved = False
 
 
@@ -448,6 +462,10 @@ def cli(args) -> int:
     from iovalab.resources import resolve_data_paths
     from iovalab.trace.ftrace import FtraceParseError
 
+    if args.cpus is not None and not 1 <= args.cpus <= MAX_CPUS:
+        print(f"error: --cpus {args.cpus}: must be 1..{MAX_CPUS} (NR_CPUS of x86_64 CONFIG_MAXSMP)",
+              file=sys.stderr)
+        return 2
     found = resolve_data_paths(args.file)
     if len(found) != 1:
         print(f"error: {args.file}: no such file, nor one bundled data file of that name (bundled: "
@@ -467,7 +485,11 @@ def cli(args) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    res = replay_capture(cap, cpus=args.cpus, mode=args.mode, path=args.file, system=system, lines=True)
+    try:
+        res = replay_capture(cap, cpus=args.cpus, mode=args.mode, path=args.file, system=system, lines=True)
+    except ValueError as e:
+        print(f"error: {args.file}: {e}", file=sys.stderr)
+        return 2
     lines = res.lines
     assert lines is not None
     if args.json:

@@ -11,7 +11,7 @@ rebuilds them from what the kernel's code guarantees (see :mod:`iovalab.trace.re
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass, field
 
 from iovalab.kernel.units import DMA_MAPPING_ERROR, iova_align
@@ -23,6 +23,8 @@ __all__ = ["Allocation", "GRANULE", "DMA_MAP_EVENTS", "map_alignment", "reconstr
 GRANULE = 0x1000
 #: the largest: io-pgtable-arm's 64 KiB granule (arm_lpae_restrict_pgsizes), arm64's largest PAGE_SIZE
 MAX_GRANULE = 0x10000
+#: the end of what an IOVA domain can hand out: pfns stay below IOVA_ANCHOR (~0UL) of the smallest granule
+_IOVA_END = (1 << 64) - GRANULE
 DMA_MAP_EVENTS = frozenset(("dma_map_page", "dma_map_sg", "dma_alloc", "dma_map_resource", "dma_map_phys",
                             "dma_alloc_pages", "dma_alloc_sgt"))
 
@@ -57,6 +59,90 @@ def map_alignment(cap: FtraceCapture) -> int:
     return max(GRANULE, min(low, MAX_GRANULE))
 
 
+class _Opened:
+    """One CPU's allocations whose ``dma_*`` event is still pending, in the order they were opened,
+    with the two lookups :func:`reconstruct` makes per line in O(log n) (no kernel analogue).
+
+    The question is always "the most recently opened allocation whose range holds ``iova``", where
+    the range is ``[base, base + size_hint)`` (or ``[base, span_end]`` without a hint) for a ``map``
+    line and ``[base, max(span_end, base + 1))`` for a ``dma_*`` event. Live IOVA ranges do not
+    overlap, so the candidates are the allocations at the highest base ``<= iova`` and, at a
+    boundary, those without a hint whose mapped span ends exactly at ``iova``; the most recent
+    candidate that holds ``iova`` is the answer, as a newest-first scan of every open allocation
+    would give. ``neg`` keeps ``-base`` ascending: the IOVA allocator hands out ranges top-down, so
+    a new base usually goes near the end of the list.
+    """
+
+    __slots__ = ("seq", "order", "neg", "by_base", "ends", "serial")
+
+    def __init__(self) -> None:
+        self.serial = 0
+        self.seq: dict[int, int] = {}                 # id(alloc) -> open order
+        self.order: dict[int, Allocation] = {}        # id(alloc) -> alloc, in open order
+        self.neg: list[int] = []                      # -base, ascending (duplicates allowed)
+        self.by_base: dict[int, list[Allocation]] = {}
+        self.ends: dict[int, list[Allocation]] = {}   # span_end -> hintless allocations ending there
+
+    def __bool__(self) -> bool:
+        return bool(self.order)
+
+    def __contains__(self, a: Allocation) -> bool:
+        return id(a) in self.order
+
+    def add(self, a: Allocation) -> None:
+        self.serial += 1
+        self.seq[id(a)] = self.serial
+        self.order[id(a)] = a
+        insort(self.neg, -a.base)
+        self.by_base.setdefault(a.base, []).append(a)
+        if not a.size_hint:
+            self.ends.setdefault(a.span_end, []).append(a)
+
+    def remove(self, a: Allocation) -> None:
+        del self.order[id(a)], self.seq[id(a)]
+        neg = self.neg
+        del neg[bisect_left(neg, -a.base)]
+        same = self.by_base[a.base]
+        same.remove(a)          # allocations at one base: almost always one
+        if not same:
+            del self.by_base[a.base]
+        if not a.size_hint:
+            self._unend(a)
+
+    def _unend(self, a: Allocation) -> None:
+        at = self.ends[a.span_end]
+        at.remove(a)
+        if not at:
+            del self.ends[a.span_end]
+
+    def grow(self, a: Allocation, span_end: int) -> None:
+        if span_end != a.span_end and not a.size_hint:
+            self._unend(a)
+            a.span_end = span_end
+            self.ends.setdefault(span_end, []).append(a)
+        a.span_end = span_end
+
+    def last(self) -> Allocation:
+        return self.order[next(reversed(self.order))]
+
+    def holding(self, iova: int, *, hint: bool) -> Allocation | None:
+        neg = self.neg
+        i = bisect_left(neg, -iova)     # the highest base <= iova
+        cands: list[Allocation] = list(self.by_base[-neg[i]]) if i < len(neg) else []
+        if hint:
+            cands += self.ends.get(iova, ())
+        best, best_seq = None, 0
+        for cur in cands:
+            if hint:
+                limit = cur.base + cur.size_hint if cur.size_hint else cur.span_end + 1
+            else:
+                limit = max(cur.span_end, cur.base + 1)
+            s = self.seq[id(cur)]
+            if cur.base <= iova < limit and s > best_seq:
+                best, best_seq = cur, s
+        return best
+
+
 def reconstruct(cap: FtraceCapture, granule: int | None = None) -> list[tuple]:
     """Turn the capture into an ordered list of steps:
 
@@ -75,39 +161,42 @@ def reconstruct(cap: FtraceCapture, granule: int | None = None) -> list[tuple]:
     # dma_* event that would close it)
     unmaps: dict[int, list[tuple[int, int]]] = {}
     for ln in cap.lines:
-        if ln.event == "unmap":
-            unmaps.setdefault(ln.fields["iova"], []).append((ln.lineno, ln.fields["size"]))
+        if ln.event in ("map", "unmap"):
+            f = ln.fields
+            if f["iova"] + f["size"] > _IOVA_END:
+                raise ValueError(f"line {ln.lineno}: {ln.event} of {f['size']:#x} bytes at iova {f['iova']:#x} "
+                                 "wraps past 2^64 - 4 KiB: the IOVA allocator hands out ranges below its anchor "
+                                 "(drivers/iommu/iova.c: IOVA_ANCHOR ~0UL), so no DMA-API mapping ends there")
+            if ln.event == "unmap":
+                unmaps.setdefault(f["iova"], []).append((ln.lineno, f["size"]))
 
     def extent(base: int, lineno: int) -> int:
         later = unmaps.get(base, ())
         i = bisect_right(later, (lineno, 1 << 64))
         return later[i][1] if i < len(later) else 0
 
-    open_by_cpu: dict[int, list[Allocation]] = {}   # allocations whose dma_* event is pending
+    open_by_cpu: dict[int, _Opened] = {}   # allocations whose dma_* event is pending, per CPU
     live: dict[int, Allocation] = {}        # base -> allocation
-    live_bases: list[int] = []              # sorted bases of live allocations
-    opened: list[Allocation] | None
+    opened: _Opened | None
     a: Allocation | None
     for ln in cap.lines:
         ev = ln.event
         if ev == "map":
             iova, size = ln.fields["iova"], ln.fields["size"]
-            opened = open_by_cpu.setdefault(ln.cpu, [])
-            for cur in reversed(opened):   # a further chunk of a mapping still being built
-                limit = cur.base + cur.size_hint if cur.size_hint else cur.span_end + 1
-                if cur.base <= iova < limit:
-                    cur.span_end = max(cur.span_end, iova + size)
-                    cur.map_lines.append(ln.lineno)
-                    break
+            opened = open_by_cpu.get(ln.cpu)
+            if opened is None:
+                opened = open_by_cpu[ln.cpu] = _Opened()
+            cur = opened.holding(iova, hint=True)   # a further chunk of a mapping still being built
+            if cur is not None:
+                opened.grow(cur, max(cur.span_end, iova + size))
+                cur.map_lines.append(ln.lineno)
             else:
                 a = Allocation(ln.lineno, ln.cpu, iova, 0, iova + size, timestamp=ln.timestamp,
                                size_hint=extent(iova, ln.lineno), map_lines=[ln.lineno])
-                opened.append(a)
+                opened.add(a)
                 old = live.get(iova)
                 if old is not None:  # the trace never unmapped the old one: keep its mapped span
                     old.size = iova_align(granule, old.span_end - old.base)
-                else:
-                    live_bases.insert(bisect_right(live_bases, iova), iova)
                 live[iova] = a
                 steps.append(("alloc", a))
         elif ev in DMA_MAP_EVENTS:
@@ -117,12 +206,9 @@ def reconstruct(cap: FtraceCapture, granule: int | None = None) -> list[tuple]:
                 addr = f.get("dma_addr")
                 if addr is None and f.get("dma_addrs"):
                     addr = f["dma_addrs"][0]
-                pick = opened[-1]
-                if addr is not None:
-                    for cur in reversed(opened):
-                        if cur.base <= addr < max(cur.span_end, cur.base + 1):
-                            pick = cur
-                            break
+                pick = opened.holding(addr, hint=False) if addr is not None else None
+                if pick is None:
+                    pick = opened.last()
                 opened.remove(pick)
                 pick.closed = True
                 pick.kind = ev
@@ -133,7 +219,6 @@ def reconstruct(cap: FtraceCapture, granule: int | None = None) -> list[tuple]:
             if a is None:
                 steps.append(("unmatched", ln.lineno))
                 continue
-            live_bases.remove(iova)
             a.size = size
             a.freed_at = ln.lineno
             a.closed = True
