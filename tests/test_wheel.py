@@ -125,10 +125,20 @@ def test_check_trace_on_the_bundled_reference_traces(installed):
     assert lines[-1].startswith("TOTAL") and lines[-1].endswith(" 0 mismatches"), out
 
 
-def test_replay_ftrace_on_the_bundled_real_capture(installed):
-    out = _run(installed, "iovalab", "replay-ftrace", "data/real/strict-smp1.trace")
+@pytest.mark.parametrize("capture", ["strict-smp1.trace", "v734-strict-smp1.trace",
+                                     "v734-arm64-64k-strict-smp1.trace"])
+def test_replay_ftrace_on_the_bundled_real_capture(installed, capture):
+    out = _run(installed, "iovalab", "replay-ftrace", f"data/real/{capture}")
     total = [ln for ln in out.splitlines() if ln.startswith("TOTAL")]
     assert total and total[-1].endswith(" 0 mismatched"), out[-2000:]
+    lines = [ln for ln in out.splitlines() if ln.startswith("LINES:")]
+    assert lines and lines[-1].endswith(" 0 differ"), out[-2000:]
+
+
+def test_scenario_under_either_kernel(installed):
+    for kernel in ("6.17", "7.3"):
+        out = _run(installed, "iovalab", "scenario", "nvme-196k-read", "--kernel", kernel)
+        assert "iova_allocs" in out, out
 
 
 def test_check_and_presets_from_python(installed):
