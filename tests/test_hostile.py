@@ -230,3 +230,25 @@ def test_public_api_is_importable_from_the_top_level():
     for name, module in where.items():
         assert name in iovalab.__all__
         assert getattr(iovalab, name) is getattr(module, name)
+
+
+# ------------------------------------------------------------------ 3. output-address width per format
+@pytest.mark.parametrize("preset, kernel, mapped, phys", [
+    # 6.17 VT-d: __domain_mapping() stores the pfn unchecked and dma_pte_addr() masks with VTD_PAGE_MASK
+    # (bits 63:12, intel/iommu.h): the walk gives the address back whole (the hardware would fault on it)
+    ("intel-vtd", "6.17", True, 1 << 52),
+    # 7.3 VT-d: generic_pt map_pages() refuses paddr >> max_oasz_lg2 (52, intel/iommu.c) with -ERANGE
+    ("intel-vtd", "7.3", False, None),
+    # 6.17 AMD v1: iommu_v1_iova_to_phys() masks with PM_ADDR_MASK (bits 51:12): the kernel truncates
+    ("amd-v1", "6.17", True, 0),
+    # ARM LPAE: arm_lpae_map_pages() WARNs and refuses paddr >> oas (48) with -ERANGE
+    ("smmuv3-4k", "6.17", False, None),
+])
+def test_output_address_width_is_the_formats(preset, kernel, mapped, phys):
+    dom, dev = DmaDomain(preset, kernel=kernel), Device.nvme()
+    addr = dom.dma_map_page(dev, 1 << 52, 0x1000)
+    assert (addr != DMA_MAPPING_ERROR) == mapped
+    if mapped:
+        assert dom.iommu.iommu_iova_to_phys(addr) == phys
+    else:
+        assert dom.iommu.pgtable.mapped_ranges() == []

@@ -42,7 +42,10 @@ INTEL_PGSIZES = SZ_4K | SZ_2M | SZ_1G
 DMA_PTE_READ = 1 << 0
 DMA_PTE_WRITE = 1 << 1
 DMA_PTE_LARGE_PAGE = 1 << 7
-VTD_PAGE_MASK = GENMASK(51, 12)
+#: ``VTD_PAGE_MASK`` (intel/iommu.h): ``dma_pte_addr()`` masks a PTE with every bit from 12 up, so a
+#: physical address of 52 bits or more is kept, not truncated (``__domain_mapping()`` does not check it;
+#: bits above the IOMMU's address width are reserved, and the hardware would fault on them).
+VTD_PAGE_MASK = GENMASK(63, 12)
 
 
 class IntelVtdPgtable(IoPgtable):

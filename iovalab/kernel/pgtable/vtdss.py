@@ -23,7 +23,7 @@ of the ``iommu_pgsize`` + ``map_pages`` loop. The table layout, PTE bits and lea
 from __future__ import annotations
 
 from iovalab.kernel.pgtable.intel_vtd import IntelVtdPgtable
-from iovalab.kernel.units import EADDRINUSE, EINVAL, ENXIO
+from iovalab.kernel.units import EADDRINUSE, EINVAL, ENXIO, ERANGE
 
 __all__ = ["VtdssPgtable", "pgsize_chunks"]
 
@@ -40,6 +40,11 @@ def pgsize_chunks(pgsize_fn, granule: int, iova: int, paddr: int, size: int):
         iova, paddr, size = iova + n, paddr + n, size - n
 
 
+#: ``cfg.common.hw_max_oasz_lg2 = 52`` (drivers/iommu/intel/iommu.c, 7.3.4): the widest physical address the
+#: table stores; ``map_pages()`` of generic_pt/iommu_pt.h refuses a wider ``paddr`` with ``-ERANGE``.
+VTDSS_MAX_OASZ_LG2 = 52
+
+
 class VtdssPgtable(IntelVtdPgtable):
     """``struct pt_iommu_vtdss`` and its ``pt_iommu_ops`` (``map_range``, ``unmap_range``)."""
 
@@ -53,6 +58,8 @@ class VtdssPgtable(IntelVtdPgtable):
         chunks)``; ``chunks`` = the ``(iova, paddr, pgsize, count)`` runs written; ``pgsize_fn``:
         :func:`pgsize_chunks`."""
         g = self.granule
+        if paddr >> VTDSS_MAX_OASZ_LG2:
+            return 0, -ERANGE, []      # paddr beyond what the table can store (max_oasz_lg2)
         if not size:
             return 0, -EINVAL, []      # make_range_no_check(): an empty range
         if (iova | paddr | size) & (g - 1):
