@@ -7,7 +7,8 @@ from iovalab.kernel.device import Device
 from iovalab.kernel.dma_iommu import DMA_ATTR_MMIO, DMA_TO_DEVICE, DmaDomain, DmaIovaState
 from iovalab.kernel.events import EventLog
 from iovalab.kernel.iommu import IOMMU_MMIO, IommuDomain, IotlbGather
-from iovalab.kernel.pgtable import IntelVtdPgtable, VtdssPgtable
+from iovalab.kernel.pgtable import AMDV1PT_PGSIZES, AmdV1Pgtable, Amdv1PtPgtable, IntelVtdPgtable, VtdssPgtable
+from iovalab.kernel.pgtable.amdv1_pt import amdv1pt_possible_sizes
 from iovalab.kernel.swiotlb import SwiotlbPool
 from iovalab.kernel.units import DMA_MAPPING_ERROR, EADDRINUSE, ENXIO
 from iovalab.kernel.version import (
@@ -218,3 +219,81 @@ def test_replay_kernel_guess_and_conflicting_forms():
     d = infer_kernel(parse_ftrace(head + "  kworker-1 [000] ..... 10.000003: map: IOMMU: iova=0x0000000000001000 "
                                   "- 0x0000000000002000 paddr=0x0000000000100000 size=4096\n"))
     assert d.guess and d.value == "7.3"
+# ----------------------------------------------------------------- AMD v1 as a generic page table (7.3.4)
+def _amd(kernel):
+    log = EventLog()
+    return IommuDomain.preset("amd-v1", log=log, kernel=kernel), log
+
+
+def test_amdv1_is_a_generic_page_table_in_73_only():
+    """amd/iommu.c amd_iommu_domain_alloc_paging_v1() -> pt_iommu_amdv1_init() (7.3.4); 6.17 keeps
+    amd/io_pgtable.c. Page sizes: fmt/amdv1.h amdv1pt_possible_sizes(), every power of two 4K..2^51
+    but 512G: the 6.17 AMD_IOMMU_PGSIZES."""
+    assert type(_amd("7.3")[0].pgtable) is Amdv1PtPgtable and type(_amd("6.17")[0].pgtable) is AmdV1Pgtable
+    assert AMDV1PT_PGSIZES == (((1 << 52) - 1) & ~0xFFF) ^ (1 << 39)
+    assert amdv1pt_possible_sizes(0) == sum(1 << b for b in range(12, 21))   # 4K..1M at level 0
+    assert amdv1pt_possible_sizes(3) == sum(1 << b for b in range(40, 48))   # 1T..128T, 512G excluded
+    assert amdv1pt_possible_sizes(5) == 0                                    # PT_MAX_TOP_LEVEL: no leaf
+    assert behaves("7.3", "amdv1_generic_pt") and not behaves("6.17", "amdv1_generic_pt")
+
+
+def test_amdv1_pt_contiguous_pte_encoding():
+    """fmt/amdv1.h amdv1pt_install_leaf_entry(): a 64K leaf is 16 level-0 slots with NEXT_LEVEL = 7
+    and OA low bits 2**(16 - 12 - 1) - 1 set; PR, FC (PT_FEAT_AMDV1_FORCE_COHERENCE), IR, IW."""
+    d, log = _amd("7.3")
+    assert d.iommu_map(0x100000, 0x2340000, 0x10000, RW) == 0
+    call = [e for e in log if e.kind == "iommu_map_calls"][-1]
+    assert call.args["chunks"] == [(0x100000, 0x2340000, 0x10000, 1)]
+    w = d.pgtable.walk(0x105000)[-1]
+    assert w["kind"] == "leaf" and w["pte"] == 0x2340000 | 0x7000 | (7 << 9) | 1 | (1 << 60) | (1 << 61) | (1 << 62)
+    assert d.pgtable.leaf_count() == 16 and d.iommu_iova_to_phys(0x10ABCD) == 0x234ABCD
+
+
+@pytest.mark.parametrize("kernel, got, left", [("6.17", 0x10000, 0), ("7.3", 0, 16)])
+def test_amdv1_unmap_inside_a_contiguous_entry(kernel, got, left):
+    """7.3.4 iommu_pt.h __unmap_range(): a range starting inside a contiguous entry is -EINVAL, 0
+    unmapped, nothing cleared; 6.17 amd/io_pgtable.c fetch_pte() cleared the whole 64K page."""
+    d, log = _amd(kernel)
+    assert d.iommu_map(0x100000, 0x2340000, 0x10000, RW) == 0
+    assert d.iommu_unmap(0x104000, 0x1000) == got
+    assert d.pgtable.leaf_count() == left
+    # a range ending inside it clears it whole and counts it (both versions)
+    assert d.iommu_unmap(0x100000, 0x1000) == (0x10000 if left else 0)
+
+
+@pytest.mark.parametrize("kernel", ["6.17", "7.3"])
+def test_amdv1_unmap_frees_covered_tables_and_gathers_once(kernel):
+    """7.3.4 __unmap_range(): a level-0 table the range covers whole goes on the gather's freelist
+    (gather_add_table) and the gather gets one range (gather_range_pending); 6.17
+    iommu_v1_unmap_pages() never freed tables."""
+    d, log = _amd(kernel)
+    assert d.iommu_map(0x4000_0000, 0x1000, 0x1000, RW) == 0          # 4K leaves in one level-0 table
+    for k in range(1, 512):
+        assert d.iommu_map(0x4000_0000 + k * 0x1000, 0x1000 + k * 0x2000, 0x1000, RW) == 0
+    tables = d.pgtable.table_page_count()
+    g = IotlbGather()
+    assert d.iommu_unmap_fast(0x4000_0000, 0x200000, g) == 0x200000
+    assert (g.start, g.end) == (0x4000_0000, 0x4020_0000 - 1)
+    if kernel == "7.3":
+        assert g.freelist == 1 and d.pgtable.table_page_count() == tables - 1
+        assert [e.func for e in log if e.kind == "table_free"] == ["gather_add_table"]
+    else:
+        assert g.freelist == 0 and d.pgtable.table_page_count() == tables
+
+
+def test_amdv1_pt_map_after_a_hole_and_over_a_freed_table():
+    """7.3.4: a 2M leaf where an emptied level-0 table still hangs (freed only by a covering unmap)
+    goes through clear_contig(): the table is freed through the map's gather and map_range() syncs
+    once (iommu_iotlb_sync -> amd_iommu_domain_flush_pages) over the table's span."""
+    d, log = _amd("7.3")
+    assert d.iommu_map(0x20_0000, 0x1000, 0x1000, RW) == 0
+    assert d.iommu_unmap(0x20_0000, 0x1000) == 0x1000                  # the level-0 table stays
+    tables = d.pgtable.table_page_count()
+    mark = log.mark()
+    assert d.iommu_map(0x20_0000, 0x4000_0000, 0x20_0000, RW) == 0     # one 2M leaf
+    evs = log.since(mark)
+    assert d.pgtable.table_page_count() == tables - 1
+    assert d.iommu_iova_to_phys(0x20_1234) == 0x4000_1234
+    assert [e.func for e in evs if e.kind == "table_free"] == ["gather_add_table"]
+    flush = [(e.func, e.args["start"], e.args["end"]) for e in evs if e.kind == "iotlb_invalidations"]
+    assert flush == [("amd_iommu_domain_flush_pages", 0x20_0000, 0x40_0000 - 1)]

@@ -8,7 +8,9 @@ module                      kernel file it models (Linux 6.17 unless a docstring
 ``iova``                    ``drivers/iommu/iova.c``
 ``pgtable``                 one module per format: ``intel_vtd`` (``intel/iommu.c``), ``amd_v1``
                             (``amd/io_pgtable.c``), ``arm_lpae`` (``io-pgtable-arm.c``), ``ops``
-                            (``struct io_pgtable_ops``), ``io_pgtable`` (``io-pgtable.c``)
+                            (``struct io_pgtable_ops``), ``io_pgtable`` (``io-pgtable.c``); 7.3.4:
+                            ``generic_pt`` (``generic_pt/iommu_pt.h``), its formats ``vtdss``
+                            (``fmt/vtdss.h``) and ``amdv1_pt`` (``fmt/amdv1.h``)
 ``iommu``                   ``drivers/iommu/iommu.c``: ``iommu_map``/``iommu_unmap``/``iommu_pgsize``, gather
 ``device``                  ``struct device`` DMA fields, masks, limits
 ``swiotlb``                 ``kernel/dma/swiotlb.c``

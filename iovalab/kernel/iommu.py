@@ -51,9 +51,9 @@ from dataclasses import dataclass
 from iovalab.kernel.events import EventLog
 from iovalab.kernel.pgtable import (
     AMD_IOMMU_PGSIZES, IOMMU_CACHE, IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE,
-    IoPgtable, VtdssPgtable, alloc_io_pgtable_ops,
+    GenericPt, IoPgtable, alloc_io_pgtable_ops,
 )
-from iovalab.kernel.version import DEFAULT_KERNEL, behaves, check_kernel
+from iovalab.kernel.version import DEFAULT_KERNEL, check_kernel
 from iovalab.kernel.units import EINVAL, SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M, ULONG_MAX, U64_MASK
 
 __all__ = [
@@ -226,8 +226,9 @@ class IommuDomain:
     :param driver: ``"intel"``/``"amd"`` (x86-64) or ``"arm"`` (arm-lpae); default from ``fmt``.
     :param caches_non_present: the IOTLB caches faults (default: ``has_iotlb_sync_map``).
     :param name: a label (presets set it).
-    :param kernel: the modelled version (:mod:`iovalab.kernel.version`); 7.3 builds VT-d tables as a
-        generic page table (:class:`~iovalab.kernel.pgtable.VtdssPgtable`) and traces failed maps.
+    :param kernel: the modelled version (:mod:`iovalab.kernel.version`); 7.3 builds VT-d and AMD v1 tables
+        as generic page tables (:class:`~iovalab.kernel.pgtable.VtdssPgtable`,
+        :class:`~iovalab.kernel.pgtable.Amdv1PtPgtable`) and traces failed maps.
     """
 
     def __init__(self, pgsize_bitmap: int, fmt: str = "x86-64", ias: int = 48, aperture_start: int = 0,
@@ -251,7 +252,7 @@ class IommuDomain:
         self.pgtable: IoPgtable = alloc_io_pgtable_ops(fmt, granule, ias, self._log, driver=driver,
                                                        pgsize_bitmap=pgsize_bitmap, oas=oas,
                                                        tlb_flush=self._driver_flush,
-                                                       generic_pt=behaves(kernel, "vtd_generic_pt"))
+                                                       kernel=self.kernel)
         self.driver = self.pgtable.driver
         if gather_style is None:
             gather_style = _DRIVER_GATHER[self.driver]
@@ -314,7 +315,7 @@ class IommuDomain:
         log.depth += 1
         try:
             pt = self.pgtable
-            assert isinstance(pt, VtdssPgtable), "pt_iommu is set only by the generic page table"
+            assert isinstance(pt, GenericPt), "pt_iommu is set only by the generic page table"
             mapped, ret, chunks = pt.map_range(iova, paddr, size, prot, self.iommu_pgsize, cpu)
         finally:
             log.depth -= 1
@@ -462,14 +463,14 @@ class IommuDomain:
         (``iova``, ``size``, ``unmapped_size``), with ``chunks`` = ``(iova, pgsize, count, returned)``.
         (Python name-mangles this method to ``_IommuDomain__iommu_unmap``; use
         :meth:`iommu_unmap_fast`.) 7.3.4 on a ``struct pt_iommu``: one ``pt->ops->unmap_range``
-        (:meth:`~iovalab.kernel.pgtable.VtdssPgtable.unmap_range`), its tables on the gather's freelist
+        (:meth:`~iovalab.kernel.pgtable.GenericPt.unmap_range`), its tables on the gather's freelist
         and one gather range ``(iova, unmapped)`` (``gather_range_pending``; none when queued).
         """
         if self.pgtable.pt_iommu:
             self._log.depth += 1
             try:
                 pt = self.pgtable
-                assert isinstance(pt, VtdssPgtable), "pt_iommu is set only by the generic page table"
+                assert isinstance(pt, GenericPt), "pt_iommu is set only by the generic page table"
                 unmapped, freed, chunks = pt.unmap_range(iova, size, self.iommu_pgsize, cpu)
             finally:
                 self._log.depth -= 1

@@ -71,6 +71,17 @@ DIFFERENCES: dict[str, Difference] = {d.name: d for d in (
         "iommu_pt.h: map_range(), __map_range_leaf(), clear_contig(), unmap_range(), __unmap_range(); "
         "drivers/iommu/intel/iommu.c: intel_iommu_domain_alloc_second_stage()"),
     Difference(
+        "amdv1_generic_pt", "7.3",
+        "AMD v1 tables in drivers/iommu/amd/io_pgtable.c: iommu_pgsize loop of iommu_v1_map_pages; a "
+        "present PTE is replaced silently; unmap inside a large page clears it whole; tables never freed",
+        "AMD v1 is a generic page table (CONFIG_IOMMU_PT_AMDV1, amd/io_pgtable.c removed): one map_range "
+        "per iommu_map, -EADDRINUSE over a present entry (no WARN), trace_map even on failure, unmap "
+        "returns 0 inside a contiguous entry and stops at the first hole, one gather range per unmap, "
+        "covered tables freed through the gather",
+        "drivers/iommu/amd/iommu.c: amd_iommu_domain_alloc_paging_v1(); drivers/iommu/generic_pt/fmt/"
+        "amdv1.h: amdv1pt_possible_sizes(), amdv1pt_install_leaf_entry(); drivers/iommu/generic_pt/"
+        "iommu_pt.h: map_range(), clear_contig(), __unmap_range()"),
+    Difference(
         "flush_tag_no_pages", "7.3",
         "cache_tag_flush_range prints 'pages 0x..'; a domain-wide flush is cache_tag_flush_all",
         "cache_tag_flush_range(_np) print no pages field; cache_tag_flush_all() is "

@@ -7,7 +7,9 @@ module              kernel file
 ``arm_lpae``        ``drivers/iommu/io-pgtable-arm.c`` (SMMUv2/v3 stage 1, driver ``"arm"``)
 ``intel_vtd``       ``drivers/iommu/intel/iommu.c`` (VT-d second stage, driver ``"intel"``)
 ``amd_v1``          ``drivers/iommu/amd/io_pgtable.c`` (AMD-Vi v1, driver ``"amd"``)
-``vtdss``           ``drivers/iommu/generic_pt/`` (7.3.4): VT-d second stage as a generic page table
+``generic_pt``      ``drivers/iommu/generic_pt/iommu_pt.h`` (7.3.4): ``map_range``/``unmap_range``
+``vtdss``           ``drivers/iommu/generic_pt/fmt/vtdss.h`` (7.3.4): VT-d second stage as a generic page table
+``amdv1_pt``        ``drivers/iommu/generic_pt/fmt/amdv1.h`` (7.3.4): AMD v1 as a generic page table
 ``io_pgtable``      ``drivers/iommu/io-pgtable.c``: ``alloc_io_pgtable_ops()``
 ``table``           the table tree they build, and read-only queries over it (no kernel file)
 ==================  =================================================================================
@@ -38,6 +40,8 @@ ARM: ``bits_per_level = pg_shift - 3``, ``levels = DIV_ROUND_UP(ias - pg_shift, 
 """
 
 from iovalab.kernel.pgtable.amd_v1 import AMD_IOMMU_PGSIZES, AmdV1Pgtable
+from iovalab.kernel.pgtable.amdv1_pt import AMDV1PT_PGSIZES, Amdv1PtPgtable
+from iovalab.kernel.pgtable.generic_pt import GenericPt
 from iovalab.kernel.pgtable.arm_lpae import ArmLpaePgtable, arm_lpae_pgsizes
 from iovalab.kernel.pgtable.intel_vtd import INTEL_PGSIZES, IntelVtdPgtable
 from iovalab.kernel.pgtable.io_pgtable import (
@@ -52,6 +56,7 @@ from iovalab.kernel.pgtable.vtdss import VtdssPgtable
 __all__ = [
     "IOMMU_READ", "IOMMU_WRITE", "IOMMU_CACHE", "IOMMU_NOEXEC", "IOMMU_MMIO", "IOMMU_PRIV",
     "FORMATS", "DRIVERS", "TABLE_PHYS_BASE", "PGTABLE_CLASSES", "GENERIC_PT_CLASSES", "VtdssPgtable",
+    "GenericPt", "Amdv1PtPgtable", "AMDV1PT_PGSIZES",
     "INTEL_PGSIZES", "AMD_IOMMU_PGSIZES", "arm_lpae_pgsizes",
     "IoPgtableOps", "IoPgtable", "ArmLpaePgtable", "IntelVtdPgtable", "AmdV1Pgtable", "alloc_io_pgtable_ops",
 ]
