@@ -12,11 +12,30 @@ Mirrors (Linux 6.17 unless said otherwise; Linux 7.3.4 keeps the same functions 
   ``bio_split_rw_at()`` (block/blk-merge.c): how an I/O's bio_vecs become requests and physical segments.
 
 The driver (:mod:`iovalab.drivers.nvme_pci`) owns the ``struct dma_iova_state`` (in its ``nvme_iod``)
-and passes it in, as the kernel's callers do. ``blk_can_dma_map_iova()`` tests the queue's virt boundary
-(``queue_virt_boundary(q)``, 6.17; 7.3.4 tests ``req_phys_gap_mask(req)``, which for NVMe's requests
-is the same 4 KiB boundary) against ``dma_get_merge_boundary()``. A failed ``dma_map_page`` sets the
-iterator's status to ``BLK_STS_RESOURCE`` and the iterator returns false, as ``blk_dma_map_direct()``
-does; the driver turns the status into its error.
+and passes it in, as the kernel's callers do. A failed ``dma_map_page`` sets the iterator's status to
+``BLK_STS_RESOURCE`` and the iterator returns false, as ``blk_dma_map_direct()`` does; the driver turns
+the status into its error.
+
+Kernel versions (the simulated domain's ``kernel``; :data:`iovalab.kernel.version.DIFFERENCES`):
+
+* ``blk_iova_gap_mask`` - when a request takes the IOVA path. 6.17 ``blk_can_dma_map_iova()`` tests
+  the queue's virt boundary, ``(queue_virt_boundary(q) + 1) & dma_get_merge_boundary(dev)``; 7.3.4
+  tests the request's own gaps, ``req_phys_gap_mask(req) & dma_get_merge_boundary(dev)``
+  (:func:`req_phys_gap_mask`);
+* ``blk_iova_link_unwind`` - a ``dma_iova_link()`` error in ``blk_rq_dma_map_iova()``. 6.17 breaks out
+  of the loop, syncs the ``mapped`` bytes and returns the sync's result (0): the error is lost, the
+  request goes to the device with an IOVA range whose tail is not linked. 7.3.4 ``goto out_unlink``:
+  ``dma_iova_destroy(dev, state, mapped, dir, attrs)`` and ``iter->status =
+  errno_to_blk_status(error)`` (``-ENOMEM`` -> ``BLK_STS_RESOURCE``), false;
+* ``blk_nvme_map_phys`` - ``blk_dma_map_direct()`` calls ``dma_map_phys()`` in 7.3.4 (6.17:
+  ``dma_map_page()``); ``blk_rq_dma_unmap()`` is the same in both for memory (not P2P):
+  ``dma_iova_destroy(mapped_len)`` of a coalesced request, else the caller unmaps every segment.
+
+Fault injection (no kernel analogue; the lab's, explicit): the simulator never runs out of memory, so
+a ``dma_iova_link()`` error is injected with :class:`FailNthLink` (the NVMe preset parameter
+``fail_iova_link: N``): the N-th ``dma_iova_link`` of the run returns ``-ENOMEM`` before touching any
+state, as ``iommu_map()`` does when a page-table page cannot be allocated (it unmaps what it mapped
+of that call before returning). One ``error`` event records the injection.
 
 Model limits: no P2P (``blk_dma_map_bus``), no integrity iterator, no bounce of the ``sg`` path
 (``blk_rq_map_sg`` lives with the 6.12 driver path in :mod:`iovalab.drivers.nvme_pci`).
@@ -29,19 +48,54 @@ from dataclasses import dataclass, field
 
 from iovalab.kernel.dma_iommu import DmaIovaState, dma_iova_size, dma_use_iova
 from iovalab.kernel.device import NVME_CTRL_PAGE_SIZE
-from iovalab.kernel.units import DMA_MAPPING_ERROR, PAGE_SIZE, hx
+from iovalab.kernel.units import DMA_MAPPING_ERROR, ENOMEM, PAGE_SIZE, hx
+from iovalab.kernel.version import DEFAULT_KERNEL, behaves, check_kernel
 from iovalab.drivers.common import PARAM_BOUNDS, ScenarioContext, Step, int_param
 
 __all__ = [
     "UINT_MAX", "BLK_STS_OK", "BLK_STS_RESOURCE", "BlkRequest", "BlkDmaIter", "bio_vecs",
     "get_max_segment_size", "biovec_phys_mergeable", "blk_map_iter_segments", "blk_split_requests",
     "blk_can_dma_map_iova", "blk_rq_dma_map_iter_start", "blk_rq_dma_map_iova", "blk_dma_map_direct",
-    "blk_rq_dma_map_iter_next", "blk_rq_dma_unmap",
+    "blk_rq_dma_map_iter_next", "blk_rq_dma_unmap", "blk_kernel", "req_phys_gap_mask", "FailNthLink",
+    "errno_to_blk_status", "U64_MAX",
 ]
 
 UINT_MAX = 0xFFFFFFFF
 BLK_STS_OK = ""
 BLK_STS_RESOURCE = "BLK_STS_RESOURCE"
+BLK_STS_IOERR = "BLK_STS_IOERR"
+U64_MAX = (1 << 64) - 1
+
+
+def errno_to_blk_status(errno: int) -> str:
+    """``errno_to_blk_status()`` (block/blk-core.c, ``blk_errors[]``) for the errnos a link returns:
+    ``-ENOMEM`` -> ``BLK_STS_RESOURCE``; anything else the model reaches -> ``BLK_STS_IOERR``."""
+    return BLK_STS_OK if errno == 0 else BLK_STS_RESOURCE if errno == -ENOMEM else BLK_STS_IOERR
+
+
+def blk_kernel(ctx: ScenarioContext) -> str:
+    """The simulated kernel's version: the domain's, or (``api="direct"``, no domain) the preset's
+    ``iommu.kernel``, else :data:`~iovalab.kernel.version.DEFAULT_KERNEL`."""
+    if ctx.domain is not None:
+        return ctx.domain.kernel
+    spec = ctx.preset.get("iommu")
+    return check_kernel(spec["kernel"]) if isinstance(spec, dict) and "kernel" in spec else DEFAULT_KERNEL
+
+
+class FailNthLink:
+    """Lab fault injection (no kernel analogue, see the module doc): the ``n``-th ``dma_iova_link`` that
+    :func:`blk_rq_dma_map_iova` makes in a run (counting from 1) fails with ``-ENOMEM``, once."""
+
+    def __init__(self, n: int):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"fail_iova_link {n!r} must be an int >= 1 (the N-th dma_iova_link of the run fails)")
+        self.n = n
+        self.calls = 0
+
+    def __call__(self) -> int:
+        """Count one link; ``-ENOMEM`` if it is the one to fail, else 0."""
+        self.calls += 1
+        return -ENOMEM if self.calls == self.n else 0
 
 
 # ============================================================================================ bio_vecs, splitting
@@ -230,10 +284,41 @@ class BlkDmaIter:
         self.status = BLK_STS_OK
 
 
-def blk_can_dma_map_iova(ctx: ScenarioContext, virt_boundary_mask: int) -> tuple[bool, str]:
-    """``blk_can_dma_map_iova()`` (block/blk-mq-dma.c, 6.17): ``!((queue_virt_boundary(q) + 1) &
-    dma_get_merge_boundary(dev))`` (7.3.4: ``req_phys_gap_mask(req)``); with the reason as text."""
+def req_phys_gap_mask(rq: BlkRequest, page_size: int = PAGE_SIZE) -> int:
+    """``req_phys_gap_mask(req)`` (Linux 7.3.4), the request's own segment gaps as a mask.
+
+    Its definition (include/linux/blk-mq.h) and the code that fills ``rq->phys_gap_bit``
+    (block/blk-merge.c) are not among the 7.3.4 files read for this model; derived from the callers
+    that are (block/blk-mq-dma.c: ``blk_can_dma_map_iova()``, ``& dma_get_merge_boundary(dev)``;
+    drivers/nvme/host/pci.c: ``nvme_pci_use_sgls()``, ``& (NVME_CTRL_PAGE_SIZE - 1)``) and the
+    upstream series that added it ("block: accumulate memory segment gaps per bio"): every seam
+    between two consecutive bio_vecs contributes ``bv.bv_offset | (bvprv.bv_offset + bvprv.bv_len)``
+    to ``gaps``, ``phys_gap_bit = ffs(gaps)`` (0: no seam, or every seam at offset 0), and the mask
+    has every bit from ``phys_gap_bit - 1`` up set (0 when ``phys_gap_bit`` is 0). Both callers test
+    it against a low mask ``2^k - 1``, so the answer is "does some seam fall off a ``2^k`` boundary".
+    ``bv_offset`` is the offset in the first page (``page_size``: the simulated ``PAGE_SIZE``).
+    Model limit: one bio per request (no ``bio_seg_gap()`` of merged bios)."""
+    gaps = 0
+    for (p0, n0), (p1, _) in zip(rq.bvecs, rq.bvecs[1:], strict=False):
+        gaps |= (p1 & (page_size - 1)) | ((p0 & (page_size - 1)) + n0)
+    gap_bit = (gaps & -gaps).bit_length()          # ffs()
+    return ~(((1 << gap_bit) >> 1) - 1) & U64_MAX
+
+
+def blk_can_dma_map_iova(ctx: ScenarioContext, virt_boundary_mask: int,
+                         rq: BlkRequest | None = None) -> tuple[bool, str]:
+    """``blk_can_dma_map_iova()`` (block/blk-mq-dma.c), with the reason as text. 6.17:
+    ``!((queue_virt_boundary(q) + 1) & dma_get_merge_boundary(dev))``; 7.3.4 (difference
+    ``blk_iova_gap_mask``): ``!(req_phys_gap_mask(req) & dma_get_merge_boundary(dev))``
+    (:func:`req_phys_gap_mask`; ``rq`` is required then)."""
     mb = ctx.dma_get_merge_boundary()
+    if behaves(blk_kernel(ctx), "blk_iova_gap_mask"):
+        if rq is None:
+            raise ValueError("blk_can_dma_map_iova: 7.3 tests the request's own gaps; pass rq")
+        page = PAGE_SIZE if ctx.domain is None else ctx.domain.page_size
+        mask = req_phys_gap_mask(rq, page)
+        return (mask & mb) == 0, (f"blk_can_dma_map_iova: req_phys_gap_mask {mask:#x} & merge_boundary "
+                                  f"{mb:#x} = {mask & mb:#x}")
     can = ((virt_boundary_mask + 1) & mb) == 0
     why = (f"blk_can_dma_map_iova: (virt_boundary {virt_boundary_mask:#x} + 1) & merge_boundary {mb:#x} = "
            f"{(virt_boundary_mask + 1) & mb:#x}")
@@ -241,11 +326,13 @@ def blk_can_dma_map_iova(ctx: ScenarioContext, virt_boundary_mask: int) -> tuple
 
 
 def blk_rq_dma_map_iter_start(ctx: ScenarioContext, rq: BlkRequest, state: DmaIovaState, it: BlkDmaIter,
-                              virt_boundary_mask: int, try_iova: bool = True) -> Generator[Step, None, bool]:
+                              virt_boundary_mask: int, try_iova: bool = True,
+                              fail_link: FailNthLink | None = None) -> Generator[Step, None, bool]:
     """``blk_rq_dma_map_iter_start()`` (block/blk-mq-dma.c, 6.17 and 7.3.4): IOVA coalescing iff
     ``blk_can_dma_map_iova()`` and ``dma_iova_try_alloc(dev, state, first.paddr, payload)``, else
     ``blk_dma_map_direct()``. ``try_iova=False`` is the lab's ``api="page"``: the IOVA branch not taken.
-    False with ``it.status`` set when the first mapping fails."""
+    False with ``it.status`` set when the first mapping fails (7.3.4: also when a link fails).
+    ``fail_link``: the lab's injected link error (:class:`FailNthLink`)."""
     first = rq.segments[0]
     it.pos = 1
     ctx.begin("blk_rq_dma_map_iter_start", request=rq.index, payload=rq.payload,
@@ -254,55 +341,90 @@ def blk_rq_dma_map_iter_start(ctx: ScenarioContext, rq: BlkRequest, state: DmaIo
         can = False
         why = "api='page': the IOVA branch is not taken (as when blk_can_dma_map_iova() is false)"
     else:
-        can, why = blk_can_dma_map_iova(ctx, virt_boundary_mask)
+        can, why = blk_can_dma_map_iova(ctx, virt_boundary_mask, rq)
     if can:
         ok = ctx.dma.dma_iova_try_alloc(ctx.dev, state, first[0], rq.payload)
         if ctx.fine:
             yield ctx.step(f"{why}; dma_iova_try_alloc(phys {hx(first[0])}, {hx(rq.payload)}) -> {ok}"
                            + (f", state.addr = {hx(state.addr)}" if ok else ""), request=rq.index)
         if ok:
-            yield from blk_rq_dma_map_iova(ctx, rq, state, it)
-            return True
+            return (yield from blk_rq_dma_map_iova(ctx, rq, state, it, fail_link))
     elif ctx.fine:
         yield ctx.step(f"{why}: map segment by segment", request=rq.index)
     return (yield from blk_dma_map_direct(ctx, rq, it, first))
 
 
-def blk_rq_dma_map_iova(ctx: ScenarioContext, rq: BlkRequest, state: DmaIovaState,
-                        it: BlkDmaIter) -> Generator[Step, None, None]:
-    """``blk_rq_dma_map_iova()`` (block/blk-mq-dma.c, 6.17 and 7.3.4): link every physical segment at
-    its payload offset, one ``dma_iova_sync``."""
+def blk_rq_dma_map_iova(ctx: ScenarioContext, rq: BlkRequest, state: DmaIovaState, it: BlkDmaIter,
+                        fail_link: FailNthLink | None = None) -> Generator[Step, None, bool]:
+    """``blk_rq_dma_map_iova()`` (block/blk-mq-dma.c): link every physical segment at its payload
+    offset, one ``dma_iova_sync``; True.
+
+    A link error (difference ``blk_iova_link_unwind``; injected with ``fail_link``): 6.17 breaks out
+    of the loop and returns the result of ``dma_iova_sync(0, mapped)`` - 0, so the request is handed
+    to the device as one segment over the whole reserved range, of which only ``[0, mapped)`` is
+    linked; 7.3.4 ``dma_iova_destroy(dev, state, mapped, dir, attrs)`` (unlink ``[0, mapped)`` if
+    ``mapped``, then ``dma_iova_free``), ``it.status = errno_to_blk_status(error)``, False."""
     rq.path = "IOVA (dma_iova_link per segment)"
     it.it["addr"], it.it["len"] = state.addr, dma_iova_size(state)
+    unwind = behaves(blk_kernel(ctx), "blk_iova_link_unwind")
     mapped = 0
+    error = 0
     for p, n in rq.segments:
         ctx.begin("blk_rq_dma_map_iova", request=rq.index, phys=p, offset=mapped, len=n)
+        error = fail_link() if fail_link is not None else 0
+        if error:
+            ctx.log.emit("block", "dma_iova_link", "error", error, rule=(
+                f"injected (lab fault fail_iova_link={fail_link.n}, no kernel analogue): "  # type: ignore[union-attr]
+                f"iommu_map could not allocate a page-table page, -ENOMEM; phys {hx(p)} offset {hx(mapped)}"))
+            if ctx.fine:
+                yield ctx.step(f"dma_iova_link(phys {hx(p)}, offset {hx(mapped)}, {hx(n)}) -> -ENOMEM (injected)",
+                               request=rq.index)
+            break
         ctx.dma.dma_iova_link(ctx.dev, state, p, mapped, n, rq.dir)
         mapped += n
         if ctx.fine:
             yield ctx.step(f"dma_iova_link(phys {hx(p)}, offset {hx(mapped - n)}, {hx(n)})", request=rq.index)
+    if error and unwind:
+        ctx.begin("blk_rq_dma_map_iova", request=rq.index, unwind=mapped)
+        ctx.dma.dma_iova_destroy(ctx.dev, state, mapped, rq.dir)
+        it.status = errno_to_blk_status(error)
+        rq.dma_segments = []
+        yield ctx.step(f"link error {error}: out_unlink: dma_iova_destroy(mapped {hx(mapped)}) "
+                       f"(unlink what was linked, free the IOVA); iter.status = {it.status}", request=rq.index)
+        return False
     ctx.begin("blk_rq_dma_map_iova", request=rq.index, sync=mapped)
     ctx.dma.dma_iova_sync(ctx.dev, state, 0, mapped)
     it.pos = len(rq.segments)
     rq.dma_segments = [(state.addr, dma_iova_size(state))]
+    if error:
+        rq.path = "IOVA (link error lost: tail not linked)"
+        yield ctx.step(f"link error {error} lost (6.17): dma_iova_sync(0, {hx(mapped)}) returns 0; the device "
+                       f"gets {hx(state.addr)}+{hx(dma_iova_size(state))} of which only {hx(mapped)} bytes "
+                       "are linked", request=rq.index)
+        return True
     yield ctx.step(f"{len(rq.segments)} link(s), one dma_iova_sync(0, {hx(mapped)}): the request is one DMA "
                    f"segment {hx(state.addr)}+{hx(mapped)}", request=rq.index)
+    return True
 
 
 def blk_dma_map_direct(ctx: ScenarioContext, rq: BlkRequest, it: BlkDmaIter,
                        seg: tuple[int, int]) -> Generator[Step, None, bool]:
-    """``blk_dma_map_direct()`` (block/blk-mq-dma.c, 6.17 and 7.3.4): ``dma_map_page`` of one physical
-    segment; on ``DMA_MAPPING_ERROR`` the status becomes ``BLK_STS_RESOURCE`` and the result false."""
-    rq.path = "dma-direct (phys = DMA address)" if ctx.direct else "dma_map_page per segment"
+    """``blk_dma_map_direct()`` (block/blk-mq-dma.c): ``dma_map_page`` (6.17) / ``dma_map_phys``
+    (7.3.4, difference ``blk_nvme_map_phys``) of one physical segment; on ``DMA_MAPPING_ERROR`` the
+    status becomes ``BLK_STS_RESOURCE`` and the result false. Without an IOMMU the lab's dma-direct
+    stand-in has only ``dma_map_page`` (the same mapping: phys = DMA address)."""
+    phys_api = behaves(blk_kernel(ctx), "blk_nvme_map_phys") and not ctx.direct
+    fn = "dma_map_phys" if phys_api else "dma_map_page"
+    rq.path = "dma-direct (phys = DMA address)" if ctx.direct else f"{fn} per segment"
     ctx.begin("blk_dma_map_direct", request=rq.index, phys=seg[0], len=seg[1])
-    addr = ctx.dma.dma_map_page(ctx.dev, seg[0], seg[1], rq.dir)
+    addr = (ctx.dma.dma_map_phys if phys_api else ctx.dma.dma_map_page)(ctx.dev, seg[0], seg[1], rq.dir)
     if addr == DMA_MAPPING_ERROR:
         it.status = BLK_STS_RESOURCE
         return False
     it.it["addr"], it.it["len"] = addr, seg[1]
     rq.dma_segments.append((addr, seg[1]))
     if ctx.fine:
-        yield ctx.step(f"dma_map_page(phys {hx(seg[0])}, {hx(seg[1])}) -> {hx(addr)}", request=rq.index)
+        yield ctx.step(f"{fn}(phys {hx(seg[0])}, {hx(seg[1])}) -> {hx(addr)}", request=rq.index)
     return True
 
 
@@ -318,9 +440,11 @@ def blk_rq_dma_map_iter_next(ctx: ScenarioContext, rq: BlkRequest,
 
 
 def blk_rq_dma_unmap(ctx: ScenarioContext, state: DmaIovaState, mapped_len: int, dir: int) -> str | None:
-    """``blk_rq_dma_unmap()`` (include/linux/blk-mq-dma.h, 6.17 and 7.3.4; no P2P): ``dma_iova_destroy``
-    if the request was coalesced, nothing if ``dma_need_unmap()`` is false; a description of what was
-    done, or None when the caller must unmap every DMA segment itself (the kernel's false)."""
+    """``blk_rq_dma_unmap()`` (include/linux/blk-mq-dma.h, 6.17 and 7.3.4 alike for memory; the 7.3.4
+    ``map`` argument only matters for P2P): ``dma_iova_destroy(mapped_len)`` if the request was
+    coalesced (the driver passes ``iod->total_len``), nothing if ``dma_need_unmap()`` is false; a
+    description of what was done, or None when the caller must unmap every DMA segment itself (the
+    kernel's false: ``dma_unmap_page`` per segment in 6.17, ``dma_unmap_phys`` in 7.3.4)."""
     if dma_use_iova(state):
         ctx.dma.dma_iova_destroy(ctx.dev, state, mapped_len, dir)
         return f"blk_rq_dma_unmap -> dma_iova_destroy(mapped_len {hx(mapped_len)})"

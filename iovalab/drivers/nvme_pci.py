@@ -27,6 +27,14 @@ Mapping paths (``api``):
   block layer skips the unmaps (the single-segment path still calls ``dma_unmap_page``, as the driver
   does unconditionally).
 
+Kernel versions (the domain's ``kernel``, :data:`iovalab.kernel.version.DIFFERENCES`): under 7.3.4 an
+SGL-capable I/O queue has no virt boundary (``nvme_pci_get_virt_boundary()``), so a request may carry
+seams inside a page; it is ``SGL_FORCED`` and takes the IOVA path only if ``req_phys_gap_mask(req)``
+clears the merge boundary (``blk_iova_gap_mask``); per-segment mappings are ``dma_map_phys`` /
+``dma_unmap_phys`` (``blk_nvme_map_phys``); a ``dma_iova_link`` error fails the request with
+``BLK_STS_RESOURCE`` after ``dma_iova_destroy(mapped)`` where 6.17 lost it (``blk_iova_link_unwind``;
+injected with the lab parameter ``fail_iova_link: N``, see :class:`~iovalab.drivers.blk_mq_dma.FailNthLink`).
+
 In every path a request with exactly one physical segment takes the driver's single-segment fast path
 (``nvme_pci_setup_data_simple``, 6.12: ``nvme_setup_prp_simple``/``nvme_setup_sgl_simple``): one
 ``dma_map_page`` ("dma_map_bvec"), never the IOVA API - the block layer's comment: "there is no point
@@ -59,7 +67,9 @@ from typing import Any
 from iovalab.kernel.dma_iommu import DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaIovaState, ScatterEntry, dma_use_iova
 from iovalab.kernel.device import NVME_CTRL_PAGE_SIZE
 from iovalab.kernel.units import DMA_MAPPING_ERROR, PAGE_SIZE, SZ_128K, hx
+from iovalab.kernel.version import behaves
 from iovalab.drivers.blk_mq_dma import (
+    FailNthLink, blk_kernel, req_phys_gap_mask,
     BlkDmaIter, BlkRequest, bio_vecs, blk_map_iter_segments, blk_rq_dma_map_iter_next, blk_rq_dma_map_iter_start,
     blk_rq_dma_unmap, blk_split_requests,
 )
@@ -218,9 +228,10 @@ def _fail(addr: int, what: str) -> None:
 
 
 def _blk_status(it: BlkDmaIter) -> None:
-    """``nvme_map_data`` returns ``iter.status`` when the block layer's iterator failed to map."""
+    """``nvme_map_data`` returns ``iter.status`` when the block layer's iterator failed to map
+    (a ``dma_map_page``/``dma_map_phys`` error, or in 7.3.4 a ``dma_iova_link`` error)."""
     if it.status:
-        raise NvmeError(f"dma_map_page returned DMA_MAPPING_ERROR ({it.status})")
+        raise NvmeError(f"the block layer's DMA iterator failed: iter.status = {it.status}")
 
 
 class _Nvme:
@@ -241,7 +252,13 @@ class _Nvme:
         self.sgl_supported = bool(p.get("sgl_supported", False))
         self.sgl_threshold = int_param(p, "sgl_threshold", SGL_THRESHOLD_DEFAULT)
         self.passthrough = bool(p.get("passthrough", False))
-        self.vbm = int_param(p, "virt_boundary_mask", NVME_CTRL_PAGE_SIZE - 1)
+        self.kernel = blk_kernel(ctx)
+        # 6.17 nvme_set_ctrl_limits: virt boundary NVME_CTRL_PAGE_SIZE - 1 on every queue; 7.3.4
+        # nvme_pci_get_virt_boundary(): none (0) on an SGL-capable I/O queue (difference blk_iova_gap_mask)
+        no_vb = behaves(self.kernel, "blk_iova_gap_mask") and self.sgl_supported and self.qid
+        self.vbm = int_param(p, "virt_boundary_mask", 0 if no_vb else NVME_CTRL_PAGE_SIZE - 1)
+        # lab fault injection (blk_mq_dma.FailNthLink): the N-th dma_iova_link of the run fails, -ENOMEM
+        self.fail_link = FailNthLink(p["fail_iova_link"]) if "fail_iova_link" in p else None
         self.ios = int_param(p, "ios", 1)
         if self.ios < 1:
             raise ValueError(f"ios {self.ios} must be >= 1")
@@ -258,11 +275,15 @@ class _Nvme:
         self.bvecs = bio_vecs(p, self.page_size)
 
     # ---------------------------------------------------------------- helpers
-    def nvme_pci_use_sgls(self) -> int:
+    def nvme_pci_use_sgls(self, rq: BlkRequest | None = None) -> int:
         """``nvme_pci_use_sgls(dev, req)`` (6.17): FORCED for passthrough on an SGL-capable I/O queue,
-        SUPPORTED for other I/O-queue requests there, else UNSUPPORTED (admin queue: always PRP)."""
+        SUPPORTED for other I/O-queue requests there, else UNSUPPORTED (admin queue: always PRP).
+        7.3.4 also forces SGL for a request with a seam inside the controller page
+        (``req_phys_gap_mask(req) & (NVME_CTRL_PAGE_SIZE - 1)``: PRP cannot describe it)."""
         if self.qid and self.sgl_supported:
-            return SGL_FORCED if self.passthrough else SGL_SUPPORTED
+            gap = (rq is not None and behaves(self.kernel, "blk_iova_gap_mask")
+                   and req_phys_gap_mask(rq, self.page_size) & (NVME_CTRL_PAGE_SIZE - 1))
+            return SGL_FORCED if self.passthrough or gap else SGL_SUPPORTED
         return SGL_UNSUPPORTED
 
     def requests(self, io: int) -> list[NvmeRequest]:
@@ -276,7 +297,7 @@ class _Nvme:
         """``nvme_map_data(req)``: the single-segment fast path, else the block DMA iterator (6.17) or
         the scatterlist (``api="sg"``, 6.12), then PRP or SGL."""
         ctx = self.ctx
-        rq.use_sgl = self.nvme_pci_use_sgls()
+        rq.use_sgl = self.nvme_pci_use_sgls(rq)
         if self.api != "sg":
             _hold(ctx, rq, "struct dma_iova_state (nvme_iod.dma_state)", SIZEOF["struct dma_iova_state"])
         else:
@@ -289,7 +310,8 @@ class _Nvme:
             yield from self.map_data_sg(rq)
             return
         it = BlkDmaIter()
-        if not (yield from blk_rq_dma_map_iter_start(ctx, rq, rq.state, it, self.vbm, try_iova=self.api != "page")):
+        if not (yield from blk_rq_dma_map_iter_start(ctx, rq, rq.state, it, self.vbm, try_iova=self.api != "page",
+                                                      fail_link=self.fail_link)):
             _blk_status(it)
         coalesced = dma_use_iova(rq.state)
         nseg = 1 if coalesced else rq.nr_phys_segments
@@ -458,6 +480,10 @@ class _Nvme:
         ctx = self.ctx
         dev = ctx.dev
         ctx.begin("nvme_unmap_data", request=rq.index, total_len=rq.total_len)
+        # 7.3.4 nvme_free_prps/nvme_free_sgls: dma_unmap_phys (difference blk_nvme_map_phys)
+        phys_api = behaves(self.kernel, "blk_nvme_map_phys") and not ctx.direct
+        unmap_fn = "dma_unmap_phys" if phys_api else "dma_unmap_page"
+        unmap = ctx.dma.dma_unmap_phys if phys_api else ctx.dma.dma_unmap_page
         if rq.single_segment:
             ctx.dma.dma_unmap_page(dev, rq.dma_segments[0][0], rq.total_len, rq.dir)
             what = "single segment: dma_unmap_page"
@@ -469,12 +495,12 @@ class _Nvme:
         elif rq.cmd["format"] == "SGL":
             descs = rq.cmd["descriptors"] or [rq.cmd["sgl"]]
             for d in descs:
-                ctx.dma.dma_unmap_page(dev, d["addr"], d["length"], rq.dir)
-            what = f"nvme_free_sgls: dma_unmap_page x {len(descs)}"
+                unmap(dev, d["addr"], d["length"], rq.dir)
+            what = f"nvme_free_sgls: {unmap_fn} x {len(descs)}"
         else:
             for a, n in rq.dma_vecs:
-                ctx.dma.dma_unmap_page(dev, a, n, rq.dir)
-            what = f"nvme_free_prps: dma_unmap_page x {len(rq.dma_vecs)} (iod->dma_vecs)"
+                unmap(dev, a, n, rq.dir)
+            what = f"nvme_free_prps: {unmap_fn} x {len(rq.dma_vecs)} (iod->dma_vecs)"
         for w, n in rq.held:
             ctx.bk.remove(w, n)
         rq.held.clear()

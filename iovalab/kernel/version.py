@@ -89,13 +89,31 @@ DIFFERENCES: dict[str, Difference] = {d.name: d for d in (
         "drivers/iommu/intel/trace.h: cache_tag_flush; drivers/iommu/intel/cache.c: cache_tag_flush_all()"),
     Difference(
         "blk_iova_gap_mask", "7.3",
-        "blk_rq_dma_map_iter_start takes the IOVA path when the queue's virt boundary fits the merge "
-        "boundary; a link error breaks out and the sync result overwrites it",
-        "the IOVA path is taken when !(req_phys_gap_mask(req) & dma_get_merge_boundary(dev)) (the "
-        "request's own segment gaps); a link error unwinds with dma_iova_destroy(mapped) and keeps "
-        "the error; single-segment requests map with dma_map_phys",
-        "block/blk-mq-dma.c: blk_dma_map_iter_start(), blk_can_dma_map_iova(), blk_rq_dma_map_iova(); "
-        "include/linux/blk-mq-dma.h: blk_rq_dma_unmap(); drivers/nvme/host/pci.c: nvme_map_data()"),
+        "blk_can_dma_map_iova: the IOVA path when (queue_virt_boundary + 1) & dma_get_merge_boundary is 0; "
+        "NVMe's virt boundary is NVME_CTRL_PAGE_SIZE - 1 on every queue, so a request never has gaps",
+        "blk_can_dma_map_iova: the IOVA path when req_phys_gap_mask(req) & dma_get_merge_boundary is 0 "
+        "(the request's own bio_vec seams); NVMe on an SGL-capable I/O queue has no virt boundary "
+        "(nvme_pci_get_virt_boundary: 0), and a request with a seam inside NVME_CTRL_PAGE_SIZE - 1 is "
+        "SGL_FORCED",
+        "block/blk-mq-dma.c: blk_can_dma_map_iova(); drivers/nvme/host/pci.c: "
+        "nvme_pci_get_virt_boundary(), nvme_pci_use_sgls()"),
+    Difference(
+        "blk_iova_link_unwind", "7.3",
+        "a dma_iova_link error breaks the loop; dma_iova_sync(0, mapped) then returns 0 and the request "
+        "is mapped 'successfully' over the whole reserved range with its tail not linked",
+        "a dma_iova_link error goes to out_unlink: dma_iova_destroy(mapped) (unlink [0, mapped) if "
+        "mapped, free the IOVA) and iter->status = errno_to_blk_status(error), false",
+        "block/blk-mq-dma.c: blk_rq_dma_map_iova()"),
+    Difference(
+        "blk_nvme_map_phys", "7.3",
+        "blk_dma_map_direct maps a segment with dma_map_page; nvme_free_prps/nvme_free_sgls unmap each "
+        "with dma_unmap_page",
+        "blk_dma_map_direct maps with dma_map_phys, nvme_free_prps/nvme_free_sgls unmap with "
+        "dma_unmap_phys; unchanged: a single segment is dma_map_bvec (dma_map_page_attrs -> dma_map_phys) "
+        "and dma_unmap_page, a coalesced request one dma_iova_destroy(iod->total_len) (blk_rq_dma_unmap)",
+        "block/blk-mq-dma.c: blk_dma_map_direct(); include/linux/blk-mq-dma.h: blk_rq_dma_unmap(); "
+        "drivers/nvme/host/pci.c: nvme_free_prps(), nvme_free_sgls(), nvme_unmap_data(), "
+        "nvme_pci_setup_data_simple()"),
     Difference(
         "p2pdma_map_types", "7.3",
         "no peer-to-peer path in the model",
