@@ -223,3 +223,20 @@ def test_pgsize_split_answer_has_the_second_map_pages_call_at_an_arm_table_end()
     q = make_problem("pgsize_split", dict(preset="intel-vtd", bitmap=0x40201000, iova=0x1FF4000,
                                           paddr=0x4000, size=0x14000))
     assert q.value == [(20, 0x1000)]
+
+
+def test_refused_hole_names_the_versions_code():
+    """The refusal says what the kernel of the domain's version would do: 6.17 VT-d clears past the hole
+    (intel_iommu_unmap), 7.3 stops at it (generic_pt/iommu_pt.h: __unmap_range(), 7.3.4)."""
+    from iovalab import Device, DmaDomain, DmaError, DmaIovaState
+    texts = {}
+    for kernel in ("6.17", "7.3"):
+        dom, dev, st = DmaDomain("intel-vtd", kernel=kernel), Device(), DmaIovaState()
+        dom.dma_iova_try_alloc(dev, st, 0x100000, 0x3000)
+        dom.dma_iova_link(dev, st, 0x100000, 0, 0x1000)
+        dom.dma_iova_link(dev, st, 0x300000, 0x2000, 0x1000)
+        with pytest.raises(DmaError) as e:
+            dom.dma_iova_destroy(dev, st, 0x3000)
+        texts[kernel] = str(e.value)
+    assert "never stops at a hole" in texts["6.17"]
+    assert "stops silently at the hole" in texts["7.3"]

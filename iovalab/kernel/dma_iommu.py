@@ -456,6 +456,11 @@ class DmaDomain:
                "the hole stays mapped while its IOVA is freed",
     }
 
+    #: 7.3 VT-d and AMD v1 (drivers/iommu/generic_pt/iommu_pt.h: ``__unmap_range()``, 7.3.4)
+    HOLE_BEHAVIOUR_GENERIC_PT = ("the generic page table's unmap_range stops silently at the hole, then "
+                                 "WARN_ON(unmapped != size); what follows the hole stays mapped while its IOVA "
+                                 "is freed")
+
     def check_mapped(self, func: str, iova: int, size: int, cpu: int) -> None:
         """Refuse (WARN + -EINVAL) an unmap of a range that is not fully mapped, saying what the
         driver's kernel code would do; with ``follow_kernel`` do nothing (the unmap runs as the
@@ -464,7 +469,8 @@ class DmaDomain:
             return
         a = self.first_unmapped(iova, size)
         if a is not None:
-            what = self.HOLE_BEHAVIOUR.get(self.iommu.driver, "the driver unmaps only up to the hole")
+            what = (self.HOLE_BEHAVIOUR_GENERIC_PT if self.iommu.pgtable.pt_iommu
+                    else self.HOLE_BEHAVIOUR.get(self.iommu.driver, "the driver unmaps only up to the hole"))
             self.log.warn(_L, func, EINVAL, f"IOVA {a:#x} in [{iova:#x}, {iova + size:#x}) is not "
                           f"mapped: in the kernel {what}; the simulator refuses (follow_kernel=True "
                           "follows the kernel)", cpu=cpu)
