@@ -311,7 +311,17 @@ def _per_request(kind: str) -> tuple[int, int]:
     return sg.pop(), iova.pop()
 
 
+def _x86():
+    """The real x86 VT-d + NVMe 7.3.4 capture redone by the simulator (lab.captures), cached."""
+    from iovalab.lab import captures
+    if not hasattr(_x86, "run"):
+        _x86.run = captures.run_capture(name="x86-vtd")   # type: ignore[attr-defined]
+    return _x86.run   # type: ignore[attr-defined]
+
+
 CLAIMS: list[tuple[str, str, Callable[[], Any]]] = [
+    ("12-linux-7.3-real-capture.ipynb", "All «7697» map/unmap lines come out of the simulator as the kernel wrote them",
+     lambda: (_x86().check.reproduced if _x86().check.reproduced == _x86().check.lines else -1)),
     ("09-reviewer-lab.ipynb", "a real «64K»-page kernel", lambda: _cap()[0].system.page_size),
     ("09-reviewer-lab.ipynb", "A «4 KiB» modulus explains just the buffers whose offset inside the granule is below one «4 KiB» page",
      lambda: (_offset_mod_short(),) * 2),
@@ -405,6 +415,8 @@ INPUT = "input of the example, kernel constant or definition (not a simulator ou
 HINT = "the hint value 0 passed to dma_iova_try_alloc() (an argument, not a result)"
 
 ALLOWED: list[tuple[str, str, str]] = [
+    ("12-linux-7.3-real-capture.ipynb", "Here is the first request whose range is 64 KiB", INPUT),
+    ("12-linux-7.3-real-capture.ipynb", 'runs the same 196 KiB read through the two-step API', INPUT),
     ('00-start-here.ipynb', 'Chapters 01-04 build on each other; 05-07 can be read in any order after 04; 08 needs 03-05.',
      INPUT),
     ('00-start-here.ipynb', 'Below, an NVMe read of four scattered buffers (0x5600 bytes; the first starts 0x200 bytes into its page)',

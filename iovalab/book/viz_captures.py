@@ -1,7 +1,8 @@
-"""Draw the IOVA space a real capture's workload used, at 64 KiB and at 4 KiB pages.
+"""Draw the IOVA space a real capture's workload used: at 64 KiB and at 4 KiB pages, and over time.
 
-No kernel analogue: a view over :func:`iovalab.lab.captures.iova_space` (rows of
-:class:`~iovalab.lab.captures.IovaSpace`). Pure function: rows in, matplotlib ``Figure`` out; nothing
+No kernel analogue: views over :func:`iovalab.lab.captures.iova_space` (rows of
+:class:`~iovalab.lab.captures.IovaSpace`) and :func:`iovalab.lab.captures.iova_timeline` (rows of
+:class:`~iovalab.lab.captures.TimelineRow`). Pure function: rows in, matplotlib ``Figure`` out; nothing
 is computed here except unit conversions.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PATH_ORDER", "plot_iova_space"]
+__all__ = ["PATH_ORDER", "plot_iova_space", "plot_iova_timeline"]
 
 #: the bars' stacking order (bottom to top)
 PATH_ORDER = ("dma_map_phys", "two-step", "dma_alloc", "msi doorbell")
@@ -52,6 +53,43 @@ def plot_iova_space(rows: list[Any], title: str | None = None):
     for a in (ax, ax2):
         a.spines[["top", "right"]].set_visible(False)
     fig.suptitle(title or "IOVA space of the capture's workload: 64 KiB pages (real and simulated) vs 4 KiB",
+                 fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_iova_timeline(rows: list[Any], title: str | None = None):
+    """One panel, one column per request in capture order (x): the IOVA range the kernel's map lines
+    covered, drawn as a bar from its lowest IOVA down from 4 GiB (y, KiB below 4 GiB), coloured by the
+    path that mapped it; the simulator's lowest IOVA for the same request as a black tick on it; a
+    request whose simulator lines differ from the kernel's gets a red cross (the legend counts them).
+
+    Returns the ``matplotlib.figure.Figure``.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4.6))
+    top = 1 << 32
+    for path in PATH_ORDER:
+        mine = [r for r in rows if r.path == path]
+        if not mine:
+            continue
+        ax.vlines([r.index for r in mine], [(top - r.kernel_iova - r.kernel_bytes) / 1024 for r in mine],
+                  [(top - r.kernel_iova) / 1024 for r in mine], colors=_COLOURS[path], linewidth=1.2,
+                  label=f"kernel: {path} ({len(mine)})")
+    sim = [r for r in rows if r.sim_iova is not None]
+    ax.scatter([r.index for r in sim], [(top - r.sim_iova) / 1024 for r in sim], marker="_", s=14,
+               color="black", linewidths=0.8, label=f"simulator: lowest IOVA ({len(sim)})", zorder=3)
+    bad = [r for r in rows if not r.same]
+    ax.scatter([r.index for r in bad], [(top - r.kernel_iova) / 1024 for r in bad], marker="x", s=60,
+               color="red", zorder=4, label=f"simulator differs ({len(bad)})")
+    ax.invert_yaxis()
+    ax.set_xlabel("request, in capture order")
+    ax.set_ylabel("IOVA: KiB below 4 GiB")
+    ax.set_xlim(-1, len(rows))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False, ncol=3)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.set_title(title or "IOVA space over the capture: kernel bars, simulator ticks, differences crossed",
                  fontsize=11)
     fig.tight_layout()
     return fig

@@ -1,8 +1,10 @@
-"""The real arm64 64 KiB-page capture next to the simulator, for the book (issue 16).
+"""The real Linux 7.3.4 captures next to the simulator, for the book (issues 12 and 16).
 
-Every number here comes from two sources only: the capture's own ``iommu:map`` / ``iommu:unmap`` /
-``dma_map_phys`` lines (``data/real/v734-arm64-64k-strict-smp1.trace``, Linux 7.3.4, arm64,
-``CONFIG_ARM64_64K_PAGES``, Arm SMMUv3, strict, one vCPU) and the simulator redoing each of its
+Every function takes the capture's ``name`` (a path under ``data/``, default :data:`ARM64_64K`):
+:data:`ARM64_64K` is ``data/real/v734-arm64-64k-strict-smp1.trace`` (arm64, ``CONFIG_ARM64_64K_PAGES``,
+Arm SMMUv3, strict, one vCPU); :data:`X86_VTD` is ``data/real/v734-strict-smp1.trace`` (x86_64, emulated
+Intel VT-d + NVMe, strict, one vCPU). Every number here comes from two sources only: the capture's own
+``iommu:map`` / ``iommu:unmap`` / ``dma_map_phys`` lines and the simulator redoing each of its
 requests through the path that mapped it (:func:`iovalab.trace.lines.check_lines`, which uses
 :func:`iovalab.trace.steps.reconstruct` and :func:`iovalab.trace.system.infer_system`); nothing is
 re-derived here.
@@ -16,6 +18,8 @@ re-derived here.
 * :func:`iova_space` - the IOVA space the whole workload used: the kernel at 64 KiB, the simulator at
   64 KiB, and the simulator re-running the same requests on a 4 KiB granule / 4 KiB ``PAGE_SIZE``
   domain (``smmuv3-4k``).
+* :func:`iova_timeline` / :func:`differences` - every request in capture order, kernel and simulator
+  side by side (the reviewer's view of a whole capture).
 * :func:`offset_evidence` - "PAGE_SIZE vs granule": ``iova_offset(iovad, phys)`` is
   ``phys & iova_mask(iovad)`` with ``iova_mask = iovad->granule - 1`` (include/linux/iova.h, 7.3), read
   from every ``dma_map_phys`` line of the capture.
@@ -35,11 +39,30 @@ from iovalab.trace.ftrace import FtraceCapture, parse_ftrace
 from iovalab.trace.lines import LineCheck, check_lines
 from iovalab.trace.system import SystemConfig, infer_system
 
-__all__ = ["ARM64_64K", "RequestLines", "CaptureRun", "load_capture", "run_capture", "small_read",
-           "two_step_request", "IovaSpace", "iova_space", "OffsetEvidence", "offset_evidence"]
+__all__ = ["ARM64_64K", "X86_VTD", "CAPTURES", "capture_name", "RequestLines", "CaptureRun",
+           "load_capture", "run_capture", "small_read",
+           "two_step_request", "IovaSpace", "iova_space", "TimelineRow", "iova_timeline", "differences",
+           "OffsetEvidence", "offset_evidence"]
 
-#: the bundled capture (package data)
+#: the bundled captures (package data)
 ARM64_64K = ("real", "v734-arm64-64k-strict-smp1.trace")
+X86_VTD = ("real", "v734-strict-smp1.trace")
+#: short names the book may use for them
+CAPTURES = {"arm64-64k": ARM64_64K, "x86-vtd": X86_VTD}
+
+
+def capture_name(name: str | tuple[str, ...]) -> tuple[str, ...]:
+    """``name`` as a path under ``data/``: a short name of :data:`CAPTURES`, a file name under
+    ``data/real/`` (``"v734-strict-smp1.trace"``) or a tuple of path parts; else ValueError."""
+    if isinstance(name, tuple) and name and all(isinstance(p, str) for p in name):
+        return name
+    if isinstance(name, str) and name:
+        if name in CAPTURES:
+            return CAPTURES[name]
+        if name.endswith(".trace") and "/" not in name:
+            return ("real", name)
+    raise ValueError(f"capture {name!r} is not one of {sorted(CAPTURES)}, a data/real/*.trace file name "
+                     "or a tuple of path parts under data/")
 
 
 @dataclass
@@ -54,6 +77,7 @@ class RequestLines:
     sim_unmaps: list[tuple[int, int, int]]
     dma_addr: tuple[int, int] | None = None   # (kernel, simulator), single mappings only
     event: dict | None = None                 # the closing dma:* line's fields (dma_map_phys: phys_addr, size)
+    sim_flushes: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)  # (function, start, end)
 
     @property
     def same(self) -> bool:
@@ -86,9 +110,13 @@ class CaptureRun:
     requests: list[RequestLines]
 
 
-@lru_cache(maxsize=2)
-def load_capture(name: tuple[str, ...] = ARM64_64K) -> FtraceCapture:
+def load_capture(name: str | tuple[str, ...] = ARM64_64K) -> FtraceCapture:
     """The bundled capture ``data/<name...>`` parsed (cached: the book and the tests read it often)."""
+    return _load(capture_name(name))
+
+
+@lru_cache(maxsize=4)
+def _load(name: tuple[str, ...]) -> FtraceCapture:
     return parse_ftrace(data_file(*name))
 
 
@@ -105,39 +133,46 @@ def _requests(cap: FtraceCapture, record: dict[int, dict]) -> list[RequestLines]
                     ev = dict(nxt.fields)
                     break
         out.append(RequestLines(lineno, r["path"], r["kernel_maps"], r["sim_maps"], r["kernel_unmaps"],
-                                r["sim_unmaps"], r.get("dma_addr"), ev))
+                                r["sim_unmaps"], r.get("dma_addr"), ev, r.get("sim_flushes", [])))
     return out
 
 
-def run_capture(cap: FtraceCapture | None = None, system: SystemConfig | None = None) -> CaptureRun:
-    """Redo every request of ``cap`` (default: the bundled 64 KiB capture) through the simulator with
+def run_capture(cap: FtraceCapture | None = None, system: SystemConfig | None = None,
+                name: str | tuple[str, ...] = ARM64_64K) -> CaptureRun:
+    """Redo every request of ``cap`` (default: the bundled capture ``name``) through the simulator with
     :func:`check_lines`; ``system`` (default: inferred from the capture) sets the simulated kernel."""
-    cap = cap if cap is not None else load_capture()
+    cap = cap if cap is not None else load_capture(name)
     system = system or infer_system(cap)
     record: dict[int, dict] = {}
     chk = check_lines(cap, system, record=record)
     return CaptureRun(cap, system, chk, _requests(cap, record))
 
 
-@lru_cache(maxsize=1)
-def _default_run() -> CaptureRun:
-    return run_capture()
+def _default_run(name: str | tuple[str, ...] = ARM64_64K) -> CaptureRun:
+    return _run_of(capture_name(name))
 
 
-def small_read(run: CaptureRun | None = None, size: int = SZ_4K) -> RequestLines:
+@lru_cache(maxsize=2)
+def _run_of(name: tuple[str, ...]) -> CaptureRun:
+    return run_capture(name=name)
+
+
+def small_read(run: CaptureRun | None = None, size: int = SZ_4K,
+               name: str | tuple[str, ...] = ARM64_64K) -> RequestLines:
     """The first ``dma_map_phys`` request of ``size`` bytes whose buffer starts neither on a granule
-    nor on a 4 KiB boundary (the README's ``dma_addr=fff83610 size=4096``)."""
-    run = run or _default_run()
+    nor on a 4 KiB boundary (in the arm64 capture: the README's ``dma_addr=fff83610 size=4096``)."""
+    run = run or _default_run(name)
     for r in run.requests:
         if r.path == "dma_map_phys" and r.event and r.event["size"] == size and r.event["dma_addr"] % SZ_4K:
             return r
     raise ValueError(f"no dma_map_phys request of {size} bytes at an offset inside a granule")
 
 
-def two_step_request(run: CaptureRun | None = None, size: int = 0x40000) -> RequestLines:
-    """The first two-step request whose IOVA range (the unmap) is ``size`` bytes (default 256 KiB: the
-    196 KiB read, four 64 KiB links)."""
-    run = run or _default_run()
+def two_step_request(run: CaptureRun | None = None, size: int = 0x40000,
+                     name: str | tuple[str, ...] = ARM64_64K) -> RequestLines:
+    """The first two-step request whose IOVA range (the unmap) is ``size`` bytes (default 256 KiB: in
+    the arm64 capture the 196 KiB read, four 64 KiB links)."""
+    run = run or _default_run(name)
     for r in run.requests:
         if r.path == "two-step" and r.kernel_unmaps and r.kernel_unmaps[0][1] == size:
             return r
@@ -185,17 +220,53 @@ def _space(who: str, granule: int, reqs: list[RequestLines], sim: bool) -> IovaS
     return IovaSpace(who, granule, n, total, len(pages), low, largest, by_path)
 
 
-def iova_space(run: CaptureRun | None = None, run_4k: CaptureRun | None = None) -> list[IovaSpace]:
+def iova_space(run: CaptureRun | None = None, run_4k: CaptureRun | None = None,
+               name: str | tuple[str, ...] = ARM64_64K) -> list[IovaSpace]:
     """Three rows: the kernel's map lines (64 KiB granule), the simulator's at 64 KiB, and the
     simulator re-running the capture's requests on ``smmuv3-4k`` with a 4 KiB ``PAGE_SIZE``
     (single mappings of ``phys_addr, size``; two-step requests of the traced links, which on this
-    kernel are whole 64 KiB pages of data; coherent buffers and the doorbell of their traced extent)."""
-    run = run or _default_run()
+    kernel are whole 64 KiB pages of data; coherent buffers and the doorbell of their traced extent).
+    The rows are named after the capture's own granule; on a 4 KiB capture the third row repeats it."""
+    run = run or _default_run(name)
     run_4k = run_4k or run_capture(run.capture, dataclasses.replace(run.system, iommu="smmuv3-4k",
                                                                   granule=SZ_4K, page_size=SZ_4K))
-    return [_space("kernel, 64 KiB pages", run.system.granule, run.requests, False),
-            _space("simulator, 64 KiB pages", run.system.granule, run.requests, True),
+    kib = f"{run.system.granule // 1024} KiB pages"
+    return [_space(f"kernel, {kib}", run.system.granule, run.requests, False),
+            _space(f"simulator, {kib}", run.system.granule, run.requests, True),
             _space("simulator, 4 KiB pages", run_4k.system.granule, run_4k.requests, True)]
+
+
+@dataclass(frozen=True)
+class TimelineRow:
+    """One request of a capture, in capture order: where the kernel and the simulator put it."""
+
+    index: int                 # its place among the capture's requests (0 = first)
+    lineno: int                # its first map line
+    path: str
+    kernel_iova: int           # lowest IOVA of its map lines
+    kernel_bytes: int          # sum of its map lines' sizes
+    sim_iova: int | None       # the same for the simulator (None: it mapped nothing)
+    sim_bytes: int
+    same: bool                 # every map, unmap and dma_addr line equal (RequestLines.same)
+
+
+def iova_timeline(run: CaptureRun | None = None, name: str | tuple[str, ...] = ARM64_64K) -> list[TimelineRow]:
+    """Every request of the capture in order, kernel and simulator side by side: the reviewer's view of
+    the IOVA space over time."""
+    run = run or _default_run(name)
+    out = []
+    for i, r in enumerate(run.requests):
+        out.append(TimelineRow(i, r.lineno, r.path, min(m[0] for m in r.kernel_maps),
+                               sum(m[2] for m in r.kernel_maps),
+                               min((m[0] for m in r.sim_maps), default=None), sum(m[2] for m in r.sim_maps),
+                               r.same))
+    return out
+
+
+def differences(run: CaptureRun | None = None, name: str | tuple[str, ...] = ARM64_64K) -> list[RequestLines]:
+    """The requests whose simulator lines differ from the kernel's (empty when every line is reproduced)."""
+    run = run or _default_run(name)
+    return [r for r in run.requests if not r.same]
 
 
 @dataclass
@@ -214,12 +285,12 @@ class OffsetEvidence:
                 for m, k in self.offset_mod.items()]
 
 
-def offset_evidence(run: CaptureRun | None = None, moduli: tuple[int, ...] = (0x1000, 0x4000, 0x10000)
-                    ) -> OffsetEvidence:
+def offset_evidence(run: CaptureRun | None = None, moduli: tuple[int, ...] = (0x1000, 0x4000, 0x10000),
+                    name: str | tuple[str, ...] = ARM64_64K) -> OffsetEvidence:
     """Which modulus the kernel's DMA-address offset follows: for every ``dma_map_phys`` request, is
     ``dma_addr == first map iova + phys_addr % m``? ``iova_offset()`` (include/linux/iova.h, 7.3) says
     ``m`` = the IOVA granule."""
-    run = run or _default_run()
+    run = run or _default_run(name)
     singles = [r for r in run.requests if r.path == "dma_map_phys" and r.event]
     counts = {m: sum(1 for r in singles if r.event is not None and
                      r.event["dma_addr"] == r.kernel_maps[0][0] + r.event["phys_addr"] % m) for m in moduli}

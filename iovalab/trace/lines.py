@@ -127,6 +127,13 @@ def _sg_entries(phys: list[int], maps: list[TraceLine], granule: int) -> list[Sc
     return ents if all(e.length > 0 for e in ents) else None
 
 
+def _flushes(events) -> list[tuple[str, int, int]]:
+    """The IOTLB invalidations among ``events``: (function, start, end) - ``iommu_iotlb_sync`` of a
+    range, ``iommu_flush_iotlb_all`` of the domain (drivers/iommu/iommu.c, 6.17 and 7.3.4)."""
+    return [(e.func, e.args.get("start", 0), e.args.get("end", 0)) for e in events
+            if e.kind == "iotlb_invalidations"]
+
+
 def check_lines(cap: FtraceCapture, system: SystemConfig | None = None, *, cpus: int | None = None,
                 strict: bool = True, reorders: dict[int, int] | None = None,
                 record: dict[int, dict] | None = None) -> LineCheck:
@@ -134,7 +141,8 @@ def check_lines(cap: FtraceCapture, system: SystemConfig | None = None, *, cpus:
     ``unmap`` lines (module doc). ``reorders``: ``{allocation line: k}`` from the allocation replay,
     the ``k`` frees just before that allocation done after it. ``record``: a dict filled with one
     entry per request, keyed by its first map line: ``path``, the kernel's and the simulator's
-    ``maps`` (iova, paddr, size) and ``unmaps`` (iova, size, unmapped_size), and ``dma_addr``
+    ``maps`` (iova, paddr, size) and ``unmaps`` (iova, size, unmapped_size), the simulator's IOTLB
+    flushes while mapping and unmapping it (``sim_flushes``: function, start, end), and ``dma_addr``
     (kernel, simulator) when the path returns one."""
     system = system or infer_system(cap)
     g = system.granule
@@ -206,11 +214,12 @@ def check_lines(cap: FtraceCapture, system: SystemConfig | None = None, *, cpus:
         sim = [(e.args["iova"], e.args["paddr"], e.args["size"]) for e in log.since(mark)
                if e.kind == "iommu_map_calls"]
         compare(path, maps, ("iova", "paddr", "size"), sim)
+        flushes = _flushes(log.since(mark))
         log.clear()
         if record is not None:
             entry = {"path": path, "kernel_maps": [(m.fields["iova"], m.fields["paddr"], m.fields["size"])
                                                    for m in maps],
-                     "sim_maps": sim, "kernel_unmaps": [], "sim_unmaps": [], **cur}
+                     "sim_maps": sim, "kernel_unmaps": [], "sim_unmaps": [], "sim_flushes": flushes, **cur}
             record[a.lineno] = entry
             rec_by_base[a.base] = entry
         if a.freed_at is not None:
@@ -280,11 +289,13 @@ def check_lines(cap: FtraceCapture, system: SystemConfig | None = None, *, cpus:
         sim = [(e.args["iova"], e.args["size"], e.args["unmapped_size"]) for e in log.since(mark)
                if e.kind == "iommu_unmap"]
         compare(path, [ln], ("iova", "size", "unmapped_size"), sim)
+        flushes = _flushes(log.since(mark))
         log.clear()
         entry = rec_by_base.pop(ln.fields["iova"], None)
         if entry is not None:
             entry["kernel_unmaps"].append((ln.fields["iova"], ln.fields["size"], ln.fields["unmapped_size"]))
             entry["sim_unmaps"].extend(sim)
+            entry["sim_flushes"].extend(flushes)
 
     for ln in cap.lines:
         ev = ln.event
