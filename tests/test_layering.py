@@ -23,7 +23,7 @@ RANK = {
     "kernel.pgtable.io_pgtable": 0.8, "kernel.pgtable": 0.9,
     "kernel.iommu": 2, "kernel.device": 2,
     "kernel.swiotlb": 3,
-    "kernel.dma_debug": 3.2, "kernel.dma_iova": 3.5,
+    "kernel.dma_debug": 3.2, "kernel.dma_iova": 3.5, "kernel.p2pdma": 1.5,
     "kernel.dma_iommu": 4,
     "drivers.common": 5, "drivers.blk_mq_dma": 5.3, "drivers.nvme_pci": 5.5, "drivers.hmm": 5.5,
     "drivers.vfio_mlx5": 5.5, "drivers": 5.8,

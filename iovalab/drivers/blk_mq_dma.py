@@ -37,7 +37,14 @@ a ``dma_iova_link()`` error is injected with :class:`FailNthLink` (the NVMe pres
 state, as ``iommu_map()`` does when a page-table page cannot be allocated (it unmaps what it mapped
 of that call before returning). One ``error`` event records the injection.
 
-Model limits: no P2P (``blk_dma_map_bus``), no integrity iterator, no bounce of the ``sg`` path
+Peer-to-peer (7.3.4, :mod:`iovalab.kernel.p2pdma`): ``blk_dma_map_iter_start()`` decides the request's
+``pci_p2pdma_state`` from its first physical segment alone (``iter->p2pdma``): BUS_ADDR maps every
+segment with ``blk_dma_map_bus()`` (bus address, no IOMMU, nothing to unmap); THRU_HOST_BRIDGE takes the
+ordinary IOVA or direct path with ``DMA_ATTR_MMIO`` (``dma_iova_link`` / ``dma_map_phys``, ``IOMMU_MMIO``
+in the PTE); NOT_SUPPORTED fails the request with ``BLK_STS_INVAL``. ``blk_rq_dma_unmap()`` takes the map
+type: nothing for BUS_ADDR, ``dma_iova_destroy(..., DMA_ATTR_MMIO)`` for THRU_HOST_BRIDGE.
+
+Model limits: no integrity iterator, no bounce of the ``sg`` path
 (``blk_rq_map_sg`` lives with the 6.12 driver path in :mod:`iovalab.drivers.nvme_pci`).
 """
 
@@ -46,24 +53,29 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
-from iovalab.kernel.dma_iommu import DmaIovaState, dma_iova_size, dma_use_iova
+from iovalab.kernel.dma_iommu import DMA_ATTR_MMIO, DmaIovaState, dma_iova_size, dma_use_iova
+from iovalab.kernel.p2pdma import (
+    MAP_TYPE_NAMES, PCI_P2PDMA_MAP_BUS_ADDR, PCI_P2PDMA_MAP_NONE, PCI_P2PDMA_MAP_THRU_HOST_BRIDGE, PciP2pdmaMapState,
+    pci_p2pdma_bus_addr_map, pci_p2pdma_state,
+)
 from iovalab.kernel.device import NVME_CTRL_PAGE_SIZE
 from iovalab.kernel.units import DMA_MAPPING_ERROR, ENOMEM, PAGE_SIZE, hx
 from iovalab.kernel.version import DEFAULT_KERNEL, behaves, check_kernel
 from iovalab.drivers.common import PARAM_BOUNDS, ScenarioContext, Step, int_param
 
 __all__ = [
-    "UINT_MAX", "BLK_STS_OK", "BLK_STS_RESOURCE", "BlkRequest", "BlkDmaIter", "bio_vecs",
+    "UINT_MAX", "BLK_STS_OK", "BLK_STS_RESOURCE", "BLK_STS_INVAL", "BlkRequest", "BlkDmaIter", "bio_vecs",
     "get_max_segment_size", "biovec_phys_mergeable", "blk_map_iter_segments", "blk_split_requests",
     "blk_can_dma_map_iova", "blk_rq_dma_map_iter_start", "blk_rq_dma_map_iova", "blk_dma_map_direct",
     "blk_rq_dma_map_iter_next", "blk_rq_dma_unmap", "blk_kernel", "req_phys_gap_mask", "FailNthLink",
-    "errno_to_blk_status", "U64_MAX",
+    "errno_to_blk_status", "U64_MAX", "blk_dma_map_bus",
 ]
 
 UINT_MAX = 0xFFFFFFFF
 BLK_STS_OK = ""
 BLK_STS_RESOURCE = "BLK_STS_RESOURCE"
 BLK_STS_IOERR = "BLK_STS_IOERR"
+BLK_STS_INVAL = "BLK_STS_INVAL"
 U64_MAX = (1 << 64) - 1
 
 
@@ -276,12 +288,18 @@ class BlkRequest:
 
 class BlkDmaIter:
     """``struct blk_dma_iter`` (include/linux/blk-mq-dma.h, 6.17): ``addr``, ``len``, ``status`` and the
-    cursor over the request's physical segments (for the 6.12 ``sg`` path: over the mapped DMA segments)."""
+    cursor over the request's physical segments (for the 6.12 ``sg`` path: over the mapped DMA segments);
+    7.3.4 adds ``p2pdma`` (a ``struct pci_p2pdma_map_state``)."""
 
     def __init__(self) -> None:
         self.it = {"addr": 0, "len": 0}
         self.pos = 0
         self.status = BLK_STS_OK
+        self.p2pdma = PciP2pdmaMapState(map=PCI_P2PDMA_MAP_NONE)
+
+    def mmio_attrs(self) -> int:
+        """``DMA_ATTR_MMIO`` when ``iter->p2pdma.map == PCI_P2PDMA_MAP_THRU_HOST_BRIDGE`` (7.3.4), else 0."""
+        return DMA_ATTR_MMIO if self.p2pdma.map == PCI_P2PDMA_MAP_THRU_HOST_BRIDGE else 0
 
 
 def req_phys_gap_mask(rq: BlkRequest, page_size: int = PAGE_SIZE) -> int:
@@ -337,6 +355,18 @@ def blk_rq_dma_map_iter_start(ctx: ScenarioContext, rq: BlkRequest, state: DmaIo
     it.pos = 1
     ctx.begin("blk_rq_dma_map_iter_start", request=rq.index, payload=rq.payload,
               nr_phys_segments=rq.nr_phys_segments)
+    # 7.3.4 blk_dma_map_iter_start(): the P2P state of the whole request from its first segment
+    it.p2pdma = PciP2pdmaMapState(map=PCI_P2PDMA_MAP_NONE)
+    p2p = pci_p2pdma_state(it.p2pdma, ctx.p2pdma, ctx.dev.name, first[0], ctx.dev.is_pci)
+    if p2p == PCI_P2PDMA_MAP_BUS_ADDR:
+        return (yield from blk_dma_map_bus(ctx, rq, it, first))
+    if p2p not in (PCI_P2PDMA_MAP_NONE, PCI_P2PDMA_MAP_THRU_HOST_BRIDGE):
+        it.status = BLK_STS_INVAL
+        rq.path = f"P2P {MAP_TYPE_NAMES[p2p]}: BLK_STS_INVAL"
+        if ctx.fine:
+            yield ctx.step(f"pci_p2pdma_state(phys {hx(first[0])}) = {MAP_TYPE_NAMES[p2p]}: BLK_STS_INVAL",
+                           request=rq.index)
+        return False
     if not try_iova:
         can = False
         why = "api='page': the IOVA branch is not taken (as when blk_can_dma_map_iova() is false)"
@@ -364,7 +394,8 @@ def blk_rq_dma_map_iova(ctx: ScenarioContext, rq: BlkRequest, state: DmaIovaStat
     to the device as one segment over the whole reserved range, of which only ``[0, mapped)`` is
     linked; 7.3.4 ``dma_iova_destroy(dev, state, mapped, dir, attrs)`` (unlink ``[0, mapped)`` if
     ``mapped``, then ``dma_iova_free``), ``it.status = errno_to_blk_status(error)``, False."""
-    rq.path = "IOVA (dma_iova_link per segment)"
+    attrs = it.mmio_attrs()   # 7.3.4: DMA_ATTR_MMIO for P2P through the host bridge
+    rq.path = "IOVA (dma_iova_link per segment)" + (", DMA_ATTR_MMIO (P2P through the host bridge)" if attrs else "")
     it.it["addr"], it.it["len"] = state.addr, dma_iova_size(state)
     unwind = behaves(blk_kernel(ctx), "blk_iova_link_unwind")
     mapped = 0
@@ -380,13 +411,13 @@ def blk_rq_dma_map_iova(ctx: ScenarioContext, rq: BlkRequest, state: DmaIovaStat
                 yield ctx.step(f"dma_iova_link(phys {hx(p)}, offset {hx(mapped)}, {hx(n)}) -> -ENOMEM (injected)",
                                request=rq.index)
             break
-        ctx.dma.dma_iova_link(ctx.dev, state, p, mapped, n, rq.dir)
+        ctx.dma.dma_iova_link(ctx.dev, state, p, mapped, n, rq.dir, attrs)
         mapped += n
         if ctx.fine:
             yield ctx.step(f"dma_iova_link(phys {hx(p)}, offset {hx(mapped - n)}, {hx(n)})", request=rq.index)
     if error and unwind:
         ctx.begin("blk_rq_dma_map_iova", request=rq.index, unwind=mapped)
-        ctx.dma.dma_iova_destroy(ctx.dev, state, mapped, rq.dir)
+        ctx.dma.dma_iova_destroy(ctx.dev, state, mapped, rq.dir, attrs)
         it.status = errno_to_blk_status(error)
         rq.dma_segments = []
         yield ctx.step(f"link error {error}: out_unlink: dma_iova_destroy(mapped {hx(mapped)}) "
@@ -410,14 +441,18 @@ def blk_rq_dma_map_iova(ctx: ScenarioContext, rq: BlkRequest, state: DmaIovaStat
 def blk_dma_map_direct(ctx: ScenarioContext, rq: BlkRequest, it: BlkDmaIter,
                        seg: tuple[int, int]) -> Generator[Step, None, bool]:
     """``blk_dma_map_direct()`` (block/blk-mq-dma.c): ``dma_map_page`` (6.17) / ``dma_map_phys``
-    (7.3.4, difference ``blk_nvme_map_phys``) of one physical segment; on ``DMA_MAPPING_ERROR`` the
-    status becomes ``BLK_STS_RESOURCE`` and the result false. Without an IOMMU the lab's dma-direct
-    stand-in has only ``dma_map_page`` (the same mapping: phys = DMA address)."""
+    (7.3.4, difference ``blk_nvme_map_phys``) of one physical segment, with ``DMA_ATTR_MMIO`` for P2P
+    through the host bridge (7.3.4); on ``DMA_MAPPING_ERROR`` the status becomes ``BLK_STS_RESOURCE`` and
+    the result false. Without an IOMMU the lab's dma-direct stand-in has only ``dma_map_page`` (the same
+    mapping: phys = DMA address)."""
+    attrs = it.mmio_attrs()
     phys_api = behaves(blk_kernel(ctx), "blk_nvme_map_phys") and not ctx.direct
     fn = "dma_map_phys" if phys_api else "dma_map_page"
     rq.path = "dma-direct (phys = DMA address)" if ctx.direct else f"{fn} per segment"
+    if attrs:
+        rq.path += ", DMA_ATTR_MMIO (P2P through the host bridge)"
     ctx.begin("blk_dma_map_direct", request=rq.index, phys=seg[0], len=seg[1])
-    addr = (ctx.dma.dma_map_phys if phys_api else ctx.dma.dma_map_page)(ctx.dev, seg[0], seg[1], rq.dir)
+    addr = (ctx.dma.dma_map_phys if phys_api else ctx.dma.dma_map_page)(ctx.dev, seg[0], seg[1], rq.dir, attrs)
     if addr == DMA_MAPPING_ERROR:
         it.status = BLK_STS_RESOURCE
         return False
@@ -436,18 +471,43 @@ def blk_rq_dma_map_iter_next(ctx: ScenarioContext, rq: BlkRequest,
         return False
     seg = rq.segments[it.pos]
     it.pos += 1
+    if it.p2pdma.map == PCI_P2PDMA_MAP_BUS_ADDR:
+        return (yield from blk_dma_map_bus(ctx, rq, it, seg))
     return (yield from blk_dma_map_direct(ctx, rq, it, seg))
 
 
-def blk_rq_dma_unmap(ctx: ScenarioContext, state: DmaIovaState, mapped_len: int, dir: int) -> str | None:
-    """``blk_rq_dma_unmap()`` (include/linux/blk-mq-dma.h, 6.17 and 7.3.4 alike for memory; the 7.3.4
-    ``map`` argument only matters for P2P): ``dma_iova_destroy(mapped_len)`` if the request was
-    coalesced (the driver passes ``iod->total_len``), nothing if ``dma_need_unmap()`` is false; a
-    description of what was done, or None when the caller must unmap every DMA segment itself (the
-    kernel's false: ``dma_unmap_page`` per segment in 6.17, ``dma_unmap_phys`` in 7.3.4)."""
+def blk_dma_map_bus(ctx: ScenarioContext, rq: BlkRequest, it: BlkDmaIter,
+                    seg: tuple[int, int]) -> Generator[Step, None, bool]:
+    """``blk_dma_map_bus()`` (block/blk-mq-dma.c, 7.3.4): a P2P segment between devices below one
+    switch; the DMA address is the bus address ``pci_p2pdma_bus_addr_map(mem, paddr)``, nothing is mapped
+    in the IOMMU (no IOVA, no ``iommu_map``, no trace event) and nothing will be unmapped."""
+    assert it.p2pdma.mem is not None
+    addr = pci_p2pdma_bus_addr_map(it.p2pdma.mem, seg[0])
+    rq.path = "P2P bus address (blk_dma_map_bus, no IOMMU mapping)"
+    ctx.begin("blk_dma_map_bus", request=rq.index, phys=seg[0], len=seg[1])
+    it.it["addr"], it.it["len"] = addr, seg[1]
+    rq.dma_segments.append((addr, seg[1]))
+    if ctx.fine:
+        yield ctx.step(f"P2P page of {it.p2pdma.mem.owner} ({MAP_TYPE_NAMES[it.p2pdma.map]}): bus address "
+                       f"{hx(seg[0])} + bus_offset {hx(it.p2pdma.mem.bus_offset)} = {hx(addr)}", request=rq.index)
+    return True
+
+
+def blk_rq_dma_unmap(ctx: ScenarioContext, state: DmaIovaState, mapped_len: int, dir: int,
+                     map: int = PCI_P2PDMA_MAP_NONE) -> str | None:
+    """``blk_rq_dma_unmap()`` (include/linux/blk-mq-dma.h, 6.17 and 7.3.4, whose ``map`` argument is the
+    request's P2P map type): nothing for ``PCI_P2PDMA_MAP_BUS_ADDR``; ``dma_iova_destroy`` if the request
+    was coalesced (with ``DMA_ATTR_MMIO`` for THRU_HOST_BRIDGE), nothing if ``dma_need_unmap()`` is false;
+    a description of what was done, or None when the caller must unmap every DMA segment itself (the
+    kernel's false: ``dma_unmap_page`` per segment in 6.17, ``dma_unmap_phys`` in 7.3.4). For memory
+    (``map`` NONE) 6.17 and 7.3.4 do the same."""
+    if map == PCI_P2PDMA_MAP_BUS_ADDR:
+        return "blk_rq_dma_unmap: P2P bus addresses (PCI_P2PDMA_MAP_BUS_ADDR): nothing to unmap"
     if dma_use_iova(state):
-        ctx.dma.dma_iova_destroy(ctx.dev, state, mapped_len, dir)
-        return f"blk_rq_dma_unmap -> dma_iova_destroy(mapped_len {hx(mapped_len)})"
+        attrs = DMA_ATTR_MMIO if map == PCI_P2PDMA_MAP_THRU_HOST_BRIDGE else 0
+        ctx.dma.dma_iova_destroy(ctx.dev, state, mapped_len, dir, attrs)
+        return f"blk_rq_dma_unmap -> dma_iova_destroy(mapped_len {hx(mapped_len)}" + (
+            ", DMA_ATTR_MMIO)" if attrs else ")")
     if not ctx.dma_need_unmap():
         return "blk_rq_dma_unmap: dma_need_unmap() is false (dma-direct, coherent): nothing to unmap"
     return None

@@ -56,6 +56,8 @@ from typing import Any
 from iovalab.kernel.device import Device
 from iovalab.kernel.dma_iommu import DMA_BIDIRECTIONAL, DmaDomain, DmaIovaState
 from iovalab.kernel.events import Counters, EventLog
+from iovalab.kernel.p2pdma import p2pdma_from_params
+from iovalab.kernel.version import behaves
 from iovalab.kernel.units import DMA_MAPPING_ERROR, parse_int
 
 __all__ = [
@@ -341,6 +343,11 @@ class ScenarioContext:
             self.domain = make_domain(preset.get("iommu"), strict=strict, keep_events=keep_events)
             self.log = self.domain.log
             self.dma = self.domain
+        #: the P2P pages of the machine (``p2p`` parameter; :mod:`iovalab.kernel.p2pdma`, modelled from 7.3.4)
+        self.p2pdma = p2pdma_from_params(self.params.get("p2p"))
+        if self.p2pdma and self.domain is not None and not behaves(self.domain.kernel, "dma_map_phys"):
+            raise ValueError(f"scenario parameter 'p2p' needs kernel '7.3' (peer-to-peer DMA is modelled from "
+                             f"Linux 7.3.4 drivers/pci/p2pdma.c), not {self.domain.kernel!r}")
         self.bk = Bookkeeping()
         self.notes: list[str] = []
         self.extra: dict = {}

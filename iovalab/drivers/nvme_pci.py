@@ -64,12 +64,15 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from iovalab.kernel.dma_iommu import DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaIovaState, ScatterEntry, dma_use_iova
+from iovalab.kernel.dma_iommu import (
+    DMA_ATTR_MMIO, DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaIovaState, ScatterEntry, dma_use_iova,
+)
+from iovalab.kernel.p2pdma import PCI_P2PDMA_MAP_BUS_ADDR, PCI_P2PDMA_MAP_NONE, PCI_P2PDMA_MAP_THRU_HOST_BRIDGE
 from iovalab.kernel.device import NVME_CTRL_PAGE_SIZE
 from iovalab.kernel.units import DMA_MAPPING_ERROR, PAGE_SIZE, SZ_128K, hx
 from iovalab.kernel.version import behaves
 from iovalab.drivers.blk_mq_dma import (
-    FailNthLink, blk_kernel, req_phys_gap_mask,
+    BLK_STS_INVAL, FailNthLink, blk_kernel, req_phys_gap_mask,
     BlkDmaIter, BlkRequest, bio_vecs, blk_map_iter_segments, blk_rq_dma_map_iter_next, blk_rq_dma_map_iter_start,
     blk_rq_dma_unmap, blk_split_requests,
 )
@@ -215,6 +218,7 @@ class NvmeRequest(BlkRequest):
     cmd: dict = field(default_factory=dict)
     total_len: int = 0                     # iod->total_len
     held: list[tuple[str, int]] = field(default_factory=list)  # bookkeeping to release at completion
+    p2p_map: int = PCI_P2PDMA_MAP_NONE     # 7.3.4 IOD_DATA_P2P (BUS_ADDR) / IOD_DATA_MMIO (THRU_HOST_BRIDGE)
 
 
 def _hold(ctx: ScenarioContext, rq: NvmeRequest, what: str, nbytes: int) -> None:
@@ -230,6 +234,9 @@ def _fail(addr: int, what: str) -> None:
 def _blk_status(it: BlkDmaIter) -> None:
     """``nvme_map_data`` returns ``iter.status`` when the block layer's iterator failed to map
     (a ``dma_map_page``/``dma_map_phys`` error, or in 7.3.4 a ``dma_iova_link`` error)."""
+    if it.status == BLK_STS_INVAL:
+        raise NvmeError("pci_p2pdma_state: PCI_P2PDMA_MAP_NOT_SUPPORTED between the P2P provider and the "
+                        "controller (BLK_STS_INVAL)")
     if it.status:
         raise NvmeError(f"the block layer's DMA iterator failed: iter.status = {it.status}")
 
@@ -273,6 +280,9 @@ class _Nvme:
         self.max_segs = min(NVME_MAX_SEGS_PRE_6_17 if self.api == "sg" else NVME_MAX_SEGS,
                             nvme_max_drv_segments(self.max_bytes))
         self.bvecs = bio_vecs(p, self.page_size)
+        if ctx.p2pdma and self.api == "sg":
+            raise ValueError("scenario parameter 'p2p' needs the 7.3 block-layer iterator (api 'iova', 'page' or "
+                             "'direct'); the 6.12 scatterlist path's P2P is not modelled")
 
     # ---------------------------------------------------------------- helpers
     def nvme_pci_use_sgls(self, rq: BlkRequest | None = None) -> int:
@@ -313,6 +323,7 @@ class _Nvme:
         if not (yield from blk_rq_dma_map_iter_start(ctx, rq, rq.state, it, self.vbm, try_iova=self.api != "page",
                                                       fail_link=self.fail_link)):
             _blk_status(it)
+        rq.p2p_map = it.p2pdma.map   # 7.3.4 nvme_map_data: IOD_DATA_P2P / IOD_DATA_MMIO
         coalesced = dma_use_iova(rq.state)
         nseg = 1 if coalesced else rq.nr_phys_segments
         avg = -(-rq.payload // nseg)
@@ -338,6 +349,8 @@ class _Nvme:
             else:
                 use = "sgl" if rq.use_sgl == SGL_FORCED or not prp_possible else "prp"
         if use is None:
+            return False
+        if ctx.p2pdma.provider_of(phys) is not None:   # 7.3.4: is_pci_p2pdma_page(bv.bv_page) -> BLK_STS_AGAIN
             return False
         ctx.begin("nvme_pci_setup_data_simple" if self.api != "sg" else f"nvme_setup_{use}_simple",
                   request=rq.index, phys=phys, len=n)
@@ -368,7 +381,7 @@ class _Nvme:
         if not (yield from blk_rq_dma_map_iter_next(self.ctx, rq, it)):
             _blk_status(it)
             return False
-        if not dma_use_iova(rq.state) and self.ctx.dma_need_unmap():
+        if not dma_use_iova(rq.state) and self.ctx.dma_need_unmap() and rq.p2p_map != PCI_P2PDMA_MAP_BUS_ADDR:
             rq.dma_vecs.append((it.it["addr"], it.it["len"]))
             _hold(self.ctx, rq, "struct nvme_dma_vec (iod->dma_vecs)", SIZEOF["struct nvme_dma_vec"])
         return True
@@ -377,7 +390,7 @@ class _Nvme:
         """``nvme_pci_setup_data_prp()``: PRP1 (may be unaligned), PRP2 = data pointer or list."""
         ctx = self.ctx
         ctx.begin("nvme_pci_setup_data_prp", request=rq.index, payload=rq.payload, avg_seg_size=avg)
-        if not dma_use_iova(rq.state) and ctx.dma_need_unmap():
+        if not dma_use_iova(rq.state) and ctx.dma_need_unmap() and rq.p2p_map != PCI_P2PDMA_MAP_BUS_ADDR:
             rq.dma_vecs = [(it.it["addr"], it.it["len"])]
             _hold(ctx, rq, "struct nvme_dma_vec (iod->dma_vecs)", SIZEOF["struct nvme_dma_vec"])
         out = yield from _prp_walk(it.it, rq.payload, lambda: self.nvme_pci_prp_iter_next(rq, it))
@@ -484,22 +497,24 @@ class _Nvme:
         phys_api = behaves(self.kernel, "blk_nvme_map_phys") and not ctx.direct
         unmap_fn = "dma_unmap_phys" if phys_api else "dma_unmap_page"
         unmap = ctx.dma.dma_unmap_phys if phys_api else ctx.dma.dma_unmap_page
+        # 7.3.4 IOD_DATA_MMIO: P2P through the host bridge is unmapped with DMA_ATTR_MMIO
+        attrs = DMA_ATTR_MMIO if phys_api and rq.p2p_map == PCI_P2PDMA_MAP_THRU_HOST_BRIDGE else 0
         if rq.single_segment:
             ctx.dma.dma_unmap_page(dev, rq.dma_segments[0][0], rq.total_len, rq.dir)
             what = "single segment: dma_unmap_page"
         elif self.api == "sg":
             ctx.dma.dma_unmap_sg(dev, rq.sgl, rq.dir)
             what = "dma_unmap_sgtable: one unmap of the list's IOVA"
-        elif (done := blk_rq_dma_unmap(ctx, rq.state, rq.total_len, rq.dir)) is not None:
+        elif (done := blk_rq_dma_unmap(ctx, rq.state, rq.total_len, rq.dir, rq.p2p_map)) is not None:
             what = done
         elif rq.cmd["format"] == "SGL":
             descs = rq.cmd["descriptors"] or [rq.cmd["sgl"]]
             for d in descs:
-                unmap(dev, d["addr"], d["length"], rq.dir)
+                unmap(dev, d["addr"], d["length"], rq.dir, attrs)
             what = f"nvme_free_sgls: {unmap_fn} x {len(descs)}"
         else:
             for a, n in rq.dma_vecs:
-                unmap(dev, a, n, rq.dir)
+                unmap(dev, a, n, rq.dir, attrs)
             what = f"nvme_free_prps: {unmap_fn} x {len(rq.dma_vecs)} (iod->dma_vecs)"
         for w, n in rq.held:
             ctx.bk.remove(w, n)
