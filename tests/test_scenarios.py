@@ -568,3 +568,23 @@ def test_vfio_page_array_entries_are_kernel_pages():
         assert r.device_view["log_page_size"] == page.bit_length() - 1
     sg = _vfio("smmuv3-64k", api="sg", run_pages=2, stride=0x40000)   # pairs of contiguous 64 KiB pages
     assert sg.extra["sg_entries"] == 4
+
+
+def test_hmm_entries_are_the_simulated_kernels_pages():
+    """hmm_range_fault() fills pfn_list per kernel page: on a 64 KiB kernel (smmuv3-64k) an entry is 64 KiB,
+    the reservation is nr_entries * 64 KiB (ib_init_umem_odp(), drivers/infiniband/core/umem_odp.c, 7.3.4),
+    and an entry_size below PAGE_SIZE is refused naming the value and the rule."""
+    from iovalab.drivers import run_workload
+    base = {"name": "hmm-64k", "scenario": "hmm", "device": "mlx5", "iommu": "smmuv3-64k",
+            "parameters": {"npages": 64, "fault_order": "sequential", "phys": {"base": "0x100000000",
+                                                                              "stride": "0x20000"}}}
+    r = run_workload(base, api="iova")
+    dom = r.domain
+    assert dom is not None and dom.page_size == 0x10000
+    allocs = [e for e in r.log.events if e.kind == "dma_api_calls" and e.func == "dma_iova_try_alloc"]
+    assert allocs and allocs[0].args["size"] == 64 * 0x10000
+    links = [e for e in r.log.events if e.kind == "dma_api_calls" and e.func == "dma_iova_link"]
+    assert links and all(e.args["size"] == 0x10000 for e in links)
+    bad = dict(base, parameters=dict(base["parameters"], entry_size=0x1000))
+    with pytest.raises(ValueError, match=r"entry_size 4096 .*PAGE_SIZE 0x10000"):
+        run_workload(bad, api="iova")

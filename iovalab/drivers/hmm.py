@@ -95,7 +95,8 @@ def fault_order(params: dict, npages: int) -> np.ndarray:
 EOVERFLOW = 75  # include/uapi/asm-generic/errno.h
 
 
-def ib_init_umem_odp(address: int, length: int, page_shift: int) -> tuple[int, int, int, int]:
+def ib_init_umem_odp(address: int, length: int, page_shift: int,
+                     page_size: int = PAGE_SIZE) -> tuple[int, int, int, int]:
     """The arithmetic of ``ib_init_umem_odp()`` (drivers/infiniband/core/umem_odp.c, 7.3.4), the
     real caller of ``hmm_dma_map_alloc``: ``(start, end, nr_entries, dma_entry_size)``.
 
@@ -104,9 +105,11 @@ def ib_init_umem_odp(address: int, length: int, page_shift: int) -> tuple[int, i
     count is in *system pages* while ``dma_entry_size = 1 << page_shift`` may be a huge page, so the
     IOVA reserved (``nr_entries * PAGE_SIZE``) is the umem's byte span and only
     ``nr_entries * PAGE_SIZE / dma_entry_size`` entries of ``dma_entry_size`` are ever linked (-EINVAL
-    when that is 0). ``pfn_list`` keeps ``nr_entries`` slots (``hmm_range_fault`` fills it per page)."""
-    if not PAGE_SIZE.bit_length() - 1 <= page_shift < 64:
-        raise ValueError(f"page_shift {page_shift!r} must be in {PAGE_SIZE.bit_length() - 1}..63 "
+    when that is 0). ``pfn_list`` keeps ``nr_entries`` slots (``hmm_range_fault`` fills it per page).
+    ``page_size``: the simulated kernel's ``PAGE_SIZE`` (4 KiB or 64 KiB), the unit of ``nr_entries``."""
+    sys_page = page_size
+    if not sys_page.bit_length() - 1 <= page_shift < 64:
+        raise ValueError(f"page_shift {page_shift!r} must be in {sys_page.bit_length() - 1}..63 "
                          "(umem_odp->page_shift is PAGE_SHIFT or a huge page shift)")
     if not 0 <= address <= U64_MASK or not 0 <= length <= U64_MASK:
         raise ValueError(f"address {address!r} / length {length!r} must be 64-bit unsigned values")
@@ -118,8 +121,8 @@ def ib_init_umem_odp(address: int, length: int, page_shift: int) -> tuple[int, i
     end = (end + page_size - 1) & ~(page_size - 1) & U64_MASK
     if end < page_size:
         raise DmaError(-EOVERFLOW, f"ALIGN({address + length:#x}, {page_size:#x}) wraps", "ib_init_umem_odp")
-    nr_entries = (end - start) >> (PAGE_SIZE.bit_length() - 1)
-    if not nr_entries * PAGE_SIZE // page_size:
+    nr_entries = (end - start) >> (sys_page.bit_length() - 1)
+    if not nr_entries * sys_page // page_size:
         raise DmaError(-EINVAL, f"{nr_entries} pages hold no {page_size:#x} entry", "ib_init_umem_odp")
     return start, end, nr_entries, page_size
 
@@ -127,13 +130,13 @@ def ib_init_umem_odp(address: int, length: int, page_shift: int) -> tuple[int, i
 class _HmmMap:
     """``struct hmm_dma_map`` plus the per-entry ``HMM_PFN_DMA_MAPPED`` bit of its ``pfn_list``."""
 
-    def __init__(self, ctx: ScenarioContext, npages: int, entry: int):
+    def __init__(self, ctx: ScenarioContext, npages: int, entry: int, page_size: int = PAGE_SIZE):
         p = ctx.params
         ph = p.get("phys", {})
         self.base = int_param(ph, "base", 0x1_0000_0000)
-        self.stride = int_param(ph, "stride", 2 * PAGE_SIZE)
+        self.stride = int_param(ph, "stride", 2 * page_size)
         self.run = int_param(ph, "run_pages", 1)
-        if self.stride < self.run * entry or self.base % PAGE_SIZE or self.stride % PAGE_SIZE:
+        if self.stride < self.run * entry or self.base % page_size or self.stride % page_size:
             raise ValueError(f"phys.base {self.base:#x}/stride {self.stride:#x} must be page aligned and "
                              f"stride >= run_pages * entry_size")
         self.ctx = ctx
@@ -154,15 +157,20 @@ class _Hmm:
     def __init__(self, ctx: ScenarioContext):
         self.ctx = ctx
         p = ctx.params
+        # the simulated kernel's PAGE_SIZE (DmaDomain.page_size; dma-direct: 4 KiB): hmm_range_fault()
+        # fills pfn_list per kernel page, and dma_entry_size is at least one
+        self.page = int(getattr(ctx.dma, "page_size", PAGE_SIZE))
         self.npages = int_param(p, "npages")
-        self.entry = int_param(p, "entry_size", PAGE_SIZE)
+        self.entry = int_param(p, "entry_size", self.page)
         if self.npages < 1:
             raise ValueError(f"npages {self.npages} must be >= 1")
-        if self.entry < PAGE_SIZE or self.entry & (self.entry - 1):
-            raise ValueError(f"entry_size {self.entry} must be a power of two >= PAGE_SIZE (dma_entry_size)")
-        self.map = _HmmMap(ctx, self.npages, self.entry)
+        if self.entry < self.page or self.entry & (self.entry - 1):
+            raise ValueError(f"entry_size {self.entry} must be a power of two >= PAGE_SIZE {self.page:#x} "
+                             "(dma_entry_size)")
+        self.map = _HmmMap(ctx, self.npages, self.entry, self.page)
         # ib_init_umem_odp: nr_entries in system pages, dma_entry_size = the (huge) page size
-        self.nr_entries = ib_init_umem_odp(0, self.npages * self.entry, self.entry.bit_length() - 1)[2]
+        self.nr_entries = ib_init_umem_odp(0, self.npages * self.entry, self.entry.bit_length() - 1,
+                                           self.page)[2]
         inv = p.get("invalidate", [])
         if not isinstance(inv, list) or not all(isinstance(r, list) and len(r) == 2 for r in inv):
             raise ValueError(f"scenario parameter 'invalidate': {inv!r} must be a list of [first, npages] pairs")
@@ -200,14 +208,14 @@ class _Hmm:
         ctx.bk.add("pfn_list (unsigned long per entry)", SIZEOF["unsigned long"] * self.nr_entries)
         ctx.bk.add("struct dma_iova_state (hmm_dma_map.state)", SIZEOF["struct dma_iova_state"])
         if ctx.api in ("iova", "direct"):   # api="page" stands for try_alloc failing
-            self.use_iova = ctx.dma.dma_iova_try_alloc(dev, m.state, 0, self.nr_entries * PAGE_SIZE)
+            self.use_iova = ctx.dma.dma_iova_try_alloc(dev, m.state, 0, self.nr_entries * self.page)
         if not self.use_iova:
             m.addrs = array("Q", bytes(8 * self.npages))
             if self.need_unmap:
                 m.dma_list = m.addrs
                 ctx.bk.add("dma_list (dma_addr_t per entry)", SIZEOF["dma_addr_t"] * self.nr_entries)
         if self.use_iova:
-            what = (f"dma_iova_try_alloc(0, {hx(self.nr_entries * PAGE_SIZE)}) reserves the whole range: "
+            what = (f"dma_iova_try_alloc(0, {hx(self.nr_entries * self.page)}) reserves the whole range: "
                     f"state.addr = {hx(m.state.addr)}; pfn_list {self.nr_entries * 8} B")
         elif ctx.api == "page":
             what = "fallback (api='page'): no IOVA reservation; pfn_list + dma_list"
