@@ -326,19 +326,7 @@ def test_jupyterlab_granule_explorer(tmp_path, chromium, notebook_path, record_p
     t0 = time.perf_counter()
     ARTIFACTS.mkdir(exist_ok=True)
     before_sha = _sha(notebook_path)
-    book = tmp_path / "book"
-    shutil.copytree(ROOT / "notebooks", book / "notebooks",
-                    ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
-    (book / "data").symlink_to(ROOT / "data", target_is_directory=True)
-    settings = tmp_path / "app-settings"
-    settings.mkdir()
-    (settings / "overrides.json").write_text(json.dumps(LAB_OVERRIDES))
-    env = dict(os.environ, **jupyter_env(tmp_path / "home"))
-    port, token = _free_port(), secrets.token_hex(16)
-    argv = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={book}",
-            f"--LabServerApp.app_settings_dir={settings}", "--ServerApp.port_retries=0", *_root_args()]
-    base = f"http://127.0.0.1:{port}"
+    argv, env, book, base, token = _lab(tmp_path)
     with _server(argv, env=env, cwd=book, log=tmp_path / "jupyterlab.log",
                  ready_url=f"{base}/api/status?token={token}"):
         # the token is required: without it the API answers 403
