@@ -139,3 +139,13 @@ def test_state_cached_per_provider_and_client():
 def test_bad_p2p_parameter(spec, match):
     with pytest.raises(ValueError, match=match):
         p2pdma_from_params(spec)
+
+
+def test_host_bridge_preset_is_the_thru_host_bridge_form():
+    """The bundled ``-host-bridge`` preset differs from ``nvme-p2p-read-bar`` only by its topology."""
+    a, b = load_preset(PRESET), load_preset(PRESET + "-host-bridge")
+    assert b["parameters"]["p2p"].pop("topology") == "host_bridge"
+    assert a["parameters"]["p2p"].pop("topology") == "switch"
+    assert a["parameters"] == b["parameters"]
+    res = run_workload(PRESET + "-host-bridge", "iova")
+    assert res.counters.iommu_map_calls == 4 and res.counters.iova_allocs == 2
