@@ -23,7 +23,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import jupyter_env
+from conftest import jupyter_env, stop_process_group
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = "01-iova-granule-and-offset.ipynb"
@@ -94,17 +93,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def _http_status(url: str) -> int | None:
@@ -139,7 +127,7 @@ def _server(argv: list[str], *, env: dict[str, str], cwd: Path, log: Path, ready
             time.sleep(0.3)
         yield proc
     finally:
-        _stop(proc)
+        stop_process_group(proc)
 
 
 try:

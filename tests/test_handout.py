@@ -16,7 +16,6 @@ import html
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import jupyter_env
+from conftest import jupyter_env, stop_process_group
 
 from iovalab.cli.handout import WIDGET_MIME, build_handout, select_notebooks
 
@@ -195,10 +194,4 @@ def test_make_workshop_serves_the_book(tmp_path):
             with pytest.raises(OSError):
                 socket.create_connection((other, port), timeout=3).close()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_process_group(proc)

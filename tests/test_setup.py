@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import stop_process_group
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -181,11 +181,7 @@ def test_make_lab_starts_jupyterlab_with_token(tmp_path):
             urllib.request.urlopen(url, timeout=5)
         assert e.value.code == 403
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)
 
 
 def test_make_test_runs_the_type_checker():
