@@ -459,9 +459,10 @@ class CompareWorkloads(W.VBox):
 
 
 def _map_type_note(workload: str) -> str:
-    """``: PCI_P2PDMA_MAP_...`` for a P2P workload, else nothing."""
+    """A second line with the ``PCI_P2PDMA_MAP_...`` type of a P2P workload (else "no P2P memory"): both
+    heads take two lines, so the two players' controls line up."""
     t = explain.p2p_map_type(workload)
-    return f": <code>{t}</code>" if t else ""
+    return f"<br><code>{t}</code>" if t else "<br>(no P2P memory)"
 
 
 # --------------------------------------------------------------------------------------------

@@ -202,15 +202,17 @@ def step_bounds(events, setup: int = 0) -> list[int]:
 
 
 def _iova_window(events, granule: int) -> tuple[int, int]:
-    lo, hi = None, None
+    lo: int | None = None
+    hi: int | None = None
     for e in events:
         if e.kind == "tree_alloc":
             a = e.result * granule
             b = (e.result + e.args["size"]) * granule
             lo = a if lo is None else min(lo, a)
             hi = b if hi is None else max(hi, b)
-    if lo is None:
-        return (0xFFFF0000, 0x100000000)
+    if lo is None:   # nothing allocated (a P2P bus-address run): the top 64 KiB below 4 GiB, padded alike
+        lo, hi = 0xFFFF0000, 0x100000000
+    assert hi is not None
     span = hi - lo
     pad = max(granule, (span // 8) // granule * granule)
     return (max(0, lo - pad), hi + pad)
@@ -456,5 +458,16 @@ def p2p_summary(workload: str, path: str = "iova", *, strict: bool = True) -> di
 
 
 def p2p_rows(paths: tuple[str, ...] = ("iova", "page", "sg"), *, strict: bool = True) -> list[dict]:
-    """:func:`p2p_summary` of both :data:`P2P_WORKLOADS` on each of ``paths`` (a table's rows)."""
-    return [p2p_summary(w, p, strict=strict) for p in paths for w in P2P_WORKLOADS]
+    """:func:`p2p_summary` of both :data:`P2P_WORKLOADS` on each of ``paths``, as a narrow table's rows:
+    the map type without its ``PCI_P2PDMA_MAP_`` prefix, IOVA allocations (``IOVAs``), ``iommu_map`` calls
+    (``maps``; ``MMIO``, ``CACHE``: those whose prot has ``IOMMU_MMIO``, ``IOMMU_CACHE``) and the first DMA
+    address the controller is given."""
+    out = []
+    for p in paths:
+        for w in P2P_WORKLOADS:
+            s = p2p_summary(w, p, strict=strict)
+            out.append({"path": p, "map type": s["map type"].removeprefix("PCI_P2PDMA_MAP_"),
+                        "IOVAs": s["IOVA allocations"], "maps": s["iommu_map calls"],
+                        "MMIO": s["with IOMMU_MMIO"], "CACHE": s["with IOMMU_CACHE"],
+                        "first DMA addr": s["first dma_addr"]})
+    return out
