@@ -31,7 +31,10 @@ from iovalab.kernel.iommu import (
     IOMMU_CACHE, IOMMU_MMIO, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE, IommuDomain, IotlbGather,
 )
 from iovalab.kernel.swiotlb import SwiotlbPool
-from iovalab.kernel.units import DMA_MAPPING_ERROR, EINVAL, EIO, ENOMEM, EPERM, DmaError, iova_align, iova_offset
+from iovalab.kernel.units import (
+    DMA_MAPPING_ERROR, EINVAL, EIO, ENOMEM, EPERM, DmaError, check_cpu, check_phys, check_size, iova_align,
+    iova_offset,
+)
 from iovalab.kernel.version import behaves
 
 __all__ = ["DMA_ATTR_MMIO", "DMA_IOVA_USE_SWIOTLB", "dma_info_to_prot", "DmaIovaState", "dma_use_iova",
@@ -171,7 +174,6 @@ class IovaApi:
         rcache, power-of-two rounding below 32 granules, size alignment) and sets
         ``state->addr = iova + iova_offset(phys)``, ``state->__size = size``. No PTE is written.
         """
-        from iovalab.kernel.units import check_cpu, check_phys
         check_cpu("dma_iova_try_alloc", cpu, self.host.ncpus)
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= (1 << 64) - 1:
             raise ValueError(f"dma_iova_try_alloc: size {size!r} must be an int in 0..2^64-1 (size_t)")
@@ -206,13 +208,11 @@ class IovaApi:
         return ok
 
     def _check_cpu_arg(self, func: str, cpu) -> None:
-        from iovalab.kernel.units import check_cpu
         check_cpu(func, cpu, self.host.ncpus)
 
     @staticmethod
     def _check_range_args(func: str, offset, size, zero_ok: bool = False) -> None:
         """``offset`` and ``size`` (``size_t``) must be ints with ``size > 0`` (``>= 0`` with ``zero_ok``)."""
-        from iovalab.kernel.units import check_size
         check_size(func, size, zero_ok=zero_ok)
         if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= (1 << 64) - 1 - size:
             raise ValueError(f"{func}: offset {offset!r} must be an int >= 0 inside the 64-bit space")
@@ -266,7 +266,6 @@ class IovaApi:
             raise ValueError("dma_iova_link: state does not hold an IOVA (dma_iova_try_alloc failed "
                              "or was not called)")
         self._check_cpu_arg("dma_iova_link", cpu)
-        from iovalab.kernel.units import check_phys, check_size
         check_size("dma_iova_link", size)
         check_phys("dma_iova_link", phys, size)
         if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= (1 << 64) - 1 - size:

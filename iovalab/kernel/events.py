@@ -162,8 +162,7 @@ class EventLog:
         self.seq += 1
         if not self.keep:
             return None
-        args = spec.named(func, values)
-        spec.check(func, args)
+        args = spec.named_checked(func, values)
         ev = Event(self.seq, layer, func, spec.kind, args, result, cpu, count, self.depth)
         self.events.append(ev)
         return ev

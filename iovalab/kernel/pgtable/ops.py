@@ -94,6 +94,10 @@ def _bits(x: int) -> Iterator[int]:
         x ^= low
 
 
+#: ranges of up to this many granules are queried leaf by leaf (:meth:`IoPgtable.first_unmapped`)
+_FEW_GRANULES = 16
+
+
 class IoPgtable:
     """A multi-level IO page table (``struct io_pgtable`` / ``dmar_domain->pgd`` / ``amd_io_pgtable``):
     the machinery every format shares. Build one with
@@ -596,14 +600,43 @@ class IoPgtable:
             t = k
         return out
 
+    def _few_granules(self, lo: int, hi: int) -> bool:
+        """``[lo, hi)`` is a non-empty range of at most :data:`_FEW_GRANULES` granules inside the table:
+        the queries below answer it with hardware walks (:meth:`_leaf`), leaf by leaf, which is cheaper
+        than the table walks of :mod:`~iovalab.kernel.pgtable.table` for a request of a few pages."""
+        return 0 <= lo < hi <= 1 << self.ias and hi - lo <= _FEW_GRANULES * self.granule
+
     def find_mapped(self, lo: int, hi: int, limit: int = 16) -> list[int]:
         """Up to ``limit`` granule addresses in ``[lo, hi)`` that a leaf maps, ascending; walks only
         the tables that exist (no kernel analogue: a query for contract checks and views)."""
-        return table.find_mapped(self.root, self._block, self.granule, lo, hi, limit)
+        if not self._few_granules(lo, hi):
+            return table.find_mapped(self.root, self._block, self.granule, lo, hi, limit)
+        g = self.granule
+        out: list[int] = []
+        a = lo
+        while a < hi and len(out) < limit:
+            hit = self._leaf(a)
+            if hit is None:
+                a = (a & ~(g - 1)) + g
+                continue
+            bsz = self._block[hit[2]]
+            end = min(hi, (a & ~(bsz - 1)) + bsz)
+            out.extend(range(a, min(end, a + g * (limit - len(out))), g))
+            a = end
+        return out
 
     def first_unmapped(self, lo: int, hi: int) -> int | None:
         """Lowest granule address in ``[lo, hi)`` with no leaf, or None (walks existing tables)."""
-        return table.first_unmapped(self.root, self._block, self.granule, lo, hi)
+        if not self._few_granules(lo, hi):
+            return table.first_unmapped(self.root, self._block, self.granule, lo, hi)
+        a = lo
+        while a < hi:
+            hit = self._leaf(a)
+            if hit is None:
+                return a & ~(self.granule - 1)
+            bsz = self._block[hit[2]]
+            a = (a & ~(bsz - 1)) + bsz
+        return None
 
     def mapped_ranges(self, merge: bool = True) -> list[tuple[int, int, int, int]]:
         """``[(iova, phys, size, prot), ...]`` in IOVA order: runs that are contiguous in both IOVA
