@@ -413,7 +413,7 @@ class DmaDomain:
     # ---------------------------------------------------------------- classic map/unmap
     def trace_api(self, func: str, dev: Device, cpu: int, result: Any, **args: Any) -> None:
         """One ``dma_api_calls`` event for a DMA API entry point (the ``dma`` tracepoints)."""
-        self.log.emit(_L, func, "dma_api_calls", result, cpu=cpu, dev=dev.name, **args)
+        self.log.emit_args(_L, func, "dma_api_calls", result, cpu, {"dev": dev.name, **args})
 
     def __iommu_dma_map(self, dev: Device, phys: int, size: int, prot: int, dma_mask: int,
                         cpu: int) -> int:

@@ -360,7 +360,7 @@ class KindSpec:
     """The declaration of one :class:`Kind`: ``doc``, and its arguments (``sig`` for every function,
     or ``by_func`` per emitting function); ``name`` is the kind's plain string (the tally key)."""
 
-    __slots__ = ("kind", "name", "doc", "sig", "by_func", "_valid", "_valid_values")
+    __slots__ = ("kind", "name", "doc", "sig", "by_func", "valid_shapes", "valid_values")
 
     def __init__(self, kind: Kind, doc: str, sig: _Sig | None, by_func: Mapping[str, _Sig] | None):
         self.kind = kind
@@ -372,8 +372,8 @@ class KindSpec:
         # check per argument. The checks depend only on the function, the argument names and the exact
         # type of each value, which is all a key holds; only valid shapes are remembered, so a bad
         # event is checked (and refused) in full every time.
-        self._valid: set[tuple] = set()                   # (func, *names, *types) of check()
-        self._valid_values: dict[tuple, tuple[str, ...]] = {}   # (func, *types) -> names, of named_checked()
+        self.valid_shapes: set[tuple] = set()             # (func, *names, *types) of check()
+        self.valid_values: dict[tuple, tuple[str, ...]] = {}   # (func, *types) -> names, of named_checked()
 
     def __repr__(self) -> str:
         return f"<KindSpec {self.name}>"
@@ -400,21 +400,21 @@ class KindSpec:
     def check(self, func: str, args: Mapping[str, Any]) -> None:
         """Raise if ``args`` is not what this kind declares for ``func``."""
         key = (func, *args, *map(type, args.values()))
-        if key in self._valid:
+        if key in self.valid_shapes:
             return
         self._check(func, args)
-        if len(self._valid) < _MEMO_MAX:
-            self._valid.add(key)
+        if len(self.valid_shapes) < _MEMO_MAX:
+            self.valid_shapes.add(key)
 
     def named_checked(self, func: str, values: tuple) -> dict[str, Any]:
         """:meth:`named` then :meth:`check`: ``values`` as the checked ``{name: value}``."""
         key = (func, *map(type, values))
-        names = self._valid_values.get(key)
+        names = self.valid_values.get(key)
         if names is None:
             args = self.named(func, values)
             self._check(func, args)
-            if len(self._valid_values) < _MEMO_MAX:
-                self._valid_values[key] = tuple(args)
+            if len(self.valid_values) < _MEMO_MAX:
+                self.valid_values[key] = tuple(args)
             return args
         return dict(zip(names, values, strict=True))
 

@@ -144,7 +144,26 @@ class EventLog:
         self.seq += 1
         if not self.keep:
             return None
-        spec.check(func, args)
+        if (func, *args, *map(type, args.values())) not in spec.valid_shapes:
+            spec.check(func, args)
+        ev = Event(self.seq, layer, func, spec.kind, args, result, cpu, count, self.depth)
+        self.events.append(ev)
+        return ev
+
+    def emit_args(self, layer: str, func: str, kind: Kind | str, result: Any, cpu: int, args: dict[str, Any],
+                  count: int = 1) -> Event | None:
+        """:meth:`emit` with the arguments already in a dict (``args``, which the event then holds): for a
+        caller that adds arguments to its own (``trace_api``), one dict instead of two. Same event, same
+        checks."""
+        spec = _SCHEMA_GET(kind)
+        if spec is None:
+            raise _unknown_kind(kind)
+        self.totals[spec.name] += count
+        self.seq += 1
+        if not self.keep:
+            return None
+        if (func, *args, *map(type, args.values())) not in spec.valid_shapes:
+            spec.check(func, args)
         ev = Event(self.seq, layer, func, spec.kind, args, result, cpu, count, self.depth)
         self.events.append(ev)
         return ev
@@ -162,7 +181,8 @@ class EventLog:
         self.seq += 1
         if not self.keep:
             return None
-        args = spec.named_checked(func, values)
+        names = spec.valid_values.get((func, *map(type, values)))   # as many names as values
+        args = dict(zip(names, values, strict=True)) if names is not None else spec.named_checked(func, values)
         ev = Event(self.seq, layer, func, spec.kind, args, result, cpu, count, self.depth)
         self.events.append(ev)
         return ev

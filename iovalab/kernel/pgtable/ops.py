@@ -94,8 +94,10 @@ def _bits(x: int) -> Iterator[int]:
         x ^= low
 
 
-#: ranges of up to this many granules are queried leaf by leaf (:meth:`IoPgtable.first_unmapped`)
-_FEW_GRANULES = 16
+#: a non-empty range of up to this many granules inside the table (a request of a few pages) is queried
+#: entry by entry with hardware walks (:meth:`IoPgtable._entry`): cheaper than the numpy table walks of
+#: :mod:`~iovalab.kernel.pgtable.table` there, same answer (:meth:`IoPgtable.first_unmapped`, ``find_mapped``)
+_FEW_GRANULES = 32
 
 
 class IoPgtable:
@@ -334,14 +336,19 @@ class IoPgtable:
         """The hardware walk: ``(table, index, level, PTE value)`` of the leaf that maps ``iova``."""
         if iova >> self.ias or iova < 0:
             return None
+        hit = self._entry(iova)
+        return hit if hit[3] else None
+
+    def _entry(self, iova: int) -> tuple[Table, int, int, int]:
+        """The walk of ``iova`` (``0 <= iova < 2**ias``) to where it stops: ``(table, index, level, PTE
+        value)`` of the leaf that maps it, or of the empty entry (value 0) that covers it."""
         t = self.root
         sh, mask = self._sh, self._mask
         for i in range(self.nlevels):
             idx = (iova >> sh[i]) & mask[i]
             k = t.kids.get(idx)
             if k is None:
-                v = int(t.ent[idx])
-                return (t, idx, i, v) if v else None
+                return t, idx, i, t.ent.item(idx)
             t = k
         raise AssertionError("unreachable: the bottom level has no child tables")
 
@@ -600,42 +607,40 @@ class IoPgtable:
             t = k
         return out
 
-    def _few_granules(self, lo: int, hi: int) -> bool:
-        """``[lo, hi)`` is a non-empty range of at most :data:`_FEW_GRANULES` granules inside the table:
-        the queries below answer it with hardware walks (:meth:`_leaf`), leaf by leaf, which is cheaper
-        than the table walks of :mod:`~iovalab.kernel.pgtable.table` for a request of a few pages."""
-        return 0 <= lo < hi <= 1 << self.ias and hi - lo <= _FEW_GRANULES * self.granule
-
     def find_mapped(self, lo: int, hi: int, limit: int = 16) -> list[int]:
         """Up to ``limit`` granule addresses in ``[lo, hi)`` that a leaf maps, ascending; walks only
         the tables that exist (no kernel analogue: a query for contract checks and views)."""
-        if not self._few_granules(lo, hi):
+        if not (0 <= lo < hi <= 1 << self.ias and hi - lo <= _FEW_GRANULES * self.granule):  # few granules
             return table.find_mapped(self.root, self._block, self.granule, lo, hi, limit)
         g = self.granule
         out: list[int] = []
         a = lo
         while a < hi and len(out) < limit:
-            hit = self._leaf(a)
-            if hit is None:
-                a = (a & ~(g - 1)) + g
-                continue
-            bsz = self._block[hit[2]]
+            _, _, i, v = self._entry(a)
+            bsz = self._block[i]
             end = min(hi, (a & ~(bsz - 1)) + bsz)
-            out.extend(range(a, min(end, a + g * (limit - len(out))), g))
+            if v:
+                out.extend(range(a, min(end, a + g * (limit - len(out))), g))
             a = end
         return out
 
     def first_unmapped(self, lo: int, hi: int) -> int | None:
         """Lowest granule address in ``[lo, hi)`` with no leaf, or None (walks existing tables)."""
-        if not self._few_granules(lo, hi):
+        if not (0 <= lo < hi <= 1 << self.ias and hi - lo <= _FEW_GRANULES * self.granule):  # few granules
             return table.first_unmapped(self.root, self._block, self.granule, lo, hi)
         a = lo
         while a < hi:
-            hit = self._leaf(a)
-            if hit is None:
+            t, idx, i, v = self._entry(a)
+            if not v:
                 return a & ~(self.granule - 1)
-            bsz = self._block[hit[2]]
+            bsz = self._block[i]
             a = (a & ~(bsz - 1)) + bsz
+            if not t.kids and a < hi:    # the next entries of this leaf table, read in place
+                n = min(len(t.ent) - idx - 1, -(-(hi - a) // bsz))
+                for v in t.ent[idx + 1:idx + 1 + n].tolist():
+                    if not v:
+                        return a
+                    a += bsz
         return None
 
     def mapped_ranges(self, merge: bool = True) -> list[tuple[int, int, int, int]]:
