@@ -154,6 +154,10 @@ class DmaIovaHost(Protocol):
         """One ``dma_api_calls`` event for a DMA API entry point."""
         ...
 
+    def trace_api_values(self, func: str, dev: Device, cpu: int, result: Any, *values: Any) -> None:
+        """:meth:`trace_api` with the arguments after ``dev`` in the schema's order."""
+        ...
+
 
 class IovaApi:
     """The ``dma_iova_*`` calls of ``drivers/iommu/dma-iommu.c`` over a DMA domain (``host``, any
@@ -203,8 +207,9 @@ class IovaApi:
                     ok = True
         finally:
             self.host.log.depth -= 1
-        self.host.trace_api("dma_iova_try_alloc", dev, cpu, ok, phys=phys, size=size,
-                  addr=state.addr, iova_len=iova_align(self.host.granule, size + iova_offset(self.host.granule, phys)))
+        g = self.host.granule
+        self.host.trace_api_values("dma_iova_try_alloc", dev, cpu, ok, phys, size, state.addr,
+                                   iova_align(g, size + iova_offset(g, phys)))
         return ok
 
     def _check_cpu_arg(self, func: str, cpu) -> None:
@@ -295,7 +300,7 @@ class IovaApi:
                                            iova_align(g, size + pad), dir, attrs, cpu)
         finally:
             self.host.log.depth -= 1
-        self.host.trace_api("dma_iova_link", dev, cpu, ret, phys=phys, offset=offset, size=size, dir=dir)
+        self.host.trace_api_values("dma_iova_link", dev, cpu, ret, phys, offset, size, dir)
         if not ret:
             if iova_offset(self.host.granule, state.addr + offset + size):
                 state.links.append((offset, size))
@@ -412,7 +417,7 @@ class IovaApi:
             ret = self.host.iommu.iommu_sync_map(a - pad, length, cpu=cpu)
         finally:
             self.host.log.depth -= 1
-        self.host.trace_api("dma_iova_sync", dev, cpu, ret, offset=offset, size=size)
+        self.host.trace_api_values("dma_iova_sync", dev, cpu, ret, offset, size)
         return ret
 
     def __iommu_dma_iova_unlink(self, func: str, dev: Device, state: DmaIovaState, offset: int,
@@ -502,7 +507,7 @@ class IovaApi:
                 self.host.log.depth -= 1
             state.freed = True
             state.links = []
-            self.host.trace_api("dma_iova_destroy", dev, cpu, None, mapped_len=mapped_len)
+            self.host.trace_api_values("dma_iova_destroy", dev, cpu, None, mapped_len)
         else:
             self.dma_iova_free(dev, state, cpu)
 

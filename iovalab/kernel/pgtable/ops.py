@@ -393,8 +393,8 @@ class IoPgtable:
                     ent[idx] = (self._enc(paddr) if self.ENCODES_PADDR else paddr) | bits
                     self._leaves += 1
                     if self.log is not None:
-                        self.log.emit(LAYER, self._fn_map, "pte_writes", pgsize, cpu=cpu, count=1, iova=iova,
-                                      paddr=paddr, pgsize=pgsize, pgcount=1, level=self._lname[lvl])
+                        self.log.emit_values(LAYER, self._fn_map, "pte_writes", pgsize, cpu,
+                                             (iova, paddr, pgsize, 1, self._lname[lvl]))
                     return pgsize, 0
         return self._map_slow(iova, paddr, pgsize, count, prot, info, cpu)
 
@@ -474,8 +474,8 @@ class IoPgtable:
         self._leaves += written - len(clashes)
         mapped = written // rep * pgsize
         if self.log is not None:
-            self.log.emit(LAYER, self._fn_map, "pte_writes", mapped, cpu=cpu, count=written, iova=iova,
-                          paddr=paddr, pgsize=pgsize, pgcount=count, level=self._lname[lvl])
+            self.log.emit_values(LAYER, self._fn_map, "pte_writes", mapped, cpu,
+                                 (iova, paddr, pgsize, count, self._lname[lvl]), written)
         return mapped, 0
 
     # -- unmap --------------------------------------------------------------------------------
@@ -494,8 +494,7 @@ class IoPgtable:
             raise ValueError(f"unmap_pages: pgsize {pgsize:#x} / pgcount {count} invalid")
         n, cleared, gat = self._unmap(iova, pgsize, count, cpu)
         if self.log is not None:
-            self.log.emit(LAYER, self.FN["unmap"], "pte_clear", n, cpu=cpu, count=cleared, iova=iova,
-                          pgsize=pgsize, pgcount=count)
+            self.log.emit_values(LAYER, self.FN["unmap"], "pte_clear", n, cpu, (iova, pgsize, count), cleared)
         if gat is not None and gather_cb is not None:
             gather_cb(*gat)
         return n
