@@ -317,7 +317,7 @@ class IovaApi:
         mid-granule (or before a linked one, when this one ends mid-granule). Only the ranges that
         end mid-granule are remembered (few), so long runs of page links stay O(1) per link."""
         g = self.host.granule
-        firsts = [(o, n) for o, n in state.links if o < offset]
+        firsts = [(o, n) for o, n in state.links if o < offset] if state.links else []
         if iova_offset(g, state.addr + offset + size) and state.max_offset > offset:
             firsts.append((offset, size))
         if firsts:

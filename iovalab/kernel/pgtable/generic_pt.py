@@ -117,7 +117,14 @@ class GenericPt(IoPgtable):
         leaf is cleared from its parent and freed (``gather_add_table``). Returns table pages freed."""
         bsz = self._block[t.lvl]
         freed = 0
-        for j, k in list(t.kids.items()):
+        kids = t.kids
+        items = None
+        a, b = (lo - t.base) // bsz, -(-(hi - t.base) // bsz)    # the entries [lo, hi) touches
+        if b - a <= 32 < len(kids):   # a short range among many children: look up its entries
+            hits = [j for j in range(a, b) if j in kids]
+            if len(hits) <= 1:        # (several go in the order they were made in, which the dict keeps)
+                items = [(j, kids[j]) for j in hits]
+        for j, k in items if items is not None else list(kids.items()):
             base = k.base
             if base + bsz <= lo or base >= hi:
                 continue

@@ -96,7 +96,8 @@ def _bits(x: int) -> Iterator[int]:
 
 #: a non-empty range of up to this many granules inside the table (a request of a few pages) is queried
 #: entry by entry with hardware walks (:meth:`IoPgtable._entry`): cheaper than the numpy table walks of
-#: :mod:`~iovalab.kernel.pgtable.table` there, same answer (:meth:`IoPgtable.first_unmapped`, ``find_mapped``)
+#: :mod:`~iovalab.kernel.pgtable.table` there, same answer (:meth:`IoPgtable.first_unmapped`, ``find_mapped``);
+#: ``map_pages`` reads and writes a run of up to this many PTEs as Python ints, not numpy vectors
 _FEW_GRANULES = 32
 
 
@@ -422,6 +423,8 @@ class IoPgtable:
             if t is not None:
                 if n == 1:
                     nz = [0] if t.ent[idx] else []
+                elif n <= _FEW_GRANULES:
+                    nz = [j for j, v in enumerate(t.ent[idx:idx + n].tolist()) if v]
                 else:
                     nz = np.flatnonzero(t.ent[idx:idx + n]).tolist()
                 for j in nz:
@@ -458,6 +461,8 @@ class IoPgtable:
             if rep == 1:
                 if n == 1:
                     t.ent[idx] = self._enc(phys0) | bits
+                elif n <= _FEW_GRANULES:
+                    t.ent[idx:idx + n] = [self._enc(phys0 + j * bsz) | bits for j in range(n)]
                 else:
                     ph = np.uint64(phys0) + np.arange(n, dtype=np.uint64) * np.uint64(bsz)
                     t.ent[idx:idx + n] = self._enc_vec(ph) | np.uint64(bits)
