@@ -120,7 +120,7 @@ class GenericPt(IoPgtable):
         kids = t.kids
         items = None
         a, b = (lo - t.base) // bsz, -(-(hi - t.base) // bsz)    # the entries [lo, hi) touches
-        if b - a <= 32 < len(kids):   # a short range among many children: look up its entries
+        if b - a <= 32:               # a short range: look up the entries it touches
             hits = [j for j in range(a, b) if j in kids]
             if len(hits) <= 1:        # (several go in the order they were made in, which the dict keeps)
                 items = [(j, kids[j]) for j in hits]
