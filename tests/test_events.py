@@ -70,6 +70,45 @@ def test_positional_values_make_the_same_event():
                          (1, 2, "no space")).args == {"size": 1, "limit_pfn": 2, "reason": "no space"}
 
 
+def test_a_remembered_shape_never_lets_a_bad_event_through():
+    """emit/emit_values/emit_fields remember the argument shapes they found valid; a bad event of a
+    function whose good events were seen before is refused all the same, every time."""
+    log = EventLog()
+    for _ in range(2):
+        log.emit("iova", "alloc_iova", "iova_allocs", 1, size=1, limit_pfn=2, size_aligned=True)
+        log.emit_values("iova", "alloc_iova_fast", "iova_allocs", 1, 0, (1, 2, "tree"))
+        log.emit_fields("iommu", "f", "iotlb_invalidations", None, 0, ("dropped", "scope"), (0, "all"))
+    for _ in range(2):
+        with pytest.raises(TypeError, match="argument size_aligned=1 is int, declared bool"):
+            log.emit("iova", "alloc_iova", "iova_allocs", 1, size=1, limit_pfn=2, size_aligned=1)
+        with pytest.raises(ValueError, match="unknown argument 'pfn'"):
+            log.emit("iova", "alloc_iova", "iova_allocs", 1, size=1, limit_pfn=2, size_aligned=True, pfn=3)
+        with pytest.raises(TypeError, match="argument source=3 is int, declared str"):
+            log.emit_values("iova", "alloc_iova_fast", "iova_allocs", 1, 0, (1, 2, 3))
+        with pytest.raises(TypeError, match="argument dropped=True is bool, declared int"):
+            log.emit_fields("iommu", "f", "iotlb_invalidations", None, 0, ("dropped", "scope"), (True, "all"))
+        with pytest.raises(ValueError, match="missing argument.*scope"):
+            log.emit_fields("iommu", "f", "iotlb_invalidations", None, 0, ("dropped",), (0,))
+    assert len(log) == 6
+
+
+def test_events_of_values_and_fields_read_as_keyword_events():
+    """emit_values (declared order) and emit_fields (the caller's order) make the event emit makes:
+    the same args, in the same order, read as often as wanted, and the dict they give is the event's."""
+    a, b = EventLog(), EventLog()
+    ea = a.emit("iommu", "iommu_iotlb_sync", "iotlb_invalidations", None, cpu=1, start=0x1000, end=0x1fff,
+                scope="range", dropped=2)
+    eb = b.emit_fields("iommu", "iommu_iotlb_sync", "iotlb_invalidations", None, 1,
+                       ("start", "end", "scope", "dropped"), (0x1000, 0x1FFF, "range", 2))
+    assert eb is not None and list(eb.args) == ["start", "end", "scope", "dropped"]
+    assert ea.as_dict() == eb.as_dict() and ea.describe() == eb.describe() and repr(ea) == repr(eb)
+    eb.args["dropped"] = 3
+    assert eb.args["dropped"] == 3 and eb.as_dict()["args"]["dropped"] == 3
+    ec = b.emit_values("pgtable", "intel_iommu_map_pages", "pte_writes", 0x2000, 0, (0, 0, 0x1000, 2, "PTE"), 2)
+    assert ec is not None and ec.count == 2 and ec.args == {"iova": 0, "paddr": 0, "pgsize": 0x1000,
+                                                             "pgcount": 2, "level": "PTE"}
+
+
 def test_not_keeping_counts_the_same_without_checking_arguments():
     keep, tally = EventLog(), EventLog(keep=False)
     for log in (keep, tally):

@@ -321,3 +321,36 @@ def test_block_leaves_sort_with_child_tables():
     t.map_pages(M2, 0x100000, K4, 1, RW)
     t.map_pages(2 * M2, 0x80000000, M2, 1, RW)
     assert [r[0] for r in t.mapped_ranges()] == [0, M2, 2 * M2]
+
+
+@pytest.mark.parametrize("kernel", ["6.17", "7.3"])
+def test_short_range_queries_answer_as_the_table_walks(kernel):
+    """first_unmapped/find_mapped answer a range of a few granules with hardware walks: the same
+    answers as the table walks of iovalab.kernel.pgtable.table, on random trees of every preset
+    (blocks, holes, unaligned ends, ranges past a table's end)."""
+    import random
+
+    import iovalab.kernel.pgtable.table as table
+    from iovalab.kernel.iommu import PRESETS, IommuDomain
+
+    rng = random.Random(f"short-range-{kernel}")
+    for name in sorted(PRESETS):
+        d = IommuDomain.preset(name, log=EventLog(keep=False), kernel=kernel)
+        pt, g = d.pgtable, d.granule
+        base = 0x10000000
+        for _ in range(150):
+            a = base + (rng.randrange(4) * 512 if rng.random() < 0.3 else rng.randrange(2048)) * g
+            n = rng.choice([1, 2, 3, 8, 32, 512])
+            try:
+                if rng.random() < 0.6:
+                    d.iommu_map(a, a, n * g, 3)
+                else:
+                    d.iommu_unmap(a, n * g)
+            except ValueError:
+                pass
+            for _ in range(4):
+                lo = base + rng.randrange(-8, 2100) * g + rng.choice([0, 0, 0x10, g // 2])
+                hi = lo + rng.randrange(0, 40) * g + rng.choice([0, 1, g // 2])
+                limit = rng.choice([1, 2, 16])
+                assert pt.first_unmapped(lo, hi) == table.first_unmapped(pt.root, pt._block, g, lo, hi)
+                assert pt.find_mapped(lo, hi, limit) == table.find_mapped(pt.root, pt._block, g, lo, hi, limit)

@@ -10,6 +10,10 @@ key                        what                                                 
 alloc_op_us                pre-parsed ops of iova-4k.jsonl, results compared, best/5   <= 3 us
 trace_replay_us_per_op     the same with JSON parsing and state checks included        (reported)
 alloc_fast_free_fast_us    a warm rcache alloc_iova_fast + free_iova_fast pair         (reported)
+model_page_request_us      dma_map_page + dma_unmap_page of one 4 KiB page on the       (reported)
+                           replay's VT-d domain, events kept, strict, 6.17, best/5
+model_two_step_request_us  dma_iova_try_alloc + 4 dma_iova_link + dma_iova_sync +       (reported)
+                           dma_iova_destroy, the same domain; ``_73`` keys: kernel 7.3
 hmm_1gib_s / 4 / 16        hmm-1gib-random end to end, and its 4 and 16 GiB versions   1 GiB <= 1 s
 hmm_16gib_peak_mb          peak RSS of the 16 GiB run (its own process)                < 1000 MB
 real_trace_replay_s        replay-ftrace data/real/strict-smp1.trace                   <= 2 s
@@ -117,6 +121,46 @@ def bench_alloc(repeat: int = 5) -> dict:
             "alloc_ops": len(ops),
             "trace_replay_us_per_op": round(with_parse / res.ops * 1e6, 3),
             "alloc_fast_free_fast_us": round(pair * 1e6, 3)}
+
+
+def bench_model(repeat: int = 5, n: int = 2000) -> dict:
+    """The model's DMA API per request, as a line-level replay drives it (``check_lines``): the VT-d
+    domain of a replayed capture (:meth:`iovalab.trace.system.SystemConfig.make_domain`, 4 KiB granule,
+    the x86 MSI window reserved), strict, an event log that keeps events, cleared after each request."""
+    from iovalab.kernel.device import DMA_TO_DEVICE, Device
+    from iovalab.kernel.dma_iova import DmaIovaState
+    from iovalab.kernel.events import EventLog
+    from iovalab.kernel.units import DMA_BIT_MASK
+    from iovalab.trace.system import SystemConfig
+
+    out = {}
+    for kernel, suffix in (("6.17", ""), ("7.3", "_73")):
+        log = EventLog(keep=True)
+        dom = SystemConfig(kernel=kernel, reserve=[(0xFEE00000, 0xFEEFFFFF)]).make_domain(strict=True, ncpus=1,
+                                                                                           log=log)
+        dev = Device(name="0000:00:01.0", dma_mask=DMA_BIT_MASK(64), is_pci=True)
+        page = two = float("inf")
+        for _ in range(repeat):
+            t = time.perf_counter()
+            for i in range(n):
+                addr = dom.dma_map_page(dev, 0x100000 + (i % 64) * 0x1000, 0x1000, DMA_TO_DEVICE)
+                dom.dma_unmap_page(dev, addr, 0x1000, DMA_TO_DEVICE)
+                log.clear()
+            page = min(page, time.perf_counter() - t)
+            t = time.perf_counter()
+            for i in range(n):
+                state = DmaIovaState()
+                phys = 0x200000 + (i % 8) * 0x10000
+                dom.dma_iova_try_alloc(dev, state, phys, 0x4000)
+                for k in range(4):
+                    dom.dma_iova_link(dev, state, phys + k * 0x1000, k * 0x1000, 0x1000)
+                dom.dma_iova_sync(dev, state, 0, 0x4000)
+                dom.dma_iova_destroy(dev, state, 0x4000)
+                log.clear()
+            two = min(two, time.perf_counter() - t)
+        out[f"model_page_request_us{suffix}"] = round(page / n * 1e6, 2)
+        out[f"model_two_step_request_us{suffix}"] = round(two / n * 1e6, 2)
+    return out
 
 
 def _hmm_child(gib: int) -> dict:
@@ -262,6 +306,8 @@ def run_bench(quick: bool = False) -> dict:
     out: dict = {"machine": {"python": sys.version.split()[0], "cpus": os.cpu_count()}}
     _progress("allocator trace replay")
     out.update(bench_alloc())
+    _progress("model DMA API per request")
+    out.update(bench_model())
     out.update(bench_hmm((1, 4) if quick else (1, 4, 16)))
     if quick:
         out["hmm_16gib_s"] = None

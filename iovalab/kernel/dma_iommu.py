@@ -94,6 +94,10 @@ def dma_mapping_error(addr: int) -> bool:
     return addr == DMA_MAPPING_ERROR
 
 
+#: ``DMA_BIT_MASK(32)``: the limit of ``iommu_dma_alloc_iova``'s first try for PCI devices
+_DMA_32 = DMA_BIT_MASK(32)
+
+
 @dataclass
 class ScatterEntry:
     """One ``struct scatterlist`` entry: ``sg_phys(s)`` as ``phys``, ``s->length`` as ``length``;
@@ -306,22 +310,21 @@ class DmaDomain:
         with ``pci_32bit_workaround`` first try below 4 GiB without flushing the rcache and drop the
         workaround for good on the first failure ("Using N-bit DMA addresses").
         """
-        shift = self._shift()
+        shift = self.iovad.shift
         iova_len = size >> shift
         dma_limit = self.dma_limit_for(dev, dma_limit)
         iova = 0
-        if dma_limit > DMA_BIT_MASK(32) and dev.pci_32bit_workaround:
-            iova = self.iovad.alloc_iova_fast(iova_len, DMA_BIT_MASK(32) >> shift, False, cpu)
-            self.log.emit(_L, "iommu_dma_alloc_iova", "step", iova << shift, cpu=cpu,
-                          attempt="below 4 GiB", size=size, limit=DMA_BIT_MASK(32))
+        if dma_limit > _DMA_32 and dev.pci_32bit_workaround:
+            iova = self.iovad.alloc_iova_fast(iova_len, _DMA_32 >> shift, False, cpu)
+            self.log.emit_values(_L, "iommu_dma_alloc_iova", "step", iova << shift, cpu,
+                                 ("below 4 GiB", size, _DMA_32))
             if iova:
                 return iova << shift
             dev.pci_32bit_workaround = False
             self.log.emit(_L, "iommu_dma_alloc_iova", "dev_notice", None, cpu=cpu,
                           message=f"Using {bits_per(dma_limit)}-bit DMA addresses", dev=dev.name)
         iova = self.iovad.alloc_iova_fast(iova_len, dma_limit >> shift, True, cpu)
-        self.log.emit(_L, "iommu_dma_alloc_iova", "step", iova << shift, cpu=cpu,
-                      attempt="full width", size=size, limit=dma_limit)
+        self.log.emit_values(_L, "iommu_dma_alloc_iova", "step", iova << shift, cpu, ("full width", size, dma_limit))
         return iova << shift
 
     def iommu_dma_free_iova(self, iova: int, size: int, gather: IotlbGather | None,
@@ -413,7 +416,12 @@ class DmaDomain:
     # ---------------------------------------------------------------- classic map/unmap
     def trace_api(self, func: str, dev: Device, cpu: int, result: Any, **args: Any) -> None:
         """One ``dma_api_calls`` event for a DMA API entry point (the ``dma`` tracepoints)."""
-        self.log.emit(_L, func, "dma_api_calls", result, cpu=cpu, dev=dev.name, **args)
+        self.log.emit_args(_L, func, "dma_api_calls", result, cpu, {"dev": dev.name, **args})
+
+    def trace_api_values(self, func: str, dev: Device, cpu: int, result: Any, *values: Any) -> None:
+        """:meth:`trace_api` with the arguments after ``dev`` in the order the schema declares them for
+        ``func`` (:data:`~iovalab.kernel.event_schema.SCHEMA`, ``dma_api_calls``): the hot entry points."""
+        self.log.emit_values(_L, func, "dma_api_calls", result, cpu, (dev.name, *values))
 
     def __iommu_dma_map(self, dev: Device, phys: int, size: int, prot: int, dma_mask: int,
                         cpu: int) -> int:
@@ -549,7 +557,7 @@ class DmaDomain:
                 self.swiotlb.swiotlb_tbl_unmap_single(phys, size, dir, attrs, cpu, dev=dev)
         finally:
             self.log.depth -= 1
-        self.trace_api(func, dev, cpu, addr, dir=dir, phys=orig, size=size, attrs=attrs)
+        self.trace_api_values(func, dev, cpu, addr, dir, orig, size, attrs)
         if self.debug is not None:
             self._raise_findings(self.debug.debug_dma_map_phys(dev, orig, size, dir, addr, attrs,
                                                                self._swiotlb_active(), cpu), addr)
@@ -628,7 +636,7 @@ class DmaDomain:
                 self.swiotlb.swiotlb_tbl_unmap_single(phys, size, dir, attrs, cpu, dev=dev)
         finally:
             self.log.depth -= 1
-        self.trace_api(func, dev, cpu, None, dir=dir, dma_addr=dma_addr, size=size)
+        self.trace_api_values(func, dev, cpu, None, dir, dma_addr, size)
         if ref is not None and self.debug is not None:
             self.debug.check_unmap(ref, "debug_dma_unmap_phys", cpu)
 

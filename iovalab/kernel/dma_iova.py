@@ -31,7 +31,10 @@ from iovalab.kernel.iommu import (
     IOMMU_CACHE, IOMMU_MMIO, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE, IommuDomain, IotlbGather,
 )
 from iovalab.kernel.swiotlb import SwiotlbPool
-from iovalab.kernel.units import DMA_MAPPING_ERROR, EINVAL, EIO, ENOMEM, EPERM, DmaError, iova_align, iova_offset
+from iovalab.kernel.units import (
+    DMA_MAPPING_ERROR, EINVAL, EIO, ENOMEM, EPERM, DmaError, check_cpu, check_phys, check_size, iova_align,
+    iova_offset,
+)
 from iovalab.kernel.version import behaves
 
 __all__ = ["DMA_ATTR_MMIO", "DMA_IOVA_USE_SWIOTLB", "dma_info_to_prot", "DmaIovaState", "dma_use_iova",
@@ -151,6 +154,10 @@ class DmaIovaHost(Protocol):
         """One ``dma_api_calls`` event for a DMA API entry point."""
         ...
 
+    def trace_api_values(self, func: str, dev: Device, cpu: int, result: Any, *values: Any) -> None:
+        """:meth:`trace_api` with the arguments after ``dev`` in the schema's order."""
+        ...
+
 
 class IovaApi:
     """The ``dma_iova_*`` calls of ``drivers/iommu/dma-iommu.c`` over a DMA domain (``host``, any
@@ -171,7 +178,6 @@ class IovaApi:
         rcache, power-of-two rounding below 32 granules, size alignment) and sets
         ``state->addr = iova + iova_offset(phys)``, ``state->__size = size``. No PTE is written.
         """
-        from iovalab.kernel.units import check_cpu, check_phys
         check_cpu("dma_iova_try_alloc", cpu, self.host.ncpus)
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= (1 << 64) - 1:
             raise ValueError(f"dma_iova_try_alloc: size {size!r} must be an int in 0..2^64-1 (size_t)")
@@ -201,18 +207,17 @@ class IovaApi:
                     ok = True
         finally:
             self.host.log.depth -= 1
-        self.host.trace_api("dma_iova_try_alloc", dev, cpu, ok, phys=phys, size=size,
-                  addr=state.addr, iova_len=iova_align(self.host.granule, size + iova_offset(self.host.granule, phys)))
+        g = self.host.granule
+        self.host.trace_api_values("dma_iova_try_alloc", dev, cpu, ok, phys, size, state.addr,
+                                   iova_align(g, size + iova_offset(g, phys)))
         return ok
 
     def _check_cpu_arg(self, func: str, cpu) -> None:
-        from iovalab.kernel.units import check_cpu
         check_cpu(func, cpu, self.host.ncpus)
 
     @staticmethod
     def _check_range_args(func: str, offset, size, zero_ok: bool = False) -> None:
         """``offset`` and ``size`` (``size_t``) must be ints with ``size > 0`` (``>= 0`` with ``zero_ok``)."""
-        from iovalab.kernel.units import check_size
         check_size(func, size, zero_ok=zero_ok)
         if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= (1 << 64) - 1 - size:
             raise ValueError(f"{func}: offset {offset!r} must be an int >= 0 inside the 64-bit space")
@@ -266,7 +271,6 @@ class IovaApi:
             raise ValueError("dma_iova_link: state does not hold an IOVA (dma_iova_try_alloc failed "
                              "or was not called)")
         self._check_cpu_arg("dma_iova_link", cpu)
-        from iovalab.kernel.units import check_phys, check_size
         check_size("dma_iova_link", size)
         check_phys("dma_iova_link", phys, size)
         if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= (1 << 64) - 1 - size:
@@ -296,7 +300,7 @@ class IovaApi:
                                            iova_align(g, size + pad), dir, attrs, cpu)
         finally:
             self.host.log.depth -= 1
-        self.host.trace_api("dma_iova_link", dev, cpu, ret, phys=phys, offset=offset, size=size, dir=dir)
+        self.host.trace_api_values("dma_iova_link", dev, cpu, ret, phys, offset, size, dir)
         if not ret:
             if iova_offset(self.host.granule, state.addr + offset + size):
                 state.links.append((offset, size))
@@ -313,7 +317,7 @@ class IovaApi:
         mid-granule (or before a linked one, when this one ends mid-granule). Only the ranges that
         end mid-granule are remembered (few), so long runs of page links stay O(1) per link."""
         g = self.host.granule
-        firsts = [(o, n) for o, n in state.links if o < offset]
+        firsts = [(o, n) for o, n in state.links if o < offset] if state.links else []
         if iova_offset(g, state.addr + offset + size) and state.max_offset > offset:
             firsts.append((offset, size))
         if firsts:
@@ -413,7 +417,7 @@ class IovaApi:
             ret = self.host.iommu.iommu_sync_map(a - pad, length, cpu=cpu)
         finally:
             self.host.log.depth -= 1
-        self.host.trace_api("dma_iova_sync", dev, cpu, ret, offset=offset, size=size)
+        self.host.trace_api_values("dma_iova_sync", dev, cpu, ret, offset, size)
         return ret
 
     def __iommu_dma_iova_unlink(self, func: str, dev: Device, state: DmaIovaState, offset: int,
@@ -503,7 +507,7 @@ class IovaApi:
                 self.host.log.depth -= 1
             state.freed = True
             state.links = []
-            self.host.trace_api("dma_iova_destroy", dev, cpu, None, mapped_len=mapped_len)
+            self.host.trace_api_values("dma_iova_destroy", dev, cpu, None, mapped_len)
         else:
             self.dma_iova_free(dev, state, cpu)
 

@@ -351,11 +351,16 @@ class _Sig:
         self.nreq = sum(r for _, r in self.types.values())
 
 
+#: at most this many valid argument shapes are remembered per kind (:meth:`KindSpec.check`); a log fed
+#: ever new shapes (a driver model naming its arguments freely) is checked in full past it
+_MEMO_MAX = 4096
+
+
 class KindSpec:
     """The declaration of one :class:`Kind`: ``doc``, and its arguments (``sig`` for every function,
     or ``by_func`` per emitting function); ``name`` is the kind's plain string (the tally key)."""
 
-    __slots__ = ("kind", "name", "doc", "sig", "by_func")
+    __slots__ = ("kind", "name", "doc", "sig", "by_func", "valid_shapes", "valid_values")
 
     def __init__(self, kind: Kind, doc: str, sig: _Sig | None, by_func: Mapping[str, _Sig] | None):
         self.kind = kind
@@ -363,6 +368,12 @@ class KindSpec:
         self.doc = doc
         self.sig = sig
         self.by_func = by_func
+        # Shapes already found valid, so that a hot path pays one set lookup per event instead of a
+        # check per argument. The checks depend only on the function, the argument names and the exact
+        # type of each value, which is all a key holds; only valid shapes are remembered, so a bad
+        # event is checked (and refused) in full every time.
+        self.valid_shapes: set[tuple] = set()             # (func, *names, *types) of check()
+        self.valid_values: dict[tuple, tuple[str, ...]] = {}   # (func, *types) -> names, of named_checked()
 
     def __repr__(self) -> str:
         return f"<KindSpec {self.name}>"
@@ -388,6 +399,26 @@ class KindSpec:
 
     def check(self, func: str, args: Mapping[str, Any]) -> None:
         """Raise if ``args`` is not what this kind declares for ``func``."""
+        key = (func, *args, *map(type, args.values()))
+        if key in self.valid_shapes:
+            return
+        self._check(func, args)
+        if len(self.valid_shapes) < _MEMO_MAX:
+            self.valid_shapes.add(key)
+
+    def named_checked(self, func: str, values: tuple) -> dict[str, Any]:
+        """:meth:`named` then :meth:`check`: ``values`` as the checked ``{name: value}``."""
+        key = (func, *map(type, values))
+        names = self.valid_values.get(key)
+        if names is None:
+            args = self.named(func, values)
+            self._check(func, args)
+            if len(self.valid_values) < _MEMO_MAX:
+                self.valid_values[key] = tuple(args)
+            return args
+        return dict(zip(names, values, strict=True))
+
+    def _check(self, func: str, args: Mapping[str, Any]) -> None:
         sig = self.sig_for(func)
         if sig.open:
             for k, v in args.items():

@@ -54,19 +54,31 @@ class Event:
     of ``kind`` this one step stands for; ``depth``: call nesting, for players; ``seq``: position.
     """
 
-    __slots__ = ("seq", "layer", "func", "kind", "args", "result", "cpu", "count", "depth")
+    #: the fields, in order (:meth:`as_dict`)
+    FIELDS = ("seq", "layer", "func", "kind", "args", "result", "cpu", "count", "depth")
+    __slots__ = ("seq", "layer", "func", "kind", "_args", "_names", "result", "cpu", "count", "depth")
 
-    def __init__(self, seq: int, layer: str, func: str, kind: Kind, args: dict, result: Any,
-                 cpu: int, count: int, depth: int):
+    def __init__(self, seq: int, layer: str, func: str, kind: Kind, args: dict | tuple, result: Any,
+                 cpu: int, count: int, depth: int, names: tuple[str, ...] | None = None):
         self.seq = seq
         self.layer = layer
         self.func = func
         self.kind = kind
-        self.args = args
+        self._args = args      # the dict; or, with ``names``, the values (the dict is made when first read)
+        self._names = names
         self.result = result
         self.cpu = cpu
         self.count = count
         self.depth = depth
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """``{name: value}`` of the arguments (:meth:`EventLog.emit_values` events build it when first
+        read: most events of a long run are counted and never read)."""
+        if self._names is not None:
+            self._args = dict(zip(self._names, self._args, strict=True))
+            self._names = None
+        return self._args  # type: ignore[return-value]
 
     def describe(self) -> str:
         """``alloc_iova_fast(size=0x1, limit_pfn=0xfffff) -> 0xfffff`` (ints in hex)."""
@@ -84,7 +96,7 @@ class Event:
 
     def as_dict(self) -> dict:
         """Plain dict (JSON-friendly) of every field."""
-        return {k: getattr(self, k) for k in self.__slots__}
+        return {k: getattr(self, k) for k in self.FIELDS}
 
     def __repr__(self) -> str:
         return f"<Event #{self.seq} [{self.layer}/{self.kind} cpu{self.cpu}] {self.describe()}>"
@@ -144,7 +156,26 @@ class EventLog:
         self.seq += 1
         if not self.keep:
             return None
-        spec.check(func, args)
+        if (func, *args, *map(type, args.values())) not in spec.valid_shapes:
+            spec.check(func, args)
+        ev = Event(self.seq, layer, func, spec.kind, args, result, cpu, count, self.depth)
+        self.events.append(ev)
+        return ev
+
+    def emit_args(self, layer: str, func: str, kind: Kind | str, result: Any, cpu: int, args: dict[str, Any],
+                  count: int = 1) -> Event | None:
+        """:meth:`emit` with the arguments already in a dict (``args``, which the event then holds): for a
+        caller that adds arguments to its own (``trace_api``), one dict instead of two. Same event, same
+        checks."""
+        spec = _SCHEMA_GET(kind)
+        if spec is None:
+            raise _unknown_kind(kind)
+        self.totals[spec.name] += count
+        self.seq += 1
+        if not self.keep:
+            return None
+        if (func, *args, *map(type, args.values())) not in spec.valid_shapes:
+            spec.check(func, args)
         ev = Event(self.seq, layer, func, spec.kind, args, result, cpu, count, self.depth)
         self.events.append(ev)
         return ev
@@ -162,9 +193,30 @@ class EventLog:
         self.seq += 1
         if not self.keep:
             return None
-        args = spec.named(func, values)
-        spec.check(func, args)
-        ev = Event(self.seq, layer, func, spec.kind, args, result, cpu, count, self.depth)
+        names = spec.valid_values.get((func, *map(type, values)))   # as many names as values
+        if names is None:
+            ev = Event(self.seq, layer, func, spec.kind, spec.named_checked(func, values), result, cpu, count,
+                       self.depth)
+        else:
+            ev = Event(self.seq, layer, func, spec.kind, values, result, cpu, count, self.depth, names)
+        self.events.append(ev)
+        return ev
+
+    def emit_fields(self, layer: str, func: str, kind: Kind | str, result: Any, cpu: int, names: tuple[str, ...],
+                    values: tuple, count: int = 1) -> Event | None:
+        """:meth:`emit` for hot paths whose arguments are not in the declared order: ``names`` (a constant
+        of the caller) and their ``values``. Same event (its arguments in the order of ``names``), same
+        checks."""
+        spec = _SCHEMA_GET(kind)
+        if spec is None:
+            raise _unknown_kind(kind)
+        self.totals[spec.name] += count
+        self.seq += 1
+        if not self.keep:
+            return None
+        if (func, *names, *map(type, values)) not in spec.valid_shapes:
+            spec.check(func, dict(zip(names, values, strict=True)))
+        ev = Event(self.seq, layer, func, spec.kind, values, result, cpu, count, self.depth, names)
         self.events.append(ev)
         return ev
 

@@ -158,6 +158,10 @@ def split_pages(pgsize_bitmap: int, iova: int, paddr: int, size: int) -> list[tu
     return out
 
 
+#: the arguments of ``iommu_iotlb_sync``'s ``iotlb_invalidations`` event, in the order it gives them
+_SYNC_FIELDS = ("start", "end", "pgsize", "scope", "callback", "freed_tables", "early", "caller", "dropped")
+
+
 # --------------------------------------------------------------------------------------------
 @dataclass(slots=True)
 class IotlbGather:
@@ -319,8 +323,7 @@ class IommuDomain:
             mapped, ret, chunks = pt.map_range(iova, paddr, size, prot, self.iommu_pgsize, cpu)
         finally:
             log.depth -= 1
-        log.emit(_L, "iommu_map_nosync", "iommu_map_calls", ret, cpu=cpu, iova=iova, paddr=paddr, size=mapped,
-                 prot=prot, chunks=chunks, requested=size)
+        log.emit_values(_L, "iommu_map_nosync", "iommu_map_calls", ret, cpu, (iova, paddr, mapped, prot, chunks, size))
         if ret:
             self.iommu_unmap(iova, mapped, cpu=cpu)
         return ret
@@ -370,8 +373,8 @@ class IommuDomain:
             log.emit(_L, "iommu_map_nosync", "error", ret, cpu=cpu, iova=orig_iova, paddr=orig_paddr,
                      size=orig_size, chunks=chunks)
         else:
-            log.emit(_L, "iommu_map_nosync", "iommu_map_calls", 0, cpu=cpu, iova=orig_iova, paddr=orig_paddr,
-                     size=orig_size, prot=prot, chunks=chunks)
+            log.emit_values(_L, "iommu_map_nosync", "iommu_map_calls", 0, cpu,
+                            (orig_iova, orig_paddr, orig_size, prot, chunks))
         return ret
 
     def iommu_sync_map(self, iova: int, size: int, cpu: int = 0) -> int:
@@ -382,9 +385,9 @@ class IommuDomain:
         flushed = self.has_iotlb_sync_map
         if flushed and size:
             self._tlb_invalidate(iova, iova + size - 1)
-        self._log.emit(_L, "iommu_sync_map", "iotlb_syncs", 0, cpu=cpu, iova=iova, size=size,
-                       callback=self._ops["iotlb_sync_map"], flushed=flushed,
-                       flush=self._ops["sync_map_flush"] if flushed else None)
+        self._log.emit_values(_L, "iommu_sync_map", "iotlb_syncs", 0, cpu,
+                              (iova, size, self._ops["iotlb_sync_map"], flushed,
+                               self._ops["sync_map_flush"] if flushed else None))
         return 0
 
     def iommu_map(self, iova: int, paddr: int, size: int, prot: int, cpu: int = 0) -> int:
@@ -477,8 +480,7 @@ class IommuDomain:
             gather.freelist += freed
             if unmapped and not gather.queued:
                 iommu_iotlb_gather_add_range(gather, iova, unmapped)
-            self._log.emit(_L, "__iommu_unmap", "iommu_unmap", unmapped, cpu=cpu, iova=iova, size=size,
-                           unmapped_size=unmapped, chunks=chunks)
+            self._log.emit_values(_L, "__iommu_unmap", "iommu_unmap", unmapped, cpu, (iova, size, unmapped, chunks))
             return unmapped
         log = self._log
         g = self.granule
@@ -510,8 +512,7 @@ class IommuDomain:
                 unmapped += n
         finally:
             log.depth -= 1
-        log.emit(_L, "__iommu_unmap", "iommu_unmap", unmapped, cpu=cpu, iova=orig, size=size,
-                 unmapped_size=unmapped, chunks=chunks)
+        log.emit_values(_L, "__iommu_unmap", "iommu_unmap", unmapped, cpu, (orig, size, unmapped, chunks))
         return unmapped
 
     def iommu_unmap_fast(self, iova: int, size: int, gather: IotlbGather, cpu: int = 0) -> int:
@@ -532,10 +533,9 @@ class IommuDomain:
         ``caller`` names a helper that synced early (``iommu_iotlb_gather_add_page``)."""
         if not gather.empty():
             dropped = self._tlb_invalidate(gather.start, gather.end)
-            self._log.emit(_L, "iommu_iotlb_sync", "iotlb_invalidations", None, cpu=cpu, start=gather.start,
-                           end=gather.end, pgsize=gather.pgsize, scope="range",
-                           callback=self._ops["iotlb_sync"], freed_tables=gather.freelist,
-                           early=caller is not None, caller=caller, dropped=dropped)
+            self._log.emit_fields(_L, "iommu_iotlb_sync", "iotlb_invalidations", None, cpu, _SYNC_FIELDS,
+                                  (gather.start, gather.end, gather.pgsize, "range", self._ops["iotlb_sync"],
+                                   gather.freelist, caller is not None, caller, dropped))
         iommu_iotlb_gather_init(gather)
 
     def iommu_flush_iotlb_all(self, cpu: int = 0) -> None:

@@ -225,24 +225,24 @@ MAX_MAP_SIZE = 1 << 36
 
 
 def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return type(v) is int or (isinstance(v, int) and not isinstance(v, bool))
 
 
 def check_cpu(func: str, cpu, ncpus: int) -> None:
     """``cpu`` must be an int in ``0..ncpus-1`` (``smp_processor_id()`` of a possible CPU)."""
-    if not _is_int(cpu) or not 0 <= cpu < ncpus:
+    if (type(cpu) is not int and not _is_int(cpu)) or not 0 <= cpu < ncpus:
         raise ValueError(f"{func}: cpu {cpu!r} is not one of this domain's CPUs 0..{ncpus - 1}")
 
 
 def check_size(func: str, size, *, zero_ok: bool = False) -> None:
     """``size`` must be an int in ``1..MAX_MAP_SIZE`` (``0..`` with ``zero_ok``)."""
-    if not _is_int(size) or not (0 if zero_ok else 1) <= size <= MAX_MAP_SIZE:
+    if (type(size) is not int and not _is_int(size)) or not (0 if zero_ok else 1) <= size <= MAX_MAP_SIZE:
         raise ValueError(f"{func}: size {size!r} must be an int in {0 if zero_ok else 1}..{MAX_MAP_SIZE:#x} "
                          "(MAX_MAP_SIZE: the simulator's bound of 64 GiB per call)")
 
 
 def check_phys(func: str, phys, size: int) -> None:
     """``phys`` must be a ``phys_addr_t`` (u64) with ``phys + size`` inside the 64-bit space."""
-    if not _is_int(phys) or not 0 <= phys or phys + size - 1 > U64_MASK:
+    if (type(phys) is not int and not _is_int(phys)) or not 0 <= phys or phys + size - 1 > U64_MASK:
         raise ValueError(f"{func}: phys {phys!r} + size {size:#x} is not inside the 64-bit physical address "
                          "space (phys_addr_t)")

@@ -143,8 +143,18 @@ def check_hz(hz) -> int:
 
 def behaves(kernel: str, name: str) -> bool:
     """True when ``kernel`` has the behaviour :data:`DIFFERENCES` ``[name]`` describes as new."""
+    try:
+        return _BEHAVES[kernel, name]       # hot paths ask the same few questions again and again
+    except (KeyError, TypeError):
+        pass
     d = DIFFERENCES[name]
-    return KERNEL_VERSIONS.index(kernel) >= KERNEL_VERSIONS.index(d.since)
+    new = KERNEL_VERSIONS.index(kernel) >= KERNEL_VERSIONS.index(d.since)
+    _BEHAVES[kernel, name] = new
+    return new
+
+
+#: ``(kernel, name) -> behaves(kernel, name)``, filled as asked (only answers, never errors)
+_BEHAVES: dict[tuple[str, str], bool] = {}
 
 
 def msecs_to_jiffies(m: int, hz: int) -> int:

@@ -28,19 +28,24 @@ from iovalab.kernel.pgtable.ops import IoPgtable
 from iovalab.kernel.pgtable.table import Table
 from iovalab.kernel.units import EADDRINUSE, EINVAL, ENXIO, ERANGE
 
-__all__ = ["GenericPt", "pgsize_chunks"]
+__all__ = ["GenericPt", "pgsize_chunks", "pgsize_first"]
 
 
 def pgsize_chunks(pgsize_fn, granule: int, iova: int, paddr: int, size: int):
     """The leaves ``map_range`` installs, as ``(iova, paddr, pgsize, count)`` runs, in order
     (``pt_compute_best_pgsize``/``pt_pgsz_count`` choose the same leaves as the ``iommu_pgsize``
     loop; ``pgsize_fn(iova, paddr, size) -> (pgsize, count)`` is the domain's ``iommu_pgsize``)."""
-    g = granule
     while size:
-        pgsize, count = (g, 1) if size == g else pgsize_fn(iova, paddr, size)
+        pgsize, count = pgsize_first(pgsize_fn, granule, iova, paddr, size)
         yield iova, paddr, pgsize, count
         n = pgsize * count
         iova, paddr, size = iova + n, paddr + n, size - n
+
+
+def pgsize_first(pgsize_fn, granule: int, iova: int, paddr: int, size: int) -> tuple[int, int]:
+    """``(pgsize, count)`` of the first run :func:`pgsize_chunks` gives: one granule page when ``size``
+    is one granule (``single_page``), else ``pgsize_fn``."""
+    return (granule, 1) if size == granule else pgsize_fn(iova, paddr, size)
 
 
 #: ``cfg.common.hw_max_oasz_lg2 = 52`` for VT-d (drivers/iommu/intel/iommu.c) and AMD v1
@@ -69,7 +74,8 @@ class GenericPt(IoPgtable):
             return 0, -ENXIO, []       # single_page: log2_mod(iova | paddr); else best pgsize 0
         mapped = 0
         chunks = []
-        for a, p, pgsize, count in pgsize_chunks(pgsize_fn, g, iova, paddr, size):
+        runs = ((iova, paddr, g, 1),) if size == g else pgsize_chunks(pgsize_fn, g, iova, paddr, size)
+        for a, p, pgsize, count in runs:
             n = pgsize * count
             busy = self.find_mapped(a, a + n, 1)
             if busy:
@@ -98,7 +104,7 @@ class GenericPt(IoPgtable):
         unmapped = freed = 0
         chunks = []
         while a < end:
-            pgsize, count = next(pgsize_chunks(pgsize_fn, g, a, a, end - a))[2:]
+            pgsize, count = pgsize_first(pgsize_fn, g, a, a, end - a)
             n = self.unmap_pages(a, pgsize, count, None, cpu)
             freed += self.last_freed
             chunks.append((a, pgsize, count, n))
@@ -117,7 +123,14 @@ class GenericPt(IoPgtable):
         leaf is cleared from its parent and freed (``gather_add_table``). Returns table pages freed."""
         bsz = self._block[t.lvl]
         freed = 0
-        for j, k in list(t.kids.items()):
+        kids = t.kids
+        items = None
+        a, b = (lo - t.base) // bsz, -(-(hi - t.base) // bsz)    # the entries [lo, hi) touches
+        if b - a <= 32:               # a short range: look up the entries it touches
+            hits = [j for j in range(a, b) if j in kids]
+            if len(hits) <= 1:        # (several go in the order they were made in, which the dict keeps)
+                items = [(j, kids[j]) for j in hits]
+        for j, k in items if items is not None else list(kids.items()):
             base = k.base
             if base + bsz <= lo or base >= hi:
                 continue

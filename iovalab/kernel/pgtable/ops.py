@@ -94,6 +94,13 @@ def _bits(x: int) -> Iterator[int]:
         x ^= low
 
 
+#: a non-empty range of up to this many granules inside the table (a request of a few pages) is queried
+#: entry by entry with hardware walks (:meth:`IoPgtable._entry`): cheaper than the numpy table walks of
+#: :mod:`~iovalab.kernel.pgtable.table` there, same answer (:meth:`IoPgtable.first_unmapped`, ``find_mapped``);
+#: ``map_pages`` reads and writes a run of up to this many PTEs as Python ints, not numpy vectors
+_FEW_GRANULES = 32
+
+
 class IoPgtable:
     """A multi-level IO page table (``struct io_pgtable`` / ``dmar_domain->pgd`` / ``amd_io_pgtable``):
     the machinery every format shares. Build one with
@@ -330,14 +337,19 @@ class IoPgtable:
         """The hardware walk: ``(table, index, level, PTE value)`` of the leaf that maps ``iova``."""
         if iova >> self.ias or iova < 0:
             return None
+        hit = self._entry(iova)
+        return hit if hit[3] else None
+
+    def _entry(self, iova: int) -> tuple[Table, int, int, int]:
+        """The walk of ``iova`` (``0 <= iova < 2**ias``) to where it stops: ``(table, index, level, PTE
+        value)`` of the leaf that maps it, or of the empty entry (value 0) that covers it."""
         t = self.root
         sh, mask = self._sh, self._mask
         for i in range(self.nlevels):
             idx = (iova >> sh[i]) & mask[i]
             k = t.kids.get(idx)
             if k is None:
-                v = int(t.ent[idx])
-                return (t, idx, i, v) if v else None
+                return t, idx, i, t.ent.item(idx)
             t = k
         raise AssertionError("unreachable: the bottom level has no child tables")
 
@@ -382,8 +394,8 @@ class IoPgtable:
                     ent[idx] = (self._enc(paddr) if self.ENCODES_PADDR else paddr) | bits
                     self._leaves += 1
                     if self.log is not None:
-                        self.log.emit(LAYER, self._fn_map, "pte_writes", pgsize, cpu=cpu, count=1, iova=iova,
-                                      paddr=paddr, pgsize=pgsize, pgcount=1, level=self._lname[lvl])
+                        self.log.emit_values(LAYER, self._fn_map, "pte_writes", pgsize, cpu,
+                                             (iova, paddr, pgsize, 1, self._lname[lvl]))
                     return pgsize, 0
         return self._map_slow(iova, paddr, pgsize, count, prot, info, cpu)
 
@@ -411,6 +423,8 @@ class IoPgtable:
             if t is not None:
                 if n == 1:
                     nz = [0] if t.ent[idx] else []
+                elif n <= _FEW_GRANULES:
+                    nz = [j for j, v in enumerate(t.ent[idx:idx + n].tolist()) if v]
                 else:
                     nz = np.flatnonzero(t.ent[idx:idx + n]).tolist()
                 for j in nz:
@@ -447,6 +461,8 @@ class IoPgtable:
             if rep == 1:
                 if n == 1:
                     t.ent[idx] = self._enc(phys0) | bits
+                elif n <= _FEW_GRANULES:
+                    t.ent[idx:idx + n] = [self._enc(phys0 + j * bsz) | bits for j in range(n)]
                 else:
                     ph = np.uint64(phys0) + np.arange(n, dtype=np.uint64) * np.uint64(bsz)
                     t.ent[idx:idx + n] = self._enc_vec(ph) | np.uint64(bits)
@@ -463,8 +479,8 @@ class IoPgtable:
         self._leaves += written - len(clashes)
         mapped = written // rep * pgsize
         if self.log is not None:
-            self.log.emit(LAYER, self._fn_map, "pte_writes", mapped, cpu=cpu, count=written, iova=iova,
-                          paddr=paddr, pgsize=pgsize, pgcount=count, level=self._lname[lvl])
+            self.log.emit_values(LAYER, self._fn_map, "pte_writes", mapped, cpu,
+                                 (iova, paddr, pgsize, count, self._lname[lvl]), written)
         return mapped, 0
 
     # -- unmap --------------------------------------------------------------------------------
@@ -483,8 +499,7 @@ class IoPgtable:
             raise ValueError(f"unmap_pages: pgsize {pgsize:#x} / pgcount {count} invalid")
         n, cleared, gat = self._unmap(iova, pgsize, count, cpu)
         if self.log is not None:
-            self.log.emit(LAYER, self.FN["unmap"], "pte_clear", n, cpu=cpu, count=cleared, iova=iova,
-                          pgsize=pgsize, pgcount=count)
+            self.log.emit_values(LAYER, self.FN["unmap"], "pte_clear", n, cpu, (iova, pgsize, count), cleared)
         if gat is not None and gather_cb is not None:
             gather_cb(*gat)
         return n
@@ -599,11 +614,38 @@ class IoPgtable:
     def find_mapped(self, lo: int, hi: int, limit: int = 16) -> list[int]:
         """Up to ``limit`` granule addresses in ``[lo, hi)`` that a leaf maps, ascending; walks only
         the tables that exist (no kernel analogue: a query for contract checks and views)."""
-        return table.find_mapped(self.root, self._block, self.granule, lo, hi, limit)
+        if not (0 <= lo < hi <= 1 << self.ias and hi - lo <= _FEW_GRANULES * self.granule):  # few granules
+            return table.find_mapped(self.root, self._block, self.granule, lo, hi, limit)
+        g = self.granule
+        out: list[int] = []
+        a = lo
+        while a < hi and len(out) < limit:
+            _, _, i, v = self._entry(a)
+            bsz = self._block[i]
+            end = min(hi, (a & ~(bsz - 1)) + bsz)
+            if v:
+                out.extend(range(a, min(end, a + g * (limit - len(out))), g))
+            a = end
+        return out
 
     def first_unmapped(self, lo: int, hi: int) -> int | None:
         """Lowest granule address in ``[lo, hi)`` with no leaf, or None (walks existing tables)."""
-        return table.first_unmapped(self.root, self._block, self.granule, lo, hi)
+        if not (0 <= lo < hi <= 1 << self.ias and hi - lo <= _FEW_GRANULES * self.granule):  # few granules
+            return table.first_unmapped(self.root, self._block, self.granule, lo, hi)
+        a = lo
+        while a < hi:
+            t, idx, i, v = self._entry(a)
+            if not v:
+                return a & ~(self.granule - 1)
+            bsz = self._block[i]
+            a = (a & ~(bsz - 1)) + bsz
+            if not t.kids and a < hi:    # the next entries of this leaf table, read in place
+                n = min(len(t.ent) - idx - 1, -(-(hi - a) // bsz))
+                for v in t.ent[idx + 1:idx + 1 + n].tolist():
+                    if not v:
+                        return a
+                    a += bsz
+        return None
 
     def mapped_ranges(self, merge: bool = True) -> list[tuple[int, int, int, int]]:
         """``[(iova, phys, size, prot), ...]`` in IOVA order: runs that are contiguous in both IOVA

@@ -14,6 +14,10 @@ import numpy as np
 
 __all__ = ["Table", "tables_in_order", "find_mapped", "first_unmapped", "mapped_ranges", "occupancy"]
 
+#: up to this many entries of one table, the walks below read them as Python ints (a numpy reduction
+#: costs more than the loop over a few entries); the answer is the same either way
+_FEW = 32
+
 #: ``decode(ptes, iovas, level) -> (phys, prot)`` arrays for the leaf PTEs of one table.
 DecodeVec = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
@@ -54,7 +58,12 @@ def find_mapped(root: Table, block: Sequence[int], granule: int, lo: int, hi: in
             return
         a = (first - t.base) // bsz
         b = (last - t.base + bsz - 1) // bsz
-        for j in np.flatnonzero(t.ent[a:b]).tolist():
+        ent = t.ent[a:b]
+        if b - a <= _FEW:
+            present = [j for j, v in enumerate(ent.tolist()) if v]
+        else:
+            present = np.flatnonzero(ent).tolist()
+        for j in present:
             k = t.kids.get(a + j)
             if k is not None:
                 walk(k)
@@ -77,9 +86,18 @@ def first_unmapped(root: Table, block: Sequence[int], granule: int, lo: int, hi:
         a = (first - t.base) // bsz
         b = (last - t.base + bsz - 1) // bsz
         ent = t.ent[a:b]
-        j = None if ent.all() else int(np.flatnonzero(ent == 0)[0])
+        if b - a <= _FEW:
+            vals = ent.tolist()
+            j = vals.index(0) if 0 in vals else None
+        else:
+            j = None if ent.all() else int(np.flatnonzero(ent == 0)[0])
         upto = b if j is None else a + j  # entries before the first empty one
-        for k_idx in sorted(x for x in t.kids if a <= x < upto):
+        kids = t.kids
+        if upto - a <= _FEW:
+            below = [x for x in range(a, upto) if x in kids] if kids else []
+        else:
+            below = sorted(x for x in kids if a <= x < upto)
+        for k_idx in below:
             k = t.kids[k_idx]
             r = walk(k, max(first, k.base), min(last, k.base + bsz))
             if r is not None:
