@@ -27,7 +27,7 @@ RANK = {
     "kernel.dma_iommu": 4,
     "drivers.common": 5, "drivers.blk_mq_dma": 5.3, "drivers.nvme_pci": 5.5, "drivers.hmm": 5.5,
     "drivers.vfio_mlx5": 5.5, "drivers": 5.8,
-    "trace": 5, "trace.ftrace": 5, "trace.ftrace_write": 5.5, "trace.steps": 5.6, "trace.system": 5.7,
+    "trace": 5, "trace.ftrace": 5, "trace.ftrace_write": 5.5, "trace.evidence": 5.55, "trace.steps": 5.6, "trace.system": 5.7,
     "trace.lines": 5.8, "trace.reference": 6, "trace.replay": 6, "trace.bigtrace": 6.05,
     "lab": 6, "lab.cost": 6.5, "lab.scenarios": 7, "lab.step_state": 6.2, "lab.explain_steps": 7.5,
     "lab.notation": 6.1, "lab.derivation": 7.8,

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -49,7 +49,7 @@ from iovalab.kernel.units import U64_MASK
 __all__ = [
     "KNOWN_EVENTS", "DMA_DIRECTIONS", "DMA_ATTR_NAMES", "DMA_TRACE_MAX_ENTRIES",
     "FtraceParseError", "TraceLine", "FtraceCapture", "Phase",
-    "parse_ftrace", "parse_line", "phases",
+    "parse_ftrace", "iter_ftrace", "parse_line", "phases",
     "decode_dma_attrs", "is_domain_flush", "parse_dma_attrs",
 ]
 
@@ -472,112 +472,128 @@ def _split(text: str) -> list[str]:
     return parts
 
 
-def _iter_source(source) -> tuple[Iterable[str], str | None]:
+def _open_lines(source) -> tuple[Iterable[str], str | None, IO[str] | None]:
+    """The lines of ``source`` one at a time (a file is read as it is iterated, never whole), its
+    name, and the file to close afterwards."""
     if isinstance(source, str) and "\n" in source:
-        return _split(source), None
+        return _split(source), None, None
     if isinstance(source, (str, os.PathLike)):
-        with open(source, encoding="utf-8", errors="replace", newline="\n") as f:
-            return _split(f.read()), os.fspath(source)
+        f = open(source, encoding="utf-8", errors="replace", newline="\n")
+        return f, os.fspath(source), f
     if isinstance(source, (bytes, bytearray)):
-        return _split(bytes(source).decode("utf-8", errors="replace")), None
+        return _split(bytes(source).decode("utf-8", errors="replace")), None, None
     name = getattr(source, "name", None)
-    return source, name if isinstance(name, str) else None
+    return source, name if isinstance(name, str) else None, None
 
 
 def parse_ftrace(lines_or_path: str | os.PathLike | Iterable[str] | IO[str], *,
                  strict: bool = True) -> FtraceCapture:
-    """Parse a tracefs ``trace`` text into a :class:`FtraceCapture`.
+    """Parse a tracefs ``trace`` text into a :class:`FtraceCapture` (every line kept in ``lines``).
 
     ``lines_or_path``: a path (``str``/``PathLike``; read as UTF-8 with replacement), trace text
     (a ``str`` containing a newline, or ``bytes``), or any iterable of lines (a list, an open text
     file). Comment (``#``) and blank lines are skipped, header values read from them. Lines of
     unknown events are counted and skipped. A line that is no trace line, or a known event whose
     text does not match its kernel format, raises :class:`FtraceParseError` (``strict=True``) or
-    is counted in ``bad_lines`` and skipped (``strict=False``).
+    is counted in ``bad_lines`` and skipped (``strict=False``). :func:`iter_ftrace` reads the same
+    lines one at a time, for captures too big to hold.
     """
-    src, name = _iter_source(lines_or_path)
-    cap = FtraceCapture(source=name)
+    cap = FtraceCapture()
     lines, markers = cap.lines, cap.markers
-    counts: dict[str, int] = {}
-    unknown: dict[str, int] = {}
-    cpus: set[int] = set()
+    for tl in iter_ftrace(lines_or_path, strict=strict, into=cap):
+        lines.append(tl)
+        if tl.system == "ftrace":
+            markers.append(tl)
+    return cap
+
+
+def iter_ftrace(lines_or_path: str | os.PathLike | Iterable[str] | IO[str], *, strict: bool = True,
+                into: FtraceCapture | None = None) -> Iterator[TraceLine]:
+    """The known-event lines of a ``trace`` text, one :class:`TraceLine` at a time, in file order
+    (see :func:`parse_ftrace` for the sources and the errors). A file is read as it is iterated, so
+    the memory does not grow with the capture. ``into``: a :class:`FtraceCapture` whose header values,
+    ``counts``, ``cpus``, ``unknown_*``, ``bad_lines``/``errors``, ``lost_events`` and ``nr_lines``
+    are filled as the lines go by (its ``lines`` are left alone); complete once the iterator ends."""
+    src, name, to_close = _open_lines(lines_or_path)
+    cap = into if into is not None else FtraceCapture()
+    cap.source = name
+    counts: dict[str, int] = cap.counts
+    unknown: dict[str, int] = cap.unknown_events
+    cpus: set[int] = set(cap.cpus)
     prefix = _PREFIX.fullmatch
     specs = _SPECS
     lineno = 0
-    for lineno, line in enumerate(src, 1):
-        if isinstance(line, (bytes, bytearray)):
-            line = bytes(line).decode("utf-8", errors="replace")
-        if line.endswith("\n"):
-            line = line[:-1]
-        if line.endswith("\r"):
-            line = line[:-1]
-        s = line.lstrip()
-        if not s:
-            continue
-        if s[0] == "#":
-            if _header(cap, s):
-                err = FtraceParseError(lineno, None, "'#P:CPUS' with CPUS <= NR_CPUS", line,
-                                       _CPU_RULE.format(f"#P:{cap.nr_cpus}"))
-                cap.nr_cpus = None
-                if strict:
-                    raise err
-                cap.bad_lines += 1
-                cap.errors.append(err)
-            continue
-        m = prefix(line)
-        if m is None:
-            lost = _LOST.fullmatch(s.rstrip())
-            if lost is not None:
-                cap.lost_events += int(lost.group("n"))
-            elif s.startswith("=>") or s == "<stack trace>" or s == "<user stack trace>":
-                cap.continuation_lines += 1
-            elif strict:
-                raise FtraceParseError(lineno, None, _PREFIX_EXPECTED, line)
+    try:
+        for lineno, line in enumerate(src, 1):
+            if line.__class__ is not str:
+                if isinstance(line, (bytes, bytearray)):
+                    line = bytes(line).decode("utf-8", errors="replace")
+            if line.endswith("\n"):
+                line = line[:-1]
+            if line.endswith("\r"):
+                line = line[:-1]
+            m = prefix(line)
+            if m is None:
+                s = line.lstrip()
+                if not s:
+                    continue
+                if s[0] == "#":
+                    if _header(cap, s):
+                        err = FtraceParseError(lineno, None, "'#P:CPUS' with CPUS <= NR_CPUS", line,
+                                               _CPU_RULE.format(f"#P:{cap.nr_cpus}"))
+                        cap.nr_cpus = None
+                        if strict:
+                            raise err
+                        cap.bad_lines += 1
+                        cap.errors.append(err)
+                    continue
+                lost = _LOST.fullmatch(s.rstrip())
+                if lost is not None:
+                    cap.lost_events += int(lost.group("n"))
+                elif s.startswith("=>") or s == "<stack trace>" or s == "<user stack trace>":
+                    cap.continuation_lines += 1
+                elif strict:
+                    raise FtraceParseError(lineno, None, _PREFIX_EXPECTED, line)
+                else:
+                    cap.bad_lines += 1
+                    cap.errors.append(FtraceParseError(lineno, None, _PREFIX_EXPECTED, line))
+                continue
+            task, pid, tgid, cpu_s, flags, ts, event, text = m.groups()
+            system = KNOWN_EVENTS.get(event)
+            if system is None:
+                cap.unknown_count += 1
+                unknown[event] = unknown.get(event, 0) + 1
+                continue
+            text = text or ""
+            if event in specs:
+                fields, expected, why = _parse_fields(event, text)
+                if fields is None:
+                    err = FtraceParseError(lineno, event, expected, line, why)
+                    if strict:
+                        raise err
+                    cap.bad_lines += 1
+                    cap.errors.append(err)
+                    continue
             else:
-                cap.bad_lines += 1
-                cap.errors.append(FtraceParseError(lineno, None, _PREFIX_EXPECTED, line))
-            continue
-        event = m.group("event")
-        system = KNOWN_EVENTS.get(event)
-        if system is None:
-            cap.unknown_count += 1
-            unknown[event] = unknown.get(event, 0) + 1
-            continue
-        text = m.group("text") or ""
-        if event in specs:
-            fields, expected, why = _parse_fields(event, text)
-            if fields is None:
-                err = FtraceParseError(lineno, event, expected, line, why)
+                fields = {"text": text}
+            cpu = int(cpu_s)
+            if cpu >= MAX_CPUS:
+                err = FtraceParseError(lineno, event, _PREFIX_EXPECTED, line, _CPU_RULE.format(f"CPU {cpu}"))
                 if strict:
                     raise err
                 cap.bad_lines += 1
                 cap.errors.append(err)
                 continue
-        else:
-            fields = {"text": text}
-        tgid = m.group("tgid")
-        ts = m.group("ts")
-        cpu = int(m.group("cpu"))
-        if cpu >= MAX_CPUS:
-            err = FtraceParseError(lineno, event, _PREFIX_EXPECTED, line, _CPU_RULE.format(f"CPU {cpu}"))
-            if strict:
-                raise err
-            cap.bad_lines += 1
-            cap.errors.append(err)
-            continue
-        tl = TraceLine(lineno, m.group("task"), int(m.group("pid")), cpu, m.group("flags"),
-                       float(ts), ts, event, system, fields, line, text,
-                       int(tgid) if tgid is not None and tgid[0] != "-" else None)
-        lines.append(tl)
-        if system == "ftrace":
-            markers.append(tl)
-        counts[event] = counts.get(event, 0) + 1
-        cpus.add(cpu)
-    cap.counts = counts
-    cap.unknown_events = unknown
-    cap.cpus = sorted(cpus)
-    cap.nr_lines = lineno
-    return cap
+            counts[event] = counts.get(event, 0) + 1
+            if cpu not in cpus:
+                cpus.add(cpu)
+                cap.cpus = sorted(cpus)
+            yield TraceLine(lineno, task, int(pid), cpu, flags, float(ts), ts, event, system, fields, line, text,
+                            int(tgid) if tgid is not None and tgid[0] != "-" else None)
+    finally:
+        cap.nr_lines = lineno
+        if to_close is not None:
+            to_close.close()
 
 
 def _header(cap: FtraceCapture, s: str) -> bool:

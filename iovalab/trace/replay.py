@@ -30,14 +30,17 @@ every mapping through the DMA API and compares every ``map``/``unmap`` line.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from iovalab.kernel.device import Device
 from iovalab.kernel.events import EventLog
-from iovalab.trace.ftrace import FtraceCapture, is_domain_flush, parse_ftrace
+from iovalab.trace.evidence import CaptureEvidence
+from iovalab.trace.ftrace import FtraceCapture, TraceLine, iter_ftrace
 from iovalab.trace.ftrace_write import (
     format_dma_alloc, format_dma_map_page, format_dma_map_sg, format_dma_unmap_page, format_dma_unmap_sg,
     format_line, format_map, format_unmap, write_ftrace,
@@ -46,12 +49,12 @@ from iovalab.kernel.iommu import IotlbGather
 from iovalab.kernel.iova import IOVA_DEPOT_DELAY_MS, IOVA_RANGE_CACHE_MAX_SIZE, MAX_CPUS
 from iovalab.kernel.units import DMA_BIT_MASK
 from iovalab.kernel.version import behaves, check_kernel
-from iovalab.trace.lines import LineCheck, check_lines
-from iovalab.trace.steps import Allocation, reconstruct
+from iovalab.trace.lines import MAX_MISMATCHES, LineCheck, LineChecker, check_lines
+from iovalab.trace.steps import LOOKAHEAD, Allocation, iter_steps, reconstruct
 from iovalab.trace.system import SystemConfig, infer_system, parse_range
 
 __all__ = ["Allocation", "PhaseResult", "ReplayResult", "SystemConfig", "LineCheck", "reconstruct",
-           "infer_system", "replay_capture", "check_lines", "events_to_ftrace", "export_ftrace", "cli"]
+           "infer_system", "replay_capture", "replay_file", "check_lines", "events_to_ftrace", "export_ftrace", "cli"]
 
 
 @dataclass
@@ -87,6 +90,7 @@ class ReplayResult:
     seconds: float = 0.0
     system: SystemConfig | None = None
     lines: LineCheck | None = None
+    nr_lines: int = 0     # lines of the file (replay_file)
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("path", "cpus", "mode", "mode_inferred", "allocations",
@@ -103,15 +107,12 @@ class ReplayResult:
 
 
 # --------------------------------------------------------------------------------------------
-def infer_mode(cap: FtraceCapture) -> tuple[str, str]:
+def infer_mode(cap: FtraceCapture | CaptureEvidence) -> tuple[str, str]:
     """strict or lazy, and how that was decided."""
-    c = cap.counts
-    # 7.3.4: a domain-wide flush is a cache_tag_flush_range over [0x0-0xffffffffffffffff] (is_domain_flush)
-    whole = sum(1 for ln in cap.lines if ln.event == "cache_tag_flush_range" and is_domain_flush(ln)) \
-        if c.get("cache_tag_flush_range", 0) else 0
-    if c.get("cache_tag_flush_range", 0) > whole:
+    ev = cap if isinstance(cap, CaptureEvidence) else CaptureEvidence.of_capture(cap)
+    if ev.ranged_flushes > 0:
         return "strict", "strict: one ranged IOTLB flush per unmap (cache_tag_flush_range)"
-    if c.get("cache_tag_flush_all", 0) or whole:
+    if ev.domain_flushes:
         return "lazy", ("lazy: only domain-wide flushes (cache_tag_flush_all, or cache_tag_flush_range over "
                         "[0x0-0xffffffffffffffff]), none per unmap")
     return "strict", ("strict (a guess: the capture has no IOTLB flush events; lazy is tried too "
@@ -119,7 +120,7 @@ def infer_mode(cap: FtraceCapture) -> tuple[str, str]:
 
 
 class _Replayer:
-    def __init__(self, cpus: int, mode: str, flush_points: bool, system: SystemConfig):
+    def __init__(self, cpus: int, mode: str, system: SystemConfig, flush_points: bool = False):
         self.log = EventLog(keep=False)
         self.dom = system.make_domain(strict=(mode == "strict"), ncpus=cpus, log=self.log)
         self.dev = Device(name="0000:00:01.0", dma_mask=DMA_BIT_MASK(64), is_pci=True)
@@ -224,30 +225,77 @@ class _Replayer:
 
 def replay_capture(cap: FtraceCapture, *, cpus: int | None = None, mode: str | None = None,
                    path: str = "<capture>", system: SystemConfig | None = None,
-                   lines: bool = False) -> ReplayResult:
+                   lines: bool = False, iovas: bool = True) -> ReplayResult:
     """Replay a parsed capture; see the module docstring for the rules. ``system``: the simulated
     system (default: :func:`infer_system` of the capture); ``lines``: also redo every mapping and
-    compare every ``map``/``unmap`` line (:func:`check_lines`, in ``result.lines``)."""
+    compare every ``map``/``unmap`` line (:class:`~iovalab.trace.lines.LineChecker`, in ``result.lines``);
+    ``iovas``: keep every allocation's kernel and simulator IOVA (``kernel_iovas``/``sim_iovas``, for plots).
+    :func:`replay_file` does the same for a capture read from a file as a stream."""
     t0 = time.perf_counter()
+    ev = CaptureEvidence.of_capture(cap)
     system = system or infer_system(cap)
-    inferred_mode, why = infer_mode(cap)
-    if mode is None:
-        result = _replay(cap, cpus, inferred_mode, path, why, system)
-        if result.mismatched and "guess" in why:
-            alt = _replay(cap, cpus, "lazy", path, "lazy (a guess: strict did not match; flush "
-                          "points from the 10 ms flush-queue timer and event timestamps)", system)
-            if alt.mismatched < result.mismatched:
-                result = alt
-    else:
-        result = _replay(cap, cpus, mode, path, f"{mode} (given)", system)
-    if lines:
-        result.lines = check_lines(cap, system, cpus=result.cpus, strict=result.mode == "strict",
-                                   reorders=result.reorder_frees)
+    last = cap.lines[-1].lineno + 1 if cap.lines else 1
+    result = _replay_modes(lambda: iter(cap.lines), ev, cpus, mode, path, system, lines, iovas, lookahead=last)
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def replay_cpus(cap: FtraceCapture, cpus: int | None = None) -> int:
+def replay_file(path: str | os.PathLike, *, cpus: int | None = None, mode: str | None = None,
+                system: SystemConfig | None = None, lines: bool = True, iovas: bool = False,
+                lookahead: int = LOOKAHEAD, strict_parse: bool = True,
+                overrides: dict | None = None, progress: Callable[[str], None] | None = None) -> ReplayResult:
+    """Replay the capture in file ``path`` as a stream: one pass gathers the evidence that decides the
+    system and the mode (:class:`~iovalab.trace.evidence.CaptureEvidence`), a second one replays it
+    (allocations, and with ``lines`` every map/unmap line); only the lookahead of
+    :func:`~iovalab.trace.steps.iter_steps` and the ranges still mapped are held, so the memory does not
+    grow with the capture. ``overrides``: ``iommu``/``page_size``/``reserve``/``kernel`` for
+    :func:`infer_system`; ``progress``: called with a short text as each pass starts and ends.
+    The result is that of :func:`replay_capture` of the same capture (with ``iovas=False``: no
+    per-allocation lists)."""
+    t0 = time.perf_counter()
+    say = progress or (lambda _text: None)
+    say("reading the capture for its evidence (pass 1 of 2)")
+    head = FtraceCapture()
+    ev = CaptureEvidence()
+    ev.feed_all(iter_ftrace(path, strict=strict_parse, into=head))
+    ev.finish(head)
+
+    def source() -> Iterator[TraceLine]:
+        return iter_ftrace(path, strict=strict_parse)
+
+    system = system or infer_system(ev, steps=lambda g: iter_steps(source(), g, lookahead=lookahead),
+                                    **(overrides or {}))
+    say(f"replaying {head.nr_lines:,} lines (pass 2 of 2)")
+    result = _replay_modes(source, ev, cpus, mode, os.fspath(path), system, lines, iovas, lookahead=lookahead)
+    result.nr_lines = head.nr_lines
+    result.seconds = time.perf_counter() - t0
+    say(f"replayed {head.nr_lines:,} lines in {result.seconds:.1f} s")
+    return result
+
+
+def _replay_modes(source: Callable[[], Iterator[TraceLine]], ev: CaptureEvidence, cpus: int | None,
+                  mode: str | None, path: str, system: SystemConfig, lines: bool, iovas: bool,
+                  lookahead: int) -> ReplayResult:
+    """The replay in the given or inferred mode; an inferred guess of strict that does not match is
+    replayed lazy too, and the better of the two kept (reported as such)."""
+    ncpus = replay_cpus(ev, cpus, source)
+    inferred_mode, why = infer_mode(ev)
+    fp = ev.domain_flushes > 0
+    if mode is None:
+        result = _replay(source, ncpus, inferred_mode, path, why, system, lines, iovas, lookahead, fp)
+        if result.mismatched and "guess" in why:
+            alt = _replay(source, ncpus, "lazy", path, "lazy (a guess: strict did not match; flush "
+                          "points from the flush-queue timer and event timestamps)", system, lines, iovas,
+                          lookahead, fp)
+            if alt.mismatched < result.mismatched:
+                result = alt
+    else:
+        result = _replay(source, ncpus, mode, path, f"{mode} (given)", system, lines, iovas, lookahead, fp)
+    return result
+
+
+def replay_cpus(cap: FtraceCapture | CaptureEvidence, cpus: int | None = None,
+                source: Callable[[], Iterator[TraceLine]] | None = None) -> int:
     """The CPU count a replay models: ``cpus`` (``--cpus``), else the header's ``#P:``, else the
     highest CPU seen + 1. ``ValueError`` when it is not ``1..MAX_CPUS`` or a line's CPU is beyond it
     (per-CPU rcaches and flush queues exist for those CPUs only)."""
@@ -256,29 +304,31 @@ def replay_cpus(cap: FtraceCapture, cpus: int | None = None) -> int:
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CPUS:
         raise ValueError(f"{n!r} CPUs ({why}): must be an int in 1..{MAX_CPUS} (NR_CPUS of x86_64 CONFIG_MAXSMP)")
     if cap.cpus and cap.cpus[-1] >= n:
-        ln = next(x for x in cap.lines if x.cpu >= n)
-        raise ValueError(f"line {ln.lineno}: CPU {ln.cpu} is beyond the {n} CPUs of {why} (CPUs are 0..{n - 1}); "
-                         "pass --cpus with more")
+        lines = source() if source is not None else iter(cap.lines) if isinstance(cap, FtraceCapture) else iter(())
+        ln = next((x for x in lines if x.cpu >= n), None)
+        where = f"line {ln.lineno}: " if ln is not None else ""
+        raise ValueError(f"{where}CPU {cap.cpus[-1] if ln is None else ln.cpu} is beyond the {n} CPUs of {why} "
+                         f"(CPUs are 0..{n - 1}); pass --cpus with more")
     return n
 
 
-def _replay(cap: FtraceCapture, cpus: int | None, mode: str, path: str, why: str,
-            system: SystemConfig) -> ReplayResult:
-    ncpus = replay_cpus(cap, cpus)
-    steps = reconstruct(cap, system.granule)
-    flush_points = any(s[0] == "flush" for s in steps)
-    rp = _Replayer(ncpus, mode, flush_points, system)
+def _replay(source: Callable[[], Iterator[TraceLine]], ncpus: int, mode: str, path: str, why: str,
+            system: SystemConfig, lines: bool, iovas: bool, lookahead: int, flush_points: bool) -> ReplayResult:
+    rp = _Replayer(ncpus, mode, system, flush_points)
+    chk = LineChecker(system, ncpus=ncpus, strict=(mode == "strict")) if lines else None
     res = ReplayResult(path, ncpus, mode, why, system=system)
     phase = PhaseResult("(before the first marker)", 1)
     res.phases.append(phase)
-    pending: list[tuple] = []   # frees seen since the last allocation: (alloc, cpu, irq, ln, ts)
+    pending: list[tuple] = []   # frees seen since the last allocation: (alloc, cpu, irq, ln, ts, line)
 
     def apply_pending():
-        for (a, cpu, _irq, _ln, ts) in pending:
+        for (a, cpu, _irq, _ln, ts, line) in pending:
             rp.free(a, cpu, ts)
+            if chk is not None:
+                chk.unmap(line)
         pending.clear()
 
-    for st in steps:
+    for st in iter_steps(source(), system.granule, lookahead=lookahead):
         kind = st[0]
         if kind == "phase":
             apply_pending()
@@ -286,11 +336,17 @@ def _replay(cap: FtraceCapture, cpus: int | None, mode: str, path: str, why: str
             res.phases.append(phase)
         elif kind == "unmatched":
             res.unmatched_unmaps += 1
+            if chk is not None:     # frees nothing: no allocation depends on where it goes
+                chk.unmap(st[2])
         elif kind == "free":
-            _, a, cpu, irq, ln, ts = st
+            _, a, cpu, irq, ln, ts, line = st
             rp.advance(ts, cpu)
             res.frees += 1
-            pending.append((a, cpu, irq, ln, ts))
+            pending.append((a, cpu, irq, ln, ts, line))
+        elif kind == "link":
+            apply_pending()
+            if chk is not None:
+                chk.link(st[1], st[2])
         elif kind == "flush":
             _, cpu, ln, ts, softirq = st
             apply_pending()
@@ -302,41 +358,18 @@ def _replay(cap: FtraceCapture, cpus: int | None, mode: str, path: str, why: str
             rp.advance(a.timestamp, a.cpu)
             res.allocations += 1
             phase.allocations += 1
-            # frees that may be moved after this allocation: the trailing run of interrupt-context
-            # (or other-CPU) frees just before it
-            k_max = 0
-            for (_, cpu, irq, _, _) in reversed(pending):
-                if irq or cpu != a.cpu:
-                    k_max += 1
-                else:
-                    break
-            saved = rp.save() if k_max else None
-            got = 0   # always set below: range(k_max + 1) is never empty
-            chosen = 0
-            for k in range(k_max + 1):
-                if k:
-                    rp.restore(saved)
-                head = pending[:len(pending) - k]
-                tail = pending[len(pending) - k:]
-                for (fa, cpu, _irq, _ln, ts) in head:
-                    rp.free(fa, cpu, ts)
-                got = rp.alloc(a)
-                if got == a.base:
-                    for (fa, cpu, _irq, _ln, ts) in tail:
-                        rp.free(fa, cpu, ts)
-                    chosen = k
-                    break
-            else:
-                # no order matches: keep trace order and report
-                rp.restore(saved) if saved else None
-                if saved:
-                    for (fa, cpu, _irq, _ln, ts) in pending:
-                        rp.free(fa, cpu, ts)
-                    got = rp.alloc(a)
-                chosen = -1
+            chosen, got = _alloc(rp, a, pending)
+            if chk is not None:
+                cut = len(pending) - max(chosen, 0)
+                for p in pending[:cut]:
+                    chk.unmap(p[5])
+                chk.request(a)
+                for p in pending[cut:]:
+                    chk.unmap(p[5])
             pending.clear()
-            res.kernel_iovas.append((a.timestamp, a.base, a.size))
-            res.sim_iovas.append((a.timestamp, got, a.size))
+            if iovas:
+                res.kernel_iovas.append((a.timestamp, a.base, a.size))
+                res.sim_iovas.append((a.timestamp, got, a.size))
             if chosen >= 0:
                 res.matched += 1
                 phase.matched += 1
@@ -350,12 +383,48 @@ def _replay(cap: FtraceCapture, cpus: int | None, mode: str, path: str, why: str
                 phase.mismatched += 1
                 msg = (f"line {a.lineno}: {a.size:#x} bytes on cpu{a.cpu}: kernel {a.base:#x}, "
                        f"simulator {got:#x}")
-                res.mismatches.append(msg)
+                if len(res.mismatches) < MAX_MISMATCHES:
+                    res.mismatches.append(msg)
                 if phase.first_mismatch is None:
                     phase.first_mismatch = msg
                 _resync(rp, a, got)
     apply_pending()
+    if chk is not None:
+        res.lines = chk.result
     return res
+
+
+def _alloc(rp: _Replayer, a: Allocation, pending: list[tuple]) -> tuple[int, int]:
+    """Allocation ``a`` in the allocation model, after the pending frees: ``(k, iova)`` where ``k`` is
+    how many of the trailing interrupt-context (or other-CPU) frees had to move after it for the
+    kernel's IOVA (0: trace order; -1: no order gives it, trace order kept). Only the order the trace
+    leaves open is tried, and every move is counted by the caller."""
+    k_max = 0
+    for p in reversed(pending):
+        if p[2] or p[1] != a.cpu:
+            k_max += 1
+        else:
+            break
+    saved = rp.save() if k_max else None
+    got = 0
+    for k in range(k_max + 1):
+        if k:
+            rp.restore(saved)
+        cut = len(pending) - k
+        for p in pending[:cut]:
+            rp.free(p[0], p[1], p[4])
+        got = rp.alloc(a)
+        if got == a.base:
+            for p in pending[cut:]:
+                rp.free(p[0], p[1], p[4])
+            return k, got
+    # no order matches: keep trace order and report
+    if saved:
+        rp.restore(saved)
+        for p in pending:
+            rp.free(p[0], p[1], p[4])
+        got = rp.alloc(a)
+    return -1, got
 
 
 def _resync(rp: _Replayer, a: Allocation, got: int) -> None:
@@ -454,6 +523,10 @@ def export_ftrace(events, path, *, nr_cpus: int = 1, **kw) -> int:
     return write_ftrace(lines, path, header=True, nr_cpus=nr_cpus)
 
 
+def _stderr_progress(text: str) -> None:
+    print(f"replay-ftrace: {text}", file=sys.stderr, flush=True)
+
+
 def cli(args) -> int:
     """``python -m iovalab replay-ftrace FILE [--cpus N] [--strict|--lazy] [--iommu NAME]
     [--page-size BYTES] [--reserve START-END]... [--json]``: the inferred system and its evidence,
@@ -472,24 +545,22 @@ def cli(args) -> int:
               "real/*.trace)", file=sys.stderr)
         return 2
     try:
-        cap = parse_ftrace(found[0])
+        overrides = {"iommu": args.iommu, "page_size": args.page_size,
+                     "reserve": [parse_range(r) for r in args.reserve], "kernel": getattr(args, "kernel", None)}
+        res = replay_file(found[0], cpus=args.cpus, mode=args.mode, lines=True, overrides=overrides,
+                          progress=_stderr_progress if sys.stderr.isatty() else None)
     except FtraceParseError as e:
         print(f"error: {args.file}: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: {args.file}: {e.strerror}", file=sys.stderr)
         return 2
-    try:
-        system = infer_system(cap, iommu=args.iommu, page_size=args.page_size,
-                              reserve=[parse_range(r) for r in args.reserve], kernel=getattr(args, "kernel", None))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        res = replay_capture(cap, cpus=args.cpus, mode=args.mode, path=args.file, system=system, lines=True)
     except ValueError as e:
         print(f"error: {args.file}: {e}", file=sys.stderr)
         return 2
+    res.path = args.file
+    system = res.system
+    assert system is not None
     lines = res.lines
     assert lines is not None
     if args.json:
