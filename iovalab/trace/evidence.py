@@ -111,6 +111,15 @@ class CaptureEvidence:
         self.counts = dict(cap.counts)
         self._last_map.clear()
 
+    def snapshot(self, cap: FtraceCapture) -> CaptureEvidence:
+        """A finished copy of the evidence so far (``cap``: the parse's header, counts and CPUs so far),
+        while this one goes on taking lines."""
+        ev = CaptureEvidence(align_bits=self.align_bits, singles=self.singles, single_fits=dict(self.single_fits),
+                             single_small=dict(self.single_small), flush_with_pages=self.flush_with_pages,
+                             flush_without_pages=self.flush_without_pages, domain_flushes=self.domain_flushes)
+        ev.finish(cap)
+        return ev
+
     @property
     def map_lines(self) -> int:
         return self.counts.get("map", 0) + self.counts.get("unmap", 0)

@@ -130,6 +130,17 @@ def _sg_entries(phys: list[int], maps: list[TraceLine], granule: int) -> list[Sc
     return ents if all(e.length > 0 for e in ents) else None
 
 
+def _mismatch(path: str, kernel: list[TraceLine], want: list[tuple], sim: list[tuple]) -> str:
+    """One line saying where the simulator's lines part from the kernel's (the first that differs)."""
+    def show(t: tuple | None) -> str:
+        return "none" if t is None else "(" + ", ".join(hex(x) for x in t) + ")"
+    i = next((j for j, (w, s) in enumerate(zip(want, sim, strict=False)) if w != s), min(len(want), len(sim)))
+    k = kernel[min(i, len(kernel) - 1)]
+    return (f"line {k.lineno}: {path} {k.event}: the kernel traced {len(want)} line(s), the simulator {len(sim)}; "
+            f"first difference: kernel {show(want[i] if i < len(want) else None)}, "
+            f"simulator {show(sim[i] if i < len(sim) else None)}")
+
+
 def _flushes(events) -> list[tuple[str, int, int]]:
     """The IOTLB invalidations among ``events``: (function, start, end) - ``iommu_iotlb_sync`` of a
     range, ``iommu_flush_iotlb_all`` of the domain (drivers/iommu/iommu.c, 6.17 and 7.3.4)."""
@@ -208,9 +219,7 @@ class LineChecker:
         p.reproduced += ok
         res.reproduced += ok
         if ok < len(want) and len(res.mismatches) < MAX_MISMATCHES:
-            res.mismatches.append(f"line {kernel[0].lineno}: {path} {kernel[0].event} "
-                                  f"{[tuple(hex(x) for x in w) for w in want]}, simulator "
-                                  f"{[tuple(hex(x) for x in s) for s in sim]}")
+            res.mismatches.append(_mismatch(path, kernel, want, sim))
 
     def _cmp_addr(self, ln: TraceLine, want: int, got: int) -> None:
         res = self.result
@@ -254,8 +263,7 @@ class LineChecker:
             self.record[a.lineno] = entry
             self.rec_by_base[a.base] = entry
         log.clear()
-        if a.freed_at is not None or a.size_hint:
-            self.live[a.base] = (path, undo)
+        self.live[a.base] = (path, undo)     # until its unmap (a range never unmapped stays)
 
     def _redo(self, a: Allocation, path: str, maps: list[TraceLine], ev: TraceLine | None, cpu: int) -> tuple:
         """Map request ``a`` through ``path``; returns how to unmap it."""

@@ -29,6 +29,7 @@ every mapping through the DMA API and compares every ``map``/``unmap`` line.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -51,7 +52,7 @@ from iovalab.kernel.units import DMA_BIT_MASK
 from iovalab.kernel.version import behaves, check_kernel
 from iovalab.trace.lines import MAX_MISMATCHES, LineCheck, LineChecker, check_lines
 from iovalab.trace.steps import LOOKAHEAD, Allocation, iter_steps, reconstruct
-from iovalab.trace.system import SystemConfig, infer_system, parse_range
+from iovalab.trace.system import SystemConfig, TwoStepFacts, infer_system, parse_range
 
 __all__ = ["Allocation", "PhaseResult", "ReplayResult", "SystemConfig", "LineCheck", "reconstruct",
            "infer_system", "replay_capture", "replay_file", "check_lines", "events_to_ftrace", "export_ftrace", "cli"]
@@ -91,6 +92,8 @@ class ReplayResult:
     system: SystemConfig | None = None
     lines: LineCheck | None = None
     nr_lines: int = 0     # lines of the file (replay_file)
+    passes: int = 1       # replays of the capture it took (replay_file: a second one when the whole capture
+    #                       decided another system or mode than its first lines; a guessed mode tried both ways)
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("path", "cpus", "mode", "mode_inferred", "allocations",
@@ -235,7 +238,7 @@ def replay_capture(cap: FtraceCapture, *, cpus: int | None = None, mode: str | N
     ev = CaptureEvidence.of_capture(cap)
     system = system or infer_system(cap)
     last = cap.lines[-1].lineno + 1 if cap.lines else 1
-    result = _replay_modes(lambda: iter(cap.lines), ev, cpus, mode, path, system, lines, iovas, lookahead=last)
+    result = _replay_modes([lambda: iter(cap.lines)], ev, cpus, mode, path, system, lines, iovas, lookahead=last)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -244,53 +247,91 @@ def replay_file(path: str | os.PathLike, *, cpus: int | None = None, mode: str |
                 system: SystemConfig | None = None, lines: bool = True, iovas: bool = False,
                 lookahead: int = LOOKAHEAD, strict_parse: bool = True,
                 overrides: dict | None = None, progress: Callable[[str], None] | None = None) -> ReplayResult:
-    """Replay the capture in file ``path`` as a stream: one pass gathers the evidence that decides the
-    system and the mode (:class:`~iovalab.trace.evidence.CaptureEvidence`), a second one replays it
-    (allocations, and with ``lines`` every map/unmap line); only the lookahead of
-    :func:`~iovalab.trace.steps.iter_steps` and the ranges still mapped are held, so the memory does not
-    grow with the capture. ``overrides``: ``iommu``/``page_size``/``reserve``/``kernel`` for
-    :func:`infer_system`; ``progress``: called with a short text as each pass starts and ends.
-    The result is that of :func:`replay_capture` of the same capture (with ``iovas=False``: no
-    per-allocation lists)."""
+    """Replay the capture in file ``path`` as a stream: the same result as :func:`replay_capture` of
+    the parsed capture (with ``iovas=False``: no per-allocation lists), holding only the lookahead of
+    :func:`~iovalab.trace.steps.iter_steps` and the ranges still mapped, so the memory does not grow
+    with the capture.
+
+    The system and the mode are decided from the whole capture's evidence
+    (:class:`~iovalab.trace.evidence.CaptureEvidence`, :class:`~iovalab.trace.system.TwoStepFacts`), as
+    :func:`replay_capture` decides them. The replay starts once ``2 * lookahead`` lines are read, with
+    the decisions their evidence gives; it gathers the whole capture's evidence as it goes, and when
+    the whole capture decides otherwise, the capture is replayed again with those decisions
+    (``result.passes`` says how many replays it took). ``overrides``: ``iommu``/``page_size``/
+    ``reserve``/``kernel`` for :func:`infer_system`; ``progress``: called with a short text as each
+    replay starts and ends."""
     t0 = time.perf_counter()
     say = progress or (lambda _text: None)
-    say("reading the capture for its evidence (pass 1 of 2)")
+    over = overrides or {}
     head = FtraceCapture()
     ev = CaptureEvidence()
-    ev.feed_all(iter_ftrace(path, strict=strict_parse, into=head))
-    ev.finish(head)
+    it = iter_ftrace(path, strict=strict_parse, into=head)
+    first = list(itertools.islice(it, 2 * lookahead))
+    ev.feed_all(first)
+    whole = len(first) < 2 * lookahead
+    if whole:
+        ev.finish(head)
+    seen = ev if whole else ev.snapshot(head)
+    spec = system or infer_system(seen, steps=lambda g: iter_steps(iter(first), g, lookahead=lookahead), **over)
 
-    def source() -> Iterator[TraceLine]:
+    def fed() -> Iterator[TraceLine]:
+        yield from first
+        first.clear()
+        for ln in it:
+            ev.feed(ln)
+            yield ln
+        ev.finish(head)
+
+    def again() -> Iterator[TraceLine]:
         return iter_ftrace(path, strict=strict_parse)
 
-    system = system or infer_system(ev, steps=lambda g: iter_steps(source(), g, lookahead=lookahead),
-                                    **(overrides or {}))
-    say(f"replaying {head.nr_lines:,} lines (pass 2 of 2)")
-    result = _replay_modes(source, ev, cpus, mode, os.fspath(path), system, lines, iovas, lookahead=lookahead)
+    sources = [fed, again]
+    say("replaying the capture" + ("" if whole else f" (decisions from its first {2 * lookahead:,} lines so far)"))
+    facts = TwoStepFacts(spec.granule)
+    result = _replay_modes(sources, seen, cpus, mode, os.fspath(path), spec, lines, iovas, lookahead, facts)
+    passes = result.passes
+    if not whole:
+        final = system or infer_system(ev, facts=facts, steps=lambda g: iter_steps(again(), g, lookahead=lookahead),
+                                       **over)
+        same = final.model_key() == spec.model_key() and infer_mode(ev) == infer_mode(seen) and \
+            replay_cpus(ev, cpus, again) == replay_cpus(seen, cpus) and \
+            (ev.domain_flushes > 0) == (seen.domain_flushes > 0)
+        if same:
+            result.system = final
+        else:
+            say(f"the whole capture decides otherwise ({final.describe()}): replaying it again")
+            result = _replay_modes([again], ev, cpus, mode, os.fspath(path), final, lines, iovas, lookahead, None)
+            passes += result.passes
+    result.passes = passes
     result.nr_lines = head.nr_lines
     result.seconds = time.perf_counter() - t0
     say(f"replayed {head.nr_lines:,} lines in {result.seconds:.1f} s")
     return result
 
 
-def _replay_modes(source: Callable[[], Iterator[TraceLine]], ev: CaptureEvidence, cpus: int | None,
+def _replay_modes(sources: list[Callable[[], Iterator[TraceLine]]], ev: CaptureEvidence, cpus: int | None,
                   mode: str | None, path: str, system: SystemConfig, lines: bool, iovas: bool,
-                  lookahead: int) -> ReplayResult:
+                  lookahead: int, facts: TwoStepFacts | None = None) -> ReplayResult:
     """The replay in the given or inferred mode; an inferred guess of strict that does not match is
-    replayed lazy too, and the better of the two kept (reported as such)."""
-    ncpus = replay_cpus(ev, cpus, source)
+    replayed lazy too, and the better of the two kept (reported as such). ``sources``: the first
+    replay reads the first, a second one the last."""
+    ncpus = replay_cpus(ev, cpus, sources[-1])
     inferred_mode, why = infer_mode(ev)
     fp = ev.domain_flushes > 0
     if mode is None:
-        result = _replay(source, ncpus, inferred_mode, path, why, system, lines, iovas, lookahead, fp)
+        result = _replay(sources[0], ncpus, inferred_mode, path, why, system, lines, iovas, lookahead, fp, facts)
         if result.mismatched and "guess" in why:
-            alt = _replay(source, ncpus, "lazy", path, "lazy (a guess: strict did not match; flush "
+            alt = _replay(sources[-1], ncpus, "lazy", path, "lazy (a guess: strict did not match; flush "
                           "points from the flush-queue timer and event timestamps)", system, lines, iovas,
-                          lookahead, fp)
+                          lookahead, fp, None)
+            alt.passes += result.passes
             if alt.mismatched < result.mismatched:
                 result = alt
+            else:
+                result.passes = alt.passes
     else:
-        result = _replay(source, ncpus, mode, path, f"{mode} (given)", system, lines, iovas, lookahead, fp)
+        result = _replay(sources[0], ncpus, mode, path, f"{mode} (given)", system, lines, iovas, lookahead, fp,
+                         facts)
     return result
 
 
@@ -313,7 +354,8 @@ def replay_cpus(cap: FtraceCapture | CaptureEvidence, cpus: int | None = None,
 
 
 def _replay(source: Callable[[], Iterator[TraceLine]], ncpus: int, mode: str, path: str, why: str,
-            system: SystemConfig, lines: bool, iovas: bool, lookahead: int, flush_points: bool) -> ReplayResult:
+            system: SystemConfig, lines: bool, iovas: bool, lookahead: int, flush_points: bool,
+            facts: TwoStepFacts | None) -> ReplayResult:
     rp = _Replayer(ncpus, mode, system, flush_points)
     chk = LineChecker(system, ncpus=ncpus, strict=(mode == "strict")) if lines else None
     res = ReplayResult(path, ncpus, mode, why, system=system)
@@ -330,6 +372,8 @@ def _replay(source: Callable[[], Iterator[TraceLine]], ncpus: int, mode: str, pa
 
     for st in iter_steps(source(), system.granule, lookahead=lookahead):
         kind = st[0]
+        if facts is not None:
+            facts.feed(st)
         if kind == "phase":
             apply_pending()
             phase = PhaseResult(st[1], st[2])

@@ -43,9 +43,10 @@ from iovalab.kernel.units import SZ_4K, SZ_16K, SZ_64K
 from iovalab.kernel.version import DEFAULT_KERNEL, check_kernel
 from iovalab.trace.ftrace import FtraceCapture
 from iovalab.trace.evidence import GRANULE_CANDIDATES, CaptureEvidence
-from iovalab.trace.steps import GRANULE, MAX_GRANULE, alignment_of, reconstruct
+from iovalab.trace.steps import GRANULE, MAX_GRANULE, Allocation, alignment_of, reconstruct
 
-__all__ = ["Decision", "SystemConfig", "infer_kernel", "infer_system", "parse_range", "IOMMU_CHOICES", "PAGE_SIZES"]
+__all__ = ["Decision", "SystemConfig", "TwoStepFacts", "infer_kernel", "infer_system", "parse_range", "IOMMU_CHOICES",
+           "PAGE_SIZES"]
 
 #: granules io-pgtable-arm offers (arm_lpae_restrict_pgsizes) and the LPAE preset of each
 _LPAE_PRESET = {SZ_4K: "smmuv3-4k", SZ_16K: "smmuv3-16k", SZ_64K: "smmuv3-64k"}
@@ -97,6 +98,11 @@ class SystemConfig:
         return (f"{self.arch} {self.iommu}, IOVA granule {self.granule // 1024} KiB, PAGE_SIZE "
                 f"{self.page_size // 1024} KiB, reserved {res}{door}, Linux {self.kernel} model")
 
+    def model_key(self) -> tuple:
+        """What the simulated system is built from (the decisions' evidence texts aside)."""
+        return (self.iommu, self.arch, self.granule, self.page_size, tuple(self.reserve), self.msi_doorbell,
+                self.cpus, self.kernel)
+
     def as_dict(self) -> dict:
         return {"iommu": self.iommu, "arch": self.arch, "granule": self.granule, "page_size": self.page_size,
                 "reserve": [list(r) for r in self.reserve], "msi_doorbell": self.msi_doorbell,
@@ -146,22 +152,40 @@ def _infer_granule(ev: CaptureEvidence) -> Decision:
     return Decision("granule", f"{g // 1024} KiB", text)
 
 
+class TwoStepFacts:
+    """What a capture's steps tell about two-step users (no kernel analogue), gathered as the steps go
+    by: the software-MSI doorbell, ``(iova, paddr)`` of the first one-granule mapping with no ``dma:*``
+    event that is never unmapped (``iommu_dma_get_msi_page``), and the largest two-step range unmapped
+    (nvme-pci's requests). Memory: the doorbell candidates still mapped."""
+
+    def __init__(self, granule: int) -> None:
+        self.granule = granule
+        self.max_request = 0
+        self._candidates: dict[int, Allocation] = {}   # id -> one-granule two-step range, in step order
+
+    def feed(self, st: tuple) -> None:
+        kind = st[0]
+        if kind == "alloc":
+            a = st[1]
+            if a.kind == "?" and a.size == self.granule and a.freed_at is None:
+                self._candidates[id(a)] = a
+        elif kind == "free":
+            a = st[1]
+            self._candidates.pop(id(a), None)
+            if a.kind == "?":
+                self.max_request = max(self.max_request, a.size)
+
+    def doorbell(self) -> tuple[int, int] | None:
+        a = next((c for c in self._candidates.values() if c.kind == "?"), None)
+        return (a.base, a.first_paddr) if a is not None else None
+
+
 def _two_step_facts(steps: Iterable[tuple], granule: int) -> tuple[tuple[int, int] | None, int]:
-    """``(doorbell, max_request)``: ``(iova, paddr)`` of the first one-granule mapping with no ``dma:*``
-    event, never unmapped (the software-MSI doorbell), and the largest two-step range unmapped."""
-    door = None
-    max_req = 0
+    """``(doorbell, max_request)`` of :class:`TwoStepFacts` over ``steps``."""
+    facts = TwoStepFacts(granule)
     for st in steps:
-        if st[0] != "alloc":
-            continue
-        a = st[1]
-        if a.kind != "?":
-            continue
-        if a.freed_at is not None:
-            max_req = max(max_req, a.size)
-        elif door is None and a.size == granule:
-            door = (a.base, a.first_paddr)
-    return door, max_req
+        facts.feed(st)
+    return facts.doorbell(), facts.max_request
 
 
 def infer_kernel(cap: FtraceCapture | CaptureEvidence, kernel: str | None = None) -> Decision:
@@ -203,12 +227,14 @@ def infer_kernel(cap: FtraceCapture | CaptureEvidence, kernel: str | None = None
 
 def infer_system(cap: FtraceCapture | CaptureEvidence, *, iommu: str | None = None, page_size: int | None = None,
                  reserve: list[tuple[int, int]] | None = None, kernel: str | None = None,
-                 steps: Callable[[int], Iterable[tuple]] | None = None) -> SystemConfig:
+                 steps: Callable[[int], Iterable[tuple]] | None = None,
+                 facts: TwoStepFacts | None = None) -> SystemConfig:
     """The simulated system for ``cap`` (module doc): an in-memory capture, or the
     :class:`~iovalab.trace.evidence.CaptureEvidence` of one read as a stream together with ``steps``,
     which gives the capture's steps (:func:`~iovalab.trace.steps.iter_steps`) for a granule: they are
     read only when no ``intel_iommu`` event settles the IOMMU (for the doorbell and the largest
-    two-step range). ``iommu`` (one of :data:`IOMMU_CHOICES`), ``page_size`` (bytes) and ``reserve``
+    two-step range), unless ``facts`` already gathered those from the steps of the inferred granule.
+    ``iommu`` (one of :data:`IOMMU_CHOICES`), ``page_size`` (bytes) and ``reserve``
     (extra ``(start, end)`` byte ranges) override the inference; a bad value raises ``ValueError``
     naming it and the rule."""
     if iommu is not None and iommu not in IOMMU_CHOICES:
@@ -217,7 +243,7 @@ def infer_system(cap: FtraceCapture | CaptureEvidence, *, iommu: str | None = No
         raise ValueError(f"--page-size {page_size!r}: the kernel's PAGE_SIZE is one of 4096, 16384, 65536")
     if isinstance(cap, CaptureEvidence):
         ev = cap
-        if steps is None:
+        if steps is None and facts is None:
             raise ValueError("infer_system of a CaptureEvidence needs steps= (the capture's steps per granule)")
     else:
         ev = CaptureEvidence.of_capture(cap)
@@ -231,7 +257,15 @@ def infer_system(cap: FtraceCapture | CaptureEvidence, *, iommu: str | None = No
     vtd = [k for k in _VTD_EVENTS if ev.counts.get(k)]
     # the doorbell and the largest two-step range need the steps; with intel_iommu events (no software
     # MSI doorbell on VT-d, and a 4 KiB PAGE_SIZE) they decide nothing, so a stream is not read again
-    door, max_req = (None, 0) if vtd and iommu is None else _two_step_facts(steps(granule), granule)
+    if vtd and iommu is None:
+        door, max_req = None, 0
+    elif facts is not None and facts.granule == granule:
+        door, max_req = facts.doorbell(), facts.max_request
+    elif steps is not None:
+        door, max_req = _two_step_facts(steps(granule), granule)
+    else:
+        raise ValueError(f"the steps were gathered for a {facts.granule if facts else 0:#x} granule, "
+                         f"the capture's is {granule:#x}: pass steps=")
     if iommu is not None:
         name = {"vtd": "intel-vtd", "smmuv3": _LPAE_PRESET.get(granule, "smmuv3-4k")}.get(iommu, iommu)
         d.append(Decision("iommu", name, "given (--iommu)"))
