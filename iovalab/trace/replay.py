@@ -136,20 +136,25 @@ class _Replayer:
         self.desync_frees = 0
         self.other_flushes = 0
 
-    # -- state save/restore for trying another order
+    # -- trying another order: a trial of the allocator (IovaDomain.trial_*) and a copy of the rest
     def save(self):
         d = self.dom
-        return (d.iovad.save(), {cpu: list(fq.entries) for cpu, fq in d.fqs.touched()}, d.fq_flush_start_cnt,
+        d.iovad.trial_begin()
+        return ({cpu: list(fq.entries) for cpu, fq in d.fqs.touched()}, d.fq_flush_start_cnt,
                 d.fq_flush_finish_cnt, d.fq_timer_on, self.dev.pci_32bit_workaround,
                 dict(self.depot_deadline), list(self.depot_sizes), self.fq_deadline)
 
+    def done(self) -> None:
+        """The order is chosen: keep the state."""
+        self.dom.iovad.trial_end()
+
     def restore(self, s):
         d = self.dom
-        (iv, fqs, d.fq_flush_start_cnt, d.fq_flush_finish_cnt, d.fq_timer_on,
+        (fqs, d.fq_flush_start_cnt, d.fq_flush_finish_cnt, d.fq_timer_on,
          self.dev.pci_32bit_workaround, self.depot_deadline, self.depot_sizes, self.fq_deadline) = s
         self.depot_deadline = dict(self.depot_deadline)
         self.depot_sizes = list(self.depot_sizes)
-        d.iovad.restore(iv)
+        d.iovad.trial_rollback()
         d.fqs.replace({})
         for cpu, entries in fqs.items():
             d.fqs[cpu].entries = deque(entries)
@@ -450,25 +455,29 @@ def _alloc(rp: _Replayer, a: Allocation, pending: list[tuple]) -> tuple[int, int
         else:
             break
     saved = rp.save() if k_max else None
-    got = 0
-    for k in range(k_max + 1):
-        if k:
-            rp.restore(saved)
-        cut = len(pending) - k
-        for p in pending[:cut]:
-            rp.free(p[0], p[1], p[4])
-        got = rp.alloc(a)
-        if got == a.base:
-            for p in pending[cut:]:
+    try:
+        got = 0
+        for k in range(k_max + 1):
+            if k:
+                rp.restore(saved)
+            cut = len(pending) - k
+            for p in pending[:cut]:
                 rp.free(p[0], p[1], p[4])
-            return k, got
-    # no order matches: keep trace order and report
-    if saved:
-        rp.restore(saved)
-        for p in pending:
-            rp.free(p[0], p[1], p[4])
-        got = rp.alloc(a)
-    return -1, got
+            got = rp.alloc(a)
+            if got == a.base:
+                for p in pending[cut:]:
+                    rp.free(p[0], p[1], p[4])
+                return k, got
+        # no order matches: keep trace order and report
+        if saved:
+            rp.restore(saved)
+            for p in pending:
+                rp.free(p[0], p[1], p[4])
+            got = rp.alloc(a)
+        return -1, got
+    finally:
+        if saved:
+            rp.done()
 
 
 def _resync(rp: _Replayer, a: Allocation, got: int) -> None:

@@ -162,7 +162,7 @@ class _Opened:
 #: lines :func:`iter_steps` reads ahead of the line it groups (to find the unmap that sizes a range),
 #: and lines it groups ahead of the step it hands out (to see a request's later map lines and its dma_*
 #: event): a range unmapped further ahead than this is sized like one never unmapped
-LOOKAHEAD = 1 << 16
+LOOKAHEAD = 1 << 14
 
 
 def reconstruct(cap: FtraceCapture, granule: int | None = None) -> list[tuple]:
