@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -220,13 +220,65 @@ _DIR = r"dir=(?P<dir>\S+)"
 _ATTRS = r"attrs=(?P<attrs>\S*)"
 
 
+class _TooWide(ValueError):
+    """A decimal field beyond 64 bits."""
+
+
+def _dec(text: str) -> int:
+    v = int(text)
+    if v > U64_MASK:
+        raise _TooWide(text)
+    return v
+
+
+def _hex(text: str) -> int:
+    return int(text, 16)
+
+
+def _str(text: str) -> str:
+    return text
+
+
+def _array(text: str) -> list[int]:
+    inner = text[1:-1]
+    return [int(x, 16) for x in inner.split(",")] if inner else []
+
+
+_CONVERTERS = {"hex": _hex, "dec": _dec, "arr": _array, "str": _str}
+
+
+def _make_converter(plan: tuple) -> Callable[[tuple], dict[str, Any]]:
+    """One function that turns a match's groups into the fields dict, written out for the spec's
+    groups (a loop over the plan costs twice as much per line; as ``collections.namedtuple`` does,
+    the source is built from the spec's own, fixed group names). Optional groups that did not match
+    are left out; a decimal beyond 64 bits raises ``_TooWide``."""
+    names = {"_hex": _hex, "_dec": _dec, "_array": _array}
+    body = []
+    for i, (name, fn) in enumerate(plan):
+        if not name.isidentifier():
+            raise ValueError(f"group name {name!r}")
+        expr = f"g[{i}]" if fn is _str else f"{fn.__name__}(g[{i}])"
+        if fn is _hex:
+            expr = f"int(g[{i}], 16)"
+        body.append((name, i, expr))
+    required = "{" + ", ".join(f"{name!r}: {expr}" for name, _, expr in body) + "}"
+    lines = ["def convert(g):", f"    if None not in g: return {required}", "    f = {}"]
+    for name, i, expr in body:
+        lines.append(f"    if g[{i}] is not None: f[{name!r}] = {expr}")
+    lines.append("    return f")
+    exec("\n".join(lines), names)      # noqa: S102 - fixed text made from the spec's group names
+    convert: Callable[[tuple], dict[str, Any]] = names["convert"]  # type: ignore[assignment]
+    return convert
+
+
 class _Spec:
     """One event's field regex, the kernel format it stands for, and how to convert each group."""
 
-    __slots__ = ("regex", "expected", "conv", "check")
+    __slots__ = ("regex", "expected", "conv", "check", "plan", "fullmatch", "convert")
 
     def __init__(self, pattern: str, expected: str, check=None, types: dict[str, str] | None = None):
         self.regex = re.compile(pattern, re.ASCII)
+        self.fullmatch = self.regex.fullmatch
         self.expected = expected
         self.check = check
         conv = {}
@@ -242,6 +294,10 @@ class _Spec:
             else:
                 conv[name] = "str"
         self.conv = conv
+        # (name, converter) in group order, for m.groups()
+        self.plan = tuple((name, _CONVERTERS[conv[name]])
+                          for name, _ in sorted(self.regex.groupindex.items(), key=lambda x: x[1]))
+        self.convert = _make_converter(self.plan)
 
 
 _HEX_FIELDS = {"iova", "iova_end", "paddr", "dma_addr", "phys_addr", "dma_mask",
@@ -359,9 +415,6 @@ _SPECS: dict[str, _Spec] = {
 assert set(_SPECS) | {"tracing_mark_write"} == set(KNOWN_EVENTS)
 
 
-def _array(text: str) -> list[int]:
-    inner = text[1:-1]
-    return [int(x, 16) for x in inner.split(",")] if inner else []
 
 
 def _parse_fields(event: str, text: str) -> tuple[dict[str, Any] | None, str, str]:
@@ -369,25 +422,14 @@ def _parse_fields(event: str, text: str) -> tuple[dict[str, Any] | None, str, st
     if event == "tracing_mark_write":
         return {"text": text}, "", ""
     spec = _SPECS[event]
-    m = spec.regex.fullmatch(text.rstrip())
+    m = spec.fullmatch(text) or spec.fullmatch(text.rstrip())
     if m is None:
         return None, spec.expected, ""
-    f: dict[str, Any] = {}
-    for name, val in m.groupdict().items():
-        if val is None:
-            continue
-        kind = spec.conv[name]
-        if kind == "hex":
-            f[name] = int(val, 16)
-        elif kind == "dec":
-            v = int(val)
-            if v > U64_MASK:
-                return None, spec.expected, f"{name}={val} does not fit in 64 bits"
-            f[name] = v
-        elif kind == "arr":
-            f[name] = _array(val)
-        else:
-            f[name] = val
+    try:
+        f: dict[str, Any] = spec.convert(m.groups())
+    except _TooWide as e:
+        name = next(n for (n, _), v in zip(spec.plan, m.groups(), strict=True) if v == e.args[0])
+        return None, spec.expected, f"{name}={e.args[0]} does not fit in 64 bits"
     if event == "dma_map_sg" and "nents" in f:
         f["truncated"] = "truncated" in f
     if spec.check is not None:
