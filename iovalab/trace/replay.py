@@ -50,7 +50,7 @@ from iovalab.trace.ftrace_write import (
 from iovalab.kernel.iommu import IotlbGather
 from iovalab.kernel.iova import IOVA_DEPOT_DELAY_MS, IOVA_RANGE_CACHE_MAX_SIZE, MAX_CPUS
 from iovalab.kernel.units import DMA_BIT_MASK
-from iovalab.kernel.version import behaves, check_kernel
+from iovalab.kernel.version import behaves, check_kernel, timer_wheel_fires
 from iovalab.trace.lines import MAX_MISMATCHES, LineCheck, LineChecker, check_lines
 from iovalab.trace.steps import LOOKAHEAD, Allocation, iter_steps, reconstruct
 from iovalab.trace.system import SystemConfig, TwoStepFacts, infer_system, parse_range
@@ -136,6 +136,9 @@ class _Replayer:
         self.fq_deadline: float | None = None
         self.desync_frees = 0
         self.other_flushes = 0
+        self.timer_flushes = 0     # flush-queue timer runs placed from the timestamps
+        self.followers: list = []  # other domains of the same replay (the line check's): same timers
+        self.hz = system.hz
 
     # -- trying another order: a trial of the allocator (IovaDomain.trial_*) and a copy of the rest
     def save(self):
@@ -171,6 +174,8 @@ class _Replayer:
         for b, due in sorted(self.depot_deadline.items()):
             deadline: float | None = due
             while deadline is not None and ts >= deadline:
+                for other in self.followers:
+                    other.iovad.iova_depot_work_func(b)
                 if self.dom.iovad.iova_depot_work_func(b):
                     deadline += IOVA_DEPOT_DELAY_MS / 1000
                 else:
@@ -182,10 +187,28 @@ class _Replayer:
             self.depot_sizes[b] = self.dom.iovad.rcaches[b].depot_size
         if self.lazy and not self.flush_points and self.dom.fq_timer_on:
             if self.fq_deadline is None:
-                self.fq_deadline = ts + self.dom.fq_timeout / 1000
+                self.fq_deadline = self._fq_fires(ts)
             elif ts >= self.fq_deadline:
                 self.fq_deadline = None
+                self.timer_flushes += 1
                 self.flush(cpu)
+
+    def timer_due(self, ts: float, first_free: float) -> float | None:
+        """When the flush-queue timer runs before ``ts`` (None otherwise), counting a timer the first
+        pending free (traced at ``first_free``) arms in ``queue_iova`` if none is pending yet."""
+        if not self.lazy or self.flush_points:
+            return None
+        d = self.fq_deadline
+        if d is None and not self.dom.fq_timer_on:
+            d = self._fq_fires(first_free)
+        return d if d is not None and ts >= d else None
+
+    def _fq_fires(self, ts: float) -> float:
+        """When (trace seconds) the flush-queue timer armed at ``ts`` runs: ``mod_timer(jiffies +
+        msecs_to_jiffies(fq_timeout))`` on the timer wheel (:func:`~iovalab.kernel.version.timer_wheel_fires`)
+        at the system's ``HZ``, ticks at whole multiples of ``1000 / HZ`` ms of the trace clock (a guess:
+        no trace line marks a tick)."""
+        return timer_wheel_fires(ts * 1000, self.dom.fq_timeout, self.hz) / 1000
 
     # -- steps
     def alloc(self, a: Allocation) -> int:
@@ -210,7 +233,7 @@ class _Replayer:
                 # the queue-full flush the trace will show as a cache_tag_flush_all of its own
                 self.trace_flushes -= 1
             if self.fq_deadline is None and self.dom.fq_timer_on and not self.flush_points:
-                self.fq_deadline = ts + self.dom.fq_timeout / 1000
+                self.fq_deadline = self._fq_fires(ts)
         else:
             self.dom.iommu_dma_free_iova(a.base, a.size, g, cpu)
         self._note_depot(ts)
@@ -226,10 +249,11 @@ class _Replayer:
             else:
                 self.other_flushes += 1
             return
-        try:
-            self.dom.fq_flush_timeout(cpu)
-        except ValueError:
-            self.desync_frees += 1
+        for dom in (self.dom, *self.followers):
+            try:
+                dom.fq_flush_timeout(cpu)
+            except ValueError:
+                self.desync_frees += 1
 
 
 def replay_capture(cap: FtraceCapture, *, cpus: int | None = None, mode: str | None = None,
@@ -338,20 +362,24 @@ def _replay_modes(sources: list[Callable[[], Iterator[TraceLine]]], ev: CaptureE
     ncpus = replay_cpus(ev, cpus, sources[-1])
     inferred_mode, why = infer_mode(ev)
     fp = ev.domain_flushes > 0
+    timer = (f"; no flush line: the flush-queue timer placed from the timestamps, msecs_to_jiffies(10 ms) at "
+             f"HZ={system.hz} (--hz) plus calc_index's tick, ticks at multiples of {1000 / system.hz:g} ms of the "
+             "trace clock (a guess: no line marks a tick)")
+    if not fp and (mode == "lazy" or (mode is None and inferred_mode == "lazy")):
+        why += timer
     if mode is None:
         result = _replay(sources[0], ncpus, inferred_mode, path, why, system, lines, iovas, lookahead, fp, facts)
         if result.mismatched and "guess" in why:
-            alt = _replay(sources[-1], ncpus, "lazy", path, "lazy (a guess: strict did not match; flush "
-                          "points from the flush-queue timer and event timestamps)", system, lines, iovas,
-                          lookahead, fp, None)
+            alt = _replay(sources[-1], ncpus, "lazy", path, "lazy (a guess: strict did not match)" + timer,
+                          system, lines, iovas, lookahead, fp, None)
             alt.passes += result.passes
             if alt.mismatched < result.mismatched:
                 result = alt
             else:
                 result.passes = alt.passes
     else:
-        result = _replay(sources[0], ncpus, mode, path, f"{mode} (given)", system, lines, iovas, lookahead, fp,
-                         facts)
+        given = f"{mode} (given)" + (timer if mode == "lazy" and not fp else "")
+        result = _replay(sources[0], ncpus, mode, path, given, system, lines, iovas, lookahead, fp, facts)
     return result
 
 
@@ -378,19 +406,32 @@ def _replay(source: Callable[[], Iterator[TraceLine]], ncpus: int, mode: str, pa
             facts: TwoStepFacts | None) -> ReplayResult:
     rp = _Replayer(ncpus, mode, system, flush_points)
     chk = LineChecker(system, ncpus=ncpus, strict=(mode == "strict")) if lines else None
+    if chk is not None:
+        rp.followers.append(chk.dom)
     res = ReplayResult(path, ncpus, mode, why, system=system)
     phase = PhaseResult("(before the first marker)", 1)
     res.phases.append(phase)
     pending: list[tuple] = []   # frees seen since the last allocation: (alloc, cpu, irq, ln, ts, line)
 
-    def apply_pending():
-        for (a, cpu, _irq, _ln, ts, line) in pending:
+    def apply_pending(before: float | None = None):
+        """Do the pending frees (those traced before ``before`` only, when given)."""
+        n = len(pending) if before is None else next((i for i, p in enumerate(pending) if p[4] >= before),
+                                                      len(pending))
+        for (a, cpu, _irq, _ln, ts, line) in pending[:n]:
             rp.free(a, cpu, ts)
             if chk is not None:
                 chk.unmap(line)
-        pending.clear()
+        del pending[:n]
 
-    for st in iter_steps(source(), system.granule, lookahead=lookahead):
+    def tick(ts: float, cpu: int) -> None:
+        """Time goes on to ``ts``: frees traced before a flush-queue timer run that falls before ``ts``
+        were queued before it ran."""
+        due = rp.timer_due(ts, pending[0][4]) if pending else None
+        if due is not None:
+            apply_pending(due)
+        rp.advance(ts, cpu)
+
+    for st in iter_steps(source(), system.granule, lookahead=lookahead, keep_maps=False):
         kind = st[0]
         if facts is not None:
             facts.feed(st)
@@ -404,7 +445,7 @@ def _replay(source: Callable[[], Iterator[TraceLine]], ncpus: int, mode: str, pa
                 chk.unmap(st[2])
         elif kind == "free":
             _, a, cpu, irq, ln, ts, line = st
-            rp.advance(ts, cpu)
+            tick(ts, cpu)
             res.frees += 1
             pending.append((a, cpu, irq, ln, ts, line))
         elif kind == "link":
@@ -419,7 +460,7 @@ def _replay(source: Callable[[], Iterator[TraceLine]], ncpus: int, mode: str, pa
             rp.flush(cpu, timer=softirq)
         elif kind == "alloc":
             a = st[1]
-            rp.advance(a.timestamp, a.cpu)
+            tick(a.timestamp, a.cpu)
             res.allocations += 1
             phase.allocations += 1
             chosen, got = _alloc(rp, a, pending)
@@ -613,7 +654,7 @@ def cli(args) -> int:
               "real/*.trace)", file=sys.stderr)
         return 2
     try:
-        overrides = {"iommu": args.iommu, "page_size": args.page_size,
+        overrides = {"iommu": args.iommu, "page_size": args.page_size, "hz": getattr(args, "hz", None),
                      "reserve": [parse_range(r) for r in args.reserve], "kernel": getattr(args, "kernel", None)}
         res = replay_file(found[0], cpus=args.cpus, mode=args.mode, lines=True, overrides=overrides,
                           progress=_stderr_progress if sys.stderr.isatty() else None)

@@ -51,11 +51,7 @@ class Allocation:
     maps: list[TraceLine] = field(default_factory=list, repr=False)   # those lines
     closer: TraceLine | None = field(default=None, repr=False)        # the dma_* line that closed it
     emitted: bool = False    # its ``alloc`` step has left :func:`iter_steps`
-
-    @property
-    def first_paddr(self) -> int:
-        """The physical address its first ``map`` line maps."""
-        return self.maps[0].fields["paddr"]
+    first_paddr: int = 0     # the physical address its first ``map`` line maps
 
 
 def alignment_of(bits: int) -> int:
@@ -182,7 +178,8 @@ def _check_wrap(ln: TraceLine) -> None:
                          "(drivers/iommu/iova.c: IOVA_ANCHOR ~0UL), so no DMA-API mapping ends there")
 
 
-def iter_steps(lines: Iterable[TraceLine], granule: int, *, lookahead: int = LOOKAHEAD) -> Iterator[tuple]:
+def iter_steps(lines: Iterable[TraceLine], granule: int, *, lookahead: int = LOOKAHEAD,
+               keep_maps: bool = True) -> Iterator[tuple]:
     """Turn a capture's lines (file order, read once, e.g. :func:`~iovalab.trace.ftrace.iter_ftrace`)
     into its steps, in order:
 
@@ -198,7 +195,10 @@ def iter_steps(lines: Iterable[TraceLine], granule: int, *, lookahead: int = LOO
     ``lookahead`` lines ahead of its first map line, and where there is none, it is the span its map
     lines cover (rounded to ``granule``), as for a range never unmapped. An ``alloc`` step is handed
     out ``lookahead`` lines after its first map line (or at the end), so a request's further map lines
-    and its ``dma_*`` event are in it. Memory: the lookahead, plus the ranges still mapped.
+    and its ``dma_*`` event are in it. Memory: the lookahead, plus the ranges still mapped. With
+    ``keep_maps=False`` (a consumer that handles each step before asking for the next) an allocation's
+    ``maps``/``map_lines`` are dropped once its ``alloc`` step was handled, so a range mapped for good
+    costs only its :class:`Allocation`.
     """
     if not isinstance(lookahead, int) or lookahead < 1:
         raise ValueError(f"lookahead {lookahead!r} must be an int >= 1 (lines)")
@@ -230,13 +230,16 @@ def iter_steps(lines: Iterable[TraceLine], granule: int, *, lookahead: int = LOO
             cur = opened.holding(iova, hint=True)   # a further chunk of a mapping still being built
             if cur is not None:
                 opened.grow(cur, max(cur.span_end, iova + size))
-                cur.map_lines.append(ln.lineno)
-                cur.maps.append(ln)
                 if cur.emitted:
                     out.append((ln.lineno + lookahead, ("link", cur, ln)))
+                    if not keep_maps:
+                        return
+                cur.map_lines.append(ln.lineno)
+                cur.maps.append(ln)
             else:
                 a = Allocation(ln.lineno, ln.cpu, iova, 0, iova + size, timestamp=ln.timestamp,
-                               size_hint=extent(iova), map_lines=[ln.lineno], maps=[ln])
+                               size_hint=extent(iova), map_lines=[ln.lineno], maps=[ln],
+                               first_paddr=ln.fields["paddr"])
                 opened.add(a)
                 old = live.get(iova)
                 if old is not None and old.size <= 0:  # the trace never unmapped the old one: its mapped span
@@ -286,8 +289,15 @@ def iter_steps(lines: Iterable[TraceLine], granule: int, *, lookahead: int = LOO
         while out and out[0][0] <= upto:
             st = out.popleft()[1]
             if st[0] == "alloc":
-                finish(st[1])
-            yield st
+                a = st[1]
+                finish(a)
+                yield st
+                if not keep_maps:     # handled: its lines are not needed any more
+                    a.maps = []
+                    a.map_lines = []
+                    a.closer = None
+            else:
+                yield st
 
     last = 0
     for ln in lines:

@@ -40,7 +40,7 @@ from iovalab.kernel.events import EventLog
 from iovalab.kernel.iommu import PRESETS, IommuDomain
 from iovalab.kernel.iova import iova_rcache_range
 from iovalab.kernel.units import SZ_4K, SZ_16K, SZ_64K
-from iovalab.kernel.version import DEFAULT_KERNEL, check_kernel
+from iovalab.kernel.version import CONFIG_HZ_VALUES, DEFAULT_HZ, DEFAULT_KERNEL, check_kernel
 from iovalab.trace.ftrace import FtraceCapture
 from iovalab.trace.evidence import GRANULE_CANDIDATES, CaptureEvidence
 from iovalab.trace.steps import GRANULE, MAX_GRANULE, Allocation, alignment_of, reconstruct
@@ -86,6 +86,7 @@ class SystemConfig:
     max_request: int = 0            # largest two-step (dma_iova_*) IOVA range unmapped
     cpus: int | None = None         # #P: of the trace header
     kernel: str = "6.17"            # the modelled kernel version (iovalab.kernel.version)
+    hz: int = DEFAULT_HZ            # CONFIG_HZ: the flush-queue timer's ticks (--hz; no trace line shows it)
     decisions: list[Decision] = field(default_factory=list)
 
     @property
@@ -101,19 +102,19 @@ class SystemConfig:
     def model_key(self) -> tuple:
         """What the simulated system is built from (the decisions' evidence texts aside)."""
         return (self.iommu, self.arch, self.granule, self.page_size, tuple(self.reserve), self.msi_doorbell,
-                self.cpus, self.kernel)
+                self.cpus, self.kernel, self.hz)
 
     def as_dict(self) -> dict:
         return {"iommu": self.iommu, "arch": self.arch, "granule": self.granule, "page_size": self.page_size,
                 "reserve": [list(r) for r in self.reserve], "msi_doorbell": self.msi_doorbell,
-                "max_request": self.max_request, "cpus": self.cpus, "kernel": self.kernel,
+                "max_request": self.max_request, "cpus": self.cpus, "kernel": self.kernel, "hz": self.hz,
                 "decisions": [vars(d) for d in self.decisions]}
 
     def make_domain(self, *, strict: bool, ncpus: int, log: EventLog) -> DmaDomain:
         """``iommu_dma_init_domain()`` for this system: granule, PAGE_SIZE, reserved regions, rcaches."""
         iommu = IommuDomain.preset(self.iommu, log=log, kernel=self.kernel)
         return DmaDomain(iommu, strict=strict, ncpus=ncpus, log=log, reserve=self.reserve,
-                         page_size=self.page_size, kernel=self.kernel)
+                         page_size=self.page_size, kernel=self.kernel, hz=self.hz)
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -227,7 +228,7 @@ def infer_kernel(cap: FtraceCapture | CaptureEvidence, kernel: str | None = None
 
 def infer_system(cap: FtraceCapture | CaptureEvidence, *, iommu: str | None = None, page_size: int | None = None,
                  reserve: list[tuple[int, int]] | None = None, kernel: str | None = None,
-                 steps: Callable[[int], Iterable[tuple]] | None = None,
+                 hz: int | None = None, steps: Callable[[int], Iterable[tuple]] | None = None,
                  facts: TwoStepFacts | None = None) -> SystemConfig:
     """The simulated system for ``cap`` (module doc): an in-memory capture, or the
     :class:`~iovalab.trace.evidence.CaptureEvidence` of one read as a stream together with ``steps``,
@@ -235,10 +236,12 @@ def infer_system(cap: FtraceCapture | CaptureEvidence, *, iommu: str | None = No
     read only when no ``intel_iommu`` event settles the IOMMU (for the doorbell and the largest
     two-step range), unless ``facts`` already gathered those from the steps of the inferred granule.
     ``iommu`` (one of :data:`IOMMU_CHOICES`), ``page_size`` (bytes) and ``reserve``
-    (extra ``(start, end)`` byte ranges) override the inference; a bad value raises ``ValueError``
-    naming it and the rule."""
+    (extra ``(start, end)`` byte ranges) override the inference; ``hz`` is ``CONFIG_HZ`` (default 250,
+    which no trace line shows); a bad value raises ``ValueError`` naming it and the rule."""
     if iommu is not None and iommu not in IOMMU_CHOICES:
         raise ValueError(f"--iommu {iommu!r} is not one of {', '.join(IOMMU_CHOICES)}")
+    if hz is not None and hz not in CONFIG_HZ_VALUES:
+        raise ValueError(f"--hz {hz!r}: CONFIG_HZ is one of {', '.join(map(str, CONFIG_HZ_VALUES))}")
     if page_size is not None and page_size not in PAGE_SIZES:
         raise ValueError(f"--page-size {page_size!r}: the kernel's PAGE_SIZE is one of 4096, 16384, 65536")
     if isinstance(cap, CaptureEvidence):
@@ -331,4 +334,5 @@ def infer_system(cap: FtraceCapture | CaptureEvidence, *, iommu: str | None = No
     elif ev.cpus:
         d.append(Decision("cpus", str(max(ev.cpus) + 1), "the highest CPU seen (no #P: header)", guess=True))
     return SystemConfig(iommu=name, arch=arch, granule=granule, page_size=page, reserve=regions,
-                        msi_doorbell=door, max_request=max_req, cpus=cpus, kernel=kd.value, decisions=d)
+                        msi_doorbell=door, max_request=max_req, cpus=cpus, kernel=kd.value,
+                        hz=DEFAULT_HZ if hz is None else hz, decisions=d)
