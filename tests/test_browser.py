@@ -534,3 +534,62 @@ def test_reviewer_lab_tables_readable(tmp_path, chromium):
                 page.screenshot(path=str(ARTIFACTS / "jupyterlab-09-failure.png"))
                 raise
     assert not report, report
+
+
+# --- chapter 05's P2P players (issue 12): what the learner should see, at laptop and desktop width ---------
+
+@pytest.mark.xdist_group("browser-jupyterlab")
+@pytest.mark.parametrize("width", [1024, 1400])
+def test_nvme_p2p_players(tmp_path, chromium, width):
+    """05's P2P section in JupyterLab with the file browser open: the two players' stepping buttons are
+    wholly visible; one click on '>' shows blk_dma_map_bus on the left (bus address), and two on the
+    right show an iommu_map_nosync with IOMMU_MMIO; the table under them fits the column. Screenshots:
+    jupyterlab-05-p2p-WIDTH*.png."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    nb = "05-nvme.ipynb"
+    argv, env, book, base, token = _lab(tmp_path)
+    with _server(argv, env=env, cwd=book, log=tmp_path / "jupyterlab.log",
+                 ready_url=f"{base}/api/status?token={token}"):
+        with _browser(chromium, tmp_path / "chromium-profile", width=width, height=1000) as page:
+            try:
+                page.goto(f"{base}/lab/tree/notebooks/{nb}?token={token}", timeout=60_000)
+                page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+                _open_sidebar(page)
+                _lab_run_all(page)
+                _lab_wait_idle(page, 180_000)
+                head = page.locator(".jp-OutputArea-output", has_text="PCI_P2PDMA_MAP_THRU_HOST_BRIDGE").first
+                head.wait_for(state="attached", timeout=120_000)
+                nxt = head.locator("button[title='next step']")
+                assert nxt.count() == 2, nxt.count()
+                nxt.nth(0).scroll_into_view_if_needed()
+                nxt.nth(0).click()
+                nxt.nth(1).click()
+                nxt.nth(1).click()
+                page.wait_for_timeout(800)
+                page.locator(".jp-MarkdownOutput h2", has_text="Peer-to-peer").scroll_into_view_if_needed()
+                page.screenshot(path=str(ARTIFACTS / f"jupyterlab-05-p2p-{width}-intro.png"))
+                nxt.nth(0).scroll_into_view_if_needed()
+                page.wait_for_timeout(300)
+                page.screenshot(path=str(ARTIFACTS / f"jupyterlab-05-p2p-{width}.png"))
+                texts = [t.inner_text() for t in head.locator(".iovalab-ev").all()]
+                boxes = head.evaluate("""el => Array.from(el.querySelectorAll("button[title='first step']"))
+                    .map(b => { const col = b.closest('.widget-vbox').parentElement.getBoundingClientRect();
+                                return Array.from(b.parentElement.querySelectorAll(':scope > button')).map(x => {
+                                    const r = x.getBoundingClientRect();
+                                    return [r.width, r.left >= col.left - 1 && r.right <= col.right + 1]; }); })""")
+                head.locator(".widget-html-content", has_text="step 2 of").first.scroll_into_view_if_needed()
+                page.wait_for_timeout(300)
+                page.screenshot(path=str(ARTIFACTS / f"jupyterlab-05-p2p-{width}-text.png"))
+                table = page.locator(".jp-OutputArea-output", has_text="explain.p2p_rows()").last
+                table.scroll_into_view_if_needed()
+                page.wait_for_timeout(300)
+                page.screenshot(path=str(ARTIFACTS / f"jupyterlab-05-p2p-{width}-table.png"))
+                overflow = table.locator(".iovalab-table").evaluate("el => el.scrollWidth - el.clientWidth")
+            except BaseException:
+                page.screenshot(path=str(ARTIFACTS / f"jupyterlab-05-p2p-{width}-failure.png"))
+                raise
+    assert len(texts) == 2, texts
+    assert "blk_dma_map_bus" in texts[0] and "iommu_map_nosync" not in texts[0]
+    assert "iommu_map_nosync" in texts[1] and "IOMMU_MMIO" in texts[1]
+    assert len(boxes) == 2 and all(w >= 36 and inside for b in boxes for w, inside in b), boxes
+    assert overflow <= 1, f"the P2P table needs a sideways scroll of {overflow} px"

@@ -111,6 +111,24 @@ def _nvme_demo():
     return explain.path_totals(segs, "iova")
 
 
+def _p2p(workload: str, path: str = "iova") -> dict:
+    from iovalab.lab import explain
+    return explain.p2p_summary(workload, path)
+
+
+def _p2p_segments(workload: str) -> int:
+    from iovalab.lab.scenarios import run_scenario
+    return len(run_scenario(workload, "iova").device_view[0]["segments"])
+
+
+def _p2p_host_bridge_prot() -> int:
+    """The prot of every ``iommu_map_nosync`` of the host-bridge P2P read on the IOVA path (one value)."""
+    from iovalab.lab.scenarios import run_scenario
+    res = run_scenario("nvme-p2p-read-bar-host-bridge", "iova")
+    (prot,) = {e.args["prot"] for e in res.log.events if e.kind == "iommu_map_calls"}
+    return prot
+
+
 def _sg_dip() -> tuple[int, ...]:
     from iovalab.lab import explain
     sg = explain.scaling((256, 512), contiguous=True)["paths"]["sg"]
@@ -357,6 +375,14 @@ CLAIMS: list[tuple[str, str, Callable[[], Any]]] = [
     ("05-nvme.ipynb", "links «32» times", lambda: _ctr("nvme-128k-scattered", "iova", "iommu_map_calls")),
     ("05-nvme.ipynb", "«1» allocation, «4» map calls (one per `dma_iova_link()`), «1» sync and «1» invalidation",
      lambda: tuple(_nvme_demo().get(k, 0) for k in ("iova_allocs", "iommu_map_calls", "iotlb_syncs", "iotlb_invalidations"))),
+    ("05-nvme.ipynb", "are the same read, «2» requests of\n«two» chunks of the BAR each",
+     lambda: (_p2p("nvme-p2p-read-bar")["requests"], _p2p_segments("nvme-p2p-read-bar"))),
+    ("05-nvme.ipynb", "`iommu_map_nosync(...)` with `prot=«0x12» (IOMMU_WRITE|IOMMU_MMIO)`", _p2p_host_bridge_prot),
+    ("05-nvme.ipynb", "passes `DMA_ATTR_MMIO`, so all «4» map calls carry `IOMMU_MMIO`",
+     lambda: _p2p("nvme-p2p-read-bar-host-bridge", "iova")["with IOMMU_MMIO"]),
+    ("05-nvme.ipynb", "so its «4» map calls carry\n`IOMMU_CACHE` and no `IOMMU_MMIO`",
+     lambda: _p2p("nvme-p2p-read-bar-host-bridge", "sg")["with IOMMU_CACHE"]
+     if not _p2p("nvme-p2p-read-bar-host-bridge", "sg")["with IOMMU_MMIO"] else -1),
     ("06-hmm.ipynb", "«4096»: HMM syncs each page", lambda: _ctr("hmm-16mib-strided", "iova", "iotlb_syncs")),
     ("08-cost-and-scaling.ipynb", "**one** PTE write instead of 512, and no last-level table page («2» instead of «3»). "
      "The modelled time falls from about «3,500 ns» (256 pages) to\nabout «2,210 ns»", lambda: _sg_dip()[1:]),

@@ -159,6 +159,39 @@ def test_compare_players_share_workload_and_mode():
     assert c.right.step.value == c.right.step.max and c.left.step.value == 0
 
 
+def _steps_text(p) -> list[str]:
+    """The player's text at every step, clicked through with the > button from the first."""
+    p.first.click()
+    out = [p.text.value]
+    while p.step.value < p.step.max:
+        p.next.click()
+        out.append(p.text.value)
+    return out
+
+
+def test_p2p_players_bus_address_against_host_bridge():
+    """Chapter 05's P2P section: on the left (PCI_P2PDMA_MAP_BUS_ADDR) no step maps anything in the
+    IOMMU; on the right (THRU_HOST_BRIDGE) the map steps show IOMMU_MMIO; the shared path moves both."""
+    c = widgets.CompareWorkloads(explain.P2P_WORKLOADS, "iova")
+    assert "PCI_P2PDMA_MAP_BUS_ADDR" in c.heads[0].value and "THRU_HOST_BRIDGE" in c.heads[1].value
+    assert c.left.path.layout.display == "none"          # one path menu for both
+    left, right = _steps_text(c.left), _steps_text(c.right)
+    assert not any("iommu_map_nosync" in t for t in left)
+    assert any("blk_dma_map_bus" in t for t in left)
+    maps = [t for t in right if "iommu_map_nosync" in t]
+    assert len(maps) == 4 and all("IOMMU_WRITE|IOMMU_MMIO" in t and "IOMMU_CACHE" not in t for t in maps)
+    assert c.right.image.value and c.left.view.cmax == c.right.view.cmax
+    c.path.value = "sg"                                  # the scatterlist path: no IOMMU_MMIO
+    assert c.left.rec.path == c.right.rec.path == "sg"
+    maps = [t for t in _steps_text(c.right) if "iommu_map_nosync" in t]
+    assert maps and all("IOMMU_CACHE" in t and "IOMMU_MMIO" not in t for t in maps)
+    assert not any("iommu_map_nosync" in t for t in _steps_text(c.left))
+    c.lazy.value = True
+    assert not c.left.rec.strict and not c.right.rec.strict
+    with pytest.raises(ValueError, match="path"):
+        widgets.CompareWorkloads(explain.P2P_WORKLOADS, "direct")
+
+
 # --- comparisons -----------------------------------------------------------------------------------
 def test_path_comparison_text_and_modelled_label():
     pc = widgets.PathComparison("nvme-128k-scattered")

@@ -36,7 +36,8 @@ from iovalab.book.viz_paths import PathsView, ScalingView
 from iovalab.book.viz_views import FootprintView, MaskView, StepView
 
 __all__ = [
-    "GranuleExplorer", "MaskExplorer", "ScenarioPlayer", "ComparePlayers", "PathComparison", "ScalingExplorer",
+    "GranuleExplorer", "MaskExplorer", "ScenarioPlayer", "ComparePlayers", "CompareWorkloads", "PathComparison",
+    "ScalingExplorer",
     "footprint_html", "mask_html", "step_html", "compare_html", "scaling_html", "cached_record", "bench_cases",
 ]
 
@@ -425,6 +426,43 @@ class ComparePlayers(W.VBox):
         cols = [W.VBox([p], layout=W.Layout(flex="1 1 400px", min_width="400px")) for p in (self.left, self.right)]
         both = W.HBox(cols, layout=W.Layout(flex_flow="row wrap", align_items="flex-start"))
         super().__init__([W.HBox([self.workload, self.lazy], layout=_row()), both])
+
+
+class CompareWorkloads(W.VBox):
+    """Two :class:`ScenarioPlayer` side by side on two workloads under one path, e.g. the P2P read
+    (:data:`~iovalab.lab.explain.P2P_WORKLOADS`) with a bus address against through the host bridge.
+
+    ``path`` and ``lazy`` are shared (the players' own path menus are hidden); ``left`` and ``right``
+    are the players, each headed by ``heads[i]`` (its workload and, for a P2P workload, the map type)."""
+
+    def __init__(self, workloads: tuple[str, str] = ("nvme-p2p-read-bar", "nvme-p2p-read-bar-host-bridge"),
+                 path: str = "iova", *, strict: bool = True):
+        paths = [p for p in explain.workload_paths(workloads[0]) if p in explain.workload_paths(workloads[1])]
+        if path not in paths:
+            raise ValueError(f"path {path!r} is not one both workloads {workloads} run with: {paths}")
+        self.left = ScenarioPlayer(workloads[0], path, strict=strict, compact=True)
+        self.right = ScenarioPlayer(workloads[1], path, strict=strict, compact=True)
+        self.path = W.Dropdown(options=paths, value=path, description="path", style=_S)
+        self.lazy = W.Checkbox(value=not strict, description="lazy (DMA-FQ)", style=_S, indent=False)
+        self.left.peers, self.right.peers = [self.right], [self.left]
+        self.left.refresh()   # one counter scale for the two
+        self.heads = []
+        for p, w in zip((self.left, self.right), workloads, strict=True):
+            W.link((self.path, "value"), (p.path, "value"))
+            W.link((self.lazy, "value"), (p.lazy, "value"))
+            p.path.layout.display = "none"
+            self.heads.append(W.HTML(_wrap(f"<b>{html.escape(w)}</b>" + _map_type_note(w))))
+        cols = [W.VBox([h, p], layout=W.Layout(flex="1 1 400px", min_width="400px"))
+                for h, p in zip(self.heads, (self.left, self.right), strict=True)]
+        both = W.HBox(cols, layout=W.Layout(flex_flow="row wrap", align_items="flex-start"))
+        super().__init__([W.HBox([self.path, self.lazy], layout=_row()), both])
+
+
+def _map_type_note(workload: str) -> str:
+    """A second line with the ``PCI_P2PDMA_MAP_...`` type of a P2P workload (else "no P2P memory"): both
+    heads take two lines, so the two players' controls line up."""
+    t = explain.p2p_map_type(workload)
+    return f"<br><code>{t}</code>" if t else "<br>(no P2P memory)"
 
 
 # --------------------------------------------------------------------------------------------

@@ -348,6 +348,8 @@ class ScenarioContext:
         if self.p2pdma and self.domain is not None and not behaves(self.domain.kernel, "dma_map_phys"):
             raise ValueError(f"scenario parameter 'p2p' needs kernel '7.3' (peer-to-peer DMA is modelled from "
                              f"Linux 7.3.4 drivers/pci/p2pdma.c), not {self.domain.kernel!r}")
+        if self.p2pdma and self.domain is not None:   # what is_pci_p2pdma_page() answers in iommu_dma_map_sg
+            self.domain.p2pdma = self.p2pdma
         self.bk = Bookkeeping()
         self.notes: list[str] = []
         self.extra: dict = {}

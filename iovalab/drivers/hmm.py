@@ -37,6 +37,19 @@ after the faults, as an MMU-notifier invalidation would), ``refault`` (fault tho
 ``phys`` (``base``/``stride``/``run_pages``: where entry i's page lives). Random orders use numpy's
 PCG64 ``default_rng(seed).permutation`` (deterministic for a given numpy version).
 
+Peer-to-peer (``p2p`` parameter, :mod:`iovalab.kernel.p2pdma`; Linux 7.3.4 mm/hmm.c:
+``hmm_dma_map_pfn()``, ``hmm_dma_unmap_pfn()``): a pfn that lies in a provider's BAR is a P2P page, and
+``pci_p2pdma_state(p2pdma_state, dev, page)`` decides per pfn. ``PCI_P2PDMA_MAP_BUS_ADDR``: the pfn is
+marked ``HMM_PFN_P2PDMA_BUS | HMM_PFN_DMA_MAPPED`` and the bus address
+(``pci_p2pdma_bus_addr_map``) is returned - no IOVA link, no ``dma_map_*``, nothing to unmap (a fault on
+it again recomputes the address, it is not returned from the reservation);
+``PCI_P2PDMA_MAP_THRU_HOST_BRIDGE``: ``HMM_PFN_P2PDMA`` and ``DMA_ATTR_MMIO`` - ``dma_iova_link`` with
+``DMA_ATTR_MMIO`` (``IOMMU_MMIO`` in the PTEs) on the IOVA path, ``dma_map_phys(..., DMA_ATTR_MMIO)``
+otherwise, and the unmap carries ``DMA_ATTR_MMIO`` too; any other type: ``DMA_MAPPING_ERROR``, nothing
+mapped. The caller's ``p2pdma_state`` is one per fault phase here. (7.3.4 also passes
+``DMA_ATTR_REQUIRE_COHERENT``; the model's ``hmm_dma_map_alloc`` already refuses a non-coherent device.)
+With ``p2p`` the batch helpers below are not used.
+
 Speed: per-phase runs (``run_scenario``, ``iter_scenario(fine=False)``) with ``keep_events=False`` on the
 IOVA path hand each phase's new faults to ``DmaDomain.dma_iova_link_sync_pages`` (link + sync per
 page) and its unmaps to ``DmaDomain.dma_iova_unlink_pages`` (one unlink per page): batch forms of the
@@ -48,10 +61,16 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Generator
+from typing import Any
 
 import numpy as np
 
-from iovalab.kernel.dma_iommu import DMA_BIDIRECTIONAL, DmaIovaState, dma_use_iova
+from iovalab.kernel.dma_iommu import DMA_ATTR_MMIO, DMA_BIDIRECTIONAL, DmaIovaState, dma_use_iova
+from iovalab.kernel.p2pdma import (
+    MAP_TYPE_NAMES, PCI_P2PDMA_MAP_BUS_ADDR, PCI_P2PDMA_MAP_NONE, PCI_P2PDMA_MAP_THRU_HOST_BRIDGE, PciP2pdmaMapState,
+    pci_p2pdma_bus_addr_map, pci_p2pdma_state,
+)
+from iovalab.kernel.version import behaves
 from iovalab.kernel.units import DMA_MAPPING_ERROR, EINVAL, EOPNOTSUPP, PAGE_SIZE, U64_MASK, DmaError, hx
 from iovalab.drivers.common import SIZEOF, ScenarioContext, Step, as_context, int_param, make_run
 
@@ -147,10 +166,17 @@ class _HmmMap:
         self.dma_list: array | None = None         # dma_addr_t *dma_list (fallback with dma_need_unmap)
         self.addrs: array | None = None            # what the device was given (page/direct; view only)
         self.nmapped = 0
+        self.p2p_flags: dict[int, int] = {}        # HMM_PFN_P2PDMA / HMM_PFN_P2PDMA_BUS per entry (7.3.4)
+        self.bus: dict[int, int] = {}              # the bus address handed out for a P2PDMA_BUS entry
 
     def paddr(self, idx: int) -> int:
         """``hmm_pfn_to_phys(pfns[idx])`` for this workload's page placement."""
         return self.base + (idx // self.run) * self.stride + (idx % self.run) * self.entry
+
+
+#: ``HMM_PFN_P2PDMA`` / ``HMM_PFN_P2PDMA_BUS`` (include/linux/hmm.h, 7.3.4), as flags of :attr:`_HmmMap.p2p_flags`
+HMM_PFN_P2PDMA = 1
+HMM_PFN_P2PDMA_BUS = 2
 
 
 class _Hmm:
@@ -182,7 +208,11 @@ class _Hmm:
         self.unique_faults = True   # set by iter_steps: no index repeats within the fault sequence
         self.use_iova = False
         self.need_unmap = ctx.dma_need_unmap()
-        self.bulk = self._bulk_helpers()
+        self.p2p = ctx.p2pdma                       # the machine's P2P pages (empty: none)
+        self.p2pdma_state = PciP2pdmaMapState()      # the caller's struct pci_p2pdma_map_state
+        # 7.3.4: dma_map_phys() behind an IOMMU (dma_map_page refuses DMA_ATTR_MMIO there)
+        self.phys_api = ctx.domain is not None and behaves(ctx.domain.kernel, "dma_map_phys")
+        self.bulk: Any = None if self.p2p else self._bulk_helpers()
 
     def _bulk_helpers(self):
         """The DMA layer's batch helpers, if it has them and events are not kept (identical counters)."""
@@ -223,24 +253,47 @@ class _Hmm:
             what = "dma-direct: dma_iova_try_alloc is false, dma_need_unmap() false: pfn_list only"
         yield ctx.step(what, state_addr=m.state.addr if self.use_iova else None)
 
-    def hmm_dma_map_pfn(self, idx: int) -> int:
-        """``hmm_dma_map_pfn(dev, map, idx, p2pdma_state)`` for a normal (non-P2P) page."""
+    def hmm_dma_map_pfn(self, idx: int, p2pdma_state: PciP2pdmaMapState | None = None) -> int:
+        """``hmm_dma_map_pfn(dev, map, idx, p2pdma_state)`` (mm/hmm.c; P2P pages as 7.3.4 maps them, see
+        the module doc). ``p2pdma_state``: the caller's (default: the one of the current fault phase)."""
         ctx, m = self.ctx, self.map
         off = idx * self.entry
-        if m.mapped[idx]:
+        flags = m.p2p_flags.get(idx, 0) if m.p2p_flags else 0
+        if m.mapped[idx] and not flags & HMM_PFN_P2PDMA_BUS:
             if self.use_iova:
                 return m.state.addr + off
             if self.need_unmap:
                 assert m.dma_list is not None  # allocated with the fallback when dma_need_unmap()
                 return m.dma_list[idx]
         paddr = m.paddr(idx)
+        attrs = 0
+        if self.p2p:
+            st = self.p2pdma_state if p2pdma_state is None else p2pdma_state
+            t = pci_p2pdma_state(st, self.p2p, ctx.dev.name, paddr, ctx.dev.is_pci)
+            if t == PCI_P2PDMA_MAP_THRU_HOST_BRIDGE:
+                attrs = DMA_ATTR_MMIO
+                m.p2p_flags[idx] = flags | HMM_PFN_P2PDMA
+            elif t == PCI_P2PDMA_MAP_BUS_ADDR:
+                assert st.mem is not None
+                m.p2p_flags[idx] = flags | HMM_PFN_P2PDMA_BUS
+                addr = m.bus[idx] = pci_p2pdma_bus_addr_map(st.mem, paddr)
+                if not m.mapped[idx]:           # HMM_PFN_DMA_MAPPED
+                    m.mapped[idx] = 1
+                    m.nmapped += 1
+                return addr
+            elif t != PCI_P2PDMA_MAP_NONE:
+                return DMA_MAPPING_ERROR
         if self.use_iova:
-            ctx.dma.dma_iova_link(ctx.dev, m.state, paddr, off, self.entry, DMA_BIDIRECTIONAL)
+            ctx.dma.dma_iova_link(ctx.dev, m.state, paddr, off, self.entry, DMA_BIDIRECTIONAL, attrs)
             ctx.dma.dma_iova_sync(ctx.dev, m.state, off, self.entry)
             addr = m.state.addr + off
         else:
-            addr = ctx.dma.dma_map_page(ctx.dev, paddr, self.entry, DMA_BIDIRECTIONAL)
+            if attrs and self.phys_api:
+                addr = ctx.dma.dma_map_phys(ctx.dev, paddr, self.entry, DMA_BIDIRECTIONAL, attrs)
+            else:
+                addr = ctx.dma.dma_map_page(ctx.dev, paddr, self.entry, DMA_BIDIRECTIONAL, attrs)
             if addr == DMA_MAPPING_ERROR:
+                m.p2p_flags.pop(idx, None)      # error: pfns[idx] &= ~HMM_PFN_P2PDMA
                 return addr
             assert m.addrs is not None  # allocated with the fallback (no IOVA reservation)
             m.addrs[idx] = addr
@@ -250,15 +303,23 @@ class _Hmm:
         return addr
 
     def hmm_dma_unmap_pfn(self, idx: int) -> bool:
-        """``hmm_dma_unmap_pfn(dev, map, idx)``: False if the entry was not DMA-mapped."""
+        """``hmm_dma_unmap_pfn(dev, map, idx)``: False if the entry was not DMA-mapped. 7.3.4: nothing
+        to unmap for a P2P bus address; ``DMA_ATTR_MMIO`` for a P2P page through the host bridge."""
         ctx, m = self.ctx, self.map
         if not m.mapped[idx]:
             return False
-        if self.use_iova:
-            ctx.dma.dma_iova_unlink(ctx.dev, m.state, idx * self.entry, self.entry, DMA_BIDIRECTIONAL)
+        flags = m.p2p_flags.pop(idx, 0) if m.p2p_flags else 0
+        attrs = DMA_ATTR_MMIO if flags & HMM_PFN_P2PDMA else 0
+        if flags & HMM_PFN_P2PDMA_BUS:
+            del m.bus[idx]                      # no need to unmap bus address P2P mappings
+        elif self.use_iova:
+            ctx.dma.dma_iova_unlink(ctx.dev, m.state, idx * self.entry, self.entry, DMA_BIDIRECTIONAL, attrs)
         elif self.need_unmap:
             assert m.dma_list is not None
-            ctx.dma.dma_unmap_page(ctx.dev, m.dma_list[idx], self.entry, DMA_BIDIRECTIONAL)
+            if attrs and self.phys_api:
+                ctx.dma.dma_unmap_phys(ctx.dev, m.dma_list[idx], self.entry, DMA_BIDIRECTIONAL, attrs)
+            else:
+                ctx.dma.dma_unmap_page(ctx.dev, m.dma_list[idx], self.entry, DMA_BIDIRECTIONAL)
         m.mapped[idx] = 0
         m.nmapped -= 1
         return True
@@ -276,13 +337,14 @@ class _Hmm:
     # ---------------------------------------------------------------- workload phases
     def faults(self, seq: np.ndarray, label: str) -> Generator[Step, None, None]:
         ctx = self.ctx
+        self.p2pdma_state = PciP2pdmaMapState()    # one caller state per fault phase
         if ctx.fine:
             for idx in seq.tolist():
                 was = self.map.mapped[idx]
                 ctx.begin("hmm_dma_map_pfn", idx=idx)
                 addr = self.hmm_dma_map_pfn(idx)
-                yield ctx.step(f"{label}: hmm_dma_map_pfn({idx}) -> {hx(addr)}"
-                               + (" (already mapped: no page-table work)" if was else ""), idx=idx, dma=addr)
+                yield ctx.step(f"{label}: hmm_dma_map_pfn({idx}) -> {hx(addr)}" + self._why(idx, addr, was),
+                               idx=idx, dma=addr)
             return
         ctx.begin("hmm_dma_map_pfn", faults=len(seq), label=label, calls=len(seq))
         if self.bulk is not None and self.use_iova:
@@ -292,6 +354,20 @@ class _Hmm:
                 for idx in seq[i:i + _CHUNK].tolist():
                     self.hmm_dma_map_pfn(idx)
         yield ctx.step(f"{label}: {len(seq)} fault(s) -> hmm_dma_map_pfn; {self.map.nmapped} entries mapped")
+
+    def _why(self, idx: int, addr: int, was: int) -> str:
+        flags = self.map.p2p_flags.get(idx, 0)
+        if addr == DMA_MAPPING_ERROR:
+            return (f" (P2P {MAP_TYPE_NAMES[self.p2pdma_state.map]}: DMA_MAPPING_ERROR)"
+                    if self.p2pdma_state.map not in (PCI_P2PDMA_MAP_NONE, PCI_P2PDMA_MAP_BUS_ADDR,
+                                                     PCI_P2PDMA_MAP_THRU_HOST_BRIDGE) else "")
+        if flags & HMM_PFN_P2PDMA_BUS:
+            return " (P2P PCI_P2PDMA_MAP_BUS_ADDR: the bus address, no IOMMU mapping)"
+        if was:
+            return " (already mapped: no page-table work)"
+        if flags & HMM_PFN_P2PDMA:
+            return " (P2P PCI_P2PDMA_MAP_THRU_HOST_BRIDGE: DMA_ATTR_MMIO)"
+        return ""
 
     def _bulk_faults(self, seq: np.ndarray) -> None:
         link, _ = self.bulk
@@ -352,6 +428,8 @@ class _Hmm:
         else:
             assert m.addrs is not None
             dma = np.where(mapped, np.frombuffer(m.addrs, dtype=np.uint64), np.uint64(0))
+        for idx, a in m.bus.items():            # P2P bus addresses (7.3.4)
+            dma[idx] = a
         return {"entry_size": self.entry, "npages": self.npages, "mapped": int(mapped.sum()),
                 "state_addr": m.state.addr if self.use_iova else None, "dma": dma}
 

@@ -55,7 +55,13 @@ Model limits (stated, not hidden): the descriptor pages (PRP lists, SGL segments
 ``prp2_kind="list"`` with ``prp2=None``) and they take no IOVA here, so a fresh domain's first
 request gets the first IOVA (as in the worked example of notebooks/04-two-step-api and
 tests/test_dma.py). Splitting ignores the logical
-block size beyond requiring a 512-byte multiple; no integrity metadata, no P2P.
+block size beyond requiring a 512-byte multiple; no integrity metadata.
+
+Peer-to-peer (``p2p`` parameter, 7.3.4 only): the IOVA/page/direct paths follow
+:mod:`~iovalab.drivers.blk_mq_dma`; the ``sg`` path is 6.12's ``nvme_map_data`` (a P2P page never takes
+the single-segment path, ``is_pci_p2pdma_page()``; ``dma_map_sgtable`` returning ``-EREMOTEIO`` is
+``BLK_STS_TARGET``) over 7.3.4's ``iommu_dma_map_sg()`` (bus addresses marked and skipped at unmap;
+through the host bridge mapped like memory, without ``IOMMU_MMIO``).
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ from iovalab.kernel.dma_iommu import (
 )
 from iovalab.kernel.p2pdma import PCI_P2PDMA_MAP_BUS_ADDR, PCI_P2PDMA_MAP_NONE, PCI_P2PDMA_MAP_THRU_HOST_BRIDGE
 from iovalab.kernel.device import NVME_CTRL_PAGE_SIZE
-from iovalab.kernel.units import DMA_MAPPING_ERROR, PAGE_SIZE, SZ_128K, hx
+from iovalab.kernel.units import DMA_MAPPING_ERROR, EREMOTEIO, PAGE_SIZE, SZ_128K, hx
 from iovalab.kernel.version import behaves
 from iovalab.drivers.blk_mq_dma import (
     BLK_STS_INVAL, FailNthLink, blk_kernel, req_phys_gap_mask,
@@ -280,9 +286,6 @@ class _Nvme:
         self.max_segs = min(NVME_MAX_SEGS_PRE_6_17 if self.api == "sg" else NVME_MAX_SEGS,
                             nvme_max_drv_segments(self.max_bytes))
         self.bvecs = bio_vecs(p, self.page_size)
-        if ctx.p2pdma and self.api == "sg":
-            raise ValueError("scenario parameter 'p2p' needs the 7.3 block-layer iterator (api 'iova', 'page' or "
-                             "'direct'); the 6.12 scatterlist path's P2P is not modelled")
 
     # ---------------------------------------------------------------- helpers
     def nvme_pci_use_sgls(self, rq: BlkRequest | None = None) -> int:
@@ -428,11 +431,24 @@ class _Nvme:
         rq.sgl = [ScatterEntry(p, n) for p, n in rq.segments]
         _hold(ctx, rq, "struct scatterlist (iod->sgt.sgl)", SIZEOF["struct scatterlist"] * len(rq.sgl))
         ctx.begin("dma_map_sgtable", request=rq.index, nents=len(rq.sgl))
-        ents = ctx.dma.dma_map_sg(ctx.dev, rq.sgl, rq.dir)
-        if not ents:
-            raise NvmeError("dma_map_sgtable failed (BLK_STS_RESOURCE)")
+        # dma_map_sgtable(dev, &iod->sgt, dir, DMA_ATTR_NO_WARN): 0 or -errno; P2P entries are the DMA
+        # layer's business (iommu_dma_map_sg, 7.3.4), -EREMOTEIO fails the request with BLK_STS_TARGET
+        rc = ctx.dma.dma_map_sgtable(ctx.dev, rq.sgl, rq.dir)
+        if rc == -EREMOTEIO:
+            raise NvmeError("dma_map_sgtable: -EREMOTEIO, the controller cannot reach a P2P page "
+                            "(PCI_P2PDMA_MAP_NOT_SUPPORTED): BLK_STS_TARGET")
+        if rc:
+            raise NvmeError(f"dma_map_sgtable failed ({rc}): BLK_STS_RESOURCE")
+        ents = sum(1 for s in rq.sgl if s.dma_length)
         rq.nents = ents
+        bus = sum(1 for s in rq.sgl[:ents] if s.dma_bus_address)
         rq.path = "dma_map_sg (one IOVA for the list)"
+        if bus == ents:
+            rq.path = "P2P bus address (dma_map_sg, no IOMMU mapping)"
+        elif bus:
+            rq.path += f", {bus} P2P bus-address segment(s)"
+        elif ctx.p2pdma.provider_of(rq.sgl[0].phys) is not None:
+            rq.path += ", P2P through the host bridge (no DMA_ATTR_MMIO: no IOMMU_MMIO)"
         rq.dma_segments = [(s.dma_address, s.dma_length) for s in rq.sgl[:ents]]
         if ctx.fine:
             yield ctx.step(f"dma_map_sgtable: {len(rq.sgl)} entries -> {ents} DMA segment(s) "

@@ -53,13 +53,17 @@ from iovalab.kernel.dma_iova import (
     DMA_ATTR_MMIO, DMA_IOVA_USE_SWIOTLB, DmaIovaState, IovaApi, dma_info_to_prot, dma_iova_size, dma_use_iova,
 )
 from iovalab.kernel.iova import IovaDomain, PerCpu
+from iovalab.kernel.p2pdma import (
+    MAP_TYPE_NAMES, PCI_P2PDMA_MAP_BUS_ADDR, PCI_P2PDMA_MAP_NONE, PCI_P2PDMA_MAP_THRU_HOST_BRIDGE, P2pdmaPages,
+    PciP2pdmaMapState, pci_p2pdma_bus_addr_map, pci_p2pdma_state,
+)
 from iovalab.kernel.swiotlb import SwiotlbPool
 from iovalab.kernel.version import (
     CONFIG_HZ_VALUES, DEFAULT_HZ, DEFAULT_KERNEL, behaves, check_hz, check_kernel, fq_timer_expiry,
     msecs_to_jiffies,
 )
 from iovalab.kernel.units import (
-    DMA_BIT_MASK, DMA_MAPPING_ERROR, EINVAL, ENOMEM, EOPNOTSUPP, PAGE_SIZE, SZ_4K, SZ_16K, SZ_64K, U64_MASK,
+    DMA_BIT_MASK, DMA_MAPPING_ERROR, EINVAL, ENOMEM, EOPNOTSUPP, EREMOTEIO, PAGE_SIZE, SZ_4K, SZ_16K, SZ_64K, U64_MASK,
     DmaError, _is_int, bits_per, check_cpu, check_phys, check_size, iova_align, iova_offset,
 )
 
@@ -93,12 +97,16 @@ def dma_mapping_error(addr: int) -> bool:
 @dataclass
 class ScatterEntry:
     """One ``struct scatterlist`` entry: ``sg_phys(s)`` as ``phys``, ``s->length`` as ``length``;
-    after mapping, ``dma_address``/``dma_length`` (``sg_dma_address``/``sg_dma_len``)."""
+    after mapping, ``dma_address``/``dma_length`` (``sg_dma_address``/``sg_dma_len``) and
+    ``dma_bus_address``: the ``SG_DMA_BUS_ADDRESS`` flag of ``sg->dma_flags``
+    (``sg_dma_is_bus_address()``, include/linux/scatterlist.h): a PCI P2P bus address that no IOMMU
+    mapping backs (set by ``iommu_dma_map_sg()``, cleared by ``iommu_dma_unmap_sg()``, 7.3.4)."""
 
     phys: int
     length: int
     dma_address: int = 0
     dma_length: int = 0
+    dma_bus_address: bool = False
 
 
 @dataclass
@@ -153,6 +161,11 @@ class DmaDomain:
         preset name builds its IOMMU for that version (7.3 VT-d: the generic page table); a given
         :class:`IommuDomain` is used as it is.
     """
+
+    #: The machine's PCI P2P pages (:class:`~iovalab.kernel.p2pdma.P2pdmaPages`), what
+    #: ``is_pci_p2pdma_page(sg_page(s))`` answers in ``iommu_dma_map_sg()`` (7.3.4); None: no P2P memory.
+    #: Set by whoever builds the machine (a scenario's ``p2p`` parameter).
+    p2pdma: P2pdmaPages | None = None
 
     def __init__(self, iommu: IommuDomain | str = "intel-vtd", *, strict: bool = True, ncpus: int = 1,
                  log: EventLog | None = None, reserve: list[tuple[int, int]] | None = None,
@@ -627,8 +640,29 @@ class DmaDomain:
         One IOVA for the whole list (``iova_len`` = Σ granule-aligned segment lengths plus boundary
         padding), one ``iommu_map_sg`` (a map call per physically contiguous run, one sync), then
         ``__finalise_sg`` merges segments into DMA segments. Returns the number of DMA segments
-        (``ents``); 0 on failure, as ``dma_map_sg`` does.
+        (``ents``); 0 on failure, as ``dma_map_sg`` does (``dma_map_sgtable`` returns the errno).
+
+        PCI P2P pages (:attr:`p2pdma`; 7.3.4 ``iommu_dma_map_sg()``, ``pci_p2pdma_state()`` per entry):
+        ``PCI_P2PDMA_MAP_BUS_ADDR`` - the entry gets the bus address (``pci_p2pdma_bus_addr_map``) and
+        is marked ``dma_bus_address``; it takes no IOVA and ``iommu_map_sg`` skips it (no list of bus
+        entries only allocates nothing); ``PCI_P2PDMA_MAP_THRU_HOST_BRIDGE`` - mapped with regular IOVAs
+        and the caller's ``attrs``: no ``DMA_ATTR_MMIO`` is added, so the PTEs carry no ``IOMMU_MMIO``
+        (unlike ``blk_rq_dma_map_iter_start()`` and ``hmm_dma_map_pfn()``, which add it); any other type
+        (``PCI_P2PDMA_MAP_NOT_SUPPORTED``) - ``-EREMOTEIO`` after ``__invalidate_sg``, nothing mapped.
         """
+        ents = self._dma_map_sg_attrs(dev, sgl, dir, attrs, cpu)
+        return ents if ents > 0 else 0
+
+    def dma_map_sgtable(self, dev: Device, sgl: list[ScatterEntry], dir: int = DMA_BIDIRECTIONAL,
+                        attrs: int = 0, cpu: int = 0) -> int:
+        """``dma_map_sgtable()`` (kernel/dma/mapping.c, 7.3.4): what :meth:`dma_map_sg` does, returning
+        0 on success or the errno of ``iommu_dma_map_sg()``: ``-EREMOTEIO`` when the device cannot reach
+        a P2P entry, ``-ENOMEM`` when no IOVA is left, ``-EINVAL`` when ``iommu_map_sg`` failed."""
+        ents = self._dma_map_sg_attrs(dev, sgl, dir, attrs, cpu)
+        return 0 if ents > 0 else (ents or -EINVAL)
+
+    def _dma_map_sg_attrs(self, dev: Device, sgl: list[ScatterEntry], dir: int, attrs: int, cpu: int) -> int:
+        """``__dma_map_sg_attrs()``: DMA segments, or a negative errno."""
         valid_dma_direction(dir)
         check_cpu("dma_map_sg", cpu, self.ncpus)
         if not isinstance(sgl, list) or not sgl:
@@ -666,6 +700,10 @@ class DmaDomain:
                 ents = self._map_sg_iova(dev, sgl, dir, attrs, cpu)
         finally:
             self.log.depth -= 1
+        if ents < 0:   # -EREMOTEIO: dma_map_sg_attrs() returns 0, dma_map_sgtable() the errno
+            self.log.emit(_L, "iommu_dma_map_sg", "step", ents, cpu=cpu, nents=len(sgl),
+                          rule="pci_p2pdma_state: PCI_P2PDMA_MAP_NOT_SUPPORTED for a P2P entry")
+            return ents
         if not untrusted:  # the swiotlb path's calls were traced one by one
             self.trace_api("dma_map_sg", dev, cpu, ents, dir=dir, nents=len(sgl),
                            phys=[s.phys for s in sgl], dma_addrs=[s.dma_address for s in sgl[:ents]],
@@ -690,13 +728,30 @@ class DmaDomain:
         return off()
 
     def _map_sg_iova(self, dev: Device, sgl: list[ScatterEntry], dir: int, attrs: int, cpu: int) -> int:
-        """``iommu_dma_map_sg()`` past the swiotlb case: one IOVA for the list."""
+        """``iommu_dma_map_sg()`` past the swiotlb case: one IOVA for the list (7.3.4: P2P entries as
+        :meth:`dma_map_sg` says). Returns the DMA segments, 0 on an IOVA or map failure, or -EREMOTEIO."""
         g = self.granule
         mask = dev.dma_get_seg_boundary()
         iova_len = 0
-        layout = []  # [phys_aligned, aligned_len, s_iova_off, s_len]
+        layout: list[list[int] | None] = []  # [phys_aligned, aligned_len, s_iova_off, s_len]; None: bus address
         prev: list[int] | None = None
+        p2p = self.p2pdma
+        p2pdma_state = PciP2pdmaMapState()
         for s in sgl:
+            if p2p:
+                t = pci_p2pdma_state(p2pdma_state, p2p, dev.name, s.phys, dev.is_pci)
+                if t == PCI_P2PDMA_MAP_BUS_ADDR:
+                    assert p2pdma_state.mem is not None
+                    s.dma_address = pci_p2pdma_bus_addr_map(p2pdma_state.mem, s.phys)
+                    s.dma_length = s.length
+                    s.dma_bus_address = True      # sg_dma_mark_bus_address(s)
+                    layout.append(None)
+                    continue
+                if t not in (PCI_P2PDMA_MAP_NONE, PCI_P2PDMA_MAP_THRU_HOST_BRIDGE):
+                    for e in sgl:                 # out_restore_sg: __invalidate_sg()
+                        e.dma_address, e.dma_length, e.dma_bus_address = DMA_MAPPING_ERROR, 0, False
+                    assert t in MAP_TYPE_NAMES
+                    return -EREMOTEIO
             s_iova_off = iova_offset(g, s.phys)
             s_len = s.length
             seg = [s.phys - s_iova_off, iova_align(g, s_len + s_iova_off), s_iova_off, s_len]
@@ -708,12 +763,17 @@ class DmaDomain:
             iova_len += seg[1]
             layout.append(seg)
             prev = seg
+        if not iova_len:   # bus addresses only: no IOVA, nothing to map
+            return self.__finalise_sg(dev, sgl, layout, 0)
         iova = self.iommu_dma_alloc_iova(iova_len, dev.dma_get_mask(), dev, cpu)
         if not iova:
             ents = 0
         else:
             prot = dma_info_to_prot(dir, dev.coherent, attrs)
-            ret = self.iommu.iommu_map_sg(iova, [(p, n) for p, n, _, _ in layout], prot, cpu=cpu)
+            # iommu_map_sg() skips a bus-address entry but still ends the physically contiguous run at
+            # it unless it happens to continue it: a zero-length entry at its phys does just that
+            ret = self.iommu.iommu_map_sg(iova, [(s.phys, 0) if seg is None else (seg[0], seg[1])
+                                                 for s, seg in zip(sgl, layout, strict=True)], prot, cpu=cpu)
             if ret < iova_len:
                 self.iommu_dma_free_iova(iova, iova_len, None, cpu)
                 ents = 0
@@ -722,17 +782,25 @@ class DmaDomain:
         return ents
 
     def __finalise_sg(self, dev: Device, sgl: list[ScatterEntry], layout: list, dma_addr: int) -> int:
-        """``__finalise_sg(dev, sg, nents, dma_addr)`` (dma-iommu.c): merge into DMA segments."""
+        """``__finalise_sg(dev, sg, nents, dma_addr)`` (dma-iommu.c): merge into DMA segments. A
+        bus-address entry (7.3.4) becomes an output segment of its own, still marked, and ends the
+        segment before it."""
         seg_mask = dev.dma_get_seg_boundary()
         max_len = dev.dma_get_max_seg_size()
         cur_len = 0
         count = 0
-        out = []
-        for _s, (_, s_iova_len, s_iova_off, s_len) in zip(sgl, layout, strict=True):
+        out: list[list] = []   # [dma_address, dma_length, bus address]
+        for s, seg in zip(sgl, layout, strict=True):
+            if seg is None:
+                out.append([s.dma_address, s.dma_length, True])
+                count += 1
+                cur_len = 0
+                continue
+            _, s_iova_len, s_iova_off, s_len = seg
             if cur_len and not s_iova_off and (dma_addr & seg_mask) and max_len - cur_len >= s_len:
                 cur_len += s_len
             else:  # start the next output segment; the previous one keeps its length
-                out.append([dma_addr + s_iova_off, s_len])
+                out.append([dma_addr + s_iova_off, s_len, False])
                 count += 1
                 cur_len = s_len
             out[-1][1] = cur_len
@@ -740,7 +808,7 @@ class DmaDomain:
             if s_len + s_iova_off < s_iova_len:
                 cur_len = 0
         for i, s in enumerate(sgl):  # entries past the last output segment keep the reset values
-            s.dma_address, s.dma_length = out[i] if i < count else (DMA_MAPPING_ERROR, 0)
+            s.dma_address, s.dma_length, s.dma_bus_address = out[i] if i < count else (DMA_MAPPING_ERROR, 0, False)
         return count
 
     def dma_unmap_sg(self, dev: Device, sgl: list[ScatterEntry], dir: int = DMA_BIDIRECTIONAL,
@@ -777,16 +845,24 @@ class DmaDomain:
                     for s in sgl:
                         self.dma_unmap_page(dev, s.dma_address, s.length, dir, attrs, cpu)
                 return
-            start = sgl[0].dma_address
-            end = start
+            # 7.3.4: the IOVA runs from the first to the last entry that is not a P2P bus address
+            # (those are unmarked on the way, sg_dma_unmark_bus_address); none: nothing to unmap
+            start = end = 0
+            first = True
             for s in sgl:
+                if s.dma_bus_address:
+                    s.dma_bus_address = False
+                    continue
                 if not s.dma_length:
                     break
+                if first:
+                    start, first = s.dma_address, False
                 end = s.dma_address + s.dma_length
-            g = self.granule
-            a = start - iova_offset(g, start)
-            self.check_mapped("iommu_dma_unmap_sg", a, iova_align(g, end - a), cpu)
-            self.__iommu_dma_unmap(dev, start, end - start, cpu)
+            if end:
+                g = self.granule
+                a = start - iova_offset(g, start)
+                self.check_mapped("iommu_dma_unmap_sg", a, iova_align(g, end - a), cpu)
+                self.__iommu_dma_unmap(dev, start, end - start, cpu)
         finally:
             self.log.depth -= 1
         if refs is not None and self.debug is not None:

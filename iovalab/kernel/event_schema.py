@@ -62,6 +62,7 @@ Kinds and their arguments (``result`` is what the function returned):
     ``iommu_dma_init_domain``: (granule: int, start_pfn: int, strict: bool, reserved: int)
     ``iommu_dma_alloc_iova``: (attempt: str, size: int, limit: int)
     ``iommu_map_sg``: (iova: int, nents: int)
+    ``iommu_dma_map_sg``: (rule: str, nents: int)
     ``dma_map_page_attrs``: (rule: str)
     ``swiotlb_init_io_tlb_pool``: (start: int, nslabs: int, nareas: int)
     ``swiotlb_tbl_unmap_single``: (tlb_addr: int, mapping_size: int, dir: str)
@@ -266,6 +267,7 @@ _DECLARED: dict[Kind, tuple[str, str | dict[str, str]]] = {
         "iommu_dma_init_domain": "granule: int, start_pfn: int, strict: bool, reserved: int",
         "iommu_dma_alloc_iova": "attempt: str, size: int, limit: int",
         "iommu_map_sg": "iova: int, nents: int",
+        "iommu_dma_map_sg": "rule: str, nents: int",
         "dma_map_page_attrs": "rule: str",
         "swiotlb_init_io_tlb_pool": "start: int, nslabs: int, nareas: int",
         "swiotlb_tbl_unmap_single": "tlb_addr: int, mapping_size: int, dir: str",

@@ -32,9 +32,9 @@ from iovalab.kernel.units import (
     roundup_pow_of_two,
 )
 from iovalab.lab.explain_steps import (
-    DEMO_WORKLOADS, LEADING_EVENTS, PATH_TITLES, PATHS, PLAYER_PRESETS, PLAYER_VARIANTS, Recording,
-    describe_event, describe_events, hexify, player_workloads, preset_dict, record, recording_state,
-    run_segments, step_bounds, workload_paths,
+    DEMO_WORKLOADS, LEADING_EVENTS, P2P_WORKLOADS, PATH_TITLES, PATHS, PLAYER_PRESETS, PLAYER_VARIANTS,
+    Recording, describe_event, describe_events, hexify, p2p_map_type, p2p_rows, p2p_summary, player_workloads,
+    preset_dict, prot_names, record, recording_state, run_segments, step_bounds, workload_paths,
 )
 from iovalab.lab.step_state import StepState, Timeline, state_at
 
@@ -43,6 +43,7 @@ __all__ = [
     "MASK_BITS", "BUS_LIMIT_BITS", "MaskAlloc", "MaskWalk", "preset_granule", "mask_walk",
     "PATHS", "PATH_TITLES", "DEMO_WORKLOADS", "run_segments", "Recording", "record", "LEADING_EVENTS",
     "step_bounds", "PLAYER_VARIANTS", "PLAYER_PRESETS", "preset_dict", "player_workloads", "workload_paths",
+    "P2P_WORKLOADS", "p2p_map_type", "p2p_summary", "p2p_rows", "prot_names",
     "StepState", "state_at", "Timeline", "recording_state", "describe_event", "describe_events", "hexify",
     "COST_PRESET", "path_totals", "compare_paths", "COMPARE_PRESETS", "compare_workloads", "compare_workload",
     "scattered_pages", "scaling", "with_cost_preset", "sensitivity_text",

@@ -21,7 +21,8 @@ from iovalab.lab.step_state import StepState, Timeline
 __all__ = [
     "PATHS", "PATH_TITLES", "DEMO_WORKLOADS", "run_segments", "Recording", "record", "LEADING_EVENTS",
     "step_bounds", "PLAYER_VARIANTS", "PLAYER_PRESETS", "preset_dict", "player_workloads", "workload_paths",
-    "recording_state", "describe_events", "hexify",
+    "recording_state", "describe_events", "hexify", "P2P_WORKLOADS", "prot_names", "p2p_map_type", "p2p_summary",
+    "p2p_rows",
 ]
 
 #: the kernel version this module's texts and derivations describe (6.17; 7.3 differences:
@@ -201,15 +202,17 @@ def step_bounds(events, setup: int = 0) -> list[int]:
 
 
 def _iova_window(events, granule: int) -> tuple[int, int]:
-    lo, hi = None, None
+    lo: int | None = None
+    hi: int | None = None
     for e in events:
         if e.kind == "tree_alloc":
             a = e.result * granule
             b = (e.result + e.args["size"]) * granule
             lo = a if lo is None else min(lo, a)
             hi = b if hi is None else max(hi, b)
-    if lo is None:
-        return (0xFFFF0000, 0x100000000)
+    if lo is None:   # nothing allocated (a P2P bus-address run): the top 64 KiB below 4 GiB, padded alike
+        lo, hi = 0xFFFF0000, 0x100000000
+    assert hi is not None
     span = hi - lo
     pad = max(granule, (span // 8) // granule * granule)
     return (max(0, lo - pad), hi + pad)
@@ -224,7 +227,10 @@ PLAYER_VARIANTS: dict[str, tuple[str, dict]] = {
 #: Workloads small enough for the step-through players: scenario presets (``data/scenarios``) and
 #: :data:`PLAYER_VARIANTS`.
 PLAYER_PRESETS = ("nvme-spec-example", "nvme-unaligned-12k", "nvme-4k-read", "nvme-128k-scattered",
-                  "nvme-196k-read", "hmm-256k-strided", "vfio-migration-256k")
+                  "nvme-196k-read", "nvme-p2p-read-bar", "nvme-p2p-read-bar-host-bridge", "hmm-256k-strided",
+                  "vfio-migration-256k")
+#: The GPUDirect-Storage pattern under its two working P2P map types (bus address; through the host bridge).
+P2P_WORKLOADS = ("nvme-p2p-read-bar", "nvme-p2p-read-bar-host-bridge")
 
 
 def preset_dict(name: str) -> dict:
@@ -352,12 +358,28 @@ def recording_state(rec: Recording, step: int, unit: str = "call") -> StepState:
     return rec.state(step, unit)
 
 
+def prot_names(prot: int) -> str:
+    """``IOMMU_*`` bits of an ``iommu_map`` prot (include/linux/iommu.h): ``0x12`` ->
+    ``"IOMMU_WRITE|IOMMU_MMIO"``."""
+    from iovalab.kernel.iommu import IOMMU_CACHE, IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE
+
+    names = [n for n, b in (("IOMMU_READ", IOMMU_READ), ("IOMMU_WRITE", IOMMU_WRITE), ("IOMMU_CACHE", IOMMU_CACHE),
+                            ("IOMMU_NOEXEC", IOMMU_NOEXEC), ("IOMMU_MMIO", IOMMU_MMIO), ("IOMMU_PRIV", IOMMU_PRIV))
+             if prot & b]
+    return "|".join(names) or "0"
+
+
 def describe_event(e) -> str:
     """:meth:`~iovalab.kernel.events.Event.describe`, with a negative errno result named as the kernel's
-    headers name it: ``-> -ENOMEM (-12)`` instead of ``-> -0xc``."""
+    headers name it: ``-> -ENOMEM (-12)`` instead of ``-> -0xc``, and an ``iommu_map`` prot spelled out:
+    ``prot=0x12 (IOMMU_WRITE|IOMMU_MMIO)``."""
     from iovalab.kernel.units import ERRNO_NAMES, errname
 
     text = e.describe()
+    prot = e.args.get("prot")
+    if isinstance(prot, int) and not isinstance(prot, bool):
+        raw = f"prot={hex(prot)}"
+        text = text.replace(raw, f"{raw} ({prot_names(prot)})", 1)
     r = e.result
     if isinstance(r, int) and not isinstance(r, bool) and r < 0 and -r in ERRNO_NAMES:
         raw = f" -> -{hex(-r)}"
@@ -394,3 +416,58 @@ def hexify(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(hexify(v) for v in obj)
     return obj
+
+
+def p2p_map_type(workload: str) -> str | None:
+    """The ``pci_p2pdma_map_type`` name a workload's ``p2p`` provider gives the device
+    (``calc_map_type_and_dist()`` on its topology), or None for a workload without P2P memory."""
+    from iovalab.kernel.p2pdma import MAP_TYPE_NAMES, TOPOLOGIES, calc_map_type_and_dist
+
+    if workload.startswith("demo:") or workload in DEMO_WORKLOADS:
+        return None
+    p2p = preset_dict(workload)["parameters"].get("p2p")
+    if not isinstance(p2p, dict):
+        return None
+    return MAP_TYPE_NAMES[calc_map_type_and_dist(*TOPOLOGIES[p2p.get("topology", "switch")])]
+
+
+def p2p_summary(workload: str, path: str = "iova", *, strict: bool = True) -> dict:
+    """What a P2P workload (:data:`P2P_WORKLOADS`) does on ``path``, counted from its event log: the map
+    type ``pci_p2pdma_state()`` gave the controller, the requests, IOVA allocations, ``iommu_map`` calls
+    (in all, with ``IOMMU_MMIO``, with ``IOMMU_CACHE``), ``iommu_unmap`` calls, and the DMA address the
+    controller was given for the first request."""
+    from iovalab.kernel.iommu import IOMMU_CACHE, IOMMU_MMIO
+    from iovalab.lab.scenarios import run_scenario
+
+    map_type = p2p_map_type(workload)
+    if map_type is None:
+        raise ValueError(f"workload {workload!r} has no 'p2p' parameter (as {', '.join(P2P_WORKLOADS)} have)")
+    res = run_scenario(preset_dict(workload), path, strict=strict)
+    maps = [e for e in res.log.events if e.kind == "iommu_map_calls"]
+    return {
+        "workload": workload, "path": path,
+        "map type": map_type,
+        "requests": len(res.device_view),
+        "IOVA allocations": res.counters.iova_allocs,
+        "iommu_map calls": len(maps),
+        "with IOMMU_MMIO": sum(1 for e in maps if e.args["prot"] & IOMMU_MMIO),
+        "with IOMMU_CACHE": sum(1 for e in maps if e.args["prot"] & IOMMU_CACHE),
+        "iommu_unmap calls": sum(1 for e in res.log.events if e.kind == "iommu_unmap"),
+        "first dma_addr": res.device_view[0]["dma_segments"][0][0],
+    }
+
+
+def p2p_rows(paths: tuple[str, ...] = ("iova", "page", "sg"), *, strict: bool = True) -> list[dict]:
+    """:func:`p2p_summary` of both :data:`P2P_WORKLOADS` on each of ``paths``, as a narrow table's rows:
+    the map type without its ``PCI_P2PDMA_MAP_`` prefix, IOVA allocations (``IOVAs``), ``iommu_map`` calls
+    (``maps``; ``MMIO``, ``CACHE``: those whose prot has ``IOMMU_MMIO``, ``IOMMU_CACHE``) and the first DMA
+    address the controller is given."""
+    out = []
+    for p in paths:
+        for w in P2P_WORKLOADS:
+            s = p2p_summary(w, p, strict=strict)
+            out.append({"path": p, "map type": s["map type"].removeprefix("PCI_P2PDMA_MAP_"),
+                        "IOVAs": s["IOVA allocations"], "maps": s["iommu_map calls"],
+                        "MMIO": s["with IOMMU_MMIO"], "CACHE": s["with IOMMU_CACHE"],
+                        "first DMA addr": s["first dma_addr"]})
+    return out
