@@ -112,13 +112,19 @@ class ReplayResult:
 
 # --------------------------------------------------------------------------------------------
 def infer_mode(cap: FtraceCapture | CaptureEvidence) -> tuple[str, str]:
-    """strict or lazy, and how that was decided."""
+    """strict or lazy, and how that was decided.
+
+    Only a flush queue (``fq_flush_iotlb`` -> ``flush_iotlb_all``) flushes a DMA domain's whole IOTLB
+    while it runs, so domain-wide flush lines mean lazy; a 7.3 lazy capture has ranged flushes too, one
+    per two-step unmap (7.3.4 ``dma_iova_destroy()`` unlinks with a sync that is not queued). Ranged
+    flushes alone mean strict (one per unmap); no flush line at all leaves it open (a guess)."""
     ev = cap if isinstance(cap, CaptureEvidence) else CaptureEvidence.of_capture(cap)
-    if ev.ranged_flushes > 0:
-        return "strict", "strict: one ranged IOTLB flush per unmap (cache_tag_flush_range)"
     if ev.domain_flushes:
-        return "lazy", ("lazy: only domain-wide flushes (cache_tag_flush_all, or cache_tag_flush_range over "
-                        "[0x0-0xffffffffffffffff]), none per unmap")
+        ranged = f", and {ev.ranged_flushes} ranged ones (7.3: one per two-step unmap)" if ev.ranged_flushes else ""
+        return "lazy", (f"lazy: {ev.domain_flushes} domain-wide flushes (cache_tag_flush_all, or cache_tag_flush_range "
+                        f"over [0x0-0xffffffffffffffff]: the flush queue draining){ranged}")
+    if ev.ranged_flushes > 0:
+        return "strict", "strict: one ranged IOTLB flush per unmap (cache_tag_flush_range), none domain-wide"
     return "strict", ("strict (a guess: the capture has no IOTLB flush events; lazy is tried too "
                       "when strict does not match)")
 
@@ -139,6 +145,7 @@ class _Replayer:
         self.timer_flushes = 0     # flush-queue timer runs placed from the timestamps
         self.followers: list = []  # other domains of the same replay (the line check's): same timers
         self.hz = system.hz
+        self.two_step_at_once = behaves(system.kernel, "destroy_unlink_then_free")
 
     # -- trying another order: a trial of the allocator (IovaDomain.trial_*) and a copy of the rest
     def save(self):
@@ -225,8 +232,11 @@ class _Replayer:
 
     def _free(self, a: Allocation, cpu: int, ts: float) -> None:
         g = IotlbGather()
-        g.queued = self.lazy
-        if self.lazy:
+        # 7.3.4 dma_iova_destroy(): dma_iova_unlink() syncs on a gather that is not queued, then
+        # dma_iova_free() frees the IOVA at once, even in a flush-queue domain; 6.17 queues it
+        at_once = a.kind == "?" and self.two_step_at_once
+        g.queued = self.lazy and not at_once
+        if g.queued:
             before = self.dom.fq_flush_start_cnt
             self.dom.iommu_dma_free_iova(a.base, a.size, g, cpu)
             if self.dom.fq_flush_start_cnt != before and self.flush_points:
@@ -301,6 +311,7 @@ def replay_file(path: str | os.PathLike, *, cpus: int | None = None, mode: str |
 
 
 _GC_YOUNG = 50_000
+_PROGRESS_EVERY_S = 5.0
 
 
 def _replay_file(path, cpus, mode, system, lines, iovas, lookahead, strict_parse, overrides, progress) -> ReplayResult:
@@ -318,12 +329,22 @@ def _replay_file(path, cpus, mode, system, lines, iovas, lookahead, strict_parse
     seen = ev if whole else ev.snapshot(head)
     spec = system or infer_system(seen, steps=lambda g: iter_steps(iter(first), g, lookahead=lookahead), **over)
 
+    # for progress: the lines the file should have, from its size and the first lines' length
+    per_line = sum(len(x.raw) + 1 for x in first[:1000]) / min(len(first), 1000) if first else 1
+    expect = int(os.path.getsize(path) / per_line) if progress is not None and not whole else 0
+
     def fed() -> Iterator[TraceLine]:
         yield from first
         first.clear()
+        n = 0
+        t_next = time.perf_counter() + _PROGRESS_EVERY_S
         for ln in it:
             ev.feed(ln)
             yield ln
+            n += 1
+            if expect and not n & 0x3FFF and time.perf_counter() >= t_next:
+                t_next += _PROGRESS_EVERY_S
+                say(f"line {ln.lineno:,} of about {expect:,} ({min(99, 100 * ln.lineno // expect)}%)")
         ev.finish(head)
 
     def again() -> Iterator[TraceLine]:
