@@ -253,3 +253,39 @@ def test_tens_of_thousands_of_live_ranges():
     # the cached node moved up past the hole (rule 3): the next allocation reuses the hole top-down
     assert d.alloc_iova(1, lim, True).pfn_lo == got[1000]
     assert d.find_iova(got[-1]).pfn_lo == got[-1]
+
+
+_OPS = st.lists(st.tuples(st.sampled_from(["alloc", "free"]), st.integers(1, 40), st.integers(0, 1)),
+                min_size=1, max_size=60)
+
+
+def _run(dom: IovaDomain, ops, live: list[tuple[int, int]]) -> None:
+    for op, n, cpu in ops:
+        if op == "alloc" or not live:
+            pfn = dom.alloc_iova_fast(n, 1 << 20, cpu=cpu)
+            if pfn:
+                live.append((pfn, n))
+        else:
+            pfn, size = live.pop(n % len(live))
+            dom.free_iova_fast(pfn, size, cpu=cpu)
+
+
+@settings(max_examples=60, deadline=None)
+@given(before=_OPS, during=_OPS, again=_OPS)
+def test_trial_rollback_restores_the_whole_state(before, during, again):
+    """A trial journals the tree changes; rolling back gives back the state at trial_begin exactly
+    (tree, cached nodes, max32_alloc_size, every magazine and the depot), as often as asked."""
+    dom = IovaDomain(0x1000, ncpus=2, log=EventLog(keep=False))
+    live: list[tuple[int, int]] = []
+    _run(dom, before, live)
+    want = dom.snapshot()
+    dom.trial_begin()
+    _run(dom, during, list(live))
+    dom.trial_rollback()
+    assert dom.snapshot() == want
+    _run(dom, again, list(live))
+    dom.trial_rollback()
+    assert dom.snapshot() == want
+    dom.trial_end()
+    with pytest.raises(ValueError, match="without trial_begin"):
+        dom.trial_rollback()

@@ -10,8 +10,10 @@ import pytest
 from iovalab.kernel.device import Device
 from iovalab.kernel.dma_iommu import DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaDomain, DmaIovaState, ScatterEntry
 from iovalab.trace.ftrace import parse_ftrace
-from iovalab.trace.ftrace_write import format_fields
-from iovalab.trace.replay import events_to_ftrace, export_ftrace, reconstruct, replay_capture
+from iovalab.trace.ftrace_write import (
+    format_dma_map_page, format_dma_unmap_page, format_fields, format_line, format_map, format_unmap, write_ftrace,
+)
+from iovalab.trace.replay import events_to_ftrace, export_ftrace, reconstruct, replay_capture, replay_file
 from iovalab.kernel.units import DMA_BIT_MASK
 
 REAL = Path(__file__).resolve().parent.parent / "data" / "real" / "strict-smp1.trace"
@@ -164,3 +166,52 @@ def test_export_order_matches_kernel_event_order():
     events = [ln.split(": ")[1].split(":")[0].strip() for ln in events_to_ftrace(dom.log.events, iotlb_events=False)]
     assert events == ["map", "dma_map_page", "unmap", "dma_unmap_page",
                       "map", "map", "dma_map_sg", "dma_unmap_sg", "unmap"]
+
+
+_X = 0xFFFFF000
+
+
+def _timer_capture(path, b_at_ms: float, b_iova: int, c_iova: int) -> None:
+    """A lazy 6.12-form capture without flush lines: A is mapped at ``_X`` and unmapped at 100.01 ms
+    (queue_iova arms the flush-queue timer), B is mapped at ``b_at_ms`` and unmapped 5 us later, C is
+    mapped at 130 ms; the IOVAs B and C get are given."""
+    rows = [(100.000, "map", format_map(_X, 0x10000000, 4096)),
+            (100.005, "dma_map_page", format_dma_map_page("0000:00:01.0", 2, _X, 4096, 0x10000000, 0)),
+            (100.010, "unmap", format_unmap(_X, 4096, 4096)),
+            (100.011, "dma_unmap_page", format_dma_unmap_page("0000:00:01.0", 2, _X, 4096, 0)),
+            (b_at_ms, "map", format_map(b_iova, 0x20000000, 4096)),
+            (b_at_ms + 0.002, "dma_map_page", format_dma_map_page("0000:00:01.0", 2, b_iova, 4096, 0x20000000, 0)),
+            (b_at_ms + 0.005, "unmap", format_unmap(b_iova, 4096, 4096)),
+            (b_at_ms + 0.006, "dma_unmap_page", format_dma_unmap_page("0000:00:01.0", 2, b_iova, 4096, 0)),
+            (130.000, "map", format_map(c_iova, 0x30000000, 4096)),
+            (130.005, "dma_map_page", format_dma_map_page("0000:00:01.0", 2, c_iova, 4096, 0x30000000, 0))]
+    # every line in task context: the trace leaves no order open (no interrupt-context free to move)
+    lines = [format_line("fio", 300, 0, ".....", f"{ms / 1000:.6f}", ev, text) for ms, ev, text in rows]
+    write_ftrace(lines, path, header=True, nr_cpus=1)
+
+
+# The kernel at HZ=250: A's unmap at 100.01 ms is in jiffy 25; mod_timer(jiffies + msecs_to_jiffies(10)) =
+# 28, and calc_index() files it in bucket 29, so fq_flush_timeout runs at 116 ms. B before that cannot reuse
+# A's IOVA, and both are freed at 116 ms (C reuses B's, the rcache is LIFO); B after it reuses A's, its own
+# unmap at 116.1 ms arms a timer that runs at 132 ms, so C at 130 ms gets a new IOVA.
+@pytest.mark.parametrize("b_at_ms, b_iova, c_iova", [(113.0, _X - 0x1000, _X - 0x1000),
+                                                     (115.9, _X - 0x1000, _X - 0x1000),
+                                                     (116.1, _X, _X - 0x1000)])
+def test_lazy_capture_without_flush_lines_follows_the_kernels_timer(tmp_path, b_at_ms, b_iova, c_iova):
+    """No flush line: the replay's guess of strict does not match, so it tries lazy, placing the
+    flush-queue timer from the timestamps as the kernel runs it, and says how it placed it."""
+    _timer_capture(tmp_path / "t.trace", b_at_ms, b_iova, c_iova)
+    res = replay_file(tmp_path / "t.trace", lines=True)
+    assert res.mode == "lazy" and "HZ=250" in res.mode_inferred and "a guess" in res.mode_inferred
+    assert (res.allocations, res.matched, res.mismatched) == (3, 3, 0), res.mismatches
+    assert res.lines is not None and res.lines.differ == 0, res.lines.mismatches
+    # at HZ=1000 the timers run 11 ms after arming: before B at 113 ms (B would reuse A's IOVA), and
+    # for B unmapped at 116.1 ms before C at 130 ms (C would reuse B's): one allocation differs either way
+    res = replay_file(tmp_path / "t.trace", mode="lazy", overrides={"hz": 1000})
+    assert res.mismatched == 1 and res.system is not None and res.system.hz == 1000
+
+
+def test_hz_is_checked(tmp_path):
+    _timer_capture(tmp_path / "t.trace", 113.0, _X - 0x1000, _X - 0x1000)
+    with pytest.raises(ValueError, match="--hz 99: CONFIG_HZ is one of"):
+        replay_file(tmp_path / "t.trace", overrides={"hz": 99})

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the traced kernel's PAGE_SIZE: 4096, 16384 or 65536 (default: inferred)")
     r.add_argument("--kernel", choices=("6.17", "7.3"), default=None,
                    help="the modelled kernel version (default: inferred from the trace's event forms)")
+    r.add_argument("--hz", type=int, default=None,
+                   help="the traced kernel's CONFIG_HZ, for the flush-queue timer of a lazy capture without "
+                        "flush lines (default 250)")
     r.add_argument("--reserve", action="append", default=[], metavar="START-END",
                    help="reserve an IOVA byte range, e.g. a PCI host-bridge window from the console log "
                         "(repeatable)")

@@ -243,6 +243,8 @@ class IovaDomain:
         self.cached_node = self.anchor
         self.cached32_node = self.anchor
         self.rcaches = [_Rcache(ncpus) for _ in range(IOVA_RANGE_CACHE_MAX_SIZE)]
+        self._journal: list[tuple[bool, Iova]] | None = None   # tree changes since trial_begin()
+        self._trial: tuple | None = None
         self.log.emit(_L, "init_iova_domain", "step", granule=granule, start_pfn=start_pfn,
                       dma_32bit_pfn=self.dma_32bit_pfn)
 
@@ -252,10 +254,14 @@ class IovaDomain:
             raise AssertionError(f"duplicate pfn_lo {node.pfn_lo:#x} in the IOVA tree")
         insort(self._neg, -node.pfn_lo)
         self._nodes[node.pfn_lo] = node
+        if self._journal is not None:
+            self._journal.append((True, node))
 
     def _erase(self, node: Iova) -> None:
         del self._neg[bisect_left(self._neg, -node.pfn_lo)]
         del self._nodes[node.pfn_lo]
+        if self._journal is not None:
+            self._journal.append((False, node))
 
     def __len__(self) -> int:
         """Number of nodes, anchor excluded."""
@@ -359,6 +365,8 @@ class IovaDomain:
         new = Iova(new_pfn, new_pfn + size - 1)
         insort(neg, -new_pfn)
         nodes[new_pfn] = new
+        if self._journal is not None:
+            self._journal.append((True, new))
         if new.pfn_hi < self.dma_32bit_pfn:  # __cached_rbnode_insert_update(), inline
             self.cached32_node = new
         else:
@@ -415,6 +423,8 @@ class IovaDomain:
         self.__cached_rbnode_delete_update(node, nodes[-neg[i - 1]])
         del neg[i]
         del nodes[node.pfn_lo]
+        if self._journal is not None:
+            self._journal.append((False, node))
         self.log.emit_values(_L, "remove_iova", "tree_free", node.pfn_lo, cpu, (node.pfn_lo, node.pfn_hi, why))
 
     def free_iova(self, pfn: int, cpu: int = 0) -> None:
@@ -716,6 +726,41 @@ class IovaDomain:
         neg, nodes, self.cached_node, self.cached32_node, self.max32_alloc_size, rc = saved
         self._neg = neg[:]
         self._nodes = dict(nodes)
+        self._restore_rcaches(rc)
+
+    # -- trials: try an order of operations, then undo it (no kernel analogue) ----------------------
+    def trial_begin(self) -> None:
+        """Start a trial: later tree changes are journaled and the rest of the state copied, so that
+        :meth:`trial_rollback` undoes them at the cost of what changed, not of the whole tree (a
+        replayer trying another order of frees before an allocation). Nodes must not be resized
+        (``reserve_iova``) inside a trial."""
+        self._journal = []
+        self._trial = (self.cached_node, self.cached32_node, self.max32_alloc_size,
+                       [({cpu: (c.loaded.pfns[:], c.prev.pfns[:]) for cpu, c in r.cpu_rcaches.touched()},
+                         [m.pfns[:] for m in r.depot]) for r in self.rcaches])
+
+    def trial_rollback(self) -> None:
+        """Return to the state at :meth:`trial_begin`; the trial goes on (roll back again, or end it)."""
+        if self._journal is None or self._trial is None:
+            raise ValueError("trial_rollback without trial_begin")
+        neg, nodes = self._neg, self._nodes
+        for added, node in reversed(self._journal):
+            if added:
+                del neg[bisect_left(neg, -node.pfn_lo)]
+                del nodes[node.pfn_lo]
+            else:
+                insort(neg, -node.pfn_lo)
+                nodes[node.pfn_lo] = node
+        self._journal.clear()
+        self.cached_node, self.cached32_node, self.max32_alloc_size, rc = self._trial
+        self._restore_rcaches(rc)
+
+    def trial_end(self) -> None:
+        """Keep the state as it is and stop journaling."""
+        self._journal = None
+        self._trial = None
+
+    def _restore_rcaches(self, rc: list) -> None:
         for r, (cpus, depot) in zip(self.rcaches, rc, strict=True):
             made = {}
             for cpu, (loaded, prev) in cpus.items():

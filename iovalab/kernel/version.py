@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["KERNEL_VERSIONS", "DEFAULT_KERNEL", "CONFIG_HZ_VALUES", "DEFAULT_HZ", "Difference", "DIFFERENCES",
-           "check_kernel", "check_hz", "behaves", "msecs_to_jiffies", "fq_timer_expiry"]
+           "check_kernel", "check_hz", "behaves", "msecs_to_jiffies", "timer_wheel_fires", "fq_timer_expiry"]
 
 #: the versions a domain can model
 KERNEL_VERSIONS = ("6.17", "7.3")
@@ -185,3 +185,14 @@ def fq_timer_expiry(now_ms: float, timeout_ms: int, hz: int, phase_ms: float = 0
     check_hz(hz)
     j = int((now_ms - phase_ms) * hz // 1000)
     return (j + msecs_to_jiffies(timeout_ms, hz)) * 1000 / hz + phase_ms
+
+
+def timer_wheel_fires(now_ms: float, timeout_ms: int, hz: int, phase_ms: float = 0.0) -> float:
+    """When the kernel really runs a timer ``mod_timer(&t, jiffies + msecs_to_jiffies(timeout_ms))``
+    armed at ``now_ms``, in ms: one tick after :func:`fq_timer_expiry`, because ``calc_index()``
+    (kernel/time/timer.c, 6.17 and 7.3) files it in the bucket ``(expires >> LVL_SHIFT(lvl)) + 1`` so
+    that it never fires early (a flush-queue timeout of a few ticks is a level-0 timer, one tick per
+    bucket). At HZ=250, ``queue_iova()``'s 10 ms timer (3 jiffies) runs 12 to 16 ms after it is armed.
+    The replay of a lazy capture without flush lines uses this; the simulator's own clock keeps
+    :func:`fq_timer_expiry`. ``phase_ms``: when a tick happened on the trace's clock."""
+    return fq_timer_expiry(now_ms, timeout_ms, hz, phase_ms) + 1000 / hz

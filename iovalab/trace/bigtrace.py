@@ -104,7 +104,7 @@ def _unmap(dom: DmaDomain, dev: Device, item: tuple, cpu: int) -> None:
 
 def _lines(dom: DmaDomain, written: int) -> list[str]:
     start_us = 100_000_000 + written * _STEP_US
-    return events_to_ftrace(dom.log.events, start=start_us / 1e6, step_us=_STEP_US)
+    return events_to_ftrace(dom.log.events, start=start_us / 1e6, step_us=_STEP_US, kernel=dom.kernel)
 
 
 def _drain(dom: DmaDomain, out: IO[str], written: int) -> int:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -49,7 +49,7 @@ from iovalab.kernel.units import U64_MASK
 __all__ = [
     "KNOWN_EVENTS", "DMA_DIRECTIONS", "DMA_ATTR_NAMES", "DMA_TRACE_MAX_ENTRIES",
     "FtraceParseError", "TraceLine", "FtraceCapture", "Phase",
-    "parse_ftrace", "parse_line", "phases",
+    "parse_ftrace", "iter_ftrace", "parse_line", "phases",
     "decode_dma_attrs", "is_domain_flush", "parse_dma_attrs",
 ]
 
@@ -220,13 +220,65 @@ _DIR = r"dir=(?P<dir>\S+)"
 _ATTRS = r"attrs=(?P<attrs>\S*)"
 
 
+class _TooWide(ValueError):
+    """A decimal field beyond 64 bits."""
+
+
+def _dec(text: str) -> int:
+    v = int(text)
+    if v > U64_MASK:
+        raise _TooWide(text)
+    return v
+
+
+def _hex(text: str) -> int:
+    return int(text, 16)
+
+
+def _str(text: str) -> str:
+    return text
+
+
+def _array(text: str) -> list[int]:
+    inner = text[1:-1]
+    return [int(x, 16) for x in inner.split(",")] if inner else []
+
+
+_CONVERTERS = {"hex": _hex, "dec": _dec, "arr": _array, "str": _str}
+
+
+def _make_converter(plan: tuple) -> Callable[[tuple], dict[str, Any]]:
+    """One function that turns a match's groups into the fields dict, written out for the spec's
+    groups (a loop over the plan costs twice as much per line; as ``collections.namedtuple`` does,
+    the source is built from the spec's own, fixed group names). Optional groups that did not match
+    are left out; a decimal beyond 64 bits raises ``_TooWide``."""
+    names = {"_hex": _hex, "_dec": _dec, "_array": _array}
+    body = []
+    for i, (name, fn) in enumerate(plan):
+        if not name.isidentifier():
+            raise ValueError(f"group name {name!r}")
+        expr = f"g[{i}]" if fn is _str else f"{fn.__name__}(g[{i}])"
+        if fn is _hex:
+            expr = f"int(g[{i}], 16)"
+        body.append((name, i, expr))
+    required = "{" + ", ".join(f"{name!r}: {expr}" for name, _, expr in body) + "}"
+    lines = ["def convert(g):", f"    if None not in g: return {required}", "    f = {}"]
+    for name, i, expr in body:
+        lines.append(f"    if g[{i}] is not None: f[{name!r}] = {expr}")
+    lines.append("    return f")
+    exec("\n".join(lines), names)      # noqa: S102 - fixed text made from the spec's group names
+    convert: Callable[[tuple], dict[str, Any]] = names["convert"]  # type: ignore[assignment]
+    return convert
+
+
 class _Spec:
     """One event's field regex, the kernel format it stands for, and how to convert each group."""
 
-    __slots__ = ("regex", "expected", "conv", "check")
+    __slots__ = ("regex", "expected", "conv", "check", "plan", "fullmatch", "convert")
 
     def __init__(self, pattern: str, expected: str, check=None, types: dict[str, str] | None = None):
         self.regex = re.compile(pattern, re.ASCII)
+        self.fullmatch = self.regex.fullmatch
         self.expected = expected
         self.check = check
         conv = {}
@@ -242,6 +294,10 @@ class _Spec:
             else:
                 conv[name] = "str"
         self.conv = conv
+        # (name, converter) in group order, for m.groups()
+        self.plan = tuple((name, _CONVERTERS[conv[name]])
+                          for name, _ in sorted(self.regex.groupindex.items(), key=lambda x: x[1]))
+        self.convert = _make_converter(self.plan)
 
 
 _HEX_FIELDS = {"iova", "iova_end", "paddr", "dma_addr", "phys_addr", "dma_mask",
@@ -359,9 +415,6 @@ _SPECS: dict[str, _Spec] = {
 assert set(_SPECS) | {"tracing_mark_write"} == set(KNOWN_EVENTS)
 
 
-def _array(text: str) -> list[int]:
-    inner = text[1:-1]
-    return [int(x, 16) for x in inner.split(",")] if inner else []
 
 
 def _parse_fields(event: str, text: str) -> tuple[dict[str, Any] | None, str, str]:
@@ -369,25 +422,14 @@ def _parse_fields(event: str, text: str) -> tuple[dict[str, Any] | None, str, st
     if event == "tracing_mark_write":
         return {"text": text}, "", ""
     spec = _SPECS[event]
-    m = spec.regex.fullmatch(text.rstrip())
+    m = spec.fullmatch(text) or spec.fullmatch(text.rstrip())
     if m is None:
         return None, spec.expected, ""
-    f: dict[str, Any] = {}
-    for name, val in m.groupdict().items():
-        if val is None:
-            continue
-        kind = spec.conv[name]
-        if kind == "hex":
-            f[name] = int(val, 16)
-        elif kind == "dec":
-            v = int(val)
-            if v > U64_MASK:
-                return None, spec.expected, f"{name}={val} does not fit in 64 bits"
-            f[name] = v
-        elif kind == "arr":
-            f[name] = _array(val)
-        else:
-            f[name] = val
+    try:
+        f: dict[str, Any] = spec.convert(m.groups())
+    except _TooWide as e:
+        name = next(n for (n, _), v in zip(spec.plan, m.groups(), strict=True) if v == e.args[0])
+        return None, spec.expected, f"{name}={e.args[0]} does not fit in 64 bits"
     if event == "dma_map_sg" and "nents" in f:
         f["truncated"] = "truncated" in f
     if spec.check is not None:
@@ -472,112 +514,128 @@ def _split(text: str) -> list[str]:
     return parts
 
 
-def _iter_source(source) -> tuple[Iterable[str], str | None]:
+def _open_lines(source) -> tuple[Iterable[str], str | None, IO[str] | None]:
+    """The lines of ``source`` one at a time (a file is read as it is iterated, never whole), its
+    name, and the file to close afterwards."""
     if isinstance(source, str) and "\n" in source:
-        return _split(source), None
+        return _split(source), None, None
     if isinstance(source, (str, os.PathLike)):
-        with open(source, encoding="utf-8", errors="replace", newline="\n") as f:
-            return _split(f.read()), os.fspath(source)
+        f = open(source, encoding="utf-8", errors="replace", newline="\n")
+        return f, os.fspath(source), f
     if isinstance(source, (bytes, bytearray)):
-        return _split(bytes(source).decode("utf-8", errors="replace")), None
+        return _split(bytes(source).decode("utf-8", errors="replace")), None, None
     name = getattr(source, "name", None)
-    return source, name if isinstance(name, str) else None
+    return source, name if isinstance(name, str) else None, None
 
 
 def parse_ftrace(lines_or_path: str | os.PathLike | Iterable[str] | IO[str], *,
                  strict: bool = True) -> FtraceCapture:
-    """Parse a tracefs ``trace`` text into a :class:`FtraceCapture`.
+    """Parse a tracefs ``trace`` text into a :class:`FtraceCapture` (every line kept in ``lines``).
 
     ``lines_or_path``: a path (``str``/``PathLike``; read as UTF-8 with replacement), trace text
     (a ``str`` containing a newline, or ``bytes``), or any iterable of lines (a list, an open text
     file). Comment (``#``) and blank lines are skipped, header values read from them. Lines of
     unknown events are counted and skipped. A line that is no trace line, or a known event whose
     text does not match its kernel format, raises :class:`FtraceParseError` (``strict=True``) or
-    is counted in ``bad_lines`` and skipped (``strict=False``).
+    is counted in ``bad_lines`` and skipped (``strict=False``). :func:`iter_ftrace` reads the same
+    lines one at a time, for captures too big to hold.
     """
-    src, name = _iter_source(lines_or_path)
-    cap = FtraceCapture(source=name)
+    cap = FtraceCapture()
     lines, markers = cap.lines, cap.markers
-    counts: dict[str, int] = {}
-    unknown: dict[str, int] = {}
-    cpus: set[int] = set()
+    for tl in iter_ftrace(lines_or_path, strict=strict, into=cap):
+        lines.append(tl)
+        if tl.system == "ftrace":
+            markers.append(tl)
+    return cap
+
+
+def iter_ftrace(lines_or_path: str | os.PathLike | Iterable[str] | IO[str], *, strict: bool = True,
+                into: FtraceCapture | None = None) -> Iterator[TraceLine]:
+    """The known-event lines of a ``trace`` text, one :class:`TraceLine` at a time, in file order
+    (see :func:`parse_ftrace` for the sources and the errors). A file is read as it is iterated, so
+    the memory does not grow with the capture. ``into``: a :class:`FtraceCapture` whose header values,
+    ``counts``, ``cpus``, ``unknown_*``, ``bad_lines``/``errors``, ``lost_events`` and ``nr_lines``
+    are filled as the lines go by (its ``lines`` are left alone); complete once the iterator ends."""
+    src, name, to_close = _open_lines(lines_or_path)
+    cap = into if into is not None else FtraceCapture()
+    cap.source = name
+    counts: dict[str, int] = cap.counts
+    unknown: dict[str, int] = cap.unknown_events
+    cpus: set[int] = set(cap.cpus)
     prefix = _PREFIX.fullmatch
     specs = _SPECS
     lineno = 0
-    for lineno, line in enumerate(src, 1):
-        if isinstance(line, (bytes, bytearray)):
-            line = bytes(line).decode("utf-8", errors="replace")
-        if line.endswith("\n"):
-            line = line[:-1]
-        if line.endswith("\r"):
-            line = line[:-1]
-        s = line.lstrip()
-        if not s:
-            continue
-        if s[0] == "#":
-            if _header(cap, s):
-                err = FtraceParseError(lineno, None, "'#P:CPUS' with CPUS <= NR_CPUS", line,
-                                       _CPU_RULE.format(f"#P:{cap.nr_cpus}"))
-                cap.nr_cpus = None
-                if strict:
-                    raise err
-                cap.bad_lines += 1
-                cap.errors.append(err)
-            continue
-        m = prefix(line)
-        if m is None:
-            lost = _LOST.fullmatch(s.rstrip())
-            if lost is not None:
-                cap.lost_events += int(lost.group("n"))
-            elif s.startswith("=>") or s == "<stack trace>" or s == "<user stack trace>":
-                cap.continuation_lines += 1
-            elif strict:
-                raise FtraceParseError(lineno, None, _PREFIX_EXPECTED, line)
+    try:
+        for lineno, line in enumerate(src, 1):
+            if line.__class__ is not str:
+                if isinstance(line, (bytes, bytearray)):
+                    line = bytes(line).decode("utf-8", errors="replace")
+            if line.endswith("\n"):
+                line = line[:-1]
+            if line.endswith("\r"):
+                line = line[:-1]
+            m = prefix(line)
+            if m is None:
+                s = line.lstrip()
+                if not s:
+                    continue
+                if s[0] == "#":
+                    if _header(cap, s):
+                        err = FtraceParseError(lineno, None, "'#P:CPUS' with CPUS <= NR_CPUS", line,
+                                               _CPU_RULE.format(f"#P:{cap.nr_cpus}"))
+                        cap.nr_cpus = None
+                        if strict:
+                            raise err
+                        cap.bad_lines += 1
+                        cap.errors.append(err)
+                    continue
+                lost = _LOST.fullmatch(s.rstrip())
+                if lost is not None:
+                    cap.lost_events += int(lost.group("n"))
+                elif s.startswith("=>") or s == "<stack trace>" or s == "<user stack trace>":
+                    cap.continuation_lines += 1
+                elif strict:
+                    raise FtraceParseError(lineno, None, _PREFIX_EXPECTED, line)
+                else:
+                    cap.bad_lines += 1
+                    cap.errors.append(FtraceParseError(lineno, None, _PREFIX_EXPECTED, line))
+                continue
+            task, pid, tgid, cpu_s, flags, ts, event, text = m.groups()
+            system = KNOWN_EVENTS.get(event)
+            if system is None:
+                cap.unknown_count += 1
+                unknown[event] = unknown.get(event, 0) + 1
+                continue
+            text = text or ""
+            if event in specs:
+                fields, expected, why = _parse_fields(event, text)
+                if fields is None:
+                    err = FtraceParseError(lineno, event, expected, line, why)
+                    if strict:
+                        raise err
+                    cap.bad_lines += 1
+                    cap.errors.append(err)
+                    continue
             else:
-                cap.bad_lines += 1
-                cap.errors.append(FtraceParseError(lineno, None, _PREFIX_EXPECTED, line))
-            continue
-        event = m.group("event")
-        system = KNOWN_EVENTS.get(event)
-        if system is None:
-            cap.unknown_count += 1
-            unknown[event] = unknown.get(event, 0) + 1
-            continue
-        text = m.group("text") or ""
-        if event in specs:
-            fields, expected, why = _parse_fields(event, text)
-            if fields is None:
-                err = FtraceParseError(lineno, event, expected, line, why)
+                fields = {"text": text}
+            cpu = int(cpu_s)
+            if cpu >= MAX_CPUS:
+                err = FtraceParseError(lineno, event, _PREFIX_EXPECTED, line, _CPU_RULE.format(f"CPU {cpu}"))
                 if strict:
                     raise err
                 cap.bad_lines += 1
                 cap.errors.append(err)
                 continue
-        else:
-            fields = {"text": text}
-        tgid = m.group("tgid")
-        ts = m.group("ts")
-        cpu = int(m.group("cpu"))
-        if cpu >= MAX_CPUS:
-            err = FtraceParseError(lineno, event, _PREFIX_EXPECTED, line, _CPU_RULE.format(f"CPU {cpu}"))
-            if strict:
-                raise err
-            cap.bad_lines += 1
-            cap.errors.append(err)
-            continue
-        tl = TraceLine(lineno, m.group("task"), int(m.group("pid")), cpu, m.group("flags"),
-                       float(ts), ts, event, system, fields, line, text,
-                       int(tgid) if tgid is not None and tgid[0] != "-" else None)
-        lines.append(tl)
-        if system == "ftrace":
-            markers.append(tl)
-        counts[event] = counts.get(event, 0) + 1
-        cpus.add(cpu)
-    cap.counts = counts
-    cap.unknown_events = unknown
-    cap.cpus = sorted(cpus)
-    cap.nr_lines = lineno
-    return cap
+            counts[event] = counts.get(event, 0) + 1
+            if cpu not in cpus:
+                cpus.add(cpu)
+                cap.cpus = sorted(cpus)
+            yield TraceLine(lineno, task, int(pid), cpu, flags, float(ts), ts, event, system, fields, line, text,
+                            int(tgid) if tgid is not None and tgid[0] != "-" else None)
+    finally:
+        cap.nr_lines = lineno
+        if to_close is not None:
+            to_close.close()
 
 
 def _header(cap: FtraceCapture, s: str) -> bool:

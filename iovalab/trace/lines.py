@@ -42,7 +42,10 @@ from iovalab.trace.ftrace import DMA_DIRECTIONS, FtraceCapture, TraceLine
 from iovalab.trace.steps import Allocation, reconstruct
 from iovalab.trace.system import SystemConfig, infer_system
 
-__all__ = ["PathLines", "LineCheck", "check_lines", "PATHS"]
+__all__ = ["PathLines", "LineCheck", "LineChecker", "check_lines", "PATHS", "MAX_MISMATCHES"]
+
+#: mismatch texts a :class:`LineCheck` keeps (every mismatch is counted)
+MAX_MISMATCHES = 200
 
 #: rows of the per-path table, in print order
 PATHS = ("dma_map_phys", "dma_map_page", "dma_map_sg", "two-step", "dma_alloc", "msi doorbell", "not modelled")
@@ -127,6 +130,17 @@ def _sg_entries(phys: list[int], maps: list[TraceLine], granule: int) -> list[Sc
     return ents if all(e.length > 0 for e in ents) else None
 
 
+def _mismatch(path: str, kernel: list[TraceLine], want: list[tuple], sim: list[tuple]) -> str:
+    """One line saying where the simulator's lines part from the kernel's (the first that differs)."""
+    def show(t: tuple | None) -> str:
+        return "none" if t is None else "(" + ", ".join(hex(x) for x in t) + ")"
+    i = next((j for j, (w, s) in enumerate(zip(want, sim, strict=False)) if w != s), min(len(want), len(sim)))
+    k = kernel[min(i, len(kernel) - 1)]
+    return (f"line {k.lineno}: {path} {k.event}: the kernel traced {len(want)} line(s), the simulator {len(sim)}; "
+            f"first difference: kernel {show(want[i] if i < len(want) else None)}, "
+            f"simulator {show(sim[i] if i < len(sim) else None)}")
+
+
 def _flushes(events) -> list[tuple[str, int, int]]:
     """The IOTLB invalidations among ``events``: (function, start, end) - ``iommu_iotlb_sync`` of a
     range, ``iommu_flush_iotlb_all`` of the domain (drivers/iommu/iommu.c, 6.17 and 7.3.4)."""
@@ -145,110 +159,137 @@ def check_lines(cap: FtraceCapture, system: SystemConfig | None = None, *, cpus:
     flushes while mapping and unmapping it (``sim_flushes``: function, start, end), and ``dma_addr``
     (kernel, simulator) when the path returns one."""
     system = system or infer_system(cap)
-    g = system.granule
     ncpus = cpus or system.cpus or (max(cap.cpus) + 1 if cap.cpus else 1)
-    log = EventLog(keep=True)
-    dom = system.make_domain(strict=strict, ncpus=ncpus, log=log)
-    res = LineCheck()
-    steps = reconstruct(cap, g)
-    by_line = {ln.lineno: ln for ln in cap.lines}
-    first: dict[int, Allocation] = {}
-    owner: dict[int, Allocation] = {}
-    deferred: dict[int, int] = {}    # unmap line -> the allocation line it is done after
-    frees: list[int] = []
-    for st in steps:
-        if st[0] == "alloc":
+    chk = LineChecker(system, ncpus=ncpus, strict=strict, record=record)
+    reorders = reorders or {}
+    pending: list[TraceLine] = []
+    for st in reconstruct(cap, system.granule):
+        kind = st[0]
+        if kind == "alloc":
             a = st[1]
-            first[a.lineno] = a
-            owner.update(dict.fromkeys(a.map_lines, a))
-            k = (reorders or {}).get(a.lineno, 0)
-            for ul in frees[len(frees) - k:] if k else ():
-                deferred[ul] = a.lineno
-            frees.clear()
-        elif st[0] == "free":
-            frees.append(st[4])
-    devs: dict[str, Device] = {}
-    live: dict[int, tuple] = {}       # kernel base -> (path, how to undo it)
-    held: dict[int, list[TraceLine]] = {}   # allocation line -> unmap lines deferred after it
-    rec_by_base: dict[int, dict] = {}       # kernel base -> its ``record`` entry, until unmapped
-    cur: dict = {}                          # the ``record`` entry of the request being redone
+            k = reorders.get(a.lineno, 0)
+            head, tail = (pending[:len(pending) - k], pending[len(pending) - k:]) if k else (pending, [])
+            for ln in head:
+                chk.unmap(ln)
+            chk.request(a)
+            for ln in tail:
+                chk.unmap(ln)
+            pending = []
+        elif kind == "free" or kind == "unmatched":
+            pending.append(st[-1])
+        elif kind == "link":
+            chk.link(st[1], st[2])
+    for ln in pending:
+        chk.unmap(ln)
+    return chk.result
 
-    def device(name: str) -> Device:
+
+class LineChecker:
+    """The simulator's DMA API driven request by request, in the order the allocation replay chose
+    (:mod:`iovalab.trace.replay`), comparing each ``map``/``unmap`` line (module doc; no kernel
+    analogue). ``request`` at an allocation, ``link`` for a map line that extends a request already
+    redone, ``unmap`` for each unmap line."""
+
+    def __init__(self, system: SystemConfig, *, ncpus: int, strict: bool = True,
+                 record: dict[int, dict] | None = None) -> None:
+        self.system = system
+        self.g = system.granule
+        self.log = EventLog(keep=True)
+        self.dom = system.make_domain(strict=strict, ncpus=ncpus, log=self.log)
+        self.result = LineCheck()
+        self.record = record
+        self.devs: dict[str, Device] = {}
+        self.live: dict[int, tuple] = {}         # kernel base -> (path, how to undo it)
+        self.rec_by_base: dict[int, dict] = {}   # kernel base -> its ``record`` entry, until unmapped
+        self.cur: dict = {}                      # the ``record`` entry of the request being redone
+
+    def device(self, name: str) -> Device:
+        devs = self.devs
         if name not in devs:
             devs[name] = Device(name=name, dma_mask=DMA_BIT_MASK(64), is_pci=True)
         return devs[name]
 
-    def compare(path: str, kernel: list[TraceLine], fields: tuple[str, ...], sim: list[tuple]) -> None:
+    def _compare(self, path: str, kernel: list[TraceLine], fields: tuple[str, ...], sim: list[tuple]) -> None:
+        res = self.result
         want = [tuple(ln.fields[k] for k in fields) for ln in kernel]
         p = res.paths[path]
         p.lines += len(kernel)
+        res.lines += len(kernel)
         ok = sum(1 for w, s in zip(want, sim, strict=False) if w == s) if len(sim) == len(want) else 0
         p.reproduced += ok
         res.reproduced += ok
-        if ok < len(want):
-            res.mismatches.append(f"line {kernel[0].lineno}: {path} {kernel[0].event} "
-                                  f"{[tuple(hex(x) for x in w) for w in want]}, simulator "
-                                  f"{[tuple(hex(x) for x in s) for s in sim]}")
+        if ok < len(want) and len(res.mismatches) < MAX_MISMATCHES:
+            res.mismatches.append(_mismatch(path, kernel, want, sim))
 
-    def cmp_addr(ln: TraceLine, want: int, got: int) -> None:
-        cur["dma_addr"] = (want, got)
+    def _cmp_addr(self, ln: TraceLine, want: int, got: int) -> None:
+        res = self.result
+        self.cur["dma_addr"] = (want, got)
         res.dma_addrs += 1
         if want == got:
             res.dma_addrs_ok += 1
-        else:
+        elif len(res.mismatches) < MAX_MISMATCHES:
             res.mismatches.append(f"line {ln.lineno}: {ln.event} dma_addr {want:#x}, simulator {got:#x}")
 
-    def do_map(a: Allocation) -> None:
-        path = _path(a, system)
-        maps = [by_line[n] for n in a.map_lines]
-        ev = by_line.get(a.closed_at)
-        cpu = a.cpu
+    def _refused(self, text: str) -> None:
+        if len(self.result.mismatches) < MAX_MISMATCHES:
+            self.result.mismatches.append(text)
+
+    def request(self, a: Allocation) -> None:
+        """Redo request ``a`` (its allocation, all its map lines so far) through its path."""
+        path = _path(a, self.system)
+        maps = a.maps
+        res = self.result
+        if path == "not modelled":
+            res.paths[path].requests += 1
+            self._compare(path, maps, ("iova",), [])
+            return
+        log = self.log
         mark = log.mark()
         undo: tuple = ()
-        cur.clear()
+        self.cur = {}
         try:
-            undo = redo(a, path, maps, ev, cpu)
+            undo = self._redo(a, path, maps, a.closer, a.cpu)
         except (ValueError, DmaError) as e:
-            res.mismatches.append(f"line {a.lineno}: {path}: the simulator refused: {e}")
+            self._refused(f"line {a.lineno}: {path}: the simulator refused: {e}")
         res.paths[path].requests += 1
-        sim = [(e.args["iova"], e.args["paddr"], e.args["size"]) for e in log.since(mark)
-               if e.kind == "iommu_map_calls"]
-        compare(path, maps, ("iova", "paddr", "size"), sim)
-        flushes = _flushes(log.since(mark))
-        log.clear()
-        if record is not None:
+        since = log.since(mark)
+        sim = [(e.args["iova"], e.args["paddr"], e.args["size"]) for e in since if e.kind == "iommu_map_calls"]
+        self._compare(path, maps, ("iova", "paddr", "size"), sim)
+        if self.record is not None:
             entry = {"path": path, "kernel_maps": [(m.fields["iova"], m.fields["paddr"], m.fields["size"])
                                                    for m in maps],
-                     "sim_maps": sim, "kernel_unmaps": [], "sim_unmaps": [], "sim_flushes": flushes, **cur}
-            record[a.lineno] = entry
-            rec_by_base[a.base] = entry
-        if a.freed_at is not None:
-            live[a.base] = (path, undo)
+                     "sim_maps": sim, "kernel_unmaps": [], "sim_unmaps": [], "sim_flushes": _flushes(since),
+                     **self.cur}
+            self.record[a.lineno] = entry
+            self.rec_by_base[a.base] = entry
+        log.clear()
+        self.live[a.base] = (path, undo)     # until its unmap (a range never unmapped stays)
 
-    def redo(a: Allocation, path: str, maps: list[TraceLine], ev: TraceLine | None, cpu: int) -> tuple:
+    def _redo(self, a: Allocation, path: str, maps: list[TraceLine], ev: TraceLine | None, cpu: int) -> tuple:
         """Map request ``a`` through ``path``; returns how to unmap it."""
+        dom, g = self.dom, self.g
         undo: tuple = ()
         if path in ("dma_map_phys", "dma_map_page"):
             assert ev is not None, f"{path} is chosen from its dma:* event"
             f = ev.fields
-            dev, d = device(f["device"]), DMA_DIRECTIONS[f["dir"]]
+            dev, d = self.device(f["device"]), DMA_DIRECTIONS[f["dir"]]
             got = dom.dma_map_page(dev, f["phys_addr"], f["size"], d, cpu=cpu)
-            cmp_addr(ev, f["dma_addr"], got)
+            self._cmp_addr(ev, f["dma_addr"], got)
             undo = ("single", dev, got, f["size"], d)
         elif path == "dma_map_sg":
             assert ev is not None
             f = ev.fields
-            dev, d = device(f["device"]), DMA_DIRECTIONS[f["dir"]]
+            dev, d = self.device(f["device"]), DMA_DIRECTIONS[f["dir"]]
             sgl = _sg_entries(f["phys_addrs"], maps, g)
             if sgl is not None and len(f["phys_addrs"]) == f.get("nents", len(f["phys_addrs"])) and \
                     dom.dma_map_sg(dev, sgl, d, cpu=cpu):
-                cmp_addr(ev, f["dma_addrs"][0], sgl[0].dma_address)
+                self._cmp_addr(ev, f["dma_addrs"][0], sgl[0].dma_address)
                 undo = ("sg", dev, sgl, d)
             else:
-                res.mismatches.append(f"line {ev.lineno}: dma_map_sg: the scatterlist does not follow "
-                                      "from its phys_addrs and map lines")
+                self._refused(f"line {ev.lineno}: dma_map_sg: the scatterlist does not follow "
+                              "from its phys_addrs and map lines")
         elif path == "two-step":
-            dev = device("0000:00:01.0" if not devs else next(iter(devs)))
+            dev = self.device("0000:00:01.0" if not self.devs else next(iter(self.devs)))
             state = DmaIovaState()
             dom.dma_iova_try_alloc(dev, state, maps[0].fields["paddr"], a.size, cpu=cpu)
             for m in maps:
@@ -257,21 +298,50 @@ def check_lines(cap: FtraceCapture, system: SystemConfig | None = None, *, cpus:
             dom.dma_iova_sync(dev, state, 0, a.size, cpu=cpu)
             undo = ("iova", dev, state)
         elif path in ("dma_alloc", "msi doorbell"):
-            dev = device(ev.fields["device"] if ev is not None else "0000:00:01.0")
+            dev = self.device(ev.fields["device"] if ev is not None else "0000:00:01.0")
             mask = dev.coherent_dma_mask if path == "dma_alloc" else dev.dma_get_mask()
             assert mask is not None, f"{dev.name}: no DMA mask"
             iova = dom.iommu_dma_alloc_iova(a.size, mask, dev, cpu)
-            prot = dma_info_to_prot(DMA_BIDIRECTIONAL, dev.coherent, 0) if path == "dma_alloc" else \
-                IOMMU_WRITE | IOMMU_NOEXEC | IOMMU_MMIO
+            prot = self._prot(path, dev)
             for m in maps:
                 dom.iommu.iommu_map(iova + m.fields["iova"] - a.base, m.fields["paddr"], m.fields["size"], prot,
                                     cpu=cpu)
             if ev is not None:
-                cmp_addr(ev, ev.fields["dma_addr"], iova + iova_offset(g, ev.fields["dma_addr"]))
+                self._cmp_addr(ev, ev.fields["dma_addr"], iova + iova_offset(g, ev.fields["dma_addr"]))
+            undo = ("mapped", iova)
         return undo
 
-    def do_unmap(ln: TraceLine) -> None:
-        path, undo = live.pop(ln.fields["iova"], ("not modelled", ()))
+    @staticmethod
+    def _prot(path: str, dev: Device) -> int:
+        return dma_info_to_prot(DMA_BIDIRECTIONAL, dev.coherent, 0) if path == "dma_alloc" else \
+            IOMMU_WRITE | IOMMU_NOEXEC | IOMMU_MMIO
+
+    def link(self, a: Allocation, ln: TraceLine) -> None:
+        """A map line of request ``a`` after the request was redone (a late ``dma_iova_link``, or one
+        more ``iommu_map`` of a coherent or doorbell range)."""
+        path, undo = self.live.get(a.base, (_path(a, self.system), ()))
+        mark = self.log.mark()
+        f = ln.fields
+        try:
+            if undo and undo[0] == "iova":
+                _, dev, state = undo
+                self.dom.dma_iova_link(dev, state, f["paddr"], f["iova"] - a.base, f["size"], cpu=ln.cpu)
+                self.dom.dma_iova_sync(dev, state, f["iova"] - a.base, f["size"], cpu=ln.cpu)
+            elif undo and undo[0] == "mapped":
+                dev = self.device("0000:00:01.0")
+                self.dom.iommu.iommu_map(undo[1] + f["iova"] - a.base, f["paddr"], f["size"],
+                                         self._prot(path, dev), cpu=ln.cpu)
+        except (ValueError, DmaError) as e:
+            self._refused(f"line {ln.lineno}: {path}: the simulator refused: {e}")
+        sim = [(e.args["iova"], e.args["paddr"], e.args["size"]) for e in self.log.since(mark)
+               if e.kind == "iommu_map_calls"]
+        self._compare(path if undo else "not modelled", [ln], ("iova", "paddr", "size"), sim)
+        self.log.clear()
+
+    def unmap(self, ln: TraceLine) -> None:
+        """Redo the unmap on line ``ln`` through the path that mapped its range."""
+        path, undo = self.live.pop(ln.fields["iova"], ("not modelled", ()))
+        dom, log = self.dom, self.log
         mark = log.mark()
         cpu = ln.cpu
         try:
@@ -285,37 +355,13 @@ def check_lines(cap: FtraceCapture, system: SystemConfig | None = None, *, cpus:
                 _, dev, state = undo
                 dom.dma_iova_destroy(dev, state, ln.fields["size"], cpu=cpu)
         except (ValueError, DmaError) as e:
-            res.mismatches.append(f"line {ln.lineno}: unmap: the simulator refused: {e}")
-        sim = [(e.args["iova"], e.args["size"], e.args["unmapped_size"]) for e in log.since(mark)
-               if e.kind == "iommu_unmap"]
-        compare(path, [ln], ("iova", "size", "unmapped_size"), sim)
-        flushes = _flushes(log.since(mark))
-        log.clear()
-        entry = rec_by_base.pop(ln.fields["iova"], None)
+            self._refused(f"line {ln.lineno}: unmap: the simulator refused: {e}")
+        since = log.since(mark)
+        sim = [(e.args["iova"], e.args["size"], e.args["unmapped_size"]) for e in since if e.kind == "iommu_unmap"]
+        self._compare(path, [ln], ("iova", "size", "unmapped_size"), sim)
+        entry = self.rec_by_base.pop(ln.fields["iova"], None)
         if entry is not None:
             entry["kernel_unmaps"].append((ln.fields["iova"], ln.fields["size"], ln.fields["unmapped_size"]))
             entry["sim_unmaps"].extend(sim)
-            entry["sim_flushes"].extend(flushes)
-
-    for ln in cap.lines:
-        ev = ln.event
-        if ev not in ("map", "unmap"):
-            continue
-        res.lines += 1
-        if ev == "map":
-            a = owner.get(ln.lineno)
-            if a is None:
-                compare("not modelled", [ln], ("iova",), [])
-            elif ln.lineno == a.lineno:     # the whole request, at its first map line
-                if _path(a, system) == "not modelled":
-                    res.paths["not modelled"].requests += 1
-                    compare("not modelled", [by_line[n] for n in a.map_lines], ("iova",), [])
-                else:
-                    do_map(a)
-                    for u in held.pop(a.lineno, ()):
-                        do_unmap(u)
-        elif ln.lineno in deferred:
-            held.setdefault(deferred[ln.lineno], []).append(ln)
-        else:
-            do_unmap(ln)
-    return res
+            entry["sim_flushes"].extend(_flushes(since))
+        log.clear()

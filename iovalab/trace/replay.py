@@ -29,15 +29,20 @@ every mapping through the DMA API and compares every ``map``/``unmap`` line.
 
 from __future__ import annotations
 
+import gc
+import itertools
 import json
+import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from iovalab.kernel.device import Device
 from iovalab.kernel.events import EventLog
-from iovalab.trace.ftrace import FtraceCapture, is_domain_flush, parse_ftrace
+from iovalab.trace.evidence import CaptureEvidence
+from iovalab.trace.ftrace import FtraceCapture, TraceLine, iter_ftrace
 from iovalab.trace.ftrace_write import (
     format_dma_alloc, format_dma_map_page, format_dma_map_sg, format_dma_unmap_page, format_dma_unmap_sg,
     format_line, format_map, format_unmap, write_ftrace,
@@ -45,13 +50,13 @@ from iovalab.trace.ftrace_write import (
 from iovalab.kernel.iommu import IotlbGather
 from iovalab.kernel.iova import IOVA_DEPOT_DELAY_MS, IOVA_RANGE_CACHE_MAX_SIZE, MAX_CPUS
 from iovalab.kernel.units import DMA_BIT_MASK
-from iovalab.kernel.version import behaves, check_kernel
-from iovalab.trace.lines import LineCheck, check_lines
-from iovalab.trace.steps import Allocation, reconstruct
-from iovalab.trace.system import SystemConfig, infer_system, parse_range
+from iovalab.kernel.version import behaves, check_kernel, timer_wheel_fires
+from iovalab.trace.lines import MAX_MISMATCHES, LineCheck, LineChecker, check_lines
+from iovalab.trace.steps import LOOKAHEAD, Allocation, iter_steps, reconstruct
+from iovalab.trace.system import SystemConfig, TwoStepFacts, infer_system, parse_range
 
 __all__ = ["Allocation", "PhaseResult", "ReplayResult", "SystemConfig", "LineCheck", "reconstruct",
-           "infer_system", "replay_capture", "check_lines", "events_to_ftrace", "export_ftrace", "cli"]
+           "infer_system", "replay_capture", "replay_file", "check_lines", "events_to_ftrace", "export_ftrace", "cli"]
 
 
 @dataclass
@@ -87,6 +92,9 @@ class ReplayResult:
     seconds: float = 0.0
     system: SystemConfig | None = None
     lines: LineCheck | None = None
+    nr_lines: int = 0     # lines of the file (replay_file)
+    passes: int = 1       # replays of the capture it took (replay_file: a second one when the whole capture
+    #                       decided another system or mode than its first lines; a guessed mode tried both ways)
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("path", "cpus", "mode", "mode_inferred", "allocations",
@@ -103,23 +111,26 @@ class ReplayResult:
 
 
 # --------------------------------------------------------------------------------------------
-def infer_mode(cap: FtraceCapture) -> tuple[str, str]:
-    """strict or lazy, and how that was decided."""
-    c = cap.counts
-    # 7.3.4: a domain-wide flush is a cache_tag_flush_range over [0x0-0xffffffffffffffff] (is_domain_flush)
-    whole = sum(1 for ln in cap.lines if ln.event == "cache_tag_flush_range" and is_domain_flush(ln)) \
-        if c.get("cache_tag_flush_range", 0) else 0
-    if c.get("cache_tag_flush_range", 0) > whole:
-        return "strict", "strict: one ranged IOTLB flush per unmap (cache_tag_flush_range)"
-    if c.get("cache_tag_flush_all", 0) or whole:
-        return "lazy", ("lazy: only domain-wide flushes (cache_tag_flush_all, or cache_tag_flush_range over "
-                        "[0x0-0xffffffffffffffff]), none per unmap")
+def infer_mode(cap: FtraceCapture | CaptureEvidence) -> tuple[str, str]:
+    """strict or lazy, and how that was decided.
+
+    Only a flush queue (``fq_flush_iotlb`` -> ``flush_iotlb_all``) flushes a DMA domain's whole IOTLB
+    while it runs, so domain-wide flush lines mean lazy; a 7.3 lazy capture has ranged flushes too, one
+    per two-step unmap (7.3.4 ``dma_iova_destroy()`` unlinks with a sync that is not queued). Ranged
+    flushes alone mean strict (one per unmap); no flush line at all leaves it open (a guess)."""
+    ev = cap if isinstance(cap, CaptureEvidence) else CaptureEvidence.of_capture(cap)
+    if ev.domain_flushes:
+        ranged = f", and {ev.ranged_flushes} ranged ones (7.3: one per two-step unmap)" if ev.ranged_flushes else ""
+        return "lazy", (f"lazy: {ev.domain_flushes} domain-wide flushes (cache_tag_flush_all, or cache_tag_flush_range "
+                        f"over [0x0-0xffffffffffffffff]: the flush queue draining){ranged}")
+    if ev.ranged_flushes > 0:
+        return "strict", "strict: one ranged IOTLB flush per unmap (cache_tag_flush_range), none domain-wide"
     return "strict", ("strict (a guess: the capture has no IOTLB flush events; lazy is tried too "
                       "when strict does not match)")
 
 
 class _Replayer:
-    def __init__(self, cpus: int, mode: str, flush_points: bool, system: SystemConfig):
+    def __init__(self, cpus: int, mode: str, system: SystemConfig, flush_points: bool = False):
         self.log = EventLog(keep=False)
         self.dom = system.make_domain(strict=(mode == "strict"), ncpus=cpus, log=self.log)
         self.dev = Device(name="0000:00:01.0", dma_mask=DMA_BIT_MASK(64), is_pci=True)
@@ -131,21 +142,30 @@ class _Replayer:
         self.fq_deadline: float | None = None
         self.desync_frees = 0
         self.other_flushes = 0
+        self.timer_flushes = 0     # flush-queue timer runs placed from the timestamps
+        self.followers: list = []  # other domains of the same replay (the line check's): same timers
+        self.hz = system.hz
+        self.two_step_at_once = behaves(system.kernel, "destroy_unlink_then_free")
 
-    # -- state save/restore for trying another order
+    # -- trying another order: a trial of the allocator (IovaDomain.trial_*) and a copy of the rest
     def save(self):
         d = self.dom
-        return (d.iovad.save(), {cpu: list(fq.entries) for cpu, fq in d.fqs.touched()}, d.fq_flush_start_cnt,
+        d.iovad.trial_begin()
+        return ({cpu: list(fq.entries) for cpu, fq in d.fqs.touched()}, d.fq_flush_start_cnt,
                 d.fq_flush_finish_cnt, d.fq_timer_on, self.dev.pci_32bit_workaround,
                 dict(self.depot_deadline), list(self.depot_sizes), self.fq_deadline)
 
+    def done(self) -> None:
+        """The order is chosen: keep the state."""
+        self.dom.iovad.trial_end()
+
     def restore(self, s):
         d = self.dom
-        (iv, fqs, d.fq_flush_start_cnt, d.fq_flush_finish_cnt, d.fq_timer_on,
+        (fqs, d.fq_flush_start_cnt, d.fq_flush_finish_cnt, d.fq_timer_on,
          self.dev.pci_32bit_workaround, self.depot_deadline, self.depot_sizes, self.fq_deadline) = s
         self.depot_deadline = dict(self.depot_deadline)
         self.depot_sizes = list(self.depot_sizes)
-        d.iovad.restore(iv)
+        d.iovad.trial_rollback()
         d.fqs.replace({})
         for cpu, entries in fqs.items():
             d.fqs[cpu].entries = deque(entries)
@@ -161,6 +181,8 @@ class _Replayer:
         for b, due in sorted(self.depot_deadline.items()):
             deadline: float | None = due
             while deadline is not None and ts >= deadline:
+                for other in self.followers:
+                    other.iovad.iova_depot_work_func(b)
                 if self.dom.iovad.iova_depot_work_func(b):
                     deadline += IOVA_DEPOT_DELAY_MS / 1000
                 else:
@@ -172,10 +194,28 @@ class _Replayer:
             self.depot_sizes[b] = self.dom.iovad.rcaches[b].depot_size
         if self.lazy and not self.flush_points and self.dom.fq_timer_on:
             if self.fq_deadline is None:
-                self.fq_deadline = ts + self.dom.fq_timeout / 1000
+                self.fq_deadline = self._fq_fires(ts)
             elif ts >= self.fq_deadline:
                 self.fq_deadline = None
+                self.timer_flushes += 1
                 self.flush(cpu)
+
+    def timer_due(self, ts: float, first_free: float) -> float | None:
+        """When the flush-queue timer runs before ``ts`` (None otherwise), counting a timer the first
+        pending free (traced at ``first_free``) arms in ``queue_iova`` if none is pending yet."""
+        if not self.lazy or self.flush_points:
+            return None
+        d = self.fq_deadline
+        if d is None and not self.dom.fq_timer_on:
+            d = self._fq_fires(first_free)
+        return d if d is not None and ts >= d else None
+
+    def _fq_fires(self, ts: float) -> float:
+        """When (trace seconds) the flush-queue timer armed at ``ts`` runs: ``mod_timer(jiffies +
+        msecs_to_jiffies(fq_timeout))`` on the timer wheel (:func:`~iovalab.kernel.version.timer_wheel_fires`)
+        at the system's ``HZ``, ticks at whole multiples of ``1000 / HZ`` ms of the trace clock (a guess:
+        no trace line marks a tick)."""
+        return timer_wheel_fires(ts * 1000, self.dom.fq_timeout, self.hz) / 1000
 
     # -- steps
     def alloc(self, a: Allocation) -> int:
@@ -192,15 +232,18 @@ class _Replayer:
 
     def _free(self, a: Allocation, cpu: int, ts: float) -> None:
         g = IotlbGather()
-        g.queued = self.lazy
-        if self.lazy:
+        # 7.3.4 dma_iova_destroy(): dma_iova_unlink() syncs on a gather that is not queued, then
+        # dma_iova_free() frees the IOVA at once, even in a flush-queue domain; 6.17 queues it
+        at_once = a.kind == "?" and self.two_step_at_once
+        g.queued = self.lazy and not at_once
+        if g.queued:
             before = self.dom.fq_flush_start_cnt
             self.dom.iommu_dma_free_iova(a.base, a.size, g, cpu)
             if self.dom.fq_flush_start_cnt != before and self.flush_points:
                 # the queue-full flush the trace will show as a cache_tag_flush_all of its own
                 self.trace_flushes -= 1
             if self.fq_deadline is None and self.dom.fq_timer_on and not self.flush_points:
-                self.fq_deadline = ts + self.dom.fq_timeout / 1000
+                self.fq_deadline = self._fq_fires(ts)
         else:
             self.dom.iommu_dma_free_iova(a.base, a.size, g, cpu)
         self._note_depot(ts)
@@ -216,38 +259,153 @@ class _Replayer:
             else:
                 self.other_flushes += 1
             return
-        try:
-            self.dom.fq_flush_timeout(cpu)
-        except ValueError:
-            self.desync_frees += 1
+        for dom in (self.dom, *self.followers):
+            try:
+                dom.fq_flush_timeout(cpu)
+            except ValueError:
+                self.desync_frees += 1
 
 
 def replay_capture(cap: FtraceCapture, *, cpus: int | None = None, mode: str | None = None,
                    path: str = "<capture>", system: SystemConfig | None = None,
-                   lines: bool = False) -> ReplayResult:
+                   lines: bool = False, iovas: bool = True) -> ReplayResult:
     """Replay a parsed capture; see the module docstring for the rules. ``system``: the simulated
     system (default: :func:`infer_system` of the capture); ``lines``: also redo every mapping and
-    compare every ``map``/``unmap`` line (:func:`check_lines`, in ``result.lines``)."""
+    compare every ``map``/``unmap`` line (:class:`~iovalab.trace.lines.LineChecker`, in ``result.lines``);
+    ``iovas``: keep every allocation's kernel and simulator IOVA (``kernel_iovas``/``sim_iovas``, for plots).
+    :func:`replay_file` does the same for a capture read from a file as a stream."""
     t0 = time.perf_counter()
+    ev = CaptureEvidence.of_capture(cap)
     system = system or infer_system(cap)
-    inferred_mode, why = infer_mode(cap)
-    if mode is None:
-        result = _replay(cap, cpus, inferred_mode, path, why, system)
-        if result.mismatched and "guess" in why:
-            alt = _replay(cap, cpus, "lazy", path, "lazy (a guess: strict did not match; flush "
-                          "points from the 10 ms flush-queue timer and event timestamps)", system)
-            if alt.mismatched < result.mismatched:
-                result = alt
-    else:
-        result = _replay(cap, cpus, mode, path, f"{mode} (given)", system)
-    if lines:
-        result.lines = check_lines(cap, system, cpus=result.cpus, strict=result.mode == "strict",
-                                   reorders=result.reorder_frees)
+    last = cap.lines[-1].lineno + 1 if cap.lines else 1
+    result = _replay_modes([lambda: iter(cap.lines)], ev, cpus, mode, path, system, lines, iovas, lookahead=last)
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def replay_cpus(cap: FtraceCapture, cpus: int | None = None) -> int:
+def replay_file(path: str | os.PathLike, *, cpus: int | None = None, mode: str | None = None,
+                system: SystemConfig | None = None, lines: bool = True, iovas: bool = False,
+                lookahead: int = LOOKAHEAD, strict_parse: bool = True,
+                overrides: dict | None = None, progress: Callable[[str], None] | None = None) -> ReplayResult:
+    """Replay the capture in file ``path`` as a stream: the same result as :func:`replay_capture` of
+    the parsed capture (with ``iovas=False``: no per-allocation lists), holding only the lookahead of
+    :func:`~iovalab.trace.steps.iter_steps` and the ranges still mapped, so the memory does not grow
+    with the capture.
+
+    The system and the mode are decided from the whole capture's evidence
+    (:class:`~iovalab.trace.evidence.CaptureEvidence`, :class:`~iovalab.trace.system.TwoStepFacts`), as
+    :func:`replay_capture` decides them. The replay starts once ``2 * lookahead`` lines are read, with
+    the decisions their evidence gives; it gathers the whole capture's evidence as it goes, and when
+    the whole capture decides otherwise, the capture is replayed again with those decisions
+    (``result.passes`` says how many replays it took). ``overrides``: ``iommu``/``page_size``/
+    ``reserve``/``kernel`` for :func:`infer_system`; ``progress``: called with a short text as each
+    replay starts and ends."""
+    threshold = gc.get_threshold()
+    # the replay makes and drops a few objects per line; a young-generation collection every 700
+    # allocations would walk the lookahead's lines over and over (about a tenth of the time)
+    gc.set_threshold(max(threshold[0], _GC_YOUNG), *threshold[1:])
+    try:
+        return _replay_file(path, cpus, mode, system, lines, iovas, lookahead, strict_parse, overrides, progress)
+    finally:
+        gc.set_threshold(*threshold)
+
+
+_GC_YOUNG = 50_000
+_PROGRESS_EVERY_S = 5.0
+
+
+def _replay_file(path, cpus, mode, system, lines, iovas, lookahead, strict_parse, overrides, progress) -> ReplayResult:
+    t0 = time.perf_counter()
+    say = progress or (lambda _text: None)
+    over = overrides or {}
+    head = FtraceCapture()
+    ev = CaptureEvidence()
+    it = iter_ftrace(path, strict=strict_parse, into=head)
+    first = list(itertools.islice(it, 2 * lookahead))
+    ev.feed_all(first)
+    whole = len(first) < 2 * lookahead
+    if whole:
+        ev.finish(head)
+    seen = ev if whole else ev.snapshot(head)
+    spec = system or infer_system(seen, steps=lambda g: iter_steps(iter(first), g, lookahead=lookahead), **over)
+
+    # for progress: the lines the file should have, from its size and the first lines' length
+    per_line = sum(len(x.raw) + 1 for x in first[:1000]) / min(len(first), 1000) if first else 1
+    expect = int(os.path.getsize(path) / per_line) if progress is not None and not whole else 0
+
+    def fed() -> Iterator[TraceLine]:
+        yield from first
+        first.clear()
+        n = 0
+        t_next = time.perf_counter() + _PROGRESS_EVERY_S
+        for ln in it:
+            ev.feed(ln)
+            yield ln
+            n += 1
+            if expect and not n & 0x3FFF and time.perf_counter() >= t_next:
+                t_next += _PROGRESS_EVERY_S
+                say(f"line {ln.lineno:,} of about {expect:,} ({min(99, 100 * ln.lineno // expect)}%)")
+        ev.finish(head)
+
+    def again() -> Iterator[TraceLine]:
+        return iter_ftrace(path, strict=strict_parse)
+
+    sources = [fed, again]
+    say("replaying the capture" + ("" if whole else f" (decisions from its first {2 * lookahead:,} lines so far)"))
+    facts = TwoStepFacts(spec.granule)
+    result = _replay_modes(sources, seen, cpus, mode, os.fspath(path), spec, lines, iovas, lookahead, facts)
+    passes = result.passes
+    if not whole:
+        final = system or infer_system(ev, facts=facts, steps=lambda g: iter_steps(again(), g, lookahead=lookahead),
+                                       **over)
+        same = final.model_key() == spec.model_key() and infer_mode(ev) == infer_mode(seen) and \
+            replay_cpus(ev, cpus, again) == replay_cpus(seen, cpus) and \
+            (ev.domain_flushes > 0) == (seen.domain_flushes > 0)
+        if same:
+            result.system = final
+        else:
+            say(f"the whole capture decides otherwise ({final.describe()}): replaying it again")
+            result = _replay_modes([again], ev, cpus, mode, os.fspath(path), final, lines, iovas, lookahead, None)
+            passes += result.passes
+    result.passes = passes
+    result.nr_lines = head.nr_lines
+    result.seconds = time.perf_counter() - t0
+    say(f"replayed {head.nr_lines:,} lines in {result.seconds:.1f} s")
+    return result
+
+
+def _replay_modes(sources: list[Callable[[], Iterator[TraceLine]]], ev: CaptureEvidence, cpus: int | None,
+                  mode: str | None, path: str, system: SystemConfig, lines: bool, iovas: bool,
+                  lookahead: int, facts: TwoStepFacts | None = None) -> ReplayResult:
+    """The replay in the given or inferred mode; an inferred guess of strict that does not match is
+    replayed lazy too, and the better of the two kept (reported as such). ``sources``: the first
+    replay reads the first, a second one the last."""
+    ncpus = replay_cpus(ev, cpus, sources[-1])
+    inferred_mode, why = infer_mode(ev)
+    fp = ev.domain_flushes > 0
+    timer = (f"; no flush line: the flush-queue timer placed from the timestamps, msecs_to_jiffies(10 ms) at "
+             f"HZ={system.hz} (--hz) plus calc_index's tick, ticks at multiples of {1000 / system.hz:g} ms of the "
+             "trace clock (a guess: no line marks a tick)")
+    if not fp and (mode == "lazy" or (mode is None and inferred_mode == "lazy")):
+        why += timer
+    if mode is None:
+        result = _replay(sources[0], ncpus, inferred_mode, path, why, system, lines, iovas, lookahead, fp, facts)
+        if result.mismatched and "guess" in why:
+            alt = _replay(sources[-1], ncpus, "lazy", path, "lazy (a guess: strict did not match)" + timer,
+                          system, lines, iovas, lookahead, fp, None)
+            alt.passes += result.passes
+            if alt.mismatched < result.mismatched:
+                result = alt
+            else:
+                result.passes = alt.passes
+    else:
+        given = f"{mode} (given)" + (timer if mode == "lazy" and not fp else "")
+        result = _replay(sources[0], ncpus, mode, path, given, system, lines, iovas, lookahead, fp, facts)
+    return result
+
+
+def replay_cpus(cap: FtraceCapture | CaptureEvidence, cpus: int | None = None,
+                source: Callable[[], Iterator[TraceLine]] | None = None) -> int:
     """The CPU count a replay models: ``cpus`` (``--cpus``), else the header's ``#P:``, else the
     highest CPU seen + 1. ``ValueError`` when it is not ``1..MAX_CPUS`` or a line's CPU is beyond it
     (per-CPU rcaches and flush queues exist for those CPUs only)."""
@@ -256,41 +414,65 @@ def replay_cpus(cap: FtraceCapture, cpus: int | None = None) -> int:
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CPUS:
         raise ValueError(f"{n!r} CPUs ({why}): must be an int in 1..{MAX_CPUS} (NR_CPUS of x86_64 CONFIG_MAXSMP)")
     if cap.cpus and cap.cpus[-1] >= n:
-        ln = next(x for x in cap.lines if x.cpu >= n)
-        raise ValueError(f"line {ln.lineno}: CPU {ln.cpu} is beyond the {n} CPUs of {why} (CPUs are 0..{n - 1}); "
-                         "pass --cpus with more")
+        lines = source() if source is not None else iter(cap.lines) if isinstance(cap, FtraceCapture) else iter(())
+        ln = next((x for x in lines if x.cpu >= n), None)
+        where = f"line {ln.lineno}: " if ln is not None else ""
+        raise ValueError(f"{where}CPU {cap.cpus[-1] if ln is None else ln.cpu} is beyond the {n} CPUs of {why} "
+                         f"(CPUs are 0..{n - 1}); pass --cpus with more")
     return n
 
 
-def _replay(cap: FtraceCapture, cpus: int | None, mode: str, path: str, why: str,
-            system: SystemConfig) -> ReplayResult:
-    ncpus = replay_cpus(cap, cpus)
-    steps = reconstruct(cap, system.granule)
-    flush_points = any(s[0] == "flush" for s in steps)
-    rp = _Replayer(ncpus, mode, flush_points, system)
+def _replay(source: Callable[[], Iterator[TraceLine]], ncpus: int, mode: str, path: str, why: str,
+            system: SystemConfig, lines: bool, iovas: bool, lookahead: int, flush_points: bool,
+            facts: TwoStepFacts | None) -> ReplayResult:
+    rp = _Replayer(ncpus, mode, system, flush_points)
+    chk = LineChecker(system, ncpus=ncpus, strict=(mode == "strict")) if lines else None
+    if chk is not None:
+        rp.followers.append(chk.dom)
     res = ReplayResult(path, ncpus, mode, why, system=system)
     phase = PhaseResult("(before the first marker)", 1)
     res.phases.append(phase)
-    pending: list[tuple] = []   # frees seen since the last allocation: (alloc, cpu, irq, ln, ts)
+    pending: list[tuple] = []   # frees seen since the last allocation: (alloc, cpu, irq, ln, ts, line)
 
-    def apply_pending():
-        for (a, cpu, _irq, _ln, ts) in pending:
+    def apply_pending(before: float | None = None):
+        """Do the pending frees (those traced before ``before`` only, when given)."""
+        n = len(pending) if before is None else next((i for i, p in enumerate(pending) if p[4] >= before),
+                                                      len(pending))
+        for (a, cpu, _irq, _ln, ts, line) in pending[:n]:
             rp.free(a, cpu, ts)
-        pending.clear()
+            if chk is not None:
+                chk.unmap(line)
+        del pending[:n]
 
-    for st in steps:
+    def tick(ts: float, cpu: int) -> None:
+        """Time goes on to ``ts``: frees traced before a flush-queue timer run that falls before ``ts``
+        were queued before it ran."""
+        due = rp.timer_due(ts, pending[0][4]) if pending else None
+        if due is not None:
+            apply_pending(due)
+        rp.advance(ts, cpu)
+
+    for st in iter_steps(source(), system.granule, lookahead=lookahead, keep_maps=False):
         kind = st[0]
+        if facts is not None:
+            facts.feed(st)
         if kind == "phase":
             apply_pending()
             phase = PhaseResult(st[1], st[2])
             res.phases.append(phase)
         elif kind == "unmatched":
             res.unmatched_unmaps += 1
+            if chk is not None:     # frees nothing: no allocation depends on where it goes
+                chk.unmap(st[2])
         elif kind == "free":
-            _, a, cpu, irq, ln, ts = st
-            rp.advance(ts, cpu)
+            _, a, cpu, irq, ln, ts, line = st
+            tick(ts, cpu)
             res.frees += 1
-            pending.append((a, cpu, irq, ln, ts))
+            pending.append((a, cpu, irq, ln, ts, line))
+        elif kind == "link":
+            apply_pending()
+            if chk is not None:
+                chk.link(st[1], st[2])
         elif kind == "flush":
             _, cpu, ln, ts, softirq = st
             apply_pending()
@@ -299,44 +481,21 @@ def _replay(cap: FtraceCapture, cpus: int | None, mode: str, path: str, why: str
             rp.flush(cpu, timer=softirq)
         elif kind == "alloc":
             a = st[1]
-            rp.advance(a.timestamp, a.cpu)
+            tick(a.timestamp, a.cpu)
             res.allocations += 1
             phase.allocations += 1
-            # frees that may be moved after this allocation: the trailing run of interrupt-context
-            # (or other-CPU) frees just before it
-            k_max = 0
-            for (_, cpu, irq, _, _) in reversed(pending):
-                if irq or cpu != a.cpu:
-                    k_max += 1
-                else:
-                    break
-            saved = rp.save() if k_max else None
-            got = 0   # always set below: range(k_max + 1) is never empty
-            chosen = 0
-            for k in range(k_max + 1):
-                if k:
-                    rp.restore(saved)
-                head = pending[:len(pending) - k]
-                tail = pending[len(pending) - k:]
-                for (fa, cpu, _irq, _ln, ts) in head:
-                    rp.free(fa, cpu, ts)
-                got = rp.alloc(a)
-                if got == a.base:
-                    for (fa, cpu, _irq, _ln, ts) in tail:
-                        rp.free(fa, cpu, ts)
-                    chosen = k
-                    break
-            else:
-                # no order matches: keep trace order and report
-                rp.restore(saved) if saved else None
-                if saved:
-                    for (fa, cpu, _irq, _ln, ts) in pending:
-                        rp.free(fa, cpu, ts)
-                    got = rp.alloc(a)
-                chosen = -1
+            chosen, got = _alloc(rp, a, pending)
+            if chk is not None:
+                cut = len(pending) - max(chosen, 0)
+                for p in pending[:cut]:
+                    chk.unmap(p[5])
+                chk.request(a)
+                for p in pending[cut:]:
+                    chk.unmap(p[5])
             pending.clear()
-            res.kernel_iovas.append((a.timestamp, a.base, a.size))
-            res.sim_iovas.append((a.timestamp, got, a.size))
+            if iovas:
+                res.kernel_iovas.append((a.timestamp, a.base, a.size))
+                res.sim_iovas.append((a.timestamp, got, a.size))
             if chosen >= 0:
                 res.matched += 1
                 phase.matched += 1
@@ -350,12 +509,52 @@ def _replay(cap: FtraceCapture, cpus: int | None, mode: str, path: str, why: str
                 phase.mismatched += 1
                 msg = (f"line {a.lineno}: {a.size:#x} bytes on cpu{a.cpu}: kernel {a.base:#x}, "
                        f"simulator {got:#x}")
-                res.mismatches.append(msg)
+                if len(res.mismatches) < MAX_MISMATCHES:
+                    res.mismatches.append(msg)
                 if phase.first_mismatch is None:
                     phase.first_mismatch = msg
                 _resync(rp, a, got)
     apply_pending()
+    if chk is not None:
+        res.lines = chk.result
     return res
+
+
+def _alloc(rp: _Replayer, a: Allocation, pending: list[tuple]) -> tuple[int, int]:
+    """Allocation ``a`` in the allocation model, after the pending frees: ``(k, iova)`` where ``k`` is
+    how many of the trailing interrupt-context (or other-CPU) frees had to move after it for the
+    kernel's IOVA (0: trace order; -1: no order gives it, trace order kept). Only the order the trace
+    leaves open is tried, and every move is counted by the caller."""
+    k_max = 0
+    for p in reversed(pending):
+        if p[2] or p[1] != a.cpu:
+            k_max += 1
+        else:
+            break
+    saved = rp.save() if k_max else None
+    try:
+        got = 0
+        for k in range(k_max + 1):
+            if k:
+                rp.restore(saved)
+            cut = len(pending) - k
+            for p in pending[:cut]:
+                rp.free(p[0], p[1], p[4])
+            got = rp.alloc(a)
+            if got == a.base:
+                for p in pending[cut:]:
+                    rp.free(p[0], p[1], p[4])
+                return k, got
+        # no order matches: keep trace order and report
+        if saved:
+            rp.restore(saved)
+            for p in pending:
+                rp.free(p[0], p[1], p[4])
+            got = rp.alloc(a)
+        return -1, got
+    finally:
+        if saved:
+            rp.done()
 
 
 def _resync(rp: _Replayer, a: Allocation, got: int) -> None:
@@ -454,6 +653,10 @@ def export_ftrace(events, path, *, nr_cpus: int = 1, **kw) -> int:
     return write_ftrace(lines, path, header=True, nr_cpus=nr_cpus)
 
 
+def _stderr_progress(text: str) -> None:
+    print(f"replay-ftrace: {text}", file=sys.stderr, flush=True)
+
+
 def cli(args) -> int:
     """``python -m iovalab replay-ftrace FILE [--cpus N] [--strict|--lazy] [--iommu NAME]
     [--page-size BYTES] [--reserve START-END]... [--json]``: the inferred system and its evidence,
@@ -472,24 +675,22 @@ def cli(args) -> int:
               "real/*.trace)", file=sys.stderr)
         return 2
     try:
-        cap = parse_ftrace(found[0])
+        overrides = {"iommu": args.iommu, "page_size": args.page_size, "hz": getattr(args, "hz", None),
+                     "reserve": [parse_range(r) for r in args.reserve], "kernel": getattr(args, "kernel", None)}
+        res = replay_file(found[0], cpus=args.cpus, mode=args.mode, lines=True, overrides=overrides,
+                          progress=_stderr_progress if sys.stderr.isatty() else None)
     except FtraceParseError as e:
         print(f"error: {args.file}: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: {args.file}: {e.strerror}", file=sys.stderr)
         return 2
-    try:
-        system = infer_system(cap, iommu=args.iommu, page_size=args.page_size,
-                              reserve=[parse_range(r) for r in args.reserve], kernel=getattr(args, "kernel", None))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        res = replay_capture(cap, cpus=args.cpus, mode=args.mode, path=args.file, system=system, lines=True)
     except ValueError as e:
         print(f"error: {args.file}: {e}", file=sys.stderr)
         return 2
+    res.path = args.file
+    system = res.system
+    assert system is not None
     lines = res.lines
     assert lines is not None
     if args.json:

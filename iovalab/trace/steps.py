@@ -11,13 +11,16 @@ rebuilds them from what the kernel's code guarantees (see :mod:`iovalab.trace.re
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, insort
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from iovalab.kernel.units import DMA_MAPPING_ERROR, iova_align
-from iovalab.trace.ftrace import FtraceCapture, is_domain_flush
+from iovalab.trace.ftrace import FtraceCapture, TraceLine, is_domain_flush
 
-__all__ = ["Allocation", "GRANULE", "DMA_MAP_EVENTS", "map_alignment", "reconstruct"]
+__all__ = ["Allocation", "GRANULE", "DMA_MAP_EVENTS", "LOOKAHEAD", "alignment_of", "iter_steps", "map_alignment",
+           "reconstruct"]
 
 #: the smallest IOVA granule of every modelled IOMMU (VT-d, AMD v1, LPAE with 4 KiB pages)
 GRANULE = 0x1000
@@ -29,7 +32,7 @@ DMA_MAP_EVENTS = frozenset(("dma_map_page", "dma_map_sg", "dma_alloc", "dma_map_
                             "dma_alloc_pages", "dma_alloc_sgt"))
 
 
-@dataclass
+@dataclass(eq=False)
 class Allocation:
     """One IOVA allocation seen in the capture."""
 
@@ -45,18 +48,27 @@ class Allocation:
     size_hint: int = 0   # size of the unmap that will free it (0 = never unmapped)
     closed_at: int = 0   # line of the dma_* event that closed it (0: none, e.g. the two-step API)
     map_lines: list[int] = field(default_factory=list)   # its map lines, in file order
+    maps: list[TraceLine] = field(default_factory=list, repr=False)   # those lines
+    closer: TraceLine | None = field(default=None, repr=False)        # the dma_* line that closed it
+    emitted: bool = False    # its ``alloc`` step has left :func:`iter_steps`
+    first_paddr: int = 0     # the physical address its first ``map`` line maps
+
+
+def alignment_of(bits: int) -> int:
+    """The lowest set bit of ``bits`` (the OR of every ``map``/``unmap`` line's IOVA and size), within
+    ``GRANULE..MAX_GRANULE``: ``__iommu_map()``/``__iommu_unmap()`` (drivers/iommu/iommu.c) refuse a
+    range not aligned to the domain's smallest page, so the granule divides this (and usually is it)."""
+    low = bits & -bits if bits else MAX_GRANULE
+    return max(GRANULE, min(low, MAX_GRANULE))
 
 
 def map_alignment(cap: FtraceCapture) -> int:
-    """The lowest set bit of every ``map``/``unmap`` line's IOVA and size, capped at
-    :data:`MAX_GRANULE`: ``__iommu_map()``/``__iommu_unmap()`` (drivers/iommu/iommu.c) refuse a range
-    not aligned to the domain's smallest page, so the granule divides this (and usually is it)."""
+    """:func:`alignment_of` every ``map``/``unmap`` line of ``cap``."""
     bits = 0
     for ln in cap.lines:
         if ln.event in ("map", "unmap"):
             bits |= ln.fields["iova"] | ln.fields["size"]
-    low = bits & -bits if bits else MAX_GRANULE
-    return max(GRANULE, min(low, MAX_GRANULE))
+    return alignment_of(bits)
 
 
 class _Opened:
@@ -143,44 +155,73 @@ class _Opened:
         return best
 
 
-def reconstruct(cap: FtraceCapture, granule: int | None = None) -> list[tuple]:
-    """Turn the capture into an ordered list of steps:
+#: lines :func:`iter_steps` reads ahead of the line it groups (to find the unmap that sizes a range),
+#: and lines it groups ahead of the step it hands out (to see a request's later map lines and its dma_*
+#: event): a range unmapped further ahead than this is sized like one never unmapped
+LOOKAHEAD = 1 << 14
 
-    ``("alloc", Allocation)``, ``("free", Allocation, cpu, irq, lineno, ts)``,
-    ``("flush", cpu, lineno, ts, softirq)`` (a domain-wide flush: ``cache_tag_flush_all``, or in 7.3
-    a ``cache_tag_flush_range`` over ``[0x0-0xffffffffffffffff]``,
-    :func:`~iovalab.trace.ftrace.is_domain_flush`), ``("phase", name, lineno)``.
-    Unmaps of ranges not seen allocated become ``("unmatched", lineno)``. ``granule``: the IOVA
-    granule that never-unmapped spans are rounded to (default: :func:`map_alignment`).
-    """
+
+def reconstruct(cap: FtraceCapture, granule: int | None = None) -> list[tuple]:
+    """Every step of an in-memory capture (:func:`iter_steps` with the whole capture as lookahead).
+    ``granule``: the IOVA granule that never-unmapped spans are rounded to (default:
+    :func:`map_alignment`)."""
     if granule is None:
         granule = map_alignment(cap)
-    steps: list[tuple] = []
-    # where each range will be unmapped: base -> [(lineno, size), ...] in file order, so that the
-    # extent of an allocation is known when its first map line is seen (two-step users emit no
-    # dma_* event that would close it)
-    unmaps: dict[int, list[tuple[int, int]]] = {}
-    for ln in cap.lines:
-        if ln.event in ("map", "unmap"):
-            f = ln.fields
-            if f["iova"] + f["size"] > _IOVA_END:
-                raise ValueError(f"line {ln.lineno}: {ln.event} of {f['size']:#x} bytes at iova {f['iova']:#x} "
-                                 "wraps past 2^64 - 4 KiB: the IOVA allocator hands out ranges below its anchor "
-                                 "(drivers/iommu/iova.c: IOVA_ANCHOR ~0UL), so no DMA-API mapping ends there")
-            if ln.event == "unmap":
-                unmaps.setdefault(f["iova"], []).append((ln.lineno, f["size"]))
+    return list(iter_steps(cap.lines, granule, lookahead=max(len(cap.lines), 1)))
 
-    def extent(base: int, lineno: int) -> int:
-        later = unmaps.get(base, ())
-        i = bisect_right(later, (lineno, 1 << 64))
-        return later[i][1] if i < len(later) else 0
 
+def _check_wrap(ln: TraceLine) -> None:
+    f = ln.fields
+    if f["iova"] + f["size"] > _IOVA_END:
+        raise ValueError(f"line {ln.lineno}: {ln.event} of {f['size']:#x} bytes at iova {f['iova']:#x} "
+                         "wraps past 2^64 - 4 KiB: the IOVA allocator hands out ranges below its anchor "
+                         "(drivers/iommu/iova.c: IOVA_ANCHOR ~0UL), so no DMA-API mapping ends there")
+
+
+def iter_steps(lines: Iterable[TraceLine], granule: int, *, lookahead: int = LOOKAHEAD,
+               keep_maps: bool = True) -> Iterator[tuple]:
+    """Turn a capture's lines (file order, read once, e.g. :func:`~iovalab.trace.ftrace.iter_ftrace`)
+    into its steps, in order:
+
+    ``("alloc", Allocation)``, ``("free", Allocation, cpu, irq, lineno, ts, line)``,
+    ``("link", Allocation, line)`` (a ``map`` line that extends a range whose ``alloc`` step was
+    already handed out: a two-step user linking late, ``hmm_dma_map_pfn`` on demand),
+    ``("flush", cpu, lineno, ts, softirq)`` (a domain-wide flush: ``cache_tag_flush_all``, or in 7.3
+    a ``cache_tag_flush_range`` over ``[0x0-0xffffffffffffffff]``,
+    :func:`~iovalab.trace.ftrace.is_domain_flush`), ``("phase", name, lineno)``,
+    ``("unmatched", lineno, line)`` (an unmap of a range never seen allocated).
+
+    An allocation's size is the size of the unmap that frees it; it is looked for up to
+    ``lookahead`` lines ahead of its first map line, and where there is none, it is the span its map
+    lines cover (rounded to ``granule``), as for a range never unmapped. An ``alloc`` step is handed
+    out ``lookahead`` lines after its first map line (or at the end), so a request's further map lines
+    and its ``dma_*`` event are in it. Memory: the lookahead, plus the ranges still mapped. With
+    ``keep_maps=False`` (a consumer that handles each step before asking for the next) an allocation's
+    ``maps``/``map_lines`` are dropped once its ``alloc`` step was handled, so a range mapped for good
+    costs only its :class:`Allocation`.
+    """
+    if not isinstance(lookahead, int) or lookahead < 1:
+        raise ValueError(f"lookahead {lookahead!r} must be an int >= 1 (lines)")
+    ahead: deque[TraceLine] = deque()                 # read, not grouped yet
+    unmaps: dict[int, deque[tuple[int, int]]] = {}     # iova -> (lineno, size) of the unmaps in ``ahead``
+    out: deque[tuple[int, tuple]] = deque()            # (line it may leave at, step), grouped, not handed out
     open_by_cpu: dict[int, _Opened] = {}   # allocations whose dma_* event is pending, per CPU
     live: dict[int, Allocation] = {}        # base -> allocation
-    opened: _Opened | None
-    a: Allocation | None
-    for ln in cap.lines:
+
+    def extent(base: int) -> int:
+        later = unmaps.get(base)
+        return later[0][1] if later else 0
+
+    def finish(a: Allocation) -> None:
+        """Its size as it leaves: the unmap's, else the span of its map lines."""
+        a.emitted = True
+        if a.size <= 0:
+            a.size = a.size_hint or iova_align(granule, max(a.span_end - a.base, granule))
+
+    def group(ln: TraceLine) -> None:
         ev = ln.event
+        opened: _Opened | None
+        a: Allocation | None
         if ev == "map":
             iova, size = ln.fields["iova"], ln.fields["size"]
             opened = open_by_cpu.get(ln.cpu)
@@ -189,16 +230,22 @@ def reconstruct(cap: FtraceCapture, granule: int | None = None) -> list[tuple]:
             cur = opened.holding(iova, hint=True)   # a further chunk of a mapping still being built
             if cur is not None:
                 opened.grow(cur, max(cur.span_end, iova + size))
+                if cur.emitted:
+                    out.append((ln.lineno + lookahead, ("link", cur, ln)))
+                    if not keep_maps:
+                        return
                 cur.map_lines.append(ln.lineno)
+                cur.maps.append(ln)
             else:
                 a = Allocation(ln.lineno, ln.cpu, iova, 0, iova + size, timestamp=ln.timestamp,
-                               size_hint=extent(iova, ln.lineno), map_lines=[ln.lineno])
+                               size_hint=extent(iova), map_lines=[ln.lineno], maps=[ln],
+                               first_paddr=ln.fields["paddr"])
                 opened.add(a)
                 old = live.get(iova)
-                if old is not None:  # the trace never unmapped the old one: keep its mapped span
+                if old is not None and old.size <= 0:  # the trace never unmapped the old one: its mapped span
                     old.size = iova_align(granule, old.span_end - old.base)
                 live[iova] = a
-                steps.append(("alloc", a))
+                out.append((ln.lineno + lookahead, ("alloc", a)))
         elif ev in DMA_MAP_EVENTS:
             opened = open_by_cpu.get(ln.cpu)
             f = ln.fields
@@ -213,26 +260,58 @@ def reconstruct(cap: FtraceCapture, granule: int | None = None) -> list[tuple]:
                 pick.closed = True
                 pick.kind = ev
                 pick.closed_at = ln.lineno
+                pick.closer = ln
         elif ev == "unmap":
             iova, size = ln.fields["iova"], ln.fields["size"]
+            q = unmaps.get(iova)
+            if q is not None:       # this line leaves the lookahead's index
+                q.popleft()
+                if not q:
+                    del unmaps[iova]
             a = live.pop(iova, None)
             if a is None:
-                steps.append(("unmatched", ln.lineno))
-                continue
+                out.append((ln.lineno, ("unmatched", ln.lineno, ln)))
+                return
             a.size = size
             a.freed_at = ln.lineno
             a.closed = True
             opened = open_by_cpu.get(a.cpu)
             if opened and a in opened:
                 opened.remove(a)
-            steps.append(("free", a, ln.cpu, ln.in_irq, ln.lineno, ln.timestamp))
+            out.append((ln.lineno, ("free", a, ln.cpu, ln.in_irq, ln.lineno, ln.timestamp, ln)))
         elif ev in ("cache_tag_flush_all", "cache_tag_flush_range") and is_domain_flush(ln):
-            steps.append(("flush", ln.cpu, ln.lineno, ln.timestamp, ln.in_softirq))
+            out.append((ln.lineno, ("flush", ln.cpu, ln.lineno, ln.timestamp, ln.in_softirq)))
         elif ev == "tracing_mark_write":
-            steps.append(("phase", ln.text.strip(), ln.lineno))
-    for _, a in live.items():  # never unmapped: the span its map lines cover
-        a.size = iova_align(granule, a.span_end - a.base)
-    for st in steps:
-        if st[0] == "alloc" and st[1].size <= 0:
-            st[1].size = iova_align(granule, max(st[1].span_end - st[1].base, granule))
-    return steps
+            out.append((ln.lineno, ("phase", ln.text.strip(), ln.lineno)))
+
+    def release(upto: int) -> Iterator[tuple]:
+        """Hand out the grouped steps, in order, up to the first that must wait for line ``upto``."""
+        while out and out[0][0] <= upto:
+            st = out.popleft()[1]
+            if st[0] == "alloc":
+                a = st[1]
+                finish(a)
+                yield st
+                if not keep_maps:     # handled: its lines are not needed any more
+                    a.maps = []
+                    a.map_lines = []
+                    a.closer = None
+            else:
+                yield st
+
+    last = 0
+    for ln in lines:
+        ev = ln.event
+        if ev == "map" or ev == "unmap":
+            _check_wrap(ln)
+            if ev == "unmap":
+                unmaps.setdefault(ln.fields["iova"], deque()).append((ln.lineno, ln.fields["size"]))
+        ahead.append(ln)
+        last = ln.lineno
+        while ahead and ahead[0].lineno + lookahead <= last:
+            g = ahead.popleft()
+            group(g)
+            yield from release(g.lineno)
+    while ahead:
+        group(ahead.popleft())
+    yield from release(1 << 62)

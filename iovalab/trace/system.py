@@ -31,18 +31,22 @@ Options (``--iommu``, ``--page-size``, ``--reserve``) override the inference.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 from iovalab.kernel.dma_iommu import DmaDomain
 from iovalab.kernel.events import EventLog
 from iovalab.kernel.iommu import PRESETS, IommuDomain
 from iovalab.kernel.iova import iova_rcache_range
-from iovalab.kernel.units import DMA_MAPPING_ERROR, SZ_4K, SZ_16K, SZ_64K, iova_align, iova_offset
-from iovalab.kernel.version import DEFAULT_KERNEL, check_kernel
+from iovalab.kernel.units import SZ_4K, SZ_16K, SZ_64K
+from iovalab.kernel.version import CONFIG_HZ_VALUES, DEFAULT_HZ, DEFAULT_KERNEL, check_kernel
 from iovalab.trace.ftrace import FtraceCapture
-from iovalab.trace.steps import GRANULE, MAX_GRANULE, map_alignment, reconstruct
+from iovalab.trace.evidence import GRANULE_CANDIDATES, CaptureEvidence
+from iovalab.trace.steps import GRANULE, MAX_GRANULE, Allocation, alignment_of, reconstruct
 
-__all__ = ["Decision", "SystemConfig", "infer_kernel", "infer_system", "parse_range", "IOMMU_CHOICES", "PAGE_SIZES"]
+__all__ = ["Decision", "SystemConfig", "TwoStepFacts", "infer_kernel", "infer_system", "parse_range", "IOMMU_CHOICES",
+           "PAGE_SIZES"]
 
 #: granules io-pgtable-arm offers (arm_lpae_restrict_pgsizes) and the LPAE preset of each
 _LPAE_PRESET = {SZ_4K: "smmuv3-4k", SZ_16K: "smmuv3-16k", SZ_64K: "smmuv3-64k"}
@@ -82,6 +86,7 @@ class SystemConfig:
     max_request: int = 0            # largest two-step (dma_iova_*) IOVA range unmapped
     cpus: int | None = None         # #P: of the trace header
     kernel: str = "6.17"            # the modelled kernel version (iovalab.kernel.version)
+    hz: int = DEFAULT_HZ            # CONFIG_HZ: the flush-queue timer's ticks (--hz; no trace line shows it)
     decisions: list[Decision] = field(default_factory=list)
 
     @property
@@ -94,17 +99,22 @@ class SystemConfig:
         return (f"{self.arch} {self.iommu}, IOVA granule {self.granule // 1024} KiB, PAGE_SIZE "
                 f"{self.page_size // 1024} KiB, reserved {res}{door}, Linux {self.kernel} model")
 
+    def model_key(self) -> tuple:
+        """What the simulated system is built from (the decisions' evidence texts aside)."""
+        return (self.iommu, self.arch, self.granule, self.page_size, tuple(self.reserve), self.msi_doorbell,
+                self.cpus, self.kernel, self.hz)
+
     def as_dict(self) -> dict:
         return {"iommu": self.iommu, "arch": self.arch, "granule": self.granule, "page_size": self.page_size,
                 "reserve": [list(r) for r in self.reserve], "msi_doorbell": self.msi_doorbell,
-                "max_request": self.max_request, "cpus": self.cpus, "kernel": self.kernel,
+                "max_request": self.max_request, "cpus": self.cpus, "kernel": self.kernel, "hz": self.hz,
                 "decisions": [vars(d) for d in self.decisions]}
 
     def make_domain(self, *, strict: bool, ncpus: int, log: EventLog) -> DmaDomain:
         """``iommu_dma_init_domain()`` for this system: granule, PAGE_SIZE, reserved regions, rcaches."""
         iommu = IommuDomain.preset(self.iommu, log=log, kernel=self.kernel)
         return DmaDomain(iommu, strict=strict, ncpus=ncpus, log=log, reserve=self.reserve,
-                         page_size=self.page_size, kernel=self.kernel)
+                         page_size=self.page_size, kernel=self.kernel, hz=self.hz)
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -122,62 +132,64 @@ def parse_range(text: str) -> tuple[int, int]:
     return a, b
 
 
-def _single_mappings(cap: FtraceCapture) -> list[tuple[int, int, int, int]]:
-    """``(map iova, map size, dma_addr, size)`` of every ``dma_map_page``/``dma_map_phys`` whose
-    ``dma_addr`` falls in the ``map`` line just before it on its CPU."""
-    pairs = []
-    last_map: dict[int, tuple[int, int]] = {}
-    for ln in cap.lines:
-        ev = ln.event
-        if ev == "map":
-            last_map[ln.cpu] = (ln.fields["iova"], ln.fields["size"])
-        elif ev in ("dma_map_page", "dma_map_phys"):
-            m = last_map.pop(ln.cpu, None)
-            f = ln.fields
-            if m is not None and f["dma_addr"] != DMA_MAPPING_ERROR and m[0] <= f["dma_addr"] < m[0] + m[1]:
-                pairs.append((m[0], m[1], f["dma_addr"], f["size"]))
-        elif ev in ("unmap", "dma_map_sg", "dma_alloc"):
-            last_map.pop(ln.cpu, None)
-    return pairs
-
-
-def _infer_granule(cap: FtraceCapture) -> Decision:
-    align = map_alignment(cap)
-    n = cap.counts.get("map", 0) + cap.counts.get("unmap", 0)
-    pairs = _single_mappings(cap)
-    fits = [g for g in (SZ_4K, SZ_16K, SZ_64K) if g <= align and all(
-        mi == da - iova_offset(g, da) and ms == iova_align(g, sz + iova_offset(g, da))
-        for mi, ms, da, sz in pairs)]
+def _infer_granule(ev: CaptureEvidence) -> Decision:
+    align = alignment_of(ev.align_bits)
+    n = ev.map_lines
+    fits = [g for g in GRANULE_CANDIDATES if g <= align and ev.single_fits[g]]
     if not n:
         return Decision("granule", "4 KiB", "no map/unmap lines: the smallest granule", guess=True)
     if not fits:   # no granule explains the single mappings: keep the alignment, say so
         return Decision("granule", f"{align // 1024} KiB", f"every one of {n} map/unmap lines is a multiple "
                         f"of it, but no granule gives __iommu_dma_map's iova_align(size + iova_offset) for all "
-                        f"{len(pairs)} single mappings", guess=True)
+                        f"{ev.singles} single mappings", guess=True)
     g = max(fits)
-    small = sum(1 for _, _, da, sz in pairs if sz + iova_offset(g, da) < g)
-    ev = (f"every one of {n} map/unmap lines is a multiple of it at an address aligned to it "
-          f"(__iommu_map refuses less); {len(pairs)} single mappings map iova_align(size + iova_offset) "
-          f"for it, {small} of them smaller than one granule mapping a whole one")
+    small = ev.single_small[g]
+    text = (f"every one of {n} map/unmap lines is a multiple of it at an address aligned to it "
+            f"(__iommu_map refuses less); {ev.singles} single mappings map iova_align(size + iova_offset) "
+            f"for it, {small} of them smaller than one granule mapping a whole one")
     if len(fits) > 1:
-        return Decision("granule", f"{g // 1024} KiB", ev + f"; {', '.join(f'{x // 1024} KiB' for x in fits)}"
+        return Decision("granule", f"{g // 1024} KiB", text + f"; {', '.join(f'{x // 1024} KiB' for x in fits)}"
                         " fit as well: the largest is used", guess=True)
-    return Decision("granule", f"{g // 1024} KiB", ev)
+    return Decision("granule", f"{g // 1024} KiB", text)
 
 
-def _doorbell(cap: FtraceCapture, granule: int) -> tuple[int, int] | None:
-    """``(iova, paddr)`` of the first one-granule mapping with no ``dma:*`` event, never unmapped."""
-    for st in reconstruct(cap, granule):
-        if st[0] == "alloc":
+class TwoStepFacts:
+    """What a capture's steps tell about two-step users (no kernel analogue), gathered as the steps go
+    by: the software-MSI doorbell, ``(iova, paddr)`` of the first one-granule mapping with no ``dma:*``
+    event that is never unmapped (``iommu_dma_get_msi_page``), and the largest two-step range unmapped
+    (nvme-pci's requests). Memory: the doorbell candidates still mapped."""
+
+    def __init__(self, granule: int) -> None:
+        self.granule = granule
+        self.max_request = 0
+        self._candidates: dict[int, Allocation] = {}   # id -> one-granule two-step range, in step order
+
+    def feed(self, st: tuple) -> None:
+        kind = st[0]
+        if kind == "alloc":
             a = st[1]
-            if a.kind == "?" and a.freed_at is None and a.size == granule:
-                paddr = next(ln.fields["paddr"] for ln in cap.lines
-                             if ln.lineno == a.lineno)
-                return a.base, paddr
-    return None
+            if a.kind == "?" and a.size == self.granule and a.freed_at is None:
+                self._candidates[id(a)] = a
+        elif kind == "free":
+            a = st[1]
+            self._candidates.pop(id(a), None)
+            if a.kind == "?":
+                self.max_request = max(self.max_request, a.size)
+
+    def doorbell(self) -> tuple[int, int] | None:
+        a = next((c for c in self._candidates.values() if c.kind == "?"), None)
+        return (a.base, a.first_paddr) if a is not None else None
 
 
-def infer_kernel(cap: FtraceCapture, kernel: str | None = None) -> Decision:
+def _two_step_facts(steps: Iterable[tuple], granule: int) -> tuple[tuple[int, int] | None, int]:
+    """``(doorbell, max_request)`` of :class:`TwoStepFacts` over ``steps``."""
+    facts = TwoStepFacts(granule)
+    for st in steps:
+        facts.feed(st)
+    return facts.doorbell(), facts.max_request
+
+
+def infer_kernel(cap: FtraceCapture | CaptureEvidence, kernel: str | None = None) -> Decision:
     """The modelled kernel version (:mod:`iovalab.kernel.version`) for ``cap``, with its evidence.
 
     7.3: ``dma:dma_map_phys``/``dma_unmap_phys`` events (7.3.4 kernel/dma/mapping.c: ``dma_map_page_attrs``
@@ -188,7 +200,8 @@ def infer_kernel(cap: FtraceCapture, kernel: str | None = None) -> Decision:
     versions: ValueError (unless ``kernel`` is given)."""
     if kernel is not None:
         return Decision("kernel", check_kernel(kernel), "given (--kernel)")
-    c = cap.counts
+    ev = cap if isinstance(cap, CaptureEvidence) else CaptureEvidence.of_capture(cap)
+    c = ev.counts
     new, old = [], []
     phys = [k for k in ("dma_map_phys", "dma_unmap_phys") if c.get(k)]
     if phys:
@@ -196,13 +209,10 @@ def infer_kernel(cap: FtraceCapture, kernel: str | None = None) -> Decision:
     page = [k for k in ("dma_map_page", "dma_unmap_page") if c.get(k)]
     if page:
         old.append(f"{' and '.join(page)} events")
-    if c.get("cache_tag_flush_range", 0) or c.get("cache_tag_flush_range_np", 0):
-        fl = [ln for ln in cap.lines if ln.event in ("cache_tag_flush_range", "cache_tag_flush_range_np")]
-        nopages = sum(1 for ln in fl if "pages" not in ln.fields)
-        if nopages:
-            new.append(f"{nopages} cache_tag_flush_range lines without pages")
-        if nopages < len(fl):
-            old.append(f"{len(fl) - nopages} cache_tag_flush_range lines with pages")
+    if ev.flush_without_pages:
+        new.append(f"{ev.flush_without_pages} cache_tag_flush_range lines without pages")
+    if ev.flush_with_pages:
+        old.append(f"{ev.flush_with_pages} cache_tag_flush_range lines with pages")
     if c.get("cache_tag_flush_all", 0):
         old.append("cache_tag_flush_all events")
     if new and old:
@@ -216,23 +226,49 @@ def infer_kernel(cap: FtraceCapture, kernel: str | None = None) -> Decision:
                     guess=True)
 
 
-def infer_system(cap: FtraceCapture, *, iommu: str | None = None, page_size: int | None = None,
-                 reserve: list[tuple[int, int]] | None = None, kernel: str | None = None) -> SystemConfig:
-    """The simulated system for ``cap`` (module doc). ``iommu`` (one of :data:`IOMMU_CHOICES`),
-    ``page_size`` (bytes) and ``reserve`` (extra ``(start, end)`` byte ranges) override the
-    inference; a bad value raises ``ValueError`` naming it and the rule."""
+def infer_system(cap: FtraceCapture | CaptureEvidence, *, iommu: str | None = None, page_size: int | None = None,
+                 reserve: list[tuple[int, int]] | None = None, kernel: str | None = None,
+                 hz: int | None = None, steps: Callable[[int], Iterable[tuple]] | None = None,
+                 facts: TwoStepFacts | None = None) -> SystemConfig:
+    """The simulated system for ``cap`` (module doc): an in-memory capture, or the
+    :class:`~iovalab.trace.evidence.CaptureEvidence` of one read as a stream together with ``steps``,
+    which gives the capture's steps (:func:`~iovalab.trace.steps.iter_steps`) for a granule: they are
+    read only when no ``intel_iommu`` event settles the IOMMU (for the doorbell and the largest
+    two-step range), unless ``facts`` already gathered those from the steps of the inferred granule.
+    ``iommu`` (one of :data:`IOMMU_CHOICES`), ``page_size`` (bytes) and ``reserve``
+    (extra ``(start, end)`` byte ranges) override the inference; ``hz`` is ``CONFIG_HZ`` (default 250,
+    which no trace line shows); a bad value raises ``ValueError`` naming it and the rule."""
     if iommu is not None and iommu not in IOMMU_CHOICES:
         raise ValueError(f"--iommu {iommu!r} is not one of {', '.join(IOMMU_CHOICES)}")
+    if hz is not None and hz not in CONFIG_HZ_VALUES:
+        raise ValueError(f"--hz {hz!r}: CONFIG_HZ is one of {', '.join(map(str, CONFIG_HZ_VALUES))}")
     if page_size is not None and page_size not in PAGE_SIZES:
         raise ValueError(f"--page-size {page_size!r}: the kernel's PAGE_SIZE is one of 4096, 16384, 65536")
+    if isinstance(cap, CaptureEvidence):
+        ev = cap
+        if steps is None and facts is None:
+            raise ValueError("infer_system of a CaptureEvidence needs steps= (the capture's steps per granule)")
+    else:
+        ev = CaptureEvidence.of_capture(cap)
+        steps = partial(reconstruct, cap)
     d: list[Decision] = []
-    kd = infer_kernel(cap, kernel)
+    kd = infer_kernel(ev, kernel)
     d.append(kd)
-    gd = _infer_granule(cap)
+    gd = _infer_granule(ev)
     d.append(gd)
     granule = int(gd.value.split()[0]) * 1024
-    door = _doorbell(cap, granule)
-    vtd = [k for k in _VTD_EVENTS if cap.counts.get(k)]
+    vtd = [k for k in _VTD_EVENTS if ev.counts.get(k)]
+    # the doorbell and the largest two-step range need the steps; with intel_iommu events (no software
+    # MSI doorbell on VT-d, and a 4 KiB PAGE_SIZE) they decide nothing, so a stream is not read again
+    if vtd and iommu is None:
+        door, max_req = None, 0
+    elif facts is not None and facts.granule == granule:
+        door, max_req = facts.doorbell(), facts.max_request
+    elif steps is not None:
+        door, max_req = _two_step_facts(steps(granule), granule)
+    else:
+        raise ValueError(f"the steps were gathered for a {facts.granule if facts else 0:#x} granule, "
+                         f"the capture's is {granule:#x}: pass steps=")
     if iommu is not None:
         name = {"vtd": "intel-vtd", "smmuv3": _LPAE_PRESET.get(granule, "smmuv3-4k")}.get(iommu, iommu)
         d.append(Decision("iommu", name, "given (--iommu)"))
@@ -261,9 +297,6 @@ def infer_system(cap: FtraceCapture, *, iommu: str | None = None, page_size: int
         d.append(Decision("msi", f"doorbell {door[0]:#x} -> {door[1]:#x}", "one granule mapped with no dma:* "
                           "event and never unmapped (iommu_dma_prepare_msi -> iommu_dma_get_msi_page)"))
     # largest two-step range: nvme-pci's max_hw_sectors <= dma_opt_mapping_size() = PAGE_SIZE << 5
-    steps = reconstruct(cap, granule)
-    max_req = max((st[1].size for st in steps if st[0] == "alloc" and st[1].kind == "?"
-                   and st[1].freed_at is not None), default=0)
     low = next((p for p in PAGE_SIZES if p >= granule and iova_rcache_range(p) + granule >= max_req),
                SZ_64K)
     if page_size is not None:
@@ -295,10 +328,11 @@ def infer_system(cap: FtraceCapture, *, iommu: str | None = None, page_size: int
                           "of the VT-d/AMD driver, reserved by iova_reserve_iommu_regions)"))
     for a, b in reserve or ():
         d.append(Decision("reserved", f"{a:#x}-{b:#x}", "given (--reserve)"))
-    cpus = cap.nr_cpus
+    cpus = ev.nr_cpus
     if cpus:
         d.append(Decision("cpus", str(cpus), "the trace header's #P:"))
-    elif cap.cpus:
-        d.append(Decision("cpus", str(max(cap.cpus) + 1), "the highest CPU seen (no #P: header)", guess=True))
+    elif ev.cpus:
+        d.append(Decision("cpus", str(max(ev.cpus) + 1), "the highest CPU seen (no #P: header)", guess=True))
     return SystemConfig(iommu=name, arch=arch, granule=granule, page_size=page, reserve=regions,
-                        msi_doorbell=door, max_request=max_req, cpus=cpus, kernel=kd.value, decisions=d)
+                        msi_doorbell=door, max_request=max_req, cpus=cpus, kernel=kd.value,
+                        hz=DEFAULT_HZ if hz is None else hz, decisions=d)
