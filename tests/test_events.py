@@ -131,3 +131,25 @@ def test_bulk_tallies_go_through_the_log():
     assert log.counters() == Counters(rcache_hits=10, pte_writes=10)
     with pytest.raises(ValueError, match="keeps events"):
         EventLog().tally_many(delta, 2)
+
+
+def test_a_log_can_keep_only_some_kinds():
+    """EventLog(kinds=...) keeps the events of those kinds; the others are tallied only (neither built
+    nor checked), and an unknown kind is refused."""
+    from iovalab.kernel.dma_iommu import DmaDomain
+    from iovalab.kernel.device import Device
+    from iovalab.kernel.units import DMA_BIT_MASK
+
+    full = EventLog()
+    some = EventLog(kinds=(Kind.IOMMU_MAP_CALLS, "iommu_unmap"))
+    for log in (full, some):
+        dom = DmaDomain("intel-vtd", log=log)
+        dev = Device(dma_mask=DMA_BIT_MASK(64))
+        a = dom.dma_map_page(dev, 0x1234000, 8192)
+        dom.dma_unmap_page(dev, a, 8192)
+    assert [e.kind for e in some.events] == ["iommu_map_calls", "iommu_unmap"]
+    assert [e.args for e in some.events] == [e.args for e in full.events if e.kind in ("iommu_map_calls",
+                                                                                      "iommu_unmap")]
+    assert some.counters() == full.counters() and some.seq == full.seq
+    with pytest.raises(ValueError, match="not declared"):
+        EventLog(kinds=("no_such_kind",))

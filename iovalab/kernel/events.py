@@ -24,7 +24,7 @@ counters are then exactly what they would have been with ``keep=True``. Call sit
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -39,6 +39,13 @@ def _unknown_kind(kind: Any) -> ValueError:
 
 
 _SCHEMA_GET = SCHEMA.get
+
+
+def _kind_name(kind: Kind | str) -> str:
+    spec = _SCHEMA_GET(kind)
+    if spec is None:
+        raise _unknown_kind(kind)
+    return spec.name
 
 
 class Event:
@@ -132,12 +139,15 @@ class Counters:
 class EventLog:
     """Append-only list of :class:`Event` plus running tallies per kind.
 
-    ``keep=False`` drops the events themselves and keeps only the tallies (for bulk workloads).
-    ``depth`` is raised by entry points around their inner calls so players can indent steps.
+    ``keep=False`` drops the events themselves and keeps only the tallies (for bulk workloads);
+    ``kinds`` keeps only the events of those kinds (a reader that needs a few, such as the replay's
+    line check: the others are tallied, neither built nor checked). ``depth`` is raised by entry
+    points around their inner calls so players can indent steps.
     """
 
-    def __init__(self, keep: bool = True):
+    def __init__(self, keep: bool = True, kinds: Iterable[Kind | str] | None = None):
         self.keep = keep
+        self.kinds: frozenset[str] | None = None if kinds is None else frozenset(_kind_name(k) for k in kinds)
         self.events: list[Event] = []
         self.totals: defaultdict[str, int] = defaultdict(int)
         self.seq = 0
@@ -154,7 +164,7 @@ class EventLog:
             raise _unknown_kind(kind)
         self.totals[spec.name] += count
         self.seq += 1
-        if not self.keep:
+        if not self.keep or (self.kinds is not None and spec.name not in self.kinds):
             return None
         if (func, *args, *map(type, args.values())) not in spec.valid_shapes:
             spec.check(func, args)
@@ -172,7 +182,7 @@ class EventLog:
             raise _unknown_kind(kind)
         self.totals[spec.name] += count
         self.seq += 1
-        if not self.keep:
+        if not self.keep or (self.kinds is not None and spec.name not in self.kinds):
             return None
         if (func, *args, *map(type, args.values())) not in spec.valid_shapes:
             spec.check(func, args)
@@ -191,7 +201,7 @@ class EventLog:
             raise _unknown_kind(kind)
         self.totals[spec.name] += count
         self.seq += 1
-        if not self.keep:
+        if not self.keep or (self.kinds is not None and spec.name not in self.kinds):
             return None
         names = spec.valid_values.get((func, *map(type, values)))   # as many names as values
         if names is None:
@@ -212,7 +222,7 @@ class EventLog:
             raise _unknown_kind(kind)
         self.totals[spec.name] += count
         self.seq += 1
-        if not self.keep:
+        if not self.keep or (self.kinds is not None and spec.name not in self.kinds):
             return None
         if (func, *names, *map(type, values)) not in spec.valid_shapes:
             spec.check(func, dict(zip(names, values, strict=True)))

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from iovalab.kernel.device import DMA_BIDIRECTIONAL, Device
 from iovalab.kernel.dma_iommu import ScatterEntry
 from iovalab.kernel.dma_iova import DmaIovaState, dma_info_to_prot
+from iovalab.kernel.event_schema import Kind
 from iovalab.kernel.events import EventLog
 from iovalab.kernel.iommu import IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_WRITE
 from iovalab.kernel.units import DMA_BIT_MASK, DmaError, iova_offset
@@ -194,7 +195,8 @@ class LineChecker:
                  record: dict[int, dict] | None = None) -> None:
         self.system = system
         self.g = system.granule
-        self.log = EventLog(keep=True)
+        # only the events the comparison and the record read: the rest are tallied, not built
+        self.log = EventLog(keep=True, kinds=(Kind.IOMMU_MAP_CALLS, Kind.IOMMU_UNMAP, Kind.IOTLB_INVALIDATIONS))
         self.dom = system.make_domain(strict=strict, ncpus=ncpus, log=self.log)
         self.result = LineCheck()
         self.record = record
