@@ -582,7 +582,7 @@ def iter_ftrace(lines_or_path: str | os.PathLike | Iterable[str] | IO[str], *, s
                 line = line[:-1]
             if line.endswith("\r"):
                 line = line[:-1]
-            fm = fast(line)
+            fm = fast(line) if "map: IOMMU: " in line else None
             if fm is not None:
                 task, pid, tgid, cpu_s, flags, ts, event, text, a, b, paddr, size, usize, unmapped = fm.groups()
                 iova, end = int(a, 16), int(b, 16)
