@@ -508,3 +508,25 @@ def test_write_to_path(tmp_path):
     assert n == 2 and cap.nr_cpus == 4 and cap.entries_written == 2 and len(cap.lines) == 2
     write_ftrace([GOOD_MAP], p, header=False)
     assert p.read_text() == GOOD_MAP + "\n"
+
+
+def test_the_map_unmap_shortcut_parses_as_the_generic_path(monkeypatch):
+    """iter_ftrace reads map/unmap lines through one combined match; a line it does not take (or takes
+    and finds odd) goes the generic way, so both give the same lines and the same errors."""
+    import re
+
+    from iovalab.resources import data_file
+    from iovalab.trace import ftrace as F
+
+    text = [ln.rstrip("\n") for ln in open(data_file("real", "v734-strict-smp1.trace"), encoding="utf-8")]
+    odd = ["  dd-1  [000] ..... 1.000000: map: IOMMU: iova=0x0000000000001000 - 0x0000000000003000 "
+           "paddr=0x0000000000005000 size=4096",                          # end is not iova + size
+           "  dd-1  [000] ..... 1.000000: map: IOMMU: iova=0x0000000000001000 - 0x0000000000002000 "
+           "size=4096 unmapped_size=4096"]                                # a map in the unmap format
+    fast = list(F.iter_ftrace(text))
+    monkeypatch.setattr(F, "_FAST_MAP_UNMAP", re.compile("(?!)"))
+    assert list(F.iter_ftrace(text)) == fast and sum(ln.event in ("map", "unmap") for ln in fast) > 7000
+    monkeypatch.undo()
+    for bad in odd:
+        with pytest.raises(F.FtraceParseError, match="malformed 'map' event"):
+            list(F.iter_ftrace([bad]))

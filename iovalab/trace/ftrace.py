@@ -205,6 +205,13 @@ _PREFIX = re.compile(
     r"(?P<ts>[0-9]{1,20}(?:\.[0-9]{1,12})?): "
     r"(?P<event>\w+):(?: (?P<text>.*))?",
     re.ASCII)
+_PREFIX_TEXT = _PREFIX.pattern[:_PREFIX.pattern.index("(?P<event>")]
+#: the two most frequent lines, ``iommu:map`` and ``iommu:unmap``, in one match (no kernel analogue: a
+#: shortcut of the generic prefix + event-format match, which still judges any line it does not take)
+_FAST_MAP_UNMAP = re.compile(
+    _PREFIX_TEXT + r"(?P<event>map|unmap): (?P<text>IOMMU: iova=0x([0-9a-fA-F]{1,16}) - 0x([0-9a-fA-F]{1,16}) "
+    r"(?:paddr=0x([0-9a-fA-F]{1,16}) size=([0-9]{1,20})|size=([0-9]{1,20}) unmapped_size=([0-9]{1,20})))",
+    re.ASCII)
 #: CPU numbers are bounded by NR_CPUS: at most MAX_CPUS (8192, x86_64 CONFIG_MAXSMP's NR_CPUS; arm64's
 #: Kconfig allows at most 4096). A larger "[CPU]" or "#P:" comes from no kernel, and the replay keeps
 #: per-CPU state for every CPU, so it is refused.
@@ -563,6 +570,7 @@ def iter_ftrace(lines_or_path: str | os.PathLike | Iterable[str] | IO[str], *, s
     unknown: dict[str, int] = cap.unknown_events
     cpus: set[int] = set(cap.cpus)
     prefix = _PREFIX.fullmatch
+    fast = _FAST_MAP_UNMAP.fullmatch
     specs = _SPECS
     lineno = 0
     try:
@@ -574,6 +582,29 @@ def iter_ftrace(lines_or_path: str | os.PathLike | Iterable[str] | IO[str], *, s
                 line = line[:-1]
             if line.endswith("\r"):
                 line = line[:-1]
+            fm = fast(line) if "map: IOMMU: " in line else None
+            if fm is not None:
+                task, pid, tgid, cpu_s, flags, ts, event, text, a, b, paddr, size, usize, unmapped = fm.groups()
+                iova, end = int(a, 16), int(b, 16)
+                if paddr is not None and event == "map":
+                    fields: dict[str, Any] = {"iova": iova, "iova_end": end, "paddr": int(paddr, 16),
+                                              "size": int(size)}
+                elif paddr is None and event == "unmap":
+                    fields = {"iova": iova, "iova_end": end, "size": int(usize), "unmapped_size": int(unmapped)}
+                else:
+                    fields = {}
+                sz = fields.get("size", -1)
+                cpu = int(cpu_s)
+                if 0 <= sz <= U64_MASK and fields.get("unmapped_size", 0) <= U64_MASK and \
+                        end == (iova + sz) & U64_MASK and cpu < MAX_CPUS:
+                    counts[event] = counts.get(event, 0) + 1
+                    if cpu not in cpus:
+                        cpus.add(cpu)
+                        cap.cpus = sorted(cpus)
+                    yield TraceLine(lineno, task, int(pid), cpu, flags, float(ts), ts, event, "iommu", fields, line,
+                                    text, int(tgid) if tgid is not None and tgid[0] != "-" else None)
+                    continue
+                # anything odd: the generic path below says what is wrong
             m = prefix(line)
             if m is None:
                 s = line.lstrip()
@@ -608,14 +639,15 @@ def iter_ftrace(lines_or_path: str | os.PathLike | Iterable[str] | IO[str], *, s
                 continue
             text = text or ""
             if event in specs:
-                fields, expected, why = _parse_fields(event, text)
-                if fields is None:
+                parsed, expected, why = _parse_fields(event, text)
+                if parsed is None:
                     err = FtraceParseError(lineno, event, expected, line, why)
                     if strict:
                         raise err
                     cap.bad_lines += 1
                     cap.errors.append(err)
                     continue
+                fields = parsed
             else:
                 fields = {"text": text}
             cpu = int(cpu_s)

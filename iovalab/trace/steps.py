@@ -308,10 +308,11 @@ def iter_steps(lines: Iterable[TraceLine], granule: int, *, lookahead: int = LOO
                 unmaps.setdefault(ln.fields["iova"], deque()).append((ln.lineno, ln.fields["size"]))
         ahead.append(ln)
         last = ln.lineno
-        while ahead and ahead[0].lineno + lookahead <= last:
+        while ahead[0].lineno + lookahead <= last:
             g = ahead.popleft()
             group(g)
-            yield from release(g.lineno)
+            if out and out[0][0] <= g.lineno:     # release(), inline for the common case of one step
+                yield from release(g.lineno)
     while ahead:
         group(ahead.popleft())
     yield from release(1 << 62)
