@@ -20,8 +20,7 @@ from typing import IO
 from iovalab.kernel.device import DMA_FROM_DEVICE, DMA_TO_DEVICE, Device
 from iovalab.kernel.dma_iommu import DmaDomain, ScatterEntry
 from iovalab.kernel.dma_iova import DmaIovaState
-from iovalab.trace.ftrace_write import HEADER_LEGEND_IRQ
-from iovalab.trace.replay import events_to_ftrace
+from iovalab.trace.ftrace_write import HEADER_LEGEND_IRQ, events_to_ftrace
 
 __all__ = ["write_sim_capture"]
 

@@ -32,19 +32,24 @@ vs. the real 6.12.95 Debian capture in ``data/real``):
   replace ``dma_map_page``/``dma_unmap_page``; four more ``attrs`` names.
 
 No kernel analogue for :func:`phases` (it splits a capture at ``WORKLOAD:`` marker lines).
-This module is the text layer only; replaying a capture into the simulator lives in ``traces.py``.
+This module reads lines and files; the event formats are :mod:`iovalab.trace.ftrace_formats`, writing is
+:mod:`iovalab.trace.ftrace_write`, replaying a capture into the simulator :mod:`iovalab.trace.replay`.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from iovalab.kernel.iova import MAX_CPUS
 from iovalab.kernel.units import U64_MASK
+from iovalab.trace.ftrace_formats import (
+    DMA_ATTR_NAMES, DMA_DIRECTIONS, DMA_TRACE_MAX_ENTRIES, EVENT_FORMATS, KNOWN_EVENTS, decode_dma_attrs,
+    parse_dma_attrs, parse_fields,
+)
 
 __all__ = [
     "KNOWN_EVENTS", "DMA_DIRECTIONS", "DMA_ATTR_NAMES", "DMA_TRACE_MAX_ENTRIES",
@@ -53,41 +58,6 @@ __all__ = [
     "decode_dma_attrs", "is_domain_flush", "parse_dma_attrs",
 ]
 
-#: Event name -> trace system, for every event this module parses (the text carries no system).
-KNOWN_EVENTS: dict[str, str] = {
-    **dict.fromkeys(("map", "unmap", "io_page_fault", "add_device_to_group",
-                     "remove_device_from_group", "attach_device_to_domain",
-                     "detach_device_from_domain"), "iommu"),
-    **dict.fromkeys(("dma_map_page", "dma_map_resource", "dma_map_phys",
-                     "dma_unmap_page", "dma_unmap_resource", "dma_unmap_phys",
-                     "dma_alloc", "dma_alloc_pages", "dma_alloc_sgt_err", "dma_alloc_sgt",
-                     "dma_free", "dma_free_pages", "dma_free_sgt",
-                     "dma_map_sg", "dma_map_sg_err", "dma_unmap_sg",
-                     "dma_sync_single_for_cpu", "dma_sync_single_for_device",
-                     "dma_sync_sg_for_cpu", "dma_sync_sg_for_device"), "dma"),
-    "swiotlb_bounced": "swiotlb",
-    **dict.fromkeys(("qi_submit", "cache_tag_flush_range", "cache_tag_flush_range_np",
-                     "cache_tag_flush_all", "cache_tag_assign", "cache_tag_unassign"),
-                    "intel_iommu"),
-    "tracing_mark_write": "ftrace",
-}
-
-#: ``enum dma_data_direction`` (include/linux/dma-direction.h) by the name ``dma.h`` prints.
-DMA_DIRECTIONS: dict[str, int] = {"BIDIRECTIONAL": 0, "TO_DEVICE": 1, "FROM_DEVICE": 2, "NONE": 3}
-
-#: ``decode_dma_attrs`` table of include/trace/events/dma.h, in print order (MMIO is 6.18+).
-DMA_ATTR_NAMES: dict[str, int] = {
-    "WEAK_ORDERING": 1 << 1, "WRITE_COMBINE": 1 << 2, "NO_KERNEL_MAPPING": 1 << 4,
-    "SKIP_CPU_SYNC": 1 << 5, "FORCE_CONTIGUOUS": 1 << 6, "ALLOC_SINGLE_PAGES": 1 << 7,
-    "NO_WARN": 1 << 8, "PRIVILEGED": 1 << 9, "MMIO": 1 << 10,
-    # 7.3.4 (include/trace/events/dma.h): DMA_ATTR_DEBUGGING_IGNORE_CACHELINES prints CACHELINES_OVERLAP
-    "CACHELINES_OVERLAP": 1 << 11, "REQUIRE_COHERENT": 1 << 12, "CC_SHARED": 1 << 13,
-    "ALLOC_CC_SHARED": 1 << 14,
-}
-
-#: ``DMA_TRACE_MAX_ENTRIES`` (include/trace/events/dma.h, stable 6.12.y and mainline): arrays of
-#: ``dma_map_sg`` are cut to this many entries.
-DMA_TRACE_MAX_ENTRIES = 128
 
 
 
@@ -191,11 +161,6 @@ class TraceLine:
 
 # -- regular expressions -------------------------------------------------------------------------
 
-# Bounded digit runs: a garbled 5000-digit number must fail the match, not hit int()'s limit.
-_HEX = r"[0-9a-fA-F]{1,16}"
-_DEC = r"[0-9]{1,20}"
-_SDEC = r"-?[0-9]{1,20}"
-_ARR = r"\{(?:0x[0-9a-fA-F]{1,16}(?:,0x[0-9a-fA-F]{1,16})*)?\}"
 
 _PREFIX = re.compile(
     r" *(?P<task>.+?)-(?P<pid>[0-9]{1,10}) +"
@@ -222,228 +187,8 @@ _ENTRIES = re.compile(r"# entries-in-buffer/entries-written: (?P<buf>[0-9]{1,20}
                       r" +#P:(?P<cpus>[0-9]{1,6})", re.ASCII)
 _TRACER = re.compile(r"# tracer: (?P<tracer>\S+)", re.ASCII)
 
-_DEV = r"(?P<device>\S+)"
-_DIR = r"dir=(?P<dir>\S+)"
-_ATTRS = r"attrs=(?P<attrs>\S*)"
 
 
-class _TooWide(ValueError):
-    """A decimal field beyond 64 bits."""
-
-
-def _dec(text: str) -> int:
-    v = int(text)
-    if v > U64_MASK:
-        raise _TooWide(text)
-    return v
-
-
-def _hex(text: str) -> int:
-    return int(text, 16)
-
-
-def _str(text: str) -> str:
-    return text
-
-
-def _array(text: str) -> list[int]:
-    inner = text[1:-1]
-    return [int(x, 16) for x in inner.split(",")] if inner else []
-
-
-_CONVERTERS = {"hex": _hex, "dec": _dec, "arr": _array, "str": _str}
-
-
-def _make_converter(plan: tuple) -> Callable[[tuple], dict[str, Any]]:
-    """One function that turns a match's groups into the fields dict, written out for the spec's
-    groups (a loop over the plan costs twice as much per line; as ``collections.namedtuple`` does,
-    the source is built from the spec's own, fixed group names). Optional groups that did not match
-    are left out; a decimal beyond 64 bits raises ``_TooWide``."""
-    names = {"_hex": _hex, "_dec": _dec, "_array": _array}
-    body = []
-    for i, (name, fn) in enumerate(plan):
-        if not name.isidentifier():
-            raise ValueError(f"group name {name!r}")
-        expr = f"g[{i}]" if fn is _str else f"{fn.__name__}(g[{i}])"
-        if fn is _hex:
-            expr = f"int(g[{i}], 16)"
-        body.append((name, i, expr))
-    required = "{" + ", ".join(f"{name!r}: {expr}" for name, _, expr in body) + "}"
-    lines = ["def convert(g):", f"    if None not in g: return {required}", "    f = {}"]
-    for name, i, expr in body:
-        lines.append(f"    if g[{i}] is not None: f[{name!r}] = {expr}")
-    lines.append("    return f")
-    exec("\n".join(lines), names)      # noqa: S102 - fixed text made from the spec's group names
-    convert: Callable[[tuple], dict[str, Any]] = names["convert"]  # type: ignore[assignment]
-    return convert
-
-
-class _Spec:
-    """One event's field regex, the kernel format it stands for, and how to convert each group."""
-
-    __slots__ = ("regex", "expected", "conv", "check", "plan", "fullmatch", "convert")
-
-    def __init__(self, pattern: str, expected: str, check=None, types: dict[str, str] | None = None):
-        self.regex = re.compile(pattern, re.ASCII)
-        self.fullmatch = self.regex.fullmatch
-        self.expected = expected
-        self.check = check
-        conv = {}
-        for name in self.regex.groupindex:
-            if types and name in types:
-                conv[name] = types[name]
-            elif name in _HEX_FIELDS:
-                conv[name] = "hex"
-            elif name in _DEC_FIELDS:
-                conv[name] = "dec"
-            elif name in _ARR_FIELDS:
-                conv[name] = "arr"
-            else:
-                conv[name] = "str"
-        self.conv = conv
-        # (name, converter) in group order, for m.groups()
-        self.plan = tuple((name, _CONVERTERS[conv[name]])
-                          for name, _ in sorted(self.regex.groupindex.items(), key=lambda x: x[1]))
-        self.convert = _make_converter(self.plan)
-
-
-_HEX_FIELDS = {"iova", "iova_end", "paddr", "dma_addr", "phys_addr", "dma_mask",
-               "dev_addr", "qw0", "qw1", "qw2", "qw3", "start", "end", "addr", "pages", "mask"}
-_DEC_FIELDS = {"size", "unmapped_size", "group_id", "nents", "nents_traced", "ents",
-               "ents_traced", "err", "pasid", "domain_id", "ref"}
-_ARR_FIELDS = {"dma_addrs", "sizes", "phys_addrs"}
-
-
-def _check_map_end(f: dict) -> str | None:
-    if f["iova_end"] != (f["iova"] + f["size"]) & U64_MASK:
-        return f"end 0x{f['iova_end']:x} is not iova + size = 0x{(f['iova'] + f['size']) & U64_MASK:x}"
-    return None
-
-
-def _check_map_sg(f: dict) -> str | None:
-    if len(f["dma_addrs"]) != len(f["sizes"]):
-        return f"{len(f['dma_addrs'])} dma_addrs but {len(f['sizes'])} sizes"
-    if "nents" in f:
-        n, nt, e, et = f["nents"], f["nents_traced"], f["ents"], f["ents_traced"]
-        if nt != min(n, DMA_TRACE_MAX_ENTRIES) or et != min(e, DMA_TRACE_MAX_ENTRIES):
-            return f"nents={nt}/{n} ents={et}/{e} are not min(count, {DMA_TRACE_MAX_ENTRIES})/count"
-        if len(f["phys_addrs"]) != nt or len(f["dma_addrs"]) != et:
-            return (f"nents={nt}/{n} ents={et}/{e} but {len(f['phys_addrs'])} phys_addrs and "
-                    f"{len(f['dma_addrs'])} dma_addrs")
-        if f["truncated"] != (n > DMA_TRACE_MAX_ENTRIES or e > DMA_TRACE_MAX_ENTRIES):
-            return "[TRUNCATED] does not agree with the counts"
-    return None
-
-
-def _check_sync_sg(f: dict) -> str | None:
-    if len(f["dma_addrs"]) != len(f["sizes"]):
-        return f"{len(f['dma_addrs'])} dma_addrs but {len(f['sizes'])} sizes"
-    return None
-
-
-_MAP_FMT = "'%s dir=%s dma_addr=%llx size=%zu phys_addr=%llx attrs=%s'"
-_UNMAP_FMT = "'%s dir=%s dma_addr=%llx size=%zu attrs=%s'"
-_ALLOC_FMT = "'%s dir=%s dma_addr=%llx size=%zu virt_addr=%p flags=%s attrs=%s'"
-_FREE_FMT = "'%s dir=%s dma_addr=%llx size=%zu virt_addr=%p attrs=%s'"
-_SYNC_FMT = "'%s dir=%s dma_addr=%llx size=%zu'"
-_SYNC_SG_FMT = "'%s dir=%s dma_addrs=%s sizes=%s'"
-_CT_FLUSH_FMT = ("'%s %s[%d] type %s did %d [0x%lx-0x%lx] addr 0x%lx pages 0x%lx mask 0x%lx' (6.12) or "
-                 "'%s %s[%d] type %s did %d [0x%lx-0x%lx] addr 0x%lx mask 0x%lx' (7.3)")
-_CT_LOG_FMT = "'%s/%s type %s did %d pasid %d ref %d'"
-_GROUP_FMT = "'IOMMU: groupID=%d device=%s'"
-_DEVICE_FMT = "'IOMMU: device=%s'"
-
-_map_spec = _Spec(rf"{_DEV} {_DIR} dma_addr=(?P<dma_addr>{_HEX}) size=(?P<size>{_DEC}) "
-                  rf"phys_addr=(?P<phys_addr>{_HEX}) {_ATTRS}", _MAP_FMT)
-_unmap_spec = _Spec(rf"{_DEV} {_DIR} dma_addr=(?P<dma_addr>{_HEX}) size=(?P<size>{_DEC}) {_ATTRS}",
-                    _UNMAP_FMT)
-_alloc_spec = _Spec(rf"{_DEV} (?:{_DIR} )?dma_addr=(?P<dma_addr>{_HEX}) size=(?P<size>{_DEC}) "
-                    rf"virt_addr=(?P<virt_addr>\S+) flags=(?P<flags>\S+) {_ATTRS}", _ALLOC_FMT)
-_free_spec = _Spec(rf"{_DEV} (?:{_DIR} )?dma_addr=(?P<dma_addr>{_HEX}) size=(?P<size>{_DEC}) "
-                   rf"virt_addr=(?P<virt_addr>\S+) {_ATTRS}", _FREE_FMT)
-_sync_spec = _Spec(rf"{_DEV} {_DIR} dma_addr=(?P<dma_addr>{_HEX}) size=(?P<size>{_DEC})", _SYNC_FMT)
-_sync_sg_spec = _Spec(rf"{_DEV} {_DIR} dma_addrs=(?P<dma_addrs>{_ARR}) sizes=(?P<sizes>{_ARR})",
-                      _SYNC_SG_FMT, _check_sync_sg)
-_ct_flush_spec = _Spec(
-    rf"(?P<iommu>\S+) (?P<dev>\S+?)\[(?P<pasid>{_SDEC})\] type (?P<type>\S+) "
-    rf"did (?P<domain_id>{_SDEC}) \[0x(?P<start>{_HEX})-0x(?P<end>{_HEX})\] "
-    rf"addr 0x(?P<addr>{_HEX})(?: pages 0x(?P<pages>{_HEX}))? mask 0x(?P<mask>{_HEX})", _CT_FLUSH_FMT)
-_ct_log_spec = _Spec(rf"(?P<iommu>[^/\s]+)/(?P<dev>\S+) type (?P<type>\S+) did (?P<domain_id>{_SDEC}) "
-                     rf"pasid (?P<pasid>{_SDEC}) ref (?P<ref>{_SDEC})", _CT_LOG_FMT)
-_group_spec = _Spec(rf"IOMMU: groupID=(?P<group_id>{_SDEC}) device=(?P<device>.*)", _GROUP_FMT)
-_device_spec = _Spec(r"IOMMU: device=(?P<device>.*)", _DEVICE_FMT)
-
-_SPECS: dict[str, _Spec] = {
-    "map": _Spec(rf"IOMMU: iova=0x(?P<iova>{_HEX}) - 0x(?P<iova_end>{_HEX}) "
-                 rf"paddr=0x(?P<paddr>{_HEX}) size=(?P<size>{_DEC})",
-                 "'IOMMU: iova=0x%016llx - 0x%016llx paddr=0x%016llx size=%zu'", _check_map_end),
-    "unmap": _Spec(rf"IOMMU: iova=0x(?P<iova>{_HEX}) - 0x(?P<iova_end>{_HEX}) "
-                   rf"size=(?P<size>{_DEC}) unmapped_size=(?P<unmapped_size>{_DEC})",
-                   "'IOMMU: iova=0x%016llx - 0x%016llx size=%zu unmapped_size=%zu'", _check_map_end),
-    "io_page_fault": _Spec(rf"IOMMU:(?P<driver>\S*) {_DEV} iova=0x(?P<iova>{_HEX}) "
-                           rf"flags=0x(?P<flags>{_HEX})",
-                           "'IOMMU:%s %s iova=0x%016llx flags=0x%04x' (driver, device)",
-                           types={"flags": "hex"}),
-    "add_device_to_group": _group_spec, "remove_device_from_group": _group_spec,
-    "attach_device_to_domain": _device_spec, "detach_device_from_domain": _device_spec,
-    "dma_map_page": _map_spec, "dma_map_resource": _map_spec, "dma_map_phys": _map_spec,
-    "dma_unmap_page": _unmap_spec, "dma_unmap_resource": _unmap_spec, "dma_unmap_phys": _unmap_spec,
-    "dma_alloc": _alloc_spec, "dma_alloc_pages": _alloc_spec, "dma_alloc_sgt_err": _alloc_spec,
-    "dma_alloc_sgt": _Spec(rf"{_DEV} {_DIR} dma_addr=(?P<dma_addr>{_HEX}) size=(?P<size>{_DEC}) "
-                           rf"phys_addrs=(?P<phys_addrs>{_ARR}) flags=(?P<flags>\S+) {_ATTRS}",
-                           "'%s dir=%s dma_addr=%llx size=%zu phys_addrs=%s flags=%s attrs=%s'"),
-    "dma_free": _free_spec, "dma_free_pages": _free_spec,
-    "dma_free_sgt": _Spec(rf"{_DEV} {_DIR} dma_addr=(?P<dma_addr>{_HEX}) size=(?P<size>{_DEC}) "
-                          rf"phys_addrs=(?P<phys_addrs>{_ARR})",
-                          "'%s dir=%s dma_addr=%llx size=%zu phys_addrs=%s'"),
-    "dma_map_sg": _Spec(
-        rf"{_DEV} {_DIR}(?: nents=(?P<nents_traced>{_DEC})/(?P<nents>{_DEC}) "
-        rf"ents=(?P<ents_traced>{_DEC})/(?P<ents>{_DEC})(?P<truncated> \[TRUNCATED\])?)? "
-        rf"dma_addrs=(?P<dma_addrs>{_ARR}) sizes=(?P<sizes>{_ARR}) "
-        rf"phys_addrs=(?P<phys_addrs>{_ARR}) {_ATTRS}",
-        "'%s dir=%s nents=%d/%d ents=%d/%d%s dma_addrs=%s sizes=%s phys_addrs=%s attrs=%s' "
-        "(6.12.y) or '%s dir=%s dma_addrs=%s sizes=%s phys_addrs=%s attrs=%s' (6.12.0)", _check_map_sg),
-    "dma_map_sg_err": _Spec(rf"{_DEV} {_DIR} dma_addrs=(?P<dma_addrs>{_ARR}) err=(?P<err>{_SDEC}) {_ATTRS}",
-                            "'%s dir=%s dma_addrs=%s err=%d attrs=%s'"),
-    "dma_unmap_sg": _Spec(rf"{_DEV} {_DIR} phys_addrs=(?P<phys_addrs>{_ARR}) {_ATTRS}",
-                          "'%s dir=%s phys_addrs=%s attrs=%s'"),
-    "dma_sync_single_for_cpu": _sync_spec, "dma_sync_single_for_device": _sync_spec,
-    "dma_sync_sg_for_cpu": _sync_sg_spec, "dma_sync_sg_for_device": _sync_sg_spec,
-    "swiotlb_bounced": _Spec(rf"dev_name: {_DEV} dma_mask=(?P<dma_mask>{_HEX}) "
-                             rf"dev_addr=(?P<dev_addr>{_HEX}) size=(?P<size>{_DEC}) (?P<force>\S+)",
-                             "'dev_name: %s dma_mask=%llx dev_addr=%llx size=%zu %s'"),
-    "qi_submit": _Spec(rf"(?P<type>\S+) (?P<iommu>\S+): 0x(?P<qw0>{_HEX}) 0x(?P<qw1>{_HEX}) "
-                       rf"0x(?P<qw2>{_HEX}) 0x(?P<qw3>{_HEX})",
-                       "'%s %s: 0x%llx 0x%llx 0x%llx 0x%llx'"),
-    "cache_tag_flush_range": _ct_flush_spec, "cache_tag_flush_range_np": _ct_flush_spec,
-    "cache_tag_flush_all": _ct_log_spec, "cache_tag_assign": _ct_log_spec,
-    "cache_tag_unassign": _ct_log_spec,
-}
-assert set(_SPECS) | {"tracing_mark_write"} == set(KNOWN_EVENTS)
-
-
-
-
-def _parse_fields(event: str, text: str) -> tuple[dict[str, Any] | None, str, str]:
-    """``(fields, expected, why)``; fields is None when the text does not fit the format."""
-    if event == "tracing_mark_write":
-        return {"text": text}, "", ""
-    spec = _SPECS[event]
-    m = spec.fullmatch(text) or spec.fullmatch(text.rstrip())
-    if m is None:
-        return None, spec.expected, ""
-    try:
-        f: dict[str, Any] = spec.convert(m.groups())
-    except _TooWide as e:
-        name = next(n for (n, _), v in zip(spec.plan, m.groups(), strict=True) if v == e.args[0])
-        return None, spec.expected, f"{name}={e.args[0]} does not fit in 64 bits"
-    if event == "dma_map_sg" and "nents" in f:
-        f["truncated"] = "truncated" in f
-    if spec.check is not None:
-        why = spec.check(f)
-        if why:
-            return None, spec.expected, why
-    return f, spec.expected, ""
 
 
 def parse_line(line: str, lineno: int = 1) -> TraceLine | None:
@@ -461,7 +206,7 @@ def parse_line(line: str, lineno: int = 1) -> TraceLine | None:
     if system is None:
         return None
     text = m.group("text") or ""
-    fields, expected, why = _parse_fields(event, text)
+    fields, expected, why = parse_fields(event, text)
     if fields is None:
         raise FtraceParseError(lineno, event, expected, line, why)
     tgid = m.group("tgid")
@@ -571,7 +316,7 @@ def iter_ftrace(lines_or_path: str | os.PathLike | Iterable[str] | IO[str], *, s
     cpus: set[int] = set(cap.cpus)
     prefix = _PREFIX.fullmatch
     fast = _FAST_MAP_UNMAP.fullmatch
-    specs = _SPECS
+    specs = EVENT_FORMATS
     lineno = 0
     try:
         for lineno, line in enumerate(src, 1):
@@ -639,7 +384,7 @@ def iter_ftrace(lines_or_path: str | os.PathLike | Iterable[str] | IO[str], *, s
                 continue
             text = text or ""
             if event in specs:
-                parsed, expected, why = _parse_fields(event, text)
+                parsed, expected, why = parse_fields(event, text)
                 if parsed is None:
                     err = FtraceParseError(lineno, event, expected, line, why)
                     if strict:
@@ -746,7 +491,7 @@ def phases(capture: FtraceCapture, prefix: str = "WORKLOAD:") -> list[Phase]:
     return out
 
 
-# -- attrs -------------------------------------------------------------------------------------
+# -- flush lines -------------------------------------------------------------------------------
 
 def is_domain_flush(line: TraceLine) -> bool:
     """A domain-wide VT-d IOTLB flush (``flush_iotlb_all``): a 6.12 ``cache_tag_flush_all`` line, or a
@@ -756,38 +501,3 @@ def is_domain_flush(line: TraceLine) -> bool:
         return True
     f = line.fields
     return line.event == "cache_tag_flush_range" and f.get("start") == 0 and f.get("end") == U64_MASK
-
-
-def decode_dma_attrs(attrs: int) -> str:
-    """Text of ``decode_dma_attrs(attrs)`` (include/trace/events/dma.h, ``__print_flags`` with
-    ``"|"``): known names in table order, left-over bits as ``0x%lx``; 0 gives ``""``.
-
-    ``attrs``: ``unsigned long``.
-    """
-    if not 0 <= attrs <= U64_MASK:
-        raise ValueError(f"attrs={attrs!r}: must be an unsigned long (0..2**64-1)")
-    parts = []
-    for name, bit in DMA_ATTR_NAMES.items():
-        if attrs & bit:
-            parts.append(name)
-            attrs &= ~bit
-    if attrs:
-        parts.append(f"0x{attrs:x}")
-    return "|".join(parts)
-
-
-def parse_dma_attrs(text: str) -> int:
-    """Inverse of :func:`decode_dma_attrs`: ``"SKIP_CPU_SYNC|NO_WARN"`` -> ``0x120``."""
-    value = 0
-    for part in text.split("|") if text else ():
-        if part in DMA_ATTR_NAMES:
-            value |= DMA_ATTR_NAMES[part]
-        elif part.startswith("0x"):
-            try:
-                value |= int(part, 16)
-            except ValueError:
-                raise ValueError(f"attrs {text!r}: {part!r} is not a hex number") from None
-        else:
-            raise ValueError(f"attrs {text!r}: unknown DMA attribute {part!r} "
-                             f"(known: {', '.join(DMA_ATTR_NAMES)})")
-    return value

@@ -18,12 +18,13 @@ from typing import IO, Any
 
 from iovalab.trace.ftrace import _PREFIX, DMA_DIRECTIONS, DMA_TRACE_MAX_ENTRIES, TraceLine, decode_dma_attrs
 from iovalab.kernel.units import U64_MASK
+from iovalab.kernel.version import behaves, check_kernel
 
 __all__ = [
     "format_line", "format_map", "format_unmap", "format_io_page_fault", "format_dma_map_page",
     "format_dma_unmap_page", "format_dma_map_sg", "format_dma_unmap_sg", "format_dma_alloc",
     "format_dma_free", "format_swiotlb_bounced", "format_fields", "write_ftrace", "HEADER_LEGEND_IRQ",
-    "HEADER_LEGEND",
+    "HEADER_LEGEND", "events_to_ftrace", "export_ftrace",
 ]
 
 _U32_MASK = 0xFFFFFFFF
@@ -311,3 +312,85 @@ def write_ftrace(lines: Iterable[str | TraceLine], path_or_file: str | os.PathLi
     else:
         path_or_file.write(buf.getvalue())
     return len(out)
+
+
+# --------------------------------------------------------------------------------------------
+_IRQ = "d.h.."
+_TASK = "....."
+
+
+def events_to_ftrace(events, *, start: float = 100.0, step_us: int = 10, task: str = "iovalab",
+                     pid: int = 4242, iotlb_events: bool = True, kernel: str = "6.17") -> list[str]:
+    """A simulator run (its event list) as kernel ftrace text lines, in the formats of
+    ``include/trace/events/iommu.h`` (``map``, ``unmap``), ``include/trace/events/dma.h`` (6.12:
+    ``dma_map_page``, ``dma_unmap_page``, ``dma_map_sg``, ``dma_unmap_sg``, ``dma_alloc``) and, with
+    ``iotlb_events``, the VT-d ``cache_tag_flush_range``/``cache_tag_flush_all`` invalidations.
+
+    Unmaps and their ``dma_unmap_*`` lines get the hard-irq flags a completion interrupt shows;
+    timestamps advance ``step_us`` per line. Event order is the log's, which is the kernel's:
+    ``map`` before ``dma_map_*``, ``dma_unmap_sg`` before its ``unmap``, ``unmap`` before
+    ``dma_unmap_page``.
+
+    ``kernel`` chooses the text forms (:data:`iovalab.kernel.version.DIFFERENCES`): ``"6.17"`` as
+    above; ``"7.3"`` writes ``dma_map_phys``/``dma_unmap_phys`` for page mappings,
+    ``cache_tag_flush_range`` without ``pages``, and a domain-wide flush as a ``cache_tag_flush_range``
+    over ``[0x0-0xffffffffffffffff]`` with mask 0x34 (drivers/iommu/intel/cache.c, trace.h, 7.3.4).
+    """
+    check_kernel(kernel)
+    new_form = behaves(kernel, "flush_tag_no_pages")
+    phys_ev = behaves(kernel, "dma_map_phys")
+    out = []
+    t = [int(start * 1e6)]
+
+    def line(cpu, flags, event, text):
+        ts = f"{t[0] // 1_000_000}.{t[0] % 1_000_000:06d}"
+        t[0] += step_us
+        out.append(format_line(task, pid, cpu, flags, ts, event, text))
+
+    events = list(events)
+    for n, e in enumerate(events):
+        a, k, f = e.args, e.kind, e.func
+        if k == "iommu_map_calls":
+            line(e.cpu, _TASK, "map", format_map(a["iova"], a["paddr"], a["size"]))
+        elif k == "iommu_unmap":
+            line(e.cpu, _IRQ, "unmap", format_unmap(a["iova"], a["size"], a["unmapped_size"]))
+        elif k == "iotlb_invalidations" and iotlb_events:
+            if a.get("scope") == "all":
+                # the flush-queue timer runs in softirq; a queue-full flush in the unmap's context
+                why = next((x.args.get("why") for x in events[n + 1:n + 4] if x.kind == "fq_flush"), None)
+                flags = _IRQ if why == "queue full" else "d.s2."
+                if new_form:   # cache_tag_flush_range(domain, 0, ULONG_MAX, 0): mask 52 (0x34)
+                    line(e.cpu, flags, "cache_tag_flush_range",
+                         "dmar0 dmar0[0] type iotlb did 3 [0x0-0xffffffffffffffff] addr 0x0 mask 0x34")
+                else:
+                    line(e.cpu, flags, "cache_tag_flush_all", "dmar0/dmar0 type iotlb did 3 pasid 0 ref 1")
+            elif "start" in a:
+                lo, hi = a["start"], a["end"]
+                pages = (hi - lo + 1) >> 12
+                pg = "" if new_form else f" pages {pages:#x}"
+                line(e.cpu, "d.h1.", "cache_tag_flush_range",
+                     f"dmar0 dmar0[0] type iotlb did 3 [{lo:#x}-{hi:#x}] addr {lo:#x}{pg} "
+                     f"mask {max(pages - 1, 0).bit_length():#x}")
+        elif k == "dma_api_calls":
+            dev = a.get("dev", "0000:00:01.0")
+            d = a.get("dir", 0)
+            if f in ("dma_map_page", "dma_map_phys"):
+                line(e.cpu, _TASK, "dma_map_phys" if phys_ev else "dma_map_page",
+                     format_dma_map_page(dev, d, e.result, a["size"], a["phys"], a.get("attrs", 0)))
+            elif f in ("dma_unmap_page", "dma_unmap_phys"):
+                line(e.cpu, _IRQ, "dma_unmap_phys" if phys_ev else "dma_unmap_page",
+                     format_dma_unmap_page(dev, d, a["dma_addr"], a["size"], a.get("attrs", 0)))
+            elif f == "dma_map_sg" and e.result:
+                line(e.cpu, _TASK, "dma_map_sg",
+                     format_dma_map_sg(dev, d, a["dma_addrs"], a["sizes"], a["phys"], 0))
+            elif f == "dma_unmap_sg":
+                line(e.cpu, _IRQ, "dma_unmap_sg", format_dma_unmap_sg(dev, d, a["phys"], 0))
+            elif f == "dma_alloc":
+                line(e.cpu, _TASK, "dma_alloc", format_dma_alloc(dev, d, e.result, a["size"]))
+    return out
+
+
+def export_ftrace(events, path, *, nr_cpus: int = 1, **kw) -> int:
+    """Write :func:`events_to_ftrace` lines with the kernel's ``trace`` file header; returns lines."""
+    lines = events_to_ftrace(events, **kw)
+    return write_ftrace(lines, path, header=True, nr_cpus=nr_cpus)
