@@ -153,3 +153,21 @@ def test_a_log_can_keep_only_some_kinds():
     assert some.counters() == full.counters() and some.seq == full.seq
     with pytest.raises(ValueError, match="not declared"):
         EventLog(kinds=("no_such_kind",))
+
+
+def test_pick_reads_arguments_as_args_does():
+    """Event.pick gives the values args gives, in any order, whether or not the dict was built."""
+    from iovalab.kernel.device import Device
+    from iovalab.kernel.dma_iommu import DmaDomain
+    from iovalab.kernel.units import DMA_BIT_MASK
+
+    logs = []
+    for _ in range(2):
+        dom = DmaDomain("intel-vtd")
+        dom.dma_map_page(Device(dma_mask=DMA_BIT_MASK(64)), 0x1234000, 8192)
+        logs.append(dom.log.events)
+    for fresh, twin in zip(*logs, strict=True):
+        names = tuple(twin.args)
+        want = tuple(twin.args[n] for n in names[::-1])
+        assert fresh.pick(names[::-1]) == want and fresh.pick(names[:2]) == tuple(twin.args.values())[:2]
+        assert fresh.args == twin.args and fresh.pick(names[::-1]) == want

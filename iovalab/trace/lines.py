@@ -45,6 +45,9 @@ from iovalab.trace.system import SystemConfig, infer_system
 
 __all__ = ["PathLines", "LineCheck", "LineChecker", "check_lines", "PATHS", "MAX_MISMATCHES"]
 
+#: what a map line and an unmap line show, compared field by field
+_MAP_ARGS = ("iova", "paddr", "size")
+_UNMAP_ARGS = ("iova", "size", "unmapped_size")
 #: mismatch texts a :class:`LineCheck` keeps (every mismatch is counted)
 MAX_MISMATCHES = 200
 
@@ -213,7 +216,11 @@ class LineChecker:
 
     def _compare(self, path: str, kernel: list[TraceLine], fields: tuple[str, ...], sim: list[tuple]) -> None:
         res = self.result
-        want = [tuple(ln.fields[k] for k in fields) for ln in kernel]
+        if len(fields) == 3:
+            k0, k1, k2 = fields
+            want = [(f[k0], f[k1], f[k2]) for f in (ln.fields for ln in kernel)]
+        else:
+            want = [tuple(ln.fields[k] for k in fields) for ln in kernel]
         p = res.paths[path]
         p.lines += len(kernel)
         res.lines += len(kernel)
@@ -245,8 +252,7 @@ class LineChecker:
             res.paths[path].requests += 1
             self._compare(path, maps, ("iova",), [])
             return
-        log = self.log
-        mark = log.mark()
+        log = self.log           # empty: every request and unmap clears it
         undo: tuple = ()
         self.cur = {}
         try:
@@ -254,9 +260,9 @@ class LineChecker:
         except (ValueError, DmaError) as e:
             self._refused(f"line {a.lineno}: {path}: the simulator refused: {e}")
         res.paths[path].requests += 1
-        since = log.since(mark)
-        sim = [(e.args["iova"], e.args["paddr"], e.args["size"]) for e in since if e.kind == "iommu_map_calls"]
-        self._compare(path, maps, ("iova", "paddr", "size"), sim)
+        since = log.events
+        sim = [e.pick(_MAP_ARGS) for e in since if e.kind == "iommu_map_calls"]
+        self._compare(path, maps, _MAP_ARGS, sim)
         if self.record is not None:
             entry = {"path": path, "kernel_maps": [(m.fields["iova"], m.fields["paddr"], m.fields["size"])
                                                    for m in maps],
@@ -322,7 +328,6 @@ class LineChecker:
         """A map line of request ``a`` after the request was redone (a late ``dma_iova_link``, or one
         more ``iommu_map`` of a coherent or doorbell range)."""
         path, undo = self.live.get(a.base, (_path(a, self.system), ()))
-        mark = self.log.mark()
         f = ln.fields
         try:
             if undo and undo[0] == "iova":
@@ -335,16 +340,14 @@ class LineChecker:
                                          self._prot(path, dev), cpu=ln.cpu)
         except (ValueError, DmaError) as e:
             self._refused(f"line {ln.lineno}: {path}: the simulator refused: {e}")
-        sim = [(e.args["iova"], e.args["paddr"], e.args["size"]) for e in self.log.since(mark)
-               if e.kind == "iommu_map_calls"]
-        self._compare(path if undo else "not modelled", [ln], ("iova", "paddr", "size"), sim)
+        sim = [e.pick(_MAP_ARGS) for e in self.log.events if e.kind == "iommu_map_calls"]
+        self._compare(path if undo else "not modelled", [ln], _MAP_ARGS, sim)
         self.log.clear()
 
     def unmap(self, ln: TraceLine) -> None:
         """Redo the unmap on line ``ln`` through the path that mapped its range."""
         path, undo = self.live.pop(ln.fields["iova"], ("not modelled", ()))
         dom, log = self.dom, self.log
-        mark = log.mark()
         cpu = ln.cpu
         try:
             if undo and undo[0] == "single":
@@ -358,9 +361,9 @@ class LineChecker:
                 dom.dma_iova_destroy(dev, state, ln.fields["size"], cpu=cpu)
         except (ValueError, DmaError) as e:
             self._refused(f"line {ln.lineno}: unmap: the simulator refused: {e}")
-        since = log.since(mark)
-        sim = [(e.args["iova"], e.args["size"], e.args["unmapped_size"]) for e in since if e.kind == "iommu_unmap"]
-        self._compare(path, [ln], ("iova", "size", "unmapped_size"), sim)
+        since = log.events
+        sim = [e.pick(_UNMAP_ARGS) for e in since if e.kind == "iommu_unmap"]
+        self._compare(path, [ln], _UNMAP_ARGS, sim)
         entry = self.rec_by_base.pop(ln.fields["iova"], None)
         if entry is not None:
             entry["kernel_unmaps"].append((ln.fields["iova"], ln.fields["size"], ln.fields["unmapped_size"]))
