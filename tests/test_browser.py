@@ -434,6 +434,15 @@ def _lab(tmp_path):
     return argv, env, book, base, token
 
 
+def _open_and_run(page, base: str, nb: str, token: str) -> None:
+    """Open chapter ``nb`` in JupyterLab with the file browser showing, as a learner has it, and run
+    all its cells."""
+    page.goto(f"{base}/lab/tree/notebooks/{nb}?token={token}", timeout=60_000)
+    page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+    _open_sidebar(page)
+    _lab_run_all(page)
+
+
 def _open_sidebar(page) -> None:
     """Make sure the left sidebar (the file browser) is open, as a learner has it."""
     if not page.locator(".jp-FileBrowser:visible").count():
@@ -453,10 +462,7 @@ def test_side_by_side_players_keep_their_controls(tmp_path, chromium, width):
                  ready_url=f"{base}/api/status?token={token}"):
         with _browser(chromium, tmp_path / "chromium-profile", width=width, height=900) as page:
             try:
-                page.goto(f"{base}/lab/tree/notebooks/{nb}?token={token}", timeout=60_000)
-                page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
-                _open_sidebar(page)
-                _lab_run_all(page)
+                _open_and_run(page, base, nb, token)
                 first = page.locator("button[title='first step']")
                 first.nth(1).wait_for(timeout=60_000)
                 first.nth(0).scroll_into_view_if_needed()
@@ -497,10 +503,7 @@ def test_reviewer_lab_tables_readable(tmp_path, chromium):
                  ready_url=f"{base}/api/status?token={token}"):
         with _browser(chromium, tmp_path / "chromium-profile", width=1400, height=1000) as page:
             try:
-                page.goto(f"{base}/lab/tree/notebooks/{nb}?token={token}", timeout=60_000)
-                page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
-                _open_sidebar(page)
-                _lab_run_all(page)
+                _open_and_run(page, base, nb, token)
                 _lab_wait_idle(page, 180_000)
                 tables = page.locator(".iovalab-table")
                 tables.nth(6).wait_for(state="attached", timeout=120_000)
@@ -552,10 +555,7 @@ def test_nvme_p2p_players(tmp_path, chromium, width):
                  ready_url=f"{base}/api/status?token={token}"):
         with _browser(chromium, tmp_path / "chromium-profile", width=width, height=1000) as page:
             try:
-                page.goto(f"{base}/lab/tree/notebooks/{nb}?token={token}", timeout=60_000)
-                page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
-                _open_sidebar(page)
-                _lab_run_all(page)
+                _open_and_run(page, base, nb, token)
                 _lab_wait_idle(page, 180_000)
                 head = page.locator(".jp-OutputArea-output", has_text="PCI_P2PDMA_MAP_THRU_HOST_BRIDGE").first
                 head.wait_for(state="attached", timeout=120_000)

@@ -215,3 +215,12 @@ def test_hz_is_checked(tmp_path):
     _timer_capture(tmp_path / "t.trace", 113.0, _X - 0x1000, _X - 0x1000)
     with pytest.raises(ValueError, match="--hz 99: CONFIG_HZ is one of"):
         replay_file(tmp_path / "t.trace", overrides={"hz": 99})
+
+
+def test_replay_ftrace_says_how_it_placed_the_timer(tmp_path):
+    _timer_capture(tmp_path / "t.trace", 113.0, _X - 0x1000, _X - 0x1000)
+    p = subprocess.run([sys.executable, "-m", "iovalab", "replay-ftrace", str(tmp_path / "t.trace")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "flush-queue timer runs placed from the timestamps (HZ=250): 1" in p.stdout
+    assert "replayed 2 times" in p.stdout and "lazy (a guess: strict did not match)" in p.stdout

@@ -164,18 +164,25 @@ class EventLog:
         self.seq = 0
         self.depth = 0
 
-    def emit(self, layer: str, func: str, kind: Kind | str = Kind.STEP, result: Any = None, *,
-             cpu: int = 0, count: int = 1, **args: Any) -> Event | None:
-        """Record one step of ``kind`` (tallied by ``count``); returns the event (``None`` when not
-        keeping events). An undeclared kind raises ``ValueError``; when keeping, so do arguments that
-        :data:`~iovalab.kernel.event_schema.SCHEMA` does not declare for ``kind`` and ``func`` (``TypeError``
-        for a wrong type)."""
+    def _count(self, kind: Kind | str, count: int) -> Any:
+        """Tally one step of ``kind``; its schema entry when the event is to be built (kept), else None."""
         spec = _SCHEMA_GET(kind)
         if spec is None:
             raise _unknown_kind(kind)
         self.totals[spec.name] += count
         self.seq += 1
         if not self.keep or (self.kinds is not None and spec.name not in self.kinds):
+            return None
+        return spec
+
+    def emit(self, layer: str, func: str, kind: Kind | str = Kind.STEP, result: Any = None, *,
+             cpu: int = 0, count: int = 1, **args: Any) -> Event | None:
+        """Record one step of ``kind`` (tallied by ``count``); returns the event (``None`` when not
+        keeping events). An undeclared kind raises ``ValueError``; when keeping, so do arguments that
+        :data:`~iovalab.kernel.event_schema.SCHEMA` does not declare for ``kind`` and ``func`` (``TypeError``
+        for a wrong type)."""
+        spec = self._count(kind, count)
+        if spec is None:
             return None
         if (func, *args, *map(type, args.values())) not in spec.valid_shapes:
             spec.check(func, args)
@@ -188,12 +195,8 @@ class EventLog:
         """:meth:`emit` with the arguments already in a dict (``args``, which the event then holds): for a
         caller that adds arguments to its own (``trace_api``), one dict instead of two. Same event, same
         checks."""
-        spec = _SCHEMA_GET(kind)
+        spec = self._count(kind, count)
         if spec is None:
-            raise _unknown_kind(kind)
-        self.totals[spec.name] += count
-        self.seq += 1
-        if not self.keep or (self.kinds is not None and spec.name not in self.kinds):
             return None
         if (func, *args, *map(type, args.values())) not in spec.valid_shapes:
             spec.check(func, args)
@@ -207,12 +210,8 @@ class EventLog:
         :data:`~iovalab.kernel.event_schema.SCHEMA` declares them for ``kind`` and ``func`` (trailing
         optional ones may be left out). Same event, same checks; when not keeping events it costs about a
         third of a keyword call (no ``**args`` dict)."""
-        spec = _SCHEMA_GET(kind)
+        spec = self._count(kind, count)
         if spec is None:
-            raise _unknown_kind(kind)
-        self.totals[spec.name] += count
-        self.seq += 1
-        if not self.keep or (self.kinds is not None and spec.name not in self.kinds):
             return None
         names = spec.valid_values.get((func, *map(type, values)))   # as many names as values
         if names is None:
@@ -228,12 +227,8 @@ class EventLog:
         """:meth:`emit` for hot paths whose arguments are not in the declared order: ``names`` (a constant
         of the caller) and their ``values``. Same event (its arguments in the order of ``names``), same
         checks."""
-        spec = _SCHEMA_GET(kind)
+        spec = self._count(kind, count)
         if spec is None:
-            raise _unknown_kind(kind)
-        self.totals[spec.name] += count
-        self.seq += 1
-        if not self.keep or (self.kinds is not None and spec.name not in self.kinds):
             return None
         if (func, *names, *map(type, values)) not in spec.valid_shapes:
             spec.check(func, dict(zip(names, values, strict=True)))

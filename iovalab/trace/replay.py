@@ -90,13 +90,15 @@ class ReplayResult:
     system: SystemConfig | None = None
     lines: LineCheck | None = None
     nr_lines: int = 0     # lines of the file (replay_file)
+    timer_flushes: int = 0  # flush-queue timer runs placed from the timestamps (lazy, no flush lines)
     passes: int = 1       # replays of the capture it took (replay_file: a second one when the whole capture
     #                       decided another system or mode than its first lines; a guessed mode tried both ways)
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("path", "cpus", "mode", "mode_inferred", "allocations",
                                            "matched", "reordered", "mismatched", "frees",
-                                           "unmatched_unmaps", "flushes", "seconds")}
+                                           "unmatched_unmaps", "flushes", "timer_flushes", "passes", "nr_lines",
+                                           "seconds")}
         d["phases"] = [vars(p) for p in self.phases]
         d["mismatches"] = self.mismatches[:20]
         d["reorder_lines"] = self.reorders
@@ -512,6 +514,7 @@ def _replay(source: Callable[[], Iterator[TraceLine]], ncpus: int, mode: str, pa
                     phase.first_mismatch = msg
                 _resync(rp, a, got)
     apply_pending()
+    res.timer_flushes = rp.timer_flushes
     if chk is not None:
         res.lines = chk.result
     return res
@@ -625,6 +628,11 @@ def cli(args) -> int:
                 print(f"    first mismatch: {p.first_mismatch}")
         if res.unmatched_unmaps:
             print(f"unmaps of ranges never seen mapped: {res.unmatched_unmaps}")
+        if res.timer_flushes:
+            print(f"flush-queue timer runs placed from the timestamps (HZ={system.hz}): {res.timer_flushes}")
+        if res.passes > 1:
+            print(f"replayed {res.passes} times (the whole capture decided otherwise than its first lines, "
+                  "or a guessed mode was tried both ways)")
         if res.reorders:
             print(f"reordered allocations (moved before interrupt-context frees) at lines: "
                   f"{', '.join(map(str, res.reorders[:20]))}")
