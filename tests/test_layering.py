@@ -24,6 +24,7 @@ RANK = {
     "kernel.iommu": 2, "kernel.device": 2,
     "kernel.swiotlb": 3,
     "kernel.dma_debug": 3.2, "kernel.dma_iova": 3.5, "kernel.p2pdma": 1.5,
+    "kernel.dma_iommu_fq": 3.6, "kernel.dma_iommu_sg": 3.7,
     "kernel.dma_iommu": 4,
     "drivers.common": 5, "drivers.blk_mq_dma": 5.3, "drivers.nvme_pci": 5.5, "drivers.hmm": 5.5,
     "drivers.vfio_mlx5": 5.5, "drivers": 5.8,
