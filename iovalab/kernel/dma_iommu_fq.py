@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from iovalab.kernel.events import EventLog
 from iovalab.kernel.iommu import IommuDomain
-from iovalab.kernel.iova import IovaDomain, PerCpu
+from iovalab.kernel.iova import IovaDomain
+from iovalab.kernel.iova_rcache import PerCpu
 from iovalab.kernel.units import check_cpu
 from iovalab.kernel.version import fq_timer_expiry
 
