@@ -32,16 +32,16 @@ def test_fuzz_dma_domain(cfg):
 
 def test_fuzz_finds_the_finalise_sg_bug(monkeypatch):
     """The invariants see issue 15's first bug when it is put back."""
-    from iovalab.kernel import dma_iommu
+    from iovalab.kernel import dma_iommu_sg
 
-    real = dma_iommu.DmaDomain._DmaDomain__finalise_sg
+    real = dma_iommu_sg.ScatterlistMixin._ScatterlistMixin__finalise_sg
 
     def buggy(self, dev, sgl, layout, dma_addr):
         n = real(self, dev, sgl, layout, dma_addr)
         if n > 1:
             sgl[n - 2].dma_length = 0   # what `out[-1][1] = cur_len` after the reset did
         return n
-    monkeypatch.setattr(dma_iommu.DmaDomain, "_DmaDomain__finalise_sg", buggy)
+    monkeypatch.setattr(dma_iommu_sg.ScatterlistMixin, "_ScatterlistMixin__finalise_sg", buggy)
     with pytest.raises(FuzzFailure, match="do not add up"):
         fuzz_dma(1, 400, preset="intel-vtd")
 

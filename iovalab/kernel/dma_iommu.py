@@ -35,9 +35,6 @@ functions that changed it, in :data:`iovalab.kernel.version.DIFFERENCES`. ``hz``
 
 from __future__ import annotations
 
-import math
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from iovalab.kernel.device import (
@@ -52,18 +49,17 @@ from iovalab.kernel.iommu import (
 from iovalab.kernel.dma_iova import (
     DMA_ATTR_MMIO, DMA_IOVA_USE_SWIOTLB, DmaIovaState, IovaApi, dma_info_to_prot, dma_iova_size, dma_use_iova,
 )
-from iovalab.kernel.iova import IovaDomain, PerCpu
-from iovalab.kernel.p2pdma import (
-    MAP_TYPE_NAMES, PCI_P2PDMA_MAP_BUS_ADDR, PCI_P2PDMA_MAP_NONE, PCI_P2PDMA_MAP_THRU_HOST_BRIDGE, P2pdmaPages,
-    PciP2pdmaMapState, pci_p2pdma_bus_addr_map, pci_p2pdma_state,
+from iovalab.kernel.dma_iommu_fq import (
+    IOVA_DEFAULT_FQ_SIZE, IOVA_DEFAULT_FQ_TIMEOUT, IOVA_SINGLE_FQ_SIZE, IOVA_SINGLE_FQ_TIMEOUT, FlushQueueMixin,
 )
+from iovalab.kernel.dma_iommu_sg import ScatterEntry, ScatterlistMixin
+from iovalab.kernel.iova import IovaDomain
 from iovalab.kernel.swiotlb import SwiotlbPool
 from iovalab.kernel.version import (
-    CONFIG_HZ_VALUES, DEFAULT_HZ, DEFAULT_KERNEL, behaves, check_hz, check_kernel, fq_timer_expiry,
-    msecs_to_jiffies,
+    CONFIG_HZ_VALUES, DEFAULT_HZ, DEFAULT_KERNEL, behaves, check_hz, check_kernel, msecs_to_jiffies,
 )
 from iovalab.kernel.units import (
-    DMA_BIT_MASK, DMA_MAPPING_ERROR, EINVAL, ENOMEM, EOPNOTSUPP, EREMOTEIO, PAGE_SIZE, SZ_4K, SZ_16K, SZ_64K, U64_MASK,
+    DMA_BIT_MASK, DMA_MAPPING_ERROR, EINVAL, ENOMEM, EOPNOTSUPP, PAGE_SIZE, SZ_4K, SZ_16K, SZ_64K, U64_MASK,
     DmaError, _is_int, bits_per, check_cpu, check_phys, check_size, iova_align, iova_offset,
 )
 
@@ -79,11 +75,7 @@ __all__ = [
 
 #: enum dma_data_direction names (include/linux/dma-direction.h); the values come from device.py
 DIR_NAMES = DMA_DIR_NAMES
-# flush queue parameters (drivers/iommu/dma-iommu.c)
-IOVA_DEFAULT_FQ_SIZE = 256
-IOVA_DEFAULT_FQ_TIMEOUT = 10      # ms
-IOVA_SINGLE_FQ_SIZE = 32768
-IOVA_SINGLE_FQ_TIMEOUT = 1000     # ms
+# flush queue parameters (IOVA_*_FQ_*): iovalab.kernel.dma_iommu_fq (re-exported here)
 # CONFIG_HZ_VALUES and msecs_to_jiffies: iovalab.kernel.version (re-exported here)
 
 _L = "dma"
@@ -98,41 +90,7 @@ def dma_mapping_error(addr: int) -> bool:
 _DMA_32 = DMA_BIT_MASK(32)
 
 
-@dataclass
-class ScatterEntry:
-    """One ``struct scatterlist`` entry: ``sg_phys(s)`` as ``phys``, ``s->length`` as ``length``;
-    after mapping, ``dma_address``/``dma_length`` (``sg_dma_address``/``sg_dma_len``) and
-    ``dma_bus_address``: the ``SG_DMA_BUS_ADDRESS`` flag of ``sg->dma_flags``
-    (``sg_dma_is_bus_address()``, include/linux/scatterlist.h): a PCI P2P bus address that no IOMMU
-    mapping backs (set by ``iommu_dma_map_sg()``, cleared by ``iommu_dma_unmap_sg()``, 7.3.4)."""
-
-    phys: int
-    length: int
-    dma_address: int = 0
-    dma_length: int = 0
-    dma_bus_address: bool = False
-
-
-@dataclass
-class _FqEntry:
-    """``struct iova_fq_entry`` (dma-iommu.c)."""
-    iova_pfn: int
-    pages: int
-    counter: int
-
-
-@dataclass
-class _FlushQueue:
-    """``struct iova_fq`` (dma-iommu.c): a ring of ``size`` slots, usable ``size - 1``."""
-    size: int
-    entries: deque[_FqEntry] = field(default_factory=deque)  # head first
-
-    def full(self) -> bool:
-        """``fq_full()``: one slot of the ring always stays empty."""
-        return len(self.entries) == self.size - 1
-
-
-class DmaDomain:
+class DmaDomain(ScatterlistMixin, FlushQueueMixin):
     """An IOMMU DMA domain: ``struct iommu_domain`` + ``struct iommu_dma_cookie``.
 
     :param iommu: an :class:`IommuDomain` or a preset name (``"intel-vtd"``, ``"smmuv3-64k"``...).
@@ -165,11 +123,6 @@ class DmaDomain:
         preset name builds its IOMMU for that version (7.3 VT-d: the generic page table); a given
         :class:`IommuDomain` is used as it is.
     """
-
-    #: The machine's PCI P2P pages (:class:`~iovalab.kernel.p2pdma.P2pdmaPages`), what
-    #: ``is_pci_p2pdma_page(sg_page(s))`` answers in ``iommu_dma_map_sg()`` (7.3.4); None: no P2P memory.
-    #: Set by whoever builds the machine (a scenario's ``p2p`` parameter).
-    p2pdma: P2pdmaPages | None = None
 
     def __init__(self, iommu: IommuDomain | str = "intel-vtd", *, strict: bool = True, ncpus: int = 1,
                  log: EventLog | None = None, reserve: list[tuple[int, int]] | None = None,
@@ -214,16 +167,7 @@ class DmaDomain:
         self.page_size = page_size
         base_pfn = max(1, iommu.aperture_start >> order)
         self.iovad = IovaDomain(self.granule, base_pfn, ncpus=ncpus, log=self.log, page_size=page_size)
-        self.single_queue = single_queue
-        fq_size = IOVA_SINGLE_FQ_SIZE if single_queue else IOVA_DEFAULT_FQ_SIZE
-        self.fq_timeout = IOVA_SINGLE_FQ_TIMEOUT if single_queue else IOVA_DEFAULT_FQ_TIMEOUT
-        nq = 1 if single_queue else ncpus
-        self.fqs: PerCpu[_FlushQueue] = PerCpu(nq, lambda: _FlushQueue(fq_size))  # made on first use
-        self.fq_flush_start_cnt = 0
-        self.fq_flush_finish_cnt = 0
-        self.fq_timer_on = False
-        self.fq_timer_deadline = 0.0
-        self.now_ms = 0.0
+        self.iommu_dma_init_fq(single_queue, ncpus)
         self.swiotlb = swiotlb
         if swiotlb is not None:
             swiotlb.log = self.log  # one event log for every layer
@@ -340,79 +284,6 @@ class DmaDomain:
         else:
             self.iovad.free_iova_fast(iova >> shift, size >> shift, cpu)
 
-    # ---------------------------------------------------------------- flush queue
-    def _fq(self, cpu: int) -> _FlushQueue:
-        return self.fqs[0 if self.single_queue else cpu]
-
-    def fq_ring_free(self, fq: _FlushQueue, cpu: int) -> int:
-        """``fq_ring_free_locked()`` (dma-iommu.c): free head entries whose counter is below
-        ``fq_flush_finish_cnt`` into the rcache of ``cpu``. Returns how many."""
-        n = 0
-        while fq.entries and fq.entries[0].counter < self.fq_flush_finish_cnt:
-            e = fq.entries.popleft()
-            self.iovad.free_iova_fast(e.iova_pfn, e.pages, cpu)
-            n += 1
-        if n:
-            self.log.emit(_L, "fq_ring_free", "fq_free", None, cpu=cpu, count=n)
-        return n
-
-    def fq_flush_iotlb(self, cpu: int = 0, why: str = "") -> None:
-        """``fq_flush_iotlb()`` (dma-iommu.c): start count, ``flush_iotlb_all``, finish count."""
-        self.fq_flush_start_cnt += 1
-        self.iommu.iommu_flush_iotlb_all(cpu=cpu)
-        self.fq_flush_finish_cnt += 1
-        self.log.emit(_L, "fq_flush_iotlb", "fq_flush", None, cpu=cpu, why=why,
-                      finish_cnt=self.fq_flush_finish_cnt)
-
-    def queue_iova(self, pfn: int, pages: int, cpu: int = 0) -> None:
-        """``queue_iova(cookie, pfn, pages, freelist)`` (dma-iommu.c): defer a free until a flush."""
-        fq = self._fq(cpu)
-        self.fq_ring_free(fq, cpu)
-        if fq.full():
-            self.fq_flush_iotlb(cpu, why="queue full")
-            self.fq_ring_free(fq, cpu)
-        fq.entries.append(_FqEntry(pfn, pages, self.fq_flush_start_cnt))
-        self.log.emit(_L, "queue_iova", "fq_add", None, cpu=cpu, pfn=pfn, pages=pages,
-                      counter=self.fq_flush_start_cnt, queued=len(fq.entries))
-        if not self.fq_timer_on:
-            self.fq_timer_on = True
-            # mod_timer(&fq_timer, jiffies + msecs_to_jiffies(fq_timeout)): fires on a tick
-            self.fq_timer_deadline = fq_timer_expiry(self.now_ms, self.fq_timeout, self.hz)
-
-    def fq_timer_ms(self) -> float:
-        """How long after ``queue_iova`` arms it now (at ``now_ms``) the flush-queue timer fires, in ms.
-
-        ``queue_iova`` (dma-iommu.c, 6.17 and 7.3.4) arms ``mod_timer(&cookie->fq_timer, jiffies +
-        msecs_to_jiffies(fq_timeout))``; ``fq_flush_timeout`` runs at the tick that brings ``jiffies``
-        there (:func:`~iovalab.kernel.version.fq_timer_expiry`; ticks at multiples of ``1000 / HZ`` ms
-        from time 0). Armed on a tick: a whole number of ticks (10 ms at HZ=250 is 3 jiffies = 12 ms;
-        at HZ=100 one jiffy = 10 ms; at HZ=300, 3 jiffies = 10.0 ms); armed between ticks: less.
-        """
-        return fq_timer_expiry(self.now_ms, self.fq_timeout, self.hz) - self.now_ms
-
-    def fq_flush_timeout(self, cpu: int = 0) -> None:
-        """``fq_flush_timeout()`` (dma-iommu.c), the timer callback, run on ``cpu``: one
-        ``flush_iotlb_all``, then free what is ready in every queue (into ``cpu``'s rcache)."""
-        self.fq_timer_on = False
-        self.fq_flush_iotlb(cpu, why="timeout")
-        for _, fq in self.fqs.touched():   # an unused CPU's queue is empty: nothing to free
-            self.fq_ring_free(fq, cpu)
-
-    def advance_time(self, ms: float, cpu: int = 0) -> bool:
-        """Let ``ms`` milliseconds pass; fires the flush-queue timer if it is due. True if fired."""
-        if not isinstance(ms, int | float) or isinstance(ms, bool) or not math.isfinite(ms) or ms < 0:
-            raise ValueError(f"advance_time: ms {ms!r} must be a finite number >= 0")
-        check_cpu("advance_time", cpu, self.ncpus)
-        self.now_ms += ms
-        if self.fq_timer_on and self.now_ms >= self.fq_timer_deadline:
-            self.fq_flush_timeout(cpu)
-            return True
-        return False
-
-    def fq_pending(self) -> int:
-        """IOVA ranges waiting in flush queues."""
-        return sum(len(fq.entries) for _, fq in self.fqs.touched())
-
     # ---------------------------------------------------------------- classic map/unmap
     def trace_api(self, func: str, dev: Device, cpu: int, result: Any, **args: Any) -> None:
         """One ``dma_api_calls`` event for a DMA API entry point (the ``dma`` tracepoints)."""
@@ -442,9 +313,10 @@ class DmaDomain:
             return DMA_MAPPING_ERROR
         return iova + off
 
-    def __iommu_dma_unmap(self, dev: Device, dma_addr: int, size: int, cpu: int) -> int:
+    def _iommu_dma_unmap(self, dev: Device, dma_addr: int, size: int, cpu: int) -> int:
         """``__iommu_dma_unmap(dev, dma_addr, size)`` (dma-iommu.c): unmap, sync (strict) or
-        queue (lazy), free the IOVA. Returns bytes unmapped."""
+        queue (lazy), free the IOVA. Returns bytes unmapped. (One leading underscore, not the
+        kernel's two: :mod:`~iovalab.kernel.dma_iommu_sg` calls it too, and Python mangles two.)"""
         g = self.granule
         off = iova_offset(g, dma_addr)
         dma_addr -= off
@@ -631,7 +503,7 @@ class DmaDomain:
             self.swiotlb.lookup_mapping("swiotlb_tbl_unmap_single", phys, None, dev)
         self.log.depth += 1
         try:
-            self.__iommu_dma_unmap(dev, dma_addr, size, cpu)
+            self._iommu_dma_unmap(dev, dma_addr, size, cpu)
             if phys is not None and self.swiotlb is not None and self.swiotlb.is_swiotlb_buffer(phys):
                 self.swiotlb.swiotlb_tbl_unmap_single(phys, size, dir, attrs, cpu, dev=dev)
         finally:
@@ -639,243 +511,6 @@ class DmaDomain:
         self.trace_api_values(func, dev, cpu, None, dir, dma_addr, size)
         if ref is not None and self.debug is not None:
             self.debug.check_unmap(ref, "debug_dma_unmap_phys", cpu)
-
-    # ---------------------------------------------------------------- scatterlists
-    def dma_map_sg(self, dev: Device, sgl: list[ScatterEntry], dir: int = DMA_BIDIRECTIONAL,
-                   attrs: int = 0, cpu: int = 0) -> int:
-        """``dma_map_sg_attrs()`` -> ``iommu_dma_map_sg()`` (dma-iommu.c).
-
-        One IOVA for the whole list (``iova_len`` = Σ granule-aligned segment lengths plus boundary
-        padding), one ``iommu_map_sg`` (a map call per physically contiguous run, one sync), then
-        ``__finalise_sg`` merges segments into DMA segments. Returns the number of DMA segments
-        (``ents``); 0 on failure, as ``dma_map_sg`` does (``dma_map_sgtable`` returns the errno).
-
-        PCI P2P pages (:attr:`p2pdma`; 7.3.4 ``iommu_dma_map_sg()``, ``pci_p2pdma_state()`` per entry):
-        ``PCI_P2PDMA_MAP_BUS_ADDR`` - the entry gets the bus address (``pci_p2pdma_bus_addr_map``) and
-        is marked ``dma_bus_address``; it takes no IOVA and ``iommu_map_sg`` skips it (no list of bus
-        entries only allocates nothing); ``PCI_P2PDMA_MAP_THRU_HOST_BRIDGE`` - mapped with regular IOVAs
-        and the caller's ``attrs``: no ``DMA_ATTR_MMIO`` is added, so the PTEs carry no ``IOMMU_MMIO``
-        (unlike ``blk_rq_dma_map_iter_start()`` and ``hmm_dma_map_pfn()``, which add it); any other type
-        (``PCI_P2PDMA_MAP_NOT_SUPPORTED``) - ``-EREMOTEIO`` after ``__invalidate_sg``, nothing mapped.
-        """
-        ents = self._dma_map_sg_attrs(dev, sgl, dir, attrs, cpu)
-        return ents if ents > 0 else 0
-
-    def dma_map_sgtable(self, dev: Device, sgl: list[ScatterEntry], dir: int = DMA_BIDIRECTIONAL,
-                        attrs: int = 0, cpu: int = 0) -> int:
-        """``dma_map_sgtable()`` (kernel/dma/mapping.c, 7.3.4): what :meth:`dma_map_sg` does, returning
-        0 on success or the errno of ``iommu_dma_map_sg()``: ``-EREMOTEIO`` when the device cannot reach
-        a P2P entry, ``-ENOMEM`` when no IOVA is left, ``-EINVAL`` when ``iommu_map_sg`` failed."""
-        ents = self._dma_map_sg_attrs(dev, sgl, dir, attrs, cpu)
-        return 0 if ents > 0 else (ents or -EINVAL)
-
-    def _dma_map_sg_attrs(self, dev: Device, sgl: list[ScatterEntry], dir: int, attrs: int, cpu: int) -> int:
-        """``__dma_map_sg_attrs()``: DMA segments, or a negative errno."""
-        valid_dma_direction(dir)
-        check_cpu("dma_map_sg", cpu, self.ncpus)
-        if not isinstance(sgl, list) or not sgl:
-            raise ValueError(f"dma_map_sg: sgl {sgl!r} must be a non-empty list of ScatterEntry")
-        total = 0
-        for i, s in enumerate(sgl):
-            if not isinstance(s, ScatterEntry):
-                raise ValueError(f"dma_map_sg: sgl[{i}] {s!r} is not a ScatterEntry")
-            check_size(f"dma_map_sg: sgl[{i}]", s.length)
-            check_phys(f"dma_map_sg: sgl[{i}]", s.phys, s.length)
-            total += s.length
-        check_size("dma_map_sg: total length", total)
-        self.log.depth += 1
-        try:
-            untrusted = False
-            if dev.untrusted:  # dev_use_sg_swiotlb: iommu_dma_map_sg_swiotlb, every segment on its own
-                done: list[ScatterEntry] = []
-                saved_debug, self.debug = self.debug, None  # inner calls: no dma-debug hooks
-                try:
-                    for s in sgl:
-                        s.dma_address = self.dma_map_page(dev, s.phys, s.length, dir, attrs, cpu)
-                        s.dma_length = s.length
-                        if s.dma_address == DMA_MAPPING_ERROR:
-                            break
-                        done.append(s)
-                finally:  # out_unmap: a failure (or an exception) unmaps the segments mapped so far
-                    if len(done) < len(sgl):
-                        for t in done:
-                            self.dma_unmap_page(dev, t.dma_address, t.length, dir,
-                                                attrs | DMA_ATTR_SKIP_CPU_SYNC, cpu)
-                    self.debug = saved_debug
-                ents = len(sgl) if len(done) == len(sgl) else 0
-                untrusted = True
-            else:
-                ents = self._map_sg_iova(dev, sgl, dir, attrs, cpu)
-        finally:
-            self.log.depth -= 1
-        if ents < 0:   # -EREMOTEIO: dma_map_sg_attrs() returns 0, dma_map_sgtable() the errno
-            self.log.emit(_L, "iommu_dma_map_sg", "step", ents, cpu=cpu, nents=len(sgl),
-                          rule="pci_p2pdma_state: PCI_P2PDMA_MAP_NOT_SUPPORTED for a P2P entry")
-            return ents
-        if not untrusted:  # the swiotlb path's calls were traced one by one
-            self.trace_api("dma_map_sg", dev, cpu, ents, dir=dir, nents=len(sgl),
-                           phys=[s.phys for s in sgl], dma_addrs=[s.dma_address for s in sgl[:ents]],
-                           sizes=[s.dma_length for s in sgl[:ents]])
-        if self.debug is not None and ents:
-            self._raise_findings(self.debug.debug_dma_map_sg(dev, sgl, len(sgl), ents, dir, attrs,
-                                                             self._swiotlb_active(), cpu), ents)
-        return ents
-
-    def _no_debug(self):
-        """dma-debug hooks sit in ``dma_map_*_attrs``/``dma_unmap_*_attrs`` (kernel/dma/mapping.c), not
-        in the ``iommu_dma_*`` calls those make: inner per-segment calls run with the hooks off."""
-        from contextlib import contextmanager
-
-        @contextmanager
-        def off():
-            saved, self.debug = self.debug, None
-            try:
-                yield
-            finally:
-                self.debug = saved
-        return off()
-
-    def _map_sg_iova(self, dev: Device, sgl: list[ScatterEntry], dir: int, attrs: int, cpu: int) -> int:
-        """``iommu_dma_map_sg()`` past the swiotlb case: one IOVA for the list (7.3.4: P2P entries as
-        :meth:`dma_map_sg` says). Returns the DMA segments, 0 on an IOVA or map failure, or -EREMOTEIO."""
-        g = self.granule
-        mask = dev.dma_get_seg_boundary()
-        iova_len = 0
-        layout: list[list[int] | None] = []  # [phys_aligned, aligned_len, s_iova_off, s_len]; None: bus address
-        prev: list[int] | None = None
-        p2p = self.p2pdma
-        p2pdma_state = PciP2pdmaMapState()
-        for s in sgl:
-            if p2p:
-                t = pci_p2pdma_state(p2pdma_state, p2p, dev.name, s.phys, dev.is_pci)
-                if t == PCI_P2PDMA_MAP_BUS_ADDR:
-                    assert p2pdma_state.mem is not None
-                    s.dma_address = pci_p2pdma_bus_addr_map(p2pdma_state.mem, s.phys)
-                    s.dma_length = s.length
-                    s.dma_bus_address = True      # sg_dma_mark_bus_address(s)
-                    layout.append(None)
-                    continue
-                if t not in (PCI_P2PDMA_MAP_NONE, PCI_P2PDMA_MAP_THRU_HOST_BRIDGE):
-                    for e in sgl:                 # out_restore_sg: __invalidate_sg()
-                        e.dma_address, e.dma_length, e.dma_bus_address = DMA_MAPPING_ERROR, 0, False
-                    assert t in MAP_TYPE_NAMES
-                    return -EREMOTEIO
-            s_iova_off = iova_offset(g, s.phys)
-            s_len = s.length
-            seg = [s.phys - s_iova_off, iova_align(g, s_len + s_iova_off), s_iova_off, s_len]
-            pad_len = (mask - iova_len + 1) & mask
-            if pad_len and pad_len < seg[1] - 1:
-                assert prev is not None  # the first segment starts at iova_len 0: pad_len is 0
-                prev[1] += pad_len
-                iova_len += pad_len
-            iova_len += seg[1]
-            layout.append(seg)
-            prev = seg
-        if not iova_len:   # bus addresses only: no IOVA, nothing to map
-            return self.__finalise_sg(dev, sgl, layout, 0)
-        iova = self.iommu_dma_alloc_iova(iova_len, dev.dma_get_mask(), dev, cpu)
-        if not iova:
-            ents = 0
-        else:
-            prot = dma_info_to_prot(dir, dev.coherent, attrs)
-            # iommu_map_sg() skips a bus-address entry but still ends the physically contiguous run at
-            # it unless it happens to continue it: a zero-length entry at its phys does just that
-            ret = self.iommu.iommu_map_sg(iova, [(s.phys, 0) if seg is None else (seg[0], seg[1])
-                                                 for s, seg in zip(sgl, layout, strict=True)], prot, cpu=cpu)
-            if ret < iova_len:
-                self.iommu_dma_free_iova(iova, iova_len, None, cpu)
-                ents = 0
-            else:
-                ents = self.__finalise_sg(dev, sgl, layout, iova)
-        return ents
-
-    def __finalise_sg(self, dev: Device, sgl: list[ScatterEntry], layout: list, dma_addr: int) -> int:
-        """``__finalise_sg(dev, sg, nents, dma_addr)`` (dma-iommu.c): merge into DMA segments. A
-        bus-address entry (7.3.4) becomes an output segment of its own, still marked, and ends the
-        segment before it."""
-        seg_mask = dev.dma_get_seg_boundary()
-        max_len = dev.dma_get_max_seg_size()
-        cur_len = 0
-        count = 0
-        out: list[list] = []   # [dma_address, dma_length, bus address]
-        for s, seg in zip(sgl, layout, strict=True):
-            if seg is None:
-                out.append([s.dma_address, s.dma_length, True])
-                count += 1
-                cur_len = 0
-                continue
-            _, s_iova_len, s_iova_off, s_len = seg
-            if cur_len and not s_iova_off and (dma_addr & seg_mask) and max_len - cur_len >= s_len:
-                cur_len += s_len
-            else:  # start the next output segment; the previous one keeps its length
-                out.append([dma_addr + s_iova_off, s_len, False])
-                count += 1
-                cur_len = s_len
-            out[-1][1] = cur_len
-            dma_addr += s_iova_len
-            if s_len + s_iova_off < s_iova_len:
-                cur_len = 0
-        for i, s in enumerate(sgl):  # entries past the last output segment keep the reset values
-            s.dma_address, s.dma_length, s.dma_bus_address = out[i] if i < count else (DMA_MAPPING_ERROR, 0, False)
-        return count
-
-    def dma_unmap_sg(self, dev: Device, sgl: list[ScatterEntry], dir: int = DMA_BIDIRECTIONAL,
-                     attrs: int = 0, cpu: int = 0, nents: int | None = None) -> None:
-        """``dma_unmap_sg_attrs()`` -> ``iommu_dma_unmap_sg()`` (dma-iommu.c): one
-        ``__iommu_dma_unmap`` from the first segment's DMA address to the end of the last
-        non-empty one among the first ``nents`` entries.
-
-        ``nents`` is what the driver passes (default ``len(sgl)``, the count it gave ``dma_map_sg``);
-        passing ``dma_map_sg``'s return value instead is the classic bug dma-debug reports."""
-        valid_dma_direction(dir)
-        check_cpu("dma_unmap_sg", cpu, self.ncpus)
-        if not isinstance(sgl, list) or not sgl or not all(isinstance(s, ScatterEntry) for s in sgl):
-            raise ValueError(f"dma_unmap_sg: sgl {sgl!r} must be the non-empty list passed to dma_map_sg")
-        if dev.untrusted:
-            bad = [s for s in sgl if s.dma_address == DMA_MAPPING_ERROR or not s.dma_length]
-            if bad:
-                raise ValueError(f"dma_unmap_sg: segment {bad[0]!r} is not mapped (dma_map_sg failed or was "
-                                 "not called)")
-        if nents is None:
-            nents = len(sgl)
-        if not isinstance(nents, int) or isinstance(nents, bool) or not 1 <= nents <= len(sgl):
-            raise ValueError(f"dma_unmap_sg: nents {nents!r} must be in 1..{len(sgl)} (entries of the list)")
-        refs = None
-        if self.debug is not None:
-            refs = self.debug.unmap_sg_refs(dev, sgl, nents, dir, attrs)
-            self._refuse_unmap("debug_dma_unmap_sg", self.debug.findings_for_unmap_sg(refs), dev, cpu)
-        sgl = sgl[:nents]
-        self.trace_api("dma_unmap_sg", dev, cpu, None, dir=dir, phys=[s.phys for s in sgl])
-        self.log.depth += 1
-        try:
-            if dev.untrusted:
-                with self._no_debug():
-                    for s in sgl:
-                        self.dma_unmap_page(dev, s.dma_address, s.length, dir, attrs, cpu)
-                return
-            # 7.3.4: the IOVA runs from the first to the last entry that is not a P2P bus address
-            # (those are unmarked on the way, sg_dma_unmark_bus_address); none: nothing to unmap
-            start = end = 0
-            first = True
-            for s in sgl:
-                if s.dma_bus_address:
-                    s.dma_bus_address = False
-                    continue
-                if not s.dma_length:
-                    break
-                if first:
-                    start, first = s.dma_address, False
-                end = s.dma_address + s.dma_length
-            if end:
-                g = self.granule
-                a = start - iova_offset(g, start)
-                self.check_mapped("iommu_dma_unmap_sg", a, iova_align(g, end - a), cpu)
-                self.__iommu_dma_unmap(dev, start, end - start, cpu)
-        finally:
-            self.log.depth -= 1
-        if refs is not None and self.debug is not None:
-            for ref in refs:
-                self.debug.check_unmap(ref, "debug_dma_unmap_sg", cpu)
 
     def dma_alloc_coherent(self, dev: Device, size: int, cpu: int = 0) -> tuple[int, int]:
         """``dma_alloc_attrs()`` -> ``iommu_dma_alloc()`` (simplified: one physically contiguous

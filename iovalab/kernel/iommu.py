@@ -9,7 +9,8 @@ format) and a model of the IOMMU's translation cache (IOTLB). The functions keep
   ``iotlb_sync_map``), ``iommu_map``, ``iommu_map_sg``;
 * unmap: ``__iommu_unmap`` (one ``iommu_pgsize`` + ``unmap_pages`` per step, stop at 0, one
   ``iommu:unmap`` trace), ``iommu_unmap_fast``, ``iommu_unmap``, ``iommu_iotlb_sync``,
-  ``iommu_flush_iotlb_all`` and the ``struct iommu_iotlb_gather`` helpers;
+  ``iommu_flush_iotlb_all`` and the ``struct iommu_iotlb_gather`` helpers (those in
+  :mod:`iovalab.kernel.iommu_gather`, importable from here);
 * ``iommu_pgsize`` exactly as the kernel computes it, and :func:`split_pages`, the
   ``iommu_map_nosync`` loop without side effects (what ``data/kernel-traces/pgsize.jsonl`` checks).
 
@@ -31,7 +32,8 @@ Driver behaviour (``driver`` = ``"intel"``, ``"amd"`` or ``"arm"``), as read in 
 * ``map_pages``/``unmap_pages`` semantics (overlap, partial blocks, holes, table freeing): see
   :mod:`iovalab.kernel.pgtable`.
 
-IOTLB model (hardware, no kernel function): one entry per leaf translation the device used
+IOTLB model (hardware, no kernel function; :mod:`iovalab.kernel.iotlb`, a mixin of
+:class:`IommuDomain`): one entry per leaf translation the device used
 (``leaf size -> {iova base: (phys base, prot)}``), filled by :meth:`IommuDomain.device_access` on a
 miss by a page walk; a walk that finds nothing is an ``io_page_fault``. With
 ``caches_non_present`` (default: the same as ``has_iotlb_sync_map``) a fault is cached as a
@@ -46,15 +48,19 @@ with ``start = ULONG_MAX``); ``iommu_iova_to_phys`` records no event (a read-onl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from iovalab.kernel.events import EventLog
+from iovalab.kernel.iommu_gather import (
+    IotlbGather, iommu_iotlb_gather_add_page, iommu_iotlb_gather_add_range, iommu_iotlb_gather_init,
+    iommu_iotlb_gather_is_disjoint, iommu_iotlb_gather_queued,
+)
+from iovalab.kernel.iotlb import IOMMU_FAULT_READ, IOMMU_FAULT_WRITE, IotlbModel
 from iovalab.kernel.pgtable import (
     AMD_IOMMU_PGSIZES, IOMMU_CACHE, IOMMU_MMIO, IOMMU_NOEXEC, IOMMU_PRIV, IOMMU_READ, IOMMU_WRITE,
     GenericPt, IoPgtable, alloc_io_pgtable_ops,
 )
 from iovalab.kernel.version import DEFAULT_KERNEL, check_kernel
-from iovalab.kernel.units import EINVAL, SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M, ULONG_MAX, U64_MASK
+from iovalab.kernel.units import EINVAL, SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M, U64_MASK
 
 __all__ = [
     "IOMMU_READ", "IOMMU_WRITE", "IOMMU_CACHE", "IOMMU_NOEXEC", "IOMMU_MMIO", "IOMMU_PRIV",
@@ -65,10 +71,6 @@ __all__ = [
     "iommu_iotlb_gather_add_range", "iommu_iotlb_gather_add_page", "iommu_iotlb_gather_queued",
     "IommuDomain",
 ]
-
-#: ``IOMMU_FAULT_READ`` / ``IOMMU_FAULT_WRITE`` (include/linux/iommu.h), ``report_iommu_fault`` flags.
-IOMMU_FAULT_READ = 0x0
-IOMMU_FAULT_WRITE = 0x1
 
 GATHER_STYLES = ("page", "chunk", "range")
 _DRIVER_GATHER = {"arm": "page", "intel": "chunk", "amd": "range"}
@@ -163,60 +165,7 @@ _SYNC_FIELDS = ("start", "end", "pgsize", "scope", "callback", "freed_tables", "
 
 
 # --------------------------------------------------------------------------------------------
-@dataclass(slots=True)
-class IotlbGather:
-    """``struct iommu_iotlb_gather`` (include/linux/iommu.h): ``start``/``end`` (inclusive) of the
-    range to invalidate, ``pgsize`` of the pages gathered (``add_page``), ``queued`` (a flush queue
-    will do a global flush), ``freelist`` (table pages to free after the sync; a count here)."""
-
-    start: int = ULONG_MAX
-    end: int = 0
-    pgsize: int = 0
-    queued: bool = False
-    freelist: int = 0
-
-    def empty(self) -> bool:
-        return self.start > self.end
-
-
-def iommu_iotlb_gather_init(gather: IotlbGather) -> None:
-    """``iommu_iotlb_gather_init(gather)``: ``start = ULONG_MAX``, everything else zero (``queued`` too)."""
-    gather.start, gather.end, gather.pgsize, gather.queued, gather.freelist = ULONG_MAX, 0, 0, False, 0
-
-
-def iommu_iotlb_gather_is_disjoint(gather: IotlbGather, iova: int, size: int) -> bool:
-    """``iommu_iotlb_gather_is_disjoint(gather, iova, size)``: a non-empty gather that neither
-    overlaps nor touches ``[iova, iova + size - 1]`` (adjacent ranges are not disjoint)."""
-    end = iova + size - 1
-    return gather.end != 0 and (end + 1 < gather.start or iova > gather.end + 1)
-
-
-def iommu_iotlb_gather_add_range(gather: IotlbGather, iova: int, size: int) -> None:
-    """``iommu_iotlb_gather_add_range(gather, iova, size)``: widen ``[start, end]``."""
-    end = iova + size - 1
-    if gather.start > iova:
-        gather.start = iova
-    if gather.end < end:
-        gather.end = end
-
-
-def iommu_iotlb_gather_add_page(domain: IommuDomain, gather: IotlbGather, iova: int, size: int,
-                                cpu: int = 0) -> None:
-    """``iommu_iotlb_gather_add_page(domain, gather, iova, size)``: sync first if the page size
-    differs from the gathered one or the range is disjoint, then record ``size`` and the range."""
-    if (gather.pgsize and gather.pgsize != size) or iommu_iotlb_gather_is_disjoint(gather, iova, size):
-        domain.iommu_iotlb_sync(gather, cpu=cpu, caller="iommu_iotlb_gather_add_page")
-    gather.pgsize = size
-    iommu_iotlb_gather_add_range(gather, iova, size)
-
-
-def iommu_iotlb_gather_queued(gather: IotlbGather | None) -> bool:
-    """``iommu_iotlb_gather_queued(gather)``: ``gather && gather->queued``."""
-    return gather is not None and gather.queued
-
-
-# --------------------------------------------------------------------------------------------
-class IommuDomain:
+class IommuDomain(IotlbModel):
     """A paging ``struct iommu_domain`` with its driver page table and an IOTLB model.
 
     :param pgsize_bitmap: ``domain->pgsize_bitmap``; granule = ``1 << __ffs(pgsize_bitmap)``.
@@ -274,8 +223,7 @@ class IommuDomain:
         self.gather_style = gather_style
         self.name = name
         self._ops = _OPS[self.driver]
-        self._tlb: dict[int, dict[int, tuple[int, int]]] = {}
-        self._neg: set[int] = set()
+        self.iotlb_init()
 
     @classmethod
     def preset(cls, name: str, log: EventLog | None = None, **overrides) -> IommuDomain:
@@ -561,125 +509,3 @@ class IommuDomain:
     def snapshot(self) -> tuple:
         """Comparable copy of the translations (per leaf PTE); table-page counts are not included."""
         return self.pgtable.snapshot()
-
-    # -- IOTLB model -----------------------------------------------------------------------
-    def _tlb_invalidate(self, start: int, end: int) -> int:
-        dropped = 0
-        for s, d in self._tlb.items():
-            if not d:
-                continue
-            lo = start & ~(s - 1)
-            if (end - lo) // s + 1 <= len(d):
-                for k in range(lo, end + 1, s):
-                    if d.pop(k, None) is not None:
-                        dropped += 1
-            else:
-                dead = [k for k in d if k <= end and k + s - 1 >= start]
-                for k in dead:
-                    del d[k]
-                dropped += len(dead)
-        if self._neg:
-            sh = self.granule_shift
-            a, b = start >> sh, end >> sh
-            if b - a + 1 <= len(self._neg):
-                for p in range(a, b + 1):
-                    if p in self._neg:
-                        self._neg.discard(p)
-                        dropped += 1
-            else:
-                dead = [p for p in self._neg if a <= p <= b]
-                self._neg.difference_update(dead)
-                dropped += len(dead)
-        return dropped
-
-    def _fault(self, iova: int, write: bool, cpu: int, reason: str) -> None:
-        self._log.emit(_L, "report_iommu_fault", "io_page_fault", None, cpu=cpu, iova=iova,
-                       flags=IOMMU_FAULT_WRITE if write else IOMMU_FAULT_READ, reason=reason)
-
-    def _translate(self, a: int, write: bool, cpu: int) -> int | None:
-        need = IOMMU_WRITE if write else IOMMU_READ
-        log = self._log
-        for s, d in self._tlb.items():
-            e = d.get(a & ~(s - 1))
-            if e is not None:
-                log.emit(_L, "device_access", "iotlb_hit", e[0] + (a & (s - 1)), cpu=cpu, iova=a, pgsize=s)
-                if not e[1] & need:
-                    self._fault(a, write, cpu, "permission")
-                    return None
-                return e[0] + (a & (s - 1))
-        if self.caches_non_present and (a >> self.granule_shift) in self._neg:
-            log.emit(_L, "device_access", "iotlb_hit", None, cpu=cpu, iova=a, negative=True)
-            self._fault(a, write, cpu, "cached non-present entry")
-            return None
-        r = self.pgtable.lookup(a)
-        log.emit(_L, "device_access", "iotlb_miss", None if r is None else r[0], cpu=cpu, iova=a,
-                 negative=r is None and self.caches_non_present)
-        if r is None:
-            if self.caches_non_present:
-                self._neg.add(a >> self.granule_shift)
-            self._fault(a, write, cpu, "not present")
-            return None
-        phys, leaf, prot = r
-        base = a & ~(leaf - 1)
-        self._tlb.setdefault(leaf, {})[base] = (phys - (a - base), prot)
-        if not prot & need:
-            self._fault(a, write, cpu, "permission")
-            return None
-        return phys
-
-    def device_access(self, iova: int, size: int | None = None, write: bool = False,
-                      cpu: int = 0) -> int | None:
-        """A device DMA to ``[iova, iova + size)`` (default: to the end of ``iova``'s granule page).
-
-        No kernel analogue (it is what the hardware does): every granule page touched is translated
-        by the IOTLB (``iotlb_hit``) or a page walk that fills it (``iotlb_miss``); an unmapped
-        page, a cached non-present entry or a missing permission is a fault (``io_page_fault``
-        event, as ``report_iommu_fault`` traces it). Returns the physical address of ``iova`` or
-        None if any page faulted. Note a stale IOTLB entry is used as the hardware would use it.
-        """
-        g = self.granule
-        size = g - (iova & (g - 1)) if size is None else size
-        if size <= 0:
-            raise ValueError(f"device_access: size {size} must be > 0")
-        first = iova & ~(g - 1)
-        out = None
-        for a in range(first, iova + size, g):
-            p = self._translate(a, write, cpu)
-            if p is None:
-                return None
-            if a == first:
-                out = p + (iova - first)
-        return out
-
-    def iotlb_empty(self) -> bool:
-        """No cached translation and no cached non-present entry."""
-        return not self._tlb and not self._neg
-
-    def iotlb_entries(self) -> list[tuple[int, int | None, int, int]]:
-        """Cached translations ``(iova base, phys base, leaf size, prot)``; negative entries have
-        phys ``None`` and size = granule."""
-        out: list[tuple[int, int | None, int, int]] = [(base, e[0], s, e[1]) for s, d in self._tlb.items()
-                                                      for base, e in d.items()]
-        out += [(p << self.granule_shift, None, self.granule, 0) for p in self._neg]
-        return sorted(out)
-
-    def stale_iotlb_entries(self) -> list[tuple[int, int | None, int]]:
-        """IOTLB entries that no longer match the page table: ``(iova base, cached phys, size)``
-        (a negative entry is stale once the page is mapped)."""
-        out: list[tuple[int, int | None, int]] = []
-        lookup = self.pgtable.lookup
-        g = self.granule
-        for s, d in self._tlb.items():
-            for base, (phys, prot) in d.items():
-                r = lookup(base)
-                if r is not None and r[1] >= s:
-                    ok = r[0] == phys and r[2] == prot
-                else:
-                    ok = all((x := lookup(base + o)) is not None and x[0] == phys + o and x[2] == prot
-                             for o in range(0, s, g))
-                if not ok:
-                    out.append((base, phys, s))
-        for p in self._neg:
-            if lookup(p << self.granule_shift) is not None:
-                out.append((p << self.granule_shift, None, g))
-        return sorted(out, key=lambda e: e[0])
