@@ -21,6 +21,11 @@ from iovalab.lab.exercises import KINDS, Problem, Verdict, generate
 __all__ = ["QuizPanel", "ClaimPanel", "AnswerList"]
 
 
+def _row() -> w.Layout:
+    """A row of controls that wraps in a narrow column instead of running off its right edge."""
+    return w.Layout(flex_flow="row wrap", align_items="center")
+
+
 def _pre(text: str) -> str:
     return f"<pre style='white-space: pre-wrap; font-size: 90%'>{html.escape(text)}</pre>"
 
@@ -59,9 +64,9 @@ class QuizPanel:
         self.prev_button.on_click(lambda _: self._step(-1))
         self.next_button.on_click(lambda _: self._step(1))
         self.widget = w.VBox([
-            w.HBox([self.seed, self.count, self.picker, self.prev_button, self.next_button]),
+            w.HBox([self.seed, self.count, self.picker, self.prev_button, self.next_button], layout=_row()),
             self.question,
-            w.HBox([self.answer, self.check_button, self.derivation_button]),
+            w.HBox([self.answer, self.check_button, self.derivation_button], layout=_row()),
             self.feedback, self.derivation])
         self._regenerate()
 
@@ -173,12 +178,13 @@ class ClaimPanel:
 
     def __init__(self, statement: str = "try_alloc(phys=0x1234, size=0x3000) reserves 0x4000 and returns 0xffffc234"):
         self.last = None
-        self.statement = w.Text(value=statement, continuous_update=False, layout=w.Layout(width="760px"))
+        self.statement = w.Text(value=statement, continuous_update=False,
+                                layout=w.Layout(width="760px", max_width="100%"))
         self.check_button = w.Button(description="Check claim", button_style="primary")
         self.result = w.HTML()
         self.check_button.on_click(lambda _: self.check())
         self.statement.observe(lambda _c: self.check(), names="value")
-        self.widget = w.VBox([w.HBox([self.statement, self.check_button]), self.result])
+        self.widget = w.VBox([w.HBox([self.statement, self.check_button], layout=_row()), self.result])
 
     def check(self):
         text = self.statement.value.strip()

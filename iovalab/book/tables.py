@@ -18,7 +18,10 @@ from iovalab.lab.notation import _HEX_WORDS, table
 __all__ = ["Table", "show_table", "Shown", "shown"]
 
 _URL = re.compile(r"https?://[^\s),]+")
-_TH = "text-align:left;padding:2px 10px 2px 0;border-bottom:1px solid #999;white-space:nowrap;font-size:12px"
+# a header may wrap at its spaces ("simulator / paddr"): its column is then as wide as its values, so a
+# seven-column table of hex numbers fits a 1024 px window with the file browser open
+_TH = ("text-align:left;padding:2px 10px 2px 0;border-bottom:1px solid #999;white-space:normal;"
+       "word-break:normal;overflow-wrap:normal;vertical-align:bottom;font-size:12px")
 _TD = "padding:1px 10px 1px 0;font-size:12px;vertical-align:top;border:none"
 _NUM = _TD + ";text-align:right;white-space:nowrap;font-family:monospace"
 _WORD = _TD + ";text-align:left;white-space:nowrap;font-family:monospace"
@@ -111,7 +114,12 @@ class Shown:
     def _body(self) -> str:
         import pprint
 
-        return pprint.pformat(self.value, width=100, sort_dicts=False)
+        v = self.value
+        if isinstance(v, (tuple, list)) and v and all(isinstance(x, str) for x in v):
+            # hex strings read as numbers: ('0xfffff000', ...) would show Python's quotes to the learner
+            inner = ", ".join(v)
+            return f"({inner})" if isinstance(v, tuple) else f"[{inner}]"
+        return pprint.pformat(v, width=100, sort_dicts=False)
 
     def __repr__(self) -> str:
         return f"{self.caption}:\n{self._body()}"

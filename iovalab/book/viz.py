@@ -122,7 +122,7 @@ def draw_iova_space(nodes, granule: int | None = None, window: tuple[int, int] |
     """
     from iovalab.kernel.iova import IOVA_ANCHOR, IovaDomain
 
-    fig, ax = _ax(ax, 9.0, 2.0)
+    fig, ax = _ax(ax, 7.0, 2.0)   # 7 in + the legend: readable shrunk into a narrow notebook column
     if isinstance(nodes, IovaDomain):
         iovad = nodes
         granule = iovad.granule
@@ -172,7 +172,7 @@ def draw_rcache(iovad, ax=None, title: str | None = None) -> Figure:
     (``drivers/iommu/iova.c``: ``iova_rcache_insert``, ``__iova_rcache_get``)."""
     from iovalab.kernel.iova import IOVA_MAG_SIZE
 
-    fig, ax = _ax(ax, 9.0, 2.6)
+    fig, ax = _ax(ax, 7.0, 2.6)
     summ = iovad.rcache_summary()
     ncpu = len(summ[0]["cpus"])
     cols = 2 * ncpu + 1

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from iovalab.book.viz_base import COLORS
+
 __all__ = ["PATH_ORDER", "plot_iova_space", "plot_iova_timeline"]
 
 #: the bars' stacking order (bottom to top)
 PATH_ORDER = ("dma_map_phys", "two-step", "dma_alloc", "msi doorbell")
-_COLOURS = {"dma_map_phys": "#4c72b0", "two-step": "#dd8452", "dma_alloc": "#55a868", "msi doorbell": "#8172b3"}
+#: the same colours as the other chapters' figures (:data:`~iovalab.book.viz_base.COLORS`): one mapping per
+#: call is the ``page`` path's blue, the two-step API the ``iova`` path's green
+_COLOURS = {"dma_map_phys": COLORS["page"], "two-step": COLORS["iova"], "dma_alloc": "#9467bd",
+            "msi doorbell": "#7f7f7f"}
 
 
 def plot_iova_space(rows: list[Any], title: str | None = None):

@@ -34,10 +34,12 @@ class PathsView(View):
     by cost-model operation, as a share of the slowest path, with the modelled total in ns."""
 
     def __init__(self, *, blit: bool = True):
-        super().__init__(11.0, 3.2, blit=blit)
+        # counters above, modelled time below: 7.6 in wide, so shrunk into a 1024 px window's notebook
+        # column (about 590 px with the file browser open) the text stays at 8-9 px (11 in side by side: 6)
+        super().__init__(7.6, 5.6, blit=blit)
         fig = self.fig
         self.kinds = [k for k in COUNTER_KINDS if k != "swiotlb_bounces"]
-        ax = self.ax = fig.add_axes((0.06, 0.34, 0.42, 0.56))
+        ax = self.ax = fig.add_axes((0.09, 0.68, 0.89, 0.27))
         ax.set_ylim(0, 1.3)
         ax.set_yticks([0, 0.5, 1.0])
         ax.set_yticklabels(["0", "50%", "100%"], fontsize=FONT)
@@ -60,7 +62,7 @@ class PathsView(View):
         self._counts: dict | None = None
         self._present: tuple | None = None
         self.path_legend: Any = None
-        mx = self.mx = fig.add_axes((0.56, 0.34, 0.26, 0.56))
+        mx = self.mx = fig.add_axes((0.09, 0.09, 0.55, 0.30))
         mx.set_xlim(0, 1.45)
         mx.set_ylim(-0.6, len(PATHS) - 0.4)
         mx.set_yticks(range(len(PATHS)))
@@ -78,7 +80,7 @@ class PathsView(View):
         self.mtitle = self.dyn(mx.text(0.5, 1.03, "", transform=mx.transAxes, ha="center", va="bottom",
                                        fontsize=FONT + 1))
         fig.legend(handles=[Patch(color=self.op_colors[op], label=op) for op in _OPS], loc="upper left",
-                   bbox_to_anchor=(0.84, 0.92), fontsize=FONT - 0.5, frameon=False, title="modelled operation",
+                   bbox_to_anchor=(0.72, 0.45), fontsize=FONT - 0.5, frameon=False, title="modelled operation",
                    title_fontsize=FONT)
 
     def _set_present(self, present: tuple) -> None:
@@ -90,7 +92,8 @@ class PathsView(View):
             self.path_legend.remove()
         self.path_legend = self.fig.legend(
             handles=[Patch(color=COLORS[p], label=f"{p}: {PATH_TITLES[p]}") for p in present],
-            fontsize=FONT, frameon=False, loc="lower left", bbox_to_anchor=(0.02, 0.0), ncols=3)
+            fontsize=FONT, frameon=False, loc="upper center", bbox_to_anchor=(0.5, 0.53), ncols=2,
+            columnspacing=1.5)
         self.mx.set_yticks([i for i, p in enumerate(PATHS) if p in present])
         self.mx.set_yticklabels(list(present), fontsize=FONT)
         self.invalidate()
@@ -140,10 +143,10 @@ class ScalingView(View):
     sizes, so changing the counter or the cost preset never moves them."""
 
     def __init__(self, *, blit: bool = True):
-        super().__init__(10.0, 3.0, blit=blit)
+        super().__init__(7.6, 3.3, blit=blit)   # 7.6 in: readable shrunk into a narrow notebook column
         fig = self.fig
-        self.ax = ax = fig.add_axes((0.08, 0.17, 0.39, 0.7))
-        self.mx = mx = fig.add_axes((0.58, 0.17, 0.39, 0.7))
+        self.ax = ax = fig.add_axes((0.10, 0.15, 0.37, 0.68))
+        self.mx = mx = fig.add_axes((0.61, 0.15, 0.37, 0.68))
         for a in (ax, mx):
             a.set_xscale("log", base=2)
             a.set_yscale("log")
@@ -204,5 +207,5 @@ class ScalingView(View):
                 self.mlines[p].set_data([], [])
             else:
                 self.mlines[p].set_data(xs, [max(v, 101.0) for v in s["modelled_ns"]])
-        self.mtitle.set_text(f"MODELLED time, cost preset {scale.get('cost_preset', '')!r} (not measured)")
+        self.mtitle.set_text(f"MODELLED time (not measured)\ncost preset {scale.get('cost_preset', '')!r}")
         return self

@@ -42,8 +42,9 @@ class FootprintView(View):
               ("tail pad", "pad", "\\\\"), ("allocated, not mapped", "waste", "xx"))
 
     def __init__(self, *, blit: bool = True):
-        super().__init__(9.0, 2.4, blit=blit)
-        ax = self.ax = self.fig.add_axes((0.03, 0.32, 0.68, 0.50))
+        # 6.6 in wide, the legend under the bar: readable when shrunk into a narrow notebook column
+        super().__init__(6.6, 2.8, blit=blit)
+        ax = self.ax = self.fig.add_axes((0.08, 0.40, 0.84, 0.42))
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.45, 1.25)
         ax.set_yticks([])
@@ -68,12 +69,13 @@ class FootprintView(View):
         self.span_text = self.dyn(ax.text(0.5, 0.93, "", ha="center", va="bottom", fontsize=FONT))
         self.addr = self.dyn(ax.annotate("", xy=(0, 0.2), xytext=(0, -0.3), ha="center", va="top",
                                          fontsize=FONT, arrowprops=_ARROW("->", 0.8)))
-        self.xlabel = self.dyn(self.fig.text(0.37, 0.12, "", ha="center", fontsize=FONT), slow=True)
-        self.title = self.dyn(self.fig.text(0.37, 0.92, "", ha="center", fontsize=FONT + 1))
+        self.xlabel = self.dyn(self.fig.text(0.5, 0.21, "", ha="center", fontsize=FONT), slow=True)
+        self.title = self.dyn(self.fig.text(0.5, 0.92, "", ha="center", fontsize=FONT + 1))
         self.fig.legend(handles=[Patch(facecolor=COLORS[c], edgecolor="black", hatch=h, label=label)
                                  for label, c, h in self._PARTS]
                         + [Line2D([], [], color="#222222", lw=1.0, ls=(0, (1.5, 2.0)), label="granule boundary")],
-                        loc="upper left", bbox_to_anchor=(0.73, 0.85), fontsize=FONT - 0.5, frameon=False)
+                        loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=3, fontsize=FONT - 0.5, frameon=False,
+                        columnspacing=1.2, handlelength=1.5)
 
     def update(self, fp) -> FootprintView:
         g = fp.granule
@@ -155,10 +157,13 @@ class StepView(View):
 
     def __init__(self, window: tuple[int, int] = (0xFFFF0000, 0x100000000), counter_max: float = 10,
                  *, blit: bool = True, compact: bool = False):
-        super().__init__(*((6.4, 4.8) if compact else (10.5, 2.9)), blit=blit)
+        # both layouts stack the lanes over the legend and the counters, so the figure is at most 7.6 in
+        # wide: shrunk into a 1024 px window's notebook column (about 590 px with the file browser open)
+        # its text stays at 8-9 px; the former 10.5 in single row came out at half size, 6 px
+        super().__init__(*((6.4, 4.8) if compact else (7.6, 4.2)), blit=blit)
         fig = self.fig
         self.compact = compact
-        self.ax = ax = fig.add_axes((0.16, 0.68, 0.80, 0.25) if compact else (0.08, 0.19, 0.48, 0.68))
+        self.ax = ax = fig.add_axes((0.16, 0.68, 0.80, 0.25) if compact else (0.13, 0.65, 0.84, 0.28))
         ax.set_ylim(0, 3)
         ax.set_yticks([_LANE_Y[n] + 0.5 for n in _LANES])
         ax.set_yticklabels(list(_LANES), fontsize=FONT)
@@ -193,10 +198,10 @@ class StepView(View):
         if compact:   # side by side: the same legend under each player's lanes
             self.legend = fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.565), ncols=3,
                                      fontsize=FONT - 1, frameon=False, columnspacing=1.0, handlelength=1.5)
-        else:
-            self.legend = fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.565, 0.90),
-                                     fontsize=FONT - 1, frameon=False)
-        self.cax = cax = fig.add_axes((0.30, 0.04, 0.50, 0.33) if compact else (0.835, 0.12, 0.14, 0.75))
+        else:         # one player: the legend in two columns under the lanes, the counters beside it
+            self.legend = fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.02, 0.45), ncols=2,
+                                     fontsize=FONT - 1, frameon=False, columnspacing=1.0, handlelength=1.5)
+        self.cax = cax = fig.add_axes((0.30, 0.04, 0.50, 0.33) if compact else (0.76, 0.03, 0.19, 0.42))
         kinds = list(COUNTER_KINDS)
         ys = list(range(len(kinds)))[::-1]
         self.kinds = kinds
@@ -283,8 +288,8 @@ class MaskView(View):
               ("aperture_end + 1", "#9467bd", "-."), ("effective limit + 1", "#d62728", "-"))
 
     def __init__(self, capacity: int = 16, *, blit: bool = True):
-        super().__init__(9.5, 3.1, blit=blit)
-        self.ax = ax = self.fig.add_axes((0.07, 0.2, 0.62, 0.68))
+        super().__init__(7.6, 3.8, blit=blit)   # the legend under the axes: readable in a narrow column
+        self.ax = ax = self.fig.add_axes((0.09, 0.38, 0.82, 0.53))
         ax.set_xscale("log", base=2)
         self.lo_x = 2.0 ** 12
         ax.set_xlim(self.lo_x, 2.0 ** 64 * 1.3)
@@ -310,8 +315,8 @@ class MaskView(View):
                                    ("full width", "o", "IOVA from the try at the full limit"),
                                    ("fail", "x", "failed (no IOVA)")):
             handles.append(Line2D([], [], color=COLORS[key], marker=marker, ls="", label=label))
-        self.fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.71, 0.9), fontsize=FONT - 0.5,
-                        frameon=False)
+        self.fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=2,
+                        fontsize=FONT - 0.5, frameon=False, columnspacing=1.5)
         self.capacity = 0
         self.set_capacity(capacity)
 

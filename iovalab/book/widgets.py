@@ -145,7 +145,8 @@ class GranuleExplorer(_Batch, W.VBox):
         self.footprint: explain.Footprint | None = None
         for c in (self.granule, self.phys, self.size):
             c.observe(self._changed, names="value")
-        super().__init__([W.HBox([self.granule, self.phys, self.size]), self.image, self.text, _styles()])
+        super().__init__([W.HBox([self.granule, self.phys, self.size], layout=_row()), self.image, self.text,
+                          _styles()])
         self.refresh()
 
 
@@ -213,9 +214,9 @@ class MaskExplorer(_Batch, W.VBox):
         for c in (self.mask_bits, self.bus_limit, self.free_below_4g, self.pci, self.forcedac, self.count,
                   self.granules):
             c.observe(self._changed, names="value")
-        super().__init__([W.HBox([self.mask_bits, self.bus_limit, self.free_below_4g]),
-                          W.HBox([self.pci, self.forcedac, self.count, self.granules]), self.image, self.text,
-                          _styles()])
+        super().__init__([W.HBox([self.mask_bits, self.bus_limit, self.free_below_4g], layout=_row()),
+                          W.HBox([self.pci, self.forcedac, self.count, self.granules], layout=_row()),
+                          self.image, self.text, _styles()])
         self.refresh()
 
 
@@ -515,7 +516,8 @@ class PathComparison(_Batch, W.VBox):
         self.results: dict | None = None
         for c in (self.workload, self.cost_preset, self.lazy):
             c.observe(self._changed, names="value")
-        super().__init__([W.HBox([self.workload, self.cost_preset, self.lazy]), self.image, self.text, _styles()])
+        super().__init__([W.HBox([self.workload, self.cost_preset, self.lazy], layout=_row()), self.image, self.text,
+                          _styles()])
         self.refresh()
 
 
@@ -563,7 +565,8 @@ class ScalingExplorer(_Batch, W.VBox):
         self.scale: dict | None = None
         for c in (self.kind, self.cost_preset, self.contiguous, self.lazy):
             c.observe(self._changed, names="value")
-        super().__init__([W.HBox([self.kind, self.cost_preset]), W.HBox([self.contiguous, self.lazy]),
+        super().__init__([W.HBox([self.kind, self.cost_preset], layout=_row()),
+                          W.HBox([self.contiguous, self.lazy], layout=_row()),
                           self.image, self.text, _styles()])
         self.refresh()
 
