@@ -133,3 +133,22 @@ class Shown:
 def shown(caption: str, value: Any) -> Shown:
     """``value`` with ``caption`` (say what the number is and which call gave it)."""
     return Shown(caption, value)
+
+
+class Terminal:
+    """What a command printed, as a terminal shows it: the command, its output line for line (a line
+    wider than the column scrolls sideways instead of breaking mid-word), and its exit status."""
+
+    def __init__(self, command: str, output: str, status: int):
+        self.command = command
+        self.output = output
+        self.status = status
+
+    def __repr__(self) -> str:
+        return f"$ {self.command}\n{self.output}exit status {self.status}"
+
+    def _repr_html_(self) -> str:
+        return ('<pre style="margin:0 0 4px 0;white-space:pre;overflow-x:auto;max-width:100%;font-size:12px">'
+                f"<b>$ {html.escape(self.command)}</b>\n{html.escape(self.output)}"
+                f"<i>exit status {self.status}</i></pre>")
+

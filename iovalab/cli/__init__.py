@@ -10,8 +10,10 @@ Each command's module is imported only when the command runs.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
+from iovalab.book.tables import Terminal
 from iovalab.resources import resolve_data_paths
 
 __all__ = ["main"]
@@ -159,6 +161,19 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except BrokenPipeError:
         return 0
+
+
+def shown_run(argv: list[str]) -> Terminal:
+    """Run ``iovalab ARGV...`` (:func:`main`) and return what it printed as a
+    :class:`~iovalab.book.tables.Terminal`, for a notebook cell: the lines keep their width (a wide
+    one scrolls) and the exit status is shown."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(list(argv))
+    return Terminal("iovalab " + " ".join(shlex.quote(a) for a in argv), out.getvalue(), status)
 
 
 if __name__ == "__main__":

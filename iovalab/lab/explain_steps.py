@@ -14,6 +14,8 @@ Layering: imports :mod:`iovalab.kernel.event_schema`, :mod:`iovalab.kernel.devic
 
 from __future__ import annotations
 
+import textwrap
+
 from dataclasses import dataclass, field
 
 from iovalab.lab.step_state import StepState, Timeline
@@ -388,17 +390,29 @@ def describe_event(e) -> str:
     return text
 
 
-def describe_events(events, *, limit: int | None = None) -> str:
+#: the widest line :func:`describe_events` writes (a notebook column at 1024 px holds about 75 characters)
+DESCRIBE_WIDTH = 72
+
+
+def describe_events(events, *, limit: int | None = None, width: int = DESCRIBE_WIDTH) -> str:
     """One line per event - the kernel function, its arguments and its result
     (:meth:`~iovalab.kernel.events.Event.describe`) - indented by call depth, tagged with the layer, and with
     the step kind after ``#`` when it is not a counter (``# rcache_miss``, ``# tree_free``, ``# warn``).
-    ``limit`` keeps the first ``limit`` lines and says how many were left out."""
+    ``limit`` keeps the first ``limit`` events and says how many were left out; a line longer than
+    ``width`` continues on the next, indented, between two arguments."""
     events = list(events)
     shown = events if limit is None else events[:limit]
     from iovalab.kernel.event_schema import COUNTER_KINDS
 
-    lines = [f"{'  ' * e.depth}[{e.layer}] {describe_event(e)}"
-             + ("" if e.kind in COUNTER_KINDS or e.kind == "step" else f"  # {e.kind}") for e in shown]
+    lines = []
+    for e in shown:
+        indent = "  " * e.depth
+        text = f"{indent}[{e.layer}] {describe_event(e)}" + (
+            "" if e.kind in COUNTER_KINDS or e.kind == "step" else f"  # {e.kind}")
+        # wrapped between arguments, so that a notebook column (about 75 characters at 1024 px with
+        # the file browser open) never breaks a number in two
+        lines.extend(textwrap.wrap(text, width, subsequent_indent=indent + "      ", break_long_words=False,
+                                   break_on_hyphens=False, drop_whitespace=True) or [text])
     if len(shown) < len(events):
         lines.append(f"... {len(events) - len(shown)} more event(s)")
     return "\n".join(lines)
