@@ -448,21 +448,6 @@ class IovaDomain(IovaRcacheMixin):
                  dest="tree")
 
 
-    def save(self) -> tuple:
-        """Cheap restorable copy of the whole state (no kernel analogue; used by replayers to try
-        an alternative event order). Nodes are shared: only ``reserve_iova`` mutates a node."""
-        return (self._neg[:], dict(self._nodes), self.cached_node, self.cached32_node,
-                self.max32_alloc_size,
-                [({cpu: (c.loaded.pfns[:], c.prev.pfns[:]) for cpu, c in r.cpu_rcaches.touched()},
-                  [m.pfns[:] for m in r.depot]) for r in self.rcaches])
-
-    def restore(self, saved: tuple) -> None:
-        """Return to a state taken with :meth:`save`."""
-        neg, nodes, self.cached_node, self.cached32_node, self.max32_alloc_size, rc = saved
-        self._neg = neg[:]
-        self._nodes = dict(nodes)
-        self._restore_rcaches(rc)
-
     # -- trials: try an order of operations, then undo it (no kernel analogue) ----------------------
     def trial_begin(self) -> None:
         """Start a trial: later tree changes are journaled and the rest of the state copied, so that
