@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reserve", action="append", default=[], metavar="START-END",
                    help="reserve an IOVA byte range, e.g. a PCI host-bridge window from the console log "
                         "(repeatable)")
-    r.set_defaults(func=_delegate("trace.replay", "cli"), mode=None)
+    r.set_defaults(func=_delegate("trace.replay_cli", "cli"), mode=None)
 
     s = sub.add_parser("scenario", help="run a workload preset under a mapping path")
     s.add_argument("preset", nargs="?", help="preset name (omit to list them)")
