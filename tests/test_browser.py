@@ -434,6 +434,23 @@ def _lab(tmp_path):
     return argv, env, book, base, token
 
 
+@contextmanager
+def _lab_chapter(tmp_path, chromium, nb: str, *, width: int, height: int):
+    """JupyterLab serving a copy of the book, and Chromium at ``width`` x ``height`` with chapter ``nb``
+    open (file browser showing) and all its cells run; yields the page (a screenshot if that fails)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    argv, env, book, base, token = _lab(tmp_path)
+    with _server(argv, env=env, cwd=book, log=tmp_path / "jupyterlab.log",
+                 ready_url=f"{base}/api/status?token={token}"):
+        with _browser(chromium, tmp_path / "chromium-profile", width=width, height=height) as page:
+            try:
+                _open_and_run(page, base, nb, token)
+            except BaseException:
+                page.screenshot(path=str(ARTIFACTS / f"jupyterlab-{nb.split('-')[0]}-{width}-open-failure.png"))
+                raise
+            yield page
+
+
 def _open_and_run(page, base: str, nb: str, token: str) -> None:
     """Open chapter ``nb`` in JupyterLab with the file browser showing, as a learner has it, and run
     all its cells."""
@@ -455,32 +472,27 @@ def _open_sidebar(page) -> None:
 def test_side_by_side_players_keep_their_controls(tmp_path, chromium, width):
     """07's side-by-side players in JupyterLab with the file browser open: every stepping button is
     wholly visible and at least 36 px wide, the step slider at least 200 px, at 1024 and 1400 px."""
-    ARTIFACTS.mkdir(exist_ok=True)
     nb = "07-vfio.ipynb"
-    argv, env, book, base, token = _lab(tmp_path)
-    with _server(argv, env=env, cwd=book, log=tmp_path / "jupyterlab.log",
-                 ready_url=f"{base}/api/status?token={token}"):
-        with _browser(chromium, tmp_path / "chromium-profile", width=width, height=900) as page:
-            try:
-                _open_and_run(page, base, nb, token)
-                first = page.locator("button[title='first step']")
-                first.nth(1).wait_for(timeout=60_000)
-                first.nth(0).scroll_into_view_if_needed()
-                page.wait_for_timeout(500)
-                page.screenshot(path=str(ARTIFACTS / f"jupyterlab-07-players-{width}.png"))
-                boxes = page.evaluate("""() => Array.from(document.querySelectorAll(
-                        "button[title='first step']")).slice(0, 2).map(b => {
-                    const player = b.closest('.widget-vbox');
-                    const row = b.parentElement;
-                    const col = player.parentElement.getBoundingClientRect();
-                    const r = el => { const x = el.getBoundingClientRect(); return [x.left, x.right, x.width]; };
-                    const btns = Array.from(row.querySelectorAll(':scope > button')).map(r);
-                    const slider = row.querySelector('.widget-slider, .widget-hslider');
-                    return {col: [col.left, col.right], btns, slider: slider ? r(slider) : null};
-                })""")
-            except BaseException:
-                page.screenshot(path=str(ARTIFACTS / f"jupyterlab-players-{width}-failure.png"))
-                raise
+    with _lab_chapter(tmp_path, chromium, nb, width=width, height=900) as page:
+        try:
+            first = page.locator("button[title='first step']")
+            first.nth(1).wait_for(timeout=60_000)
+            first.nth(0).scroll_into_view_if_needed()
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / f"jupyterlab-07-players-{width}.png"))
+            boxes = page.evaluate("""() => Array.from(document.querySelectorAll(
+                    "button[title='first step']")).slice(0, 2).map(b => {
+                const player = b.closest('.widget-vbox');
+                const row = b.parentElement;
+                const col = player.parentElement.getBoundingClientRect();
+                const r = el => { const x = el.getBoundingClientRect(); return [x.left, x.right, x.width]; };
+                const btns = Array.from(row.querySelectorAll(':scope > button')).map(r);
+                const slider = row.querySelector('.widget-slider, .widget-hslider');
+                return {col: [col.left, col.right], btns, slider: slider ? r(slider) : null};
+            })""")
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / f"jupyterlab-players-{width}-failure.png"))
+            raise
     assert len(boxes) == 2, boxes
     for b in boxes:
         lo, hi = b["col"]
@@ -496,46 +508,41 @@ def test_side_by_side_players_keep_their_controls(tmp_path, chromium, width):
 def test_reviewer_lab_tables_readable(tmp_path, chromium):
     """Every word of every table cell of 09 is laid out on one line (no "sour/ce"), and every link
     shows its whole URL."""
-    ARTIFACTS.mkdir(exist_ok=True)
     nb = "09-reviewer-lab.ipynb"
-    argv, env, book, base, token = _lab(tmp_path)
-    with _server(argv, env=env, cwd=book, log=tmp_path / "jupyterlab.log",
-                 ready_url=f"{base}/api/status?token={token}"):
-        with _browser(chromium, tmp_path / "chromium-profile", width=1400, height=1000) as page:
-            try:
-                _open_and_run(page, base, nb, token)
-                _lab_wait_idle(page, 180_000)
-                tables = page.locator(".iovalab-table")
-                tables.nth(6).wait_for(state="attached", timeout=120_000)
-                report = []
-                for i in range(tables.count()):
-                    t = tables.nth(i)
-                    t.scroll_into_view_if_needed()
-                    page.wait_for_timeout(150)
-                    if i in (1, 4):
-                        page.screenshot(path=str(ARTIFACTS / f"jupyterlab-09-table{i}-1400.png"))
-                    report += t.evaluate("""el => {
-                        const bad = [];
-                        for (const td of el.querySelectorAll('td, th')) {
-                            const walker = document.createTreeWalker(td, NodeFilter.SHOW_TEXT);
-                            let n;
-                            while ((n = walker.nextNode())) {
-                                const re = /\\S+/g; let m;
-                                while ((m = re.exec(n.data))) {
-                                    const r = document.createRange();
-                                    r.setStart(n, m.index); r.setEnd(n, m.index + m[0].length);
-                                    const tops = new Set(Array.from(r.getClientRects()).map(x => Math.round(x.top)));
-                                    if (tops.size > 1) bad.push('broken word: ' + m[0]);
-                                }
+    with _lab_chapter(tmp_path, chromium, nb, width=1400, height=1000) as page:
+        try:
+            _lab_wait_idle(page, 180_000)
+            tables = page.locator(".iovalab-table")
+            tables.nth(6).wait_for(state="attached", timeout=120_000)
+            report = []
+            for i in range(tables.count()):
+                t = tables.nth(i)
+                t.scroll_into_view_if_needed()
+                page.wait_for_timeout(150)
+                if i in (1, 4):
+                    page.screenshot(path=str(ARTIFACTS / f"jupyterlab-09-table{i}-1400.png"))
+                report += t.evaluate("""el => {
+                    const bad = [];
+                    for (const td of el.querySelectorAll('td, th')) {
+                        const walker = document.createTreeWalker(td, NodeFilter.SHOW_TEXT);
+                        let n;
+                        while ((n = walker.nextNode())) {
+                            const re = /\\S+/g; let m;
+                            while ((m = re.exec(n.data))) {
+                                const r = document.createRange();
+                                r.setStart(n, m.index); r.setEnd(n, m.index + m[0].length);
+                                const tops = new Set(Array.from(r.getClientRects()).map(x => Math.round(x.top)));
+                                if (tops.size > 1) bad.push('broken word: ' + m[0]);
                             }
-                            for (const a of td.querySelectorAll('a'))
-                                if (a.textContent !== a.getAttribute('href')) bad.push('cut URL: ' + a.textContent);
                         }
-                        return bad;
-                    }""")
-            except BaseException:
-                page.screenshot(path=str(ARTIFACTS / "jupyterlab-09-failure.png"))
-                raise
+                        for (const a of td.querySelectorAll('a'))
+                            if (a.textContent !== a.getAttribute('href')) bad.push('cut URL: ' + a.textContent);
+                    }
+                    return bad;
+                }""")
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-09-failure.png"))
+            raise
     assert not report, report
 
 
@@ -548,46 +555,41 @@ def test_nvme_p2p_players(tmp_path, chromium, width):
     wholly visible; one click on '>' shows blk_dma_map_bus on the left (bus address), and two on the
     right show an iommu_map_nosync with IOMMU_MMIO; the table under them fits the column. Screenshots:
     jupyterlab-05-p2p-WIDTH*.png."""
-    ARTIFACTS.mkdir(exist_ok=True)
     nb = "05-nvme.ipynb"
-    argv, env, book, base, token = _lab(tmp_path)
-    with _server(argv, env=env, cwd=book, log=tmp_path / "jupyterlab.log",
-                 ready_url=f"{base}/api/status?token={token}"):
-        with _browser(chromium, tmp_path / "chromium-profile", width=width, height=1000) as page:
-            try:
-                _open_and_run(page, base, nb, token)
-                _lab_wait_idle(page, 180_000)
-                head = page.locator(".jp-OutputArea-output", has_text="PCI_P2PDMA_MAP_THRU_HOST_BRIDGE").first
-                head.wait_for(state="attached", timeout=120_000)
-                nxt = head.locator("button[title='next step']")
-                assert nxt.count() == 2, nxt.count()
-                nxt.nth(0).scroll_into_view_if_needed()
-                nxt.nth(0).click()
-                nxt.nth(1).click()
-                nxt.nth(1).click()
-                page.wait_for_timeout(800)
-                page.locator(".jp-MarkdownOutput h2", has_text="Peer-to-peer").scroll_into_view_if_needed()
-                page.screenshot(path=str(ARTIFACTS / f"jupyterlab-05-p2p-{width}-intro.png"))
-                nxt.nth(0).scroll_into_view_if_needed()
-                page.wait_for_timeout(300)
-                page.screenshot(path=str(ARTIFACTS / f"jupyterlab-05-p2p-{width}.png"))
-                texts = [t.inner_text() for t in head.locator(".iovalab-ev").all()]
-                boxes = head.evaluate("""el => Array.from(el.querySelectorAll("button[title='first step']"))
-                    .map(b => { const col = b.closest('.widget-vbox').parentElement.getBoundingClientRect();
-                                return Array.from(b.parentElement.querySelectorAll(':scope > button')).map(x => {
-                                    const r = x.getBoundingClientRect();
-                                    return [r.width, r.left >= col.left - 1 && r.right <= col.right + 1]; }); })""")
-                head.locator(".widget-html-content", has_text="step 2 of").first.scroll_into_view_if_needed()
-                page.wait_for_timeout(300)
-                page.screenshot(path=str(ARTIFACTS / f"jupyterlab-05-p2p-{width}-text.png"))
-                table = page.locator(".jp-OutputArea-output", has_text="explain.p2p_rows()").last
-                table.scroll_into_view_if_needed()
-                page.wait_for_timeout(300)
-                page.screenshot(path=str(ARTIFACTS / f"jupyterlab-05-p2p-{width}-table.png"))
-                overflow = table.locator(".iovalab-table").evaluate("el => el.scrollWidth - el.clientWidth")
-            except BaseException:
-                page.screenshot(path=str(ARTIFACTS / f"jupyterlab-05-p2p-{width}-failure.png"))
-                raise
+    with _lab_chapter(tmp_path, chromium, nb, width=width, height=1000) as page:
+        try:
+            _lab_wait_idle(page, 180_000)
+            head = page.locator(".jp-OutputArea-output", has_text="PCI_P2PDMA_MAP_THRU_HOST_BRIDGE").first
+            head.wait_for(state="attached", timeout=120_000)
+            nxt = head.locator("button[title='next step']")
+            assert nxt.count() == 2, nxt.count()
+            nxt.nth(0).scroll_into_view_if_needed()
+            nxt.nth(0).click()
+            nxt.nth(1).click()
+            nxt.nth(1).click()
+            page.wait_for_timeout(800)
+            page.locator(".jp-MarkdownOutput h2", has_text="Peer-to-peer").scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / f"jupyterlab-05-p2p-{width}-intro.png"))
+            nxt.nth(0).scroll_into_view_if_needed()
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(ARTIFACTS / f"jupyterlab-05-p2p-{width}.png"))
+            texts = [t.inner_text() for t in head.locator(".iovalab-ev").all()]
+            boxes = head.evaluate("""el => Array.from(el.querySelectorAll("button[title='first step']"))
+                .map(b => { const col = b.closest('.widget-vbox').parentElement.getBoundingClientRect();
+                            return Array.from(b.parentElement.querySelectorAll(':scope > button')).map(x => {
+                                const r = x.getBoundingClientRect();
+                                return [r.width, r.left >= col.left - 1 && r.right <= col.right + 1]; }); })""")
+            head.locator(".widget-html-content", has_text="step 2 of").first.scroll_into_view_if_needed()
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(ARTIFACTS / f"jupyterlab-05-p2p-{width}-text.png"))
+            table = page.locator(".jp-OutputArea-output", has_text="explain.p2p_rows()").last
+            table.scroll_into_view_if_needed()
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(ARTIFACTS / f"jupyterlab-05-p2p-{width}-table.png"))
+            overflow = table.locator(".iovalab-table").evaluate("el => el.scrollWidth - el.clientWidth")
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / f"jupyterlab-05-p2p-{width}-failure.png"))
+            raise
     assert len(texts) == 2, texts
     assert "blk_dma_map_bus" in texts[0] and "iommu_map_nosync" not in texts[0]
     assert "iommu_map_nosync" in texts[1] and "IOMMU_MMIO" in texts[1]

@@ -181,14 +181,7 @@ class EventLog:
         keeping events). An undeclared kind raises ``ValueError``; when keeping, so do arguments that
         :data:`~iovalab.kernel.event_schema.SCHEMA` does not declare for ``kind`` and ``func`` (``TypeError``
         for a wrong type)."""
-        spec = self._count(kind, count)
-        if spec is None:
-            return None
-        if (func, *args, *map(type, args.values())) not in spec.valid_shapes:
-            spec.check(func, args)
-        ev = Event(self.seq, layer, func, spec.kind, args, result, cpu, count, self.depth)
-        self.events.append(ev)
-        return ev
+        return self.emit_args(layer, func, kind, result, cpu, args, count)
 
     def emit_args(self, layer: str, func: str, kind: Kind | str, result: Any, cpu: int, args: dict[str, Any],
                   count: int = 1) -> Event | None:
