@@ -32,7 +32,7 @@ DMA_MAP_EVENTS = frozenset(("dma_map_page", "dma_map_sg", "dma_alloc", "dma_map_
                             "dma_alloc_pages", "dma_alloc_sgt"))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Allocation:
     """One IOVA allocation seen in the capture."""
 
