@@ -8,6 +8,7 @@ is computed here except unit conversions.
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from iovalab.book.viz_base import COLORS
@@ -33,7 +34,7 @@ def plot_iova_space(rows: list[Any], title: str | None = None):
     """
     import matplotlib.pyplot as plt
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(7.6, 3.6), gridspec_kw={"width_ratios": [3, 2]})
     names = [r.who for r in rows]
     y = list(range(len(rows)))[::-1]
     left = [0.0] * len(rows)
@@ -45,7 +46,7 @@ def plot_iova_space(rows: list[Any], title: str | None = None):
     for yy, r in zip(y, rows, strict=True):
         ax.text(r.mapped_bytes / 2**20, yy, f" {r.mapped_bytes / 2**20:.1f} MiB", va="center", fontsize=9)
     ax.set_yticks(y, names)
-    ax.set_xlabel("IOVA mapped over the workload (MiB, sum of map lines)")
+    ax.set_xlabel("IOVA mapped over the workload\n(MiB, sum of map lines)", fontsize=9)
     ax.set_xlim(0, max(left) * 1.3 if max(left) else 1)
     ax.legend(loc="lower right", fontsize=8, frameon=False)
     spans = [r.span / 1024 for r in rows]
@@ -53,12 +54,12 @@ def plot_iova_space(rows: list[Any], title: str | None = None):
     for yy, r in zip(y, rows, strict=True):
         ax2.text(r.span / 1024, yy, f" {r.lowest:#x}", va="center", fontsize=9)
     ax2.set_yticks(y, [""] * len(rows))
-    ax2.set_xlabel("IOVA range reached: lowest IOVA to 4 GiB (KiB)")
+    ax2.set_xlabel("IOVA range reached:\nlowest IOVA to 4 GiB (KiB)", fontsize=9)
     ax2.set_xlim(0, max(spans) * 1.45 if max(spans) else 1)
     for a in (ax, ax2):
         a.spines[["top", "right"]].set_visible(False)
-    fig.suptitle(title or "IOVA space of the capture's workload: 64 KiB pages (real and simulated) vs 4 KiB",
-                 fontsize=11)
+    fig.suptitle(textwrap.fill(title or "IOVA space of the capture's workload: 64 KiB pages (real and "
+                               "simulated) vs 4 KiB", 64), fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -73,7 +74,7 @@ def plot_iova_timeline(rows: list[Any], title: str | None = None):
     """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 4.6))
+    fig, ax = plt.subplots(figsize=(7.6, 4.8))
     top = 1 << 32
     for path in PATH_ORDER:
         mine = [r for r in rows if r.path == path]
@@ -92,9 +93,9 @@ def plot_iova_timeline(rows: list[Any], title: str | None = None):
     ax.set_xlabel("request, in capture order")
     ax.set_ylabel("IOVA: KiB below 4 GiB")
     ax.set_xlim(-1, len(rows))
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False, ncol=3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False, ncol=2)
     ax.spines[["top", "right"]].set_visible(False)
-    ax.set_title(title or "IOVA space over the capture: kernel bars, simulator ticks, differences crossed",
-                 fontsize=11)
+    ax.set_title(textwrap.fill(title or "IOVA space over the capture: kernel bars, simulator ticks, "
+                               "differences crossed", 64), fontsize=10)
     fig.tight_layout()
     return fig

@@ -137,6 +137,27 @@ class PathsView(View):
 
 
 # --------------------------------------------------------------------------------------------
+#: per path: hollow big circles under medium squares under small triangles, solid / dashed / dotted lines
+_STYLE: dict[str, dict[str, Any]] = {"page": dict(marker="o", ms=7, mfc="none", mew=1.2, ls="-", lw=2.2),
+          "sg": dict(marker="s", ms=4.5, mfc="none", mew=1.0, ls="--", lw=1.4),
+          "iova": dict(marker="^", ms=3, ls=":", lw=1.2)}
+
+
+def _coincide(series: dict[str, list]) -> str:
+    """A note naming the paths whose counts are equal at every size ("page = sg = iova"), or ""."""
+    groups: list[list[str]] = []
+    for p in PATHS:
+        if p not in series:
+            continue
+        g = next((g for g in groups if list(series[g[0]]) == list(series[p])), None)
+        if g is None:
+            groups.append([p])
+        else:
+            g.append(p)
+    same = [" = ".join(g) for g in groups if len(g) > 1]
+    return ("equal, lines overlap: " + "; ".join(same)) if same else ""
+
+
 class ScalingView(View):
     """Left: one counter against the pages per request, one line per path. Right: MODELLED time
     per request against the pages per request. Log-log axes whose ranges depend only on the request
@@ -162,11 +183,15 @@ class ScalingView(View):
                                       fontsize=FONT + 1), slow=True)
         self.mtitle = self.dyn(mx.text(0.5, 1.03, "", transform=mx.transAxes, ha="center", va="bottom",
                                        fontsize=FONT + 1))
-        self.lines = {p: self.dyn(ax.plot([], [], "-o", ms=3, color=COLORS[p])[0], slow=True) for p in PATHS}
+        # equal counts put lines on top of each other: each path has its own marker, size and dash, the
+        # first drawn biggest, so where they coincide every one still shows (and the note names them)
+        self.lines = {p: self.dyn(ax.plot([], [], color=COLORS[p], **_STYLE[p])[0], slow=True) for p in PATHS}
         self._left: tuple | None = None
-        self.mlines = {p: self.dyn(mx.plot([], [], "-o", ms=3, color=COLORS[p])[0]) for p in PATHS}
-        ax.legend(handles=[Line2D([], [], color=COLORS[p], marker="o", ms=3, label=f"{p}: {PATH_TITLES[p]}")
+        self.mlines = {p: self.dyn(mx.plot([], [], color=COLORS[p], **_STYLE[p])[0]) for p in PATHS}
+        ax.legend(handles=[Line2D([], [], color=COLORS[p], label=f"{p}: {PATH_TITLES[p]}", **_STYLE[p])
                            for p in PATHS], loc="upper left", fontsize=FONT - 1, frameon=False)
+        self.same = self.dyn(ax.text(0.03, 0.72, "", transform=ax.transAxes, ha="left", va="top",
+                                     fontsize=FONT - 1, color="#444444"), slow=True)
         self.limits: tuple[float, float, float, float] | None = None
 
     def _set_limits(self, xs) -> None:
@@ -198,6 +223,7 @@ class ScalingView(View):
                 self.lines[p].set_data(xs, [max(v, 0.6) for v in s[kind]] if s else [])
                 if s is None:
                     self.lines[p].set_data([], [])
+            self.same.set_text(_coincide({p: s[kind] for p, s in scale["paths"].items()}))
             self.ylabel.set_text(f"{COUNTER_LABELS[kind]} per request")
             self.title.set_text(f"{COUNTER_LABELS[kind]}, {layout} pages")
             self.touch()

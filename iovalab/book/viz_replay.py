@@ -7,6 +7,7 @@ in, matplotlib ``Figure`` out; nothing is computed here except the difference of
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 __all__ = ["replay_summary", "plot_replay"]
@@ -43,7 +44,7 @@ def plot_replay(result: Any, capture: Any = None, title: str | None = None):
     if not k:
         raise ValueError("the replay has no allocations to draw")
     t0 = k[0][0]
-    fig, (ax, dx) = plt.subplots(2, 1, figsize=(10, 6.2), sharex=True,
+    fig, (ax, dx) = plt.subplots(2, 1, figsize=(7.6, 5.6), sharex=True,
                                  gridspec_kw={"height_ratios": [3, 1]}, constrained_layout=True)
     kt = [t - t0 for t, _, _ in k]
     ax.vlines(kt, [a for _, a, _ in k], [a + n for _, a, n in k], colors="0.72", linewidth=5,
@@ -58,15 +59,16 @@ def plot_replay(result: Any, capture: Any = None, title: str | None = None):
     ax.yaxis.set_major_locator(MultipleLocator(step))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{int(v):#x}"))
     ax.set_ylabel("IOVA (bar = IOVA .. IOVA + size)")
-    ax.legend(loc="lower left", fontsize=9)
-    ax.set_title(title or f"{result.path}: IOVA of every allocation, kernel vs simulator")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(textwrap.fill(title or f"{result.path}: IOVA of every allocation, kernel vs simulator", 64),
+                 fontsize=10)
     diffs = [(b[1] - a[1]) for a, b in zip(k, s, strict=False)]
     dx.plot(kt[:len(diffs)], diffs, "o", ms=3, color="tab:green" if not any(diffs) else "tab:red")
     dx.axhline(0, color="0.5", lw=0.8)
     dx.set_ylabel("sim - kernel (bytes)")
     dx.set_xlabel("time since the first allocation (s)")
     summ = replay_summary(result)
-    dx.set_title(f"{summ['identical']} of {summ['kernel']} allocations identical (IOVA and size).   "
+    dx.set_title(f"{summ['identical']} of {summ['kernel']} allocations identical (IOVA and size)\n"
                  f"{summ['total']}", fontsize=9)
     if not any(diffs):
         dx.set_ylim(-1, 1)

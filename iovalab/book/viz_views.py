@@ -331,8 +331,7 @@ class MaskView(View):
 
     def update(self, walk) -> MaskView:
         n = len(walk.allocs)
-        if n > self.capacity:
-            self.set_capacity(n)
+        self.set_capacity(n)        # the y axis runs over the allocations drawn, no empty rows below
         values = [2.0 ** 32, walk.dma_mask + 1.0, walk.bus_dma_limit + 1.0 if walk.bus_dma_limit else None,
                   walk.aperture_end + 1.0, walk.dma_limit + 1.0]
         for line, v in zip(self.lines, values, strict=True):

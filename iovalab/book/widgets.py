@@ -53,14 +53,19 @@ _CSS = ("<style>.iovalab-t td{padding:1px 8px;font-family:monospace;font-size:12
         ".iovalab-stale{opacity:0.25;filter:grayscale(1)}</style>")
 
 
-def _table(rows, head: tuple[str, ...] | None = None) -> str:
+def _table(rows, head: tuple[str, ...] | None = None, *, numbers: bool = False) -> str:
+    """``numbers``: every column is numeric (right-aligned, never broken) and the headers wrap at their
+    spaces, so a column is as wide as its longest header word or value (as :mod:`iovalab.book.tables`)."""
     # inline styles: JupyterLab's rendered-HTML table rules would otherwise win over a class
+    td = _TD.replace("text-align:left", "text-align:right;white-space:nowrap") if numbers else _TD
     th = _TD.replace("font-family:monospace;", "font-weight:bold;")
+    if numbers:
+        th = th.replace("text-align:left", "text-align:right;white-space:normal;vertical-align:bottom")
     out = ['<table class="iovalab-t" style="border-collapse:collapse;margin:4px 0">']
     if head:
         out.append("<tr>" + "".join(f'<th style="{th}">{html.escape(h)}</th>' for h in head) + "</tr>")
     for r in rows:
-        out.append("<tr>" + "".join(f'<td style="{_TD}">{html.escape(str(c))}</td>' for c in r) + "</tr>")
+        out.append("<tr>" + "".join(f'<td style="{td}">{html.escape(str(c))}</td>' for c in r) + "</tr>")
     out.append("</table>")
     return "".join(out)
 
@@ -165,6 +170,15 @@ class GranuleExplorer(_Batch, W.VBox):
 
 
 # --------------------------------------------------------------------------------------------
+def _setup_rows(walk: explain.MaskWalk) -> list[tuple[str, str]]:
+    """``walk.rows()`` with the Python booleans written as the kernel's C does: ``true``/``false``
+    (``dev->iommu->pci_32bit_workaround = !iommu_dma_forcedac`` in ``iommu_setup_dma_ops()``,
+    drivers/iommu/dma-iommu.c, 6.17)."""
+    why = ("PCI device, no iommu.forcedac=1" if walk.pci and not walk.forcedac
+           else "iommu.forcedac=1" if walk.pci else "not a PCI device")
+    return [(k, f"{v.lower()} ({why})" if v in ("True", "False") else v) for k, v in walk.rows()]
+
+
 def mask_html(walk: explain.MaskWalk) -> str:
     """The :class:`MaskExplorer` text: the set-up and one row per allocation."""
     rows = []
@@ -179,7 +193,7 @@ def mask_html(walk: explain.MaskWalk) -> str:
     if walk.failures:
         notes += (f"<p><b>{walk.failures} allocation(s) failed</b>: <code>dma_iova_try_alloc</code> returns false "
                   "(<code>dma_map_page</code> would return <code>DMA_MAPPING_ERROR</code>).</p>")
-    return _wrap(_table(walk.rows(), ("set-up", "value")) + notes
+    return _wrap(_table(_setup_rows(walk), ("set-up", "value")) + notes
                  + _table(rows, ("#", "IOVA", "size", "attempt", "from", "notice")))
 
 
@@ -209,7 +223,7 @@ class MaskExplorer(_Batch, W.VBox):
         self.granules = W.IntSlider(value=1, min=1, max=32, description="granules each", style=_S)
         self.text = W.HTML()
         self.image = _image()
-        self.view = MaskView(capacity=16)
+        self.view = MaskView(capacity=count)
         self.walk: explain.MaskWalk | None = None
         for c in (self.mask_bits, self.bus_limit, self.free_below_4g, self.pci, self.forcedac, self.count,
                   self.granules):
@@ -533,10 +547,14 @@ class PathComparison(_Batch, W.VBox):
 def scaling_html(scale: dict, kind: str) -> str:
     """The :class:`ScalingExplorer` text: the plotted numbers as a table."""
     paths = list(scale["paths"])
-    rows = [[n] + [scale["paths"][p][kind][i] for p in paths]
-            + [f"{scale['paths'][p]['modelled_ns'][i]:,.0f}" for p in paths] for i, n in enumerate(scale["npages"])]
-    head = ("pages", *[f"{p}: {kind}" for p in paths], *[f"{p}: modelled ns" for p in paths])
-    return _wrap(_table(rows, head))
+    npages = list(enumerate(scale["npages"]))
+    counts = [[n] + [scale["paths"][p][kind][i] for p in paths] for i, n in npages]
+    ns = [[n] + [f"{scale['paths'][p]['modelled_ns'][i]:,.0f}" for p in paths] for i, n in npages]
+    # two tables side by side that wrap one under the other in a narrow column (1024 px with the file
+    # browser open): one wide table of seven columns needed a sideways scroll there
+    return _wrap('<div style="display:flex;flex-wrap:wrap;column-gap:28px;align-items:flex-start">'
+                 + _table(counts, ("pages", *[f"{p}: {kind}" for p in paths]), numbers=True)
+                 + _table(ns, ("pages", *[f"{p}: modelled ns" for p in paths]), numbers=True) + "</div>")
 
 
 class ScalingExplorer(_Batch, W.VBox):
