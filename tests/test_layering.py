@@ -17,7 +17,8 @@ PKG = Path(__file__).resolve().parent.parent / "iovalab"
 RANK = {
     "resources": 0,
     "kernel": 0, "kernel.event_schema": 0, "kernel.units": 0, "kernel.events": 0.2, "kernel.version": 0,
-    "kernel.iova_rcache": 0.95, "kernel.iova": 1, "kernel.pgtable.table": 0.5, "kernel.pgtable.ops": 0.6,
+    "kernel.iova_rcache": 0.95, "kernel.iova": 1, "kernel.pgtable.table": 0.5, "kernel.pgtable.ops_walk": 0.55,
+    "kernel.pgtable.ops": 0.6,
     "kernel.pgtable.intel_vtd": 0.7, "kernel.pgtable.amd_v1": 0.7, "kernel.pgtable.arm_lpae": 0.7,
     "kernel.pgtable.generic_pt": 0.72, "kernel.pgtable.vtdss": 0.75, "kernel.pgtable.amdv1_pt": 0.75,
     "kernel.pgtable.io_pgtable": 0.8, "kernel.pgtable": 0.9,
