@@ -23,7 +23,7 @@ RANK = {
     "kernel.pgtable.generic_pt": 0.72, "kernel.pgtable.vtdss": 0.75, "kernel.pgtable.amdv1_pt": 0.75,
     "kernel.pgtable.io_pgtable": 0.8, "kernel.pgtable": 0.9,
     "kernel.iommu_gather": 1.8, "kernel.iotlb": 1.9, "kernel.iommu": 2, "kernel.device": 2,
-    "kernel.swiotlb": 3,
+    "kernel.swiotlb_slots": 2.9, "kernel.swiotlb": 3,
     "kernel.dma_debug": 3.2, "kernel.dma_iova": 3.5, "kernel.p2pdma": 1.5,
     "kernel.dma_iommu_fq": 3.6, "kernel.dma_iommu_sg": 3.7,
     "kernel.dma_iommu": 4,
