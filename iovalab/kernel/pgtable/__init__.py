@@ -4,6 +4,7 @@
 module              kernel file
 ==================  =================================================================================
 ``ops``             ``include/linux/io-pgtable.h``: the ops protocol; the table walk formats share
+``ops_walk``        the read-only walks (``arm_lpae_iova_to_phys``, ``arm_lpae_pgtable_walk``), a mixin of ``ops``
 ``arm_lpae``        ``drivers/iommu/io-pgtable-arm.c`` (SMMUv2/v3 stage 1, driver ``"arm"``)
 ``intel_vtd``       ``drivers/iommu/intel/iommu.c`` (VT-d second stage, driver ``"intel"``)
 ``amd_v1``          ``drivers/iommu/amd/io_pgtable.c`` (AMD-Vi v1, driver ``"amd"``)

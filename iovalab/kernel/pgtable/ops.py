@@ -5,7 +5,9 @@
 modelled formats (:mod:`~iovalab.kernel.pgtable.arm_lpae`, :mod:`~iovalab.kernel.pgtable.intel_vtd`,
 :mod:`~iovalab.kernel.pgtable.amd_v1`) are subclasses of :class:`IoPgtable`, which holds what they
 share: the radix-tree geometry, walking and allocating tables, the map loop (a format supplies its
-argument checks and PTE encoding), and read-only queries (``iova_to_phys``, ranges, occupancy).
+argument checks and PTE encoding), unmap and the bulk leaf writes. The read-only walks
+(``iova_to_phys``, ``walk``, ranges, occupancy) are :class:`~iovalab.kernel.pgtable.ops_walk.IoPgtableWalkMixin`
+(:mod:`~iovalab.kernel.pgtable.ops_walk`), a base of :class:`IoPgtable`.
 
 Geometry of every format: :mod:`iovalab.kernel.pgtable`.
 
@@ -32,7 +34,8 @@ from typing import ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from iovalab.kernel.events import EventLog
-import iovalab.kernel.pgtable.table as table
+from iovalab.kernel.pgtable.ops_walk import FEW_GRANULES as _FEW_GRANULES
+from iovalab.kernel.pgtable.ops_walk import IoPgtableWalkMixin
 from iovalab.kernel.pgtable.table import Table
 from iovalab.kernel.units import EEXIST, SZ_4K
 
@@ -94,14 +97,8 @@ def _bits(x: int) -> Iterator[int]:
         x ^= low
 
 
-#: a non-empty range of up to this many granules inside the table (a request of a few pages) is queried
-#: entry by entry with hardware walks (:meth:`IoPgtable._entry`): cheaper than the numpy table walks of
-#: :mod:`~iovalab.kernel.pgtable.table` there, same answer (:meth:`IoPgtable.first_unmapped`, ``find_mapped``);
-#: ``map_pages`` reads and writes a run of up to this many PTEs as Python ints, not numpy vectors
-_FEW_GRANULES = 32
 
-
-class IoPgtable:
+class IoPgtable(IoPgtableWalkMixin):
     """A multi-level IO page table (``struct io_pgtable`` / ``dmar_domain->pgd`` / ``amd_io_pgtable``):
     the machinery every format shares. Build one with
     :func:`~iovalab.kernel.pgtable.alloc_io_pgtable_ops`.
@@ -333,26 +330,6 @@ class IoPgtable:
                           level=self.level_name(t.lvl), iova=t.base)
         return tables
 
-    def _leaf(self, iova: int) -> tuple[Table, int, int, int] | None:
-        """The hardware walk: ``(table, index, level, PTE value)`` of the leaf that maps ``iova``."""
-        if iova >> self.ias or iova < 0:
-            return None
-        hit = self._entry(iova)
-        return hit if hit[3] else None
-
-    def _entry(self, iova: int) -> tuple[Table, int, int, int]:
-        """The walk of ``iova`` (``0 <= iova < 2**ias``) to where it stops: ``(table, index, level, PTE
-        value)`` of the leaf that maps it, or of the empty entry (value 0) that covers it."""
-        t = self.root
-        sh, mask = self._sh, self._mask
-        for i in range(self.nlevels):
-            idx = (iova >> sh[i]) & mask[i]
-            k = t.kids.get(idx)
-            if k is None:
-                return t, idx, i, t.ent.item(idx)
-            t = k
-        raise AssertionError("unreachable: the bottom level has no child tables")
-
     # -- map ----------------------------------------------------------------------------------
     def map_pages(self, iova: int, paddr: int, pgsize: int, count: int, prot: int,
                   cpu: int = 0) -> tuple[int, int]:
@@ -578,97 +555,6 @@ class IoPgtable:
             t.ent[idx[sel]] = 0
         self._leaves -= len(iovas)
         return True
-
-    # -- lookups ------------------------------------------------------------------------------
-    def lookup(self, iova: int) -> tuple[int, int, int] | None:
-        """Hardware-style walk: ``(phys of iova, leaf page size, IOMMU prot)`` or None."""
-        hit = self._leaf(iova)
-        if hit is None:
-            return None
-        _, _, i, v = hit
-        base, size, prot = self._decode(v, i)
-        return base + (iova & (size - 1)), size, prot
-
-    def iova_to_phys(self, iova: int) -> int:
-        """``ops->iova_to_phys(ops, iova)`` (``arm_lpae_iova_to_phys``, ``intel_iommu_iova_to_phys``,
-        ``iommu_v1_iova_to_phys``): the physical address, or 0 when nothing is mapped."""
-        r = self.lookup(iova)
-        return 0 if r is None else r[0]
-
-    def walk(self, iova: int) -> list[dict]:
-        """Every PTE the walk of ``iova`` reads (like ``arm_lpae_pgtable_walk``), for views."""
-        out = []
-        t = self.root
-        for i in range(self.nlevels):
-            idx = (iova >> self._sh[i]) & self._mask[i]
-            v = int(t.ent[idx])
-            k = t.kids.get(idx)
-            kind = "table" if k is not None else ("leaf" if v else "none")
-            out.append({"level": self.level_name(i), "index": idx, "pte": v, "kind": kind,
-                        "table_phys": t.phys})
-            if k is None:
-                break
-            t = k
-        return out
-
-    def find_mapped(self, lo: int, hi: int, limit: int = 16) -> list[int]:
-        """Up to ``limit`` granule addresses in ``[lo, hi)`` that a leaf maps, ascending; walks only
-        the tables that exist (no kernel analogue: a query for contract checks and views)."""
-        if not (0 <= lo < hi <= 1 << self.ias and hi - lo <= _FEW_GRANULES * self.granule):  # few granules
-            return table.find_mapped(self.root, self._block, self.granule, lo, hi, limit)
-        g = self.granule
-        out: list[int] = []
-        a = lo
-        while a < hi and len(out) < limit:
-            _, _, i, v = self._entry(a)
-            bsz = self._block[i]
-            end = min(hi, (a & ~(bsz - 1)) + bsz)
-            if v:
-                out.extend(range(a, min(end, a + g * (limit - len(out))), g))
-            a = end
-        return out
-
-    def first_unmapped(self, lo: int, hi: int) -> int | None:
-        """Lowest granule address in ``[lo, hi)`` with no leaf, or None (walks existing tables)."""
-        if not (0 <= lo < hi <= 1 << self.ias and hi - lo <= _FEW_GRANULES * self.granule):  # few granules
-            return table.first_unmapped(self.root, self._block, self.granule, lo, hi)
-        a = lo
-        while a < hi:
-            t, idx, i, v = self._entry(a)
-            if not v:
-                return a & ~(self.granule - 1)
-            bsz = self._block[i]
-            a = (a & ~(bsz - 1)) + bsz
-            if not t.kids and a < hi:    # the next entries of this leaf table, read in place
-                n = min(len(t.ent) - idx - 1, -(-(hi - a) // bsz))
-                for v in t.ent[idx + 1:idx + 1 + n].tolist():
-                    if not v:
-                        return a
-                    a += bsz
-        return None
-
-    def mapped_ranges(self, merge: bool = True) -> list[tuple[int, int, int, int]]:
-        """``[(iova, phys, size, prot), ...]`` in IOVA order: runs that are contiguous in both IOVA
-        and physical space with equal prot (``merge=True``), or one tuple per leaf PTE (an AMD
-        replicated large page appears once per replica, ``size`` = that level's block)."""
-        return table.mapped_ranges(self.root, self._block, self._decode_vec, merge)
-
-    def leaf_count(self) -> int:
-        """Leaf PTEs present (a block counts 1; an AMD replicated page counts its replicas)."""
-        return self._leaves
-
-    def table_page_count(self) -> int:
-        """Table pages currently allocated, the root included."""
-        return self._ntables
-
-    def occupancy(self) -> list[dict]:
-        """Per populated top-level entry: ``index``, ``iova`` base, ``span``, ``leaf_ptes``,
-        ``mapped`` bytes, ``table_pages`` (for drawing)."""
-        return table.occupancy(self.root, self._block)
-
-    def snapshot(self) -> tuple:
-        """Comparable copy of every translation (per leaf PTE)."""
-        return tuple(self.mapped_ranges(merge=False))
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.fmt}/{self.driver} granule={self.granule:#x} ias={self.ias} "
