@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from iovalab.kernel.device import Device
-from iovalab.kernel.dma_iommu import DMA_FROM_DEVICE, DMA_TO_DEVICE, DmaDomain, DmaIovaState, ScatterEntry
+from iovalab.kernel.dma_iommu import DmaDomain, ScatterEntry
+from iovalab.trace.bigtrace import map_request, unmap_request
 from iovalab.trace.ftrace import parse_ftrace
 from iovalab.trace.ftrace_write import (
     format_dma_map_page, format_dma_unmap_page, format_fields, format_line, format_map, format_unmap, write_ftrace,
@@ -83,33 +84,10 @@ def _nvme_like_run(strict=True, ncpus=1, seed=5):
     phys = 0x2000_0000
     for _ in range(400):
         cpu = rng.randrange(ncpus)
-        kind = rng.choice(["page", "page", "sg", "iova"])
-        if kind == "page":
-            size = rng.choice([512, 4096, 8192, 0x10000])
-            a = dom.dma_map_page(dev, phys + rng.choice([0, 0x200]), size, DMA_FROM_DEVICE, cpu=cpu)
-            inflight.append(("page", a, size))
-        elif kind == "sg":
-            sgl = [ScatterEntry(phys + k * 0x3000, 0x1000) for k in range(rng.randint(2, 6))]
-            dom.dma_map_sg(dev, sgl, DMA_TO_DEVICE, cpu=cpu)
-            inflight.append(("sg", sgl, 0))
-        else:  # the two-step path: visible in the trace as map lines and one unmap
-            st = DmaIovaState()
-            n = rng.randint(1, 8)
-            dom.dma_iova_try_alloc(dev, st, 0, n * 0x1000, cpu=cpu)
-            for k in range(n):
-                dom.dma_iova_link(dev, st, phys + 0x100000 + 2 * k * 0x1000, k * 0x1000, 0x1000, cpu=cpu)
-            dom.dma_iova_sync(dev, st, 0, n * 0x1000, cpu=cpu)
-            inflight.append(("iova", st, n))
+        inflight.append(map_request(dom, dev, rng, phys, cpu))
         phys += 0x40000
         while inflight and (len(inflight) > 6 or rng.random() < 0.4):
-            k, x, size = inflight.pop(rng.randrange(len(inflight)))
-            cpu = rng.randrange(ncpus)
-            if k == "page":
-                dom.dma_unmap_page(dev, x, size, DMA_FROM_DEVICE, cpu=cpu)
-            elif k == "sg":
-                dom.dma_unmap_sg(dev, x, DMA_TO_DEVICE, cpu=cpu)
-            else:
-                dom.dma_iova_destroy(dev, x, size * 0x1000, cpu=cpu)
+            unmap_request(dom, dev, inflight.pop(rng.randrange(len(inflight))), rng.randrange(ncpus))
         if not strict and rng.random() < 0.05:
             dom.advance_time(10, cpu=rng.randrange(ncpus))
     return dom

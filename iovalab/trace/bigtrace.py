@@ -22,7 +22,7 @@ from iovalab.kernel.dma_iommu import DmaDomain, ScatterEntry
 from iovalab.kernel.dma_iova import DmaIovaState
 from iovalab.trace.ftrace_write import HEADER_LEGEND_IRQ, events_to_ftrace
 
-__all__ = ["write_sim_capture"]
+__all__ = ["write_sim_capture", "map_request", "unmap_request"]
 
 _STEP_US = 10
 
@@ -49,37 +49,21 @@ def write_sim_capture(path: str | os.PathLike, lines: int, *, ncpus: int = 1, st
         while written < lines:
             for _ in range(200):
                 cpu = rng.randrange(ncpus)
-                kind = rng.choice(("page", "page", "sg", "iova"))
-                if kind == "page":
-                    size = rng.choice((512, 4096, 8192, 0x10000))
-                    a = dom.dma_map_page(dev, phys + rng.choice((0, 0x200)), size, DMA_FROM_DEVICE, cpu=cpu)
-                    item: tuple = ("page", a, size)
-                elif kind == "sg":
-                    sgl = [ScatterEntry(phys + k * 0x3000, 0x1000) for k in range(rng.randint(2, 6))]
-                    dom.dma_map_sg(dev, sgl, DMA_TO_DEVICE, cpu=cpu)
-                    item = ("sg", sgl, 0)
-                else:
-                    st = DmaIovaState()
-                    n = rng.randint(1, 8)
-                    dom.dma_iova_try_alloc(dev, st, 0, n * 0x1000, cpu=cpu)
-                    for k in range(n):
-                        dom.dma_iova_link(dev, st, phys + 0x100000 + 2 * k * 0x1000, k * 0x1000, 0x1000,
-                                          cpu=cpu)
-                    dom.dma_iova_sync(dev, st, 0, n * 0x1000, cpu=cpu)
-                    item = ("iova", st, n)
+                item = map_request(dom, dev, rng, phys, cpu)
+                kind = item[0]
                 phys = (phys + 0x40000) & ((1 << 46) - 1) or 0x2000_0000
                 # kept for good: single mappings only (their dma_map_page line closes them; a
                 # never-unmapped two-step range of one granule would read as an MSI doorbell)
                 if not (keep_every and kind == "page" and nmaps % keep_every == 0):
                     live.append(item)
                 while live and (len(live) > inflight or rng.random() < 0.4):
-                    _unmap(dom, dev, live.pop(rng.randrange(len(live))), rng.randrange(ncpus))
+                    unmap_request(dom, dev, live.pop(rng.randrange(len(live))), rng.randrange(ncpus))
                 if not strict and rng.random() < 0.05:
                     dom.advance_time(10, cpu=rng.randrange(ncpus))
                 nmaps += kind == "page"
             if written + len(_lines(dom, written)) >= lines:   # the workload ends: nothing in flight
                 while live:
-                    _unmap(dom, dev, live.pop(), 0)
+                    unmap_request(dom, dev, live.pop(), 0)
             written += _drain(dom, body, written)
     with open(path, "w", encoding="utf-8", newline="\n") as out:
         out.write(f"# tracer: nop\n#\n# entries-in-buffer/entries-written: {written}/{written}   "
@@ -91,7 +75,30 @@ def write_sim_capture(path: str | os.PathLike, lines: int, *, ncpus: int = 1, st
     return written
 
 
-def _unmap(dom: DmaDomain, dev: Device, item: tuple, cpu: int) -> None:
+def map_request(dom: DmaDomain, dev: Device, rng: random.Random, phys: int, cpu: int) -> tuple:
+    """One random NVMe-like request mapped at ``phys`` on ``cpu``: a ``dma_map_page`` of 512 B to 64 KiB
+    (half of them), a ``dma_map_sg`` of 2-6 pages, or a two-step ``dma_iova_try_alloc`` + one
+    ``dma_iova_link`` per page + ``dma_iova_sync``. Returns what :func:`unmap_request` undoes:
+    ``(kind, handle, size)``."""
+    kind = rng.choice(("page", "page", "sg", "iova"))
+    if kind == "page":
+        size = rng.choice((512, 4096, 8192, 0x10000))
+        return ("page", dom.dma_map_page(dev, phys + rng.choice((0, 0x200)), size, DMA_FROM_DEVICE, cpu=cpu), size)
+    if kind == "sg":
+        sgl = [ScatterEntry(phys + k * 0x3000, 0x1000) for k in range(rng.randint(2, 6))]
+        dom.dma_map_sg(dev, sgl, DMA_TO_DEVICE, cpu=cpu)
+        return ("sg", sgl, 0)
+    st = DmaIovaState()
+    n = rng.randint(1, 8)
+    dom.dma_iova_try_alloc(dev, st, 0, n * 0x1000, cpu=cpu)
+    for k in range(n):
+        dom.dma_iova_link(dev, st, phys + 0x100000 + 2 * k * 0x1000, k * 0x1000, 0x1000, cpu=cpu)
+    dom.dma_iova_sync(dev, st, 0, n * 0x1000, cpu=cpu)
+    return ("iova", st, n)
+
+
+def unmap_request(dom: DmaDomain, dev: Device, item: tuple, cpu: int) -> None:
+    """Unmap a request :func:`map_request` made, through the same path, on ``cpu``."""
     k, x, size = item
     if k == "page":
         dom.dma_unmap_page(dev, x, size, DMA_FROM_DEVICE, cpu=cpu)
