@@ -330,18 +330,15 @@ def iter_ftrace(lines_or_path: str | os.PathLike | Iterable[str] | IO[str], *, s
             fm = fast(line) if "map: IOMMU: " in line else None
             if fm is not None:
                 task, pid, tgid, cpu_s, flags, ts, event, text, a, b, paddr, size, usize, unmapped = fm.groups()
-                iova, end = int(a, 16), int(b, 16)
-                if paddr is not None and event == "map":
-                    fields: dict[str, Any] = {"iova": iova, "iova_end": end, "paddr": int(paddr, 16),
-                                              "size": int(size)}
-                elif paddr is None and event == "unmap":
-                    fields = {"iova": iova, "iova_end": end, "size": int(usize), "unmapped_size": int(unmapped)}
+                # the same conversion and checks as the event's format (map: iova, end, paddr, size;
+                # unmap: iova, end, size, unmapped_size); a line in the other event's shape is odd
+                if (paddr is None) != (event == "map"):
+                    fields = EVENT_FORMATS[event].fields_of((a, b, paddr, size) if paddr is not None
+                                                            else (a, b, usize, unmapped))
                 else:
-                    fields = {}
-                sz = fields.get("size", -1)
+                    fields = None
                 cpu = int(cpu_s)
-                if 0 <= sz <= U64_MASK and fields.get("unmapped_size", 0) <= U64_MASK and \
-                        end == (iova + sz) & U64_MASK and cpu < MAX_CPUS:
+                if fields is not None and cpu < MAX_CPUS:
                     counts[event] = counts.get(event, 0) + 1
                     if cpu not in cpus:
                         cpus.add(cpu)

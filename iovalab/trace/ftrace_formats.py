@@ -151,6 +151,16 @@ class _Spec:
                           for name, _ in sorted(self.regex.groupindex.items(), key=lambda x: x[1]))
         self.convert = _make_converter(self.plan)
 
+    def fields_of(self, groups: tuple) -> dict[str, Any] | None:
+        """The fields of text this format's regex already matched (its ``groups``, in group order),
+        converted and checked as :func:`parse_fields` does; None when they do not pass (a number
+        beyond 64 bits, a failed check), for :func:`parse_fields` to say why."""
+        try:
+            f = self.convert(groups)
+        except _TooWide:
+            return None
+        return f if self.check is None or self.check(f) is None else None
+
 
 _HEX_FIELDS = {"iova", "iova_end", "paddr", "dma_addr", "phys_addr", "dma_mask",
                "dev_addr", "qw0", "qw1", "qw2", "qw3", "start", "end", "addr", "pages", "mask"}
