@@ -273,7 +273,7 @@ def replay_capture(cap: FtraceCapture, *, cpus: int | None = None, mode: str | N
     :func:`replay_file` does the same for a capture read from a file as a stream."""
     t0 = time.perf_counter()
     ev = CaptureEvidence.of_capture(cap)
-    system = system or infer_system(cap)
+    system = system or infer_system(ev, steps=lambda g: reconstruct(cap, g))   # the same evidence, once
     last = cap.lines[-1].lineno + 1 if cap.lines else 1
     result = _replay_modes([lambda: iter(cap.lines)], ev, cpus, mode, path, system, lines, iovas, lookahead=last)
     result.seconds = time.perf_counter() - t0
