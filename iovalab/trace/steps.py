@@ -44,12 +44,10 @@ class Allocation:
     kind: str = "?"      # dma_map_page | dma_map_sg | dma_alloc | ...
     freed_at: int | None = None
     timestamp: float = 0.0
-    closed: bool = False
     size_hint: int = 0   # size of the unmap that will free it (0 = never unmapped)
-    closed_at: int = 0   # line of the dma_* event that closed it (0: none, e.g. the two-step API)
-    map_lines: list[int] = field(default_factory=list)   # its map lines, in file order
-    maps: list[TraceLine] = field(default_factory=list, repr=False)   # those lines
-    closer: TraceLine | None = field(default=None, repr=False)        # the dma_* line that closed it
+    maps: list[TraceLine] = field(default_factory=list, repr=False)   # its map lines, in file order
+    closer: TraceLine | None = field(default=None, repr=False)        # the dma_* line that closed it (None:
+    #                                                                   none, e.g. the two-step API)
     emitted: bool = False    # its ``alloc`` step has left :func:`iter_steps`
     first_paddr: int = 0     # the physical address its first ``map`` line maps
 
@@ -197,7 +195,7 @@ def iter_steps(lines: Iterable[TraceLine], granule: int, *, lookahead: int = LOO
     out ``lookahead`` lines after its first map line (or at the end), so a request's further map lines
     and its ``dma_*`` event are in it. Memory: the lookahead, plus the ranges still mapped. With
     ``keep_maps=False`` (a consumer that handles each step before asking for the next) an allocation's
-    ``maps``/``map_lines`` are dropped once its ``alloc`` step was handled, so a range mapped for good
+    ``maps`` are dropped once its ``alloc`` step was handled, so a range mapped for good
     costs only its :class:`Allocation`.
     """
     if not isinstance(lookahead, int) or lookahead < 1:
@@ -234,11 +232,10 @@ def iter_steps(lines: Iterable[TraceLine], granule: int, *, lookahead: int = LOO
                     out.append((ln.lineno + lookahead, ("link", cur, ln)))
                     if not keep_maps:
                         return
-                cur.map_lines.append(ln.lineno)
                 cur.maps.append(ln)
             else:
                 a = Allocation(ln.lineno, ln.cpu, iova, 0, iova + size, timestamp=ln.timestamp,
-                               size_hint=extent(iova), map_lines=[ln.lineno], maps=[ln],
+                               size_hint=extent(iova), maps=[ln],
                                first_paddr=ln.fields["paddr"])
                 opened.add(a)
                 old = live.get(iova)
@@ -257,9 +254,7 @@ def iter_steps(lines: Iterable[TraceLine], granule: int, *, lookahead: int = LOO
                 if pick is None:
                     pick = opened.last()
                 opened.remove(pick)
-                pick.closed = True
                 pick.kind = ev
-                pick.closed_at = ln.lineno
                 pick.closer = ln
         elif ev == "unmap":
             iova, size = ln.fields["iova"], ln.fields["size"]
@@ -274,7 +269,6 @@ def iter_steps(lines: Iterable[TraceLine], granule: int, *, lookahead: int = LOO
                 return
             a.size = size
             a.freed_at = ln.lineno
-            a.closed = True
             opened = open_by_cpu.get(a.cpu)
             if opened and a in opened:
                 opened.remove(a)
@@ -294,7 +288,6 @@ def iter_steps(lines: Iterable[TraceLine], granule: int, *, lookahead: int = LOO
                 yield st
                 if not keep_maps:     # handled: its lines are not needed any more
                     a.maps = []
-                    a.map_lines = []
                     a.closer = None
             else:
                 yield st
