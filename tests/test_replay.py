@@ -14,7 +14,11 @@ from iovalab.trace.ftrace import parse_ftrace
 from iovalab.trace.ftrace_write import (
     format_dma_map_page, format_dma_unmap_page, format_fields, format_line, format_map, format_unmap, write_ftrace,
 )
-from iovalab.trace.replay import events_to_ftrace, export_ftrace, reconstruct, replay_capture, replay_file
+from iovalab.trace.evidence import CaptureEvidence, IovaReuse
+from iovalab.trace.replay import (
+    events_to_ftrace, export_ftrace, infer_mode, iova_reuse, needs_reuse, reconstruct, replay_capture, replay_file,
+)
+from iovalab.trace.steps import Allocation
 from iovalab.kernel.units import DMA_BIT_MASK
 
 REAL = Path(__file__).resolve().parent.parent / "data" / "real" / "strict-smp1.trace"
@@ -29,7 +33,11 @@ def test_real_capture_every_allocation_matched(real):
     res = replay_capture(real, path=str(REAL))
     assert (res.allocations, res.matched, res.mismatched) == (1215, 1215, 0)
     assert res.reordered == 1 and res.reorders == [10518]
-    assert res.cpus == 1 and res.mode == "strict" and "guess" in res.mode_inferred
+    # no flush line: strict from the IOVAs that come straight back; the one that does not is the
+    # interrupt-context free the replay reorders (traced between the allocation and its map line)
+    assert res.cpus == 1 and res.mode == "strict" and "guess" not in res.mode_inferred
+    assert "1144 of 1145 IOVAs freed by a dma_unmap_* path came back" in res.mode_inferred
+    assert "(1 other(s), freed in interrupt context just before" in res.mode_inferred
     # the kernel's and the simulator's IOVA sequences coincide
     assert [k[1] for k in res.kernel_iovas] == [s[1] for s in res.sim_iovas]
     assert min(k[1] for k in res.kernel_iovas) == 0xFFEB0000  # lowest IOVA mapped (README table)
@@ -176,11 +184,15 @@ def _timer_capture(path, b_at_ms: float, b_iova: int, c_iova: int) -> None:
                                                      (115.9, _X - 0x1000, _X - 0x1000),
                                                      (116.1, _X, _X - 0x1000)])
 def test_lazy_capture_without_flush_lines_follows_the_kernels_timer(tmp_path, b_at_ms, b_iova, c_iova):
-    """No flush line: the replay's guess of strict does not match, so it tries lazy, placing the
-    flush-queue timer from the timestamps as the kernel runs it, and says how it placed it."""
+    """No flush line: an IOVA freed by dma_unmap_page does not come back to the next allocation on its
+    CPU (B does not get A's, or C does not get B's), which a strict rcache would give, so the capture
+    is lazy; one replay places the flush-queue timer from the timestamps as the kernel runs it, and
+    says how it placed it."""
     _timer_capture(tmp_path / "t.trace", b_at_ms, b_iova, c_iova)
     res = replay_file(tmp_path / "t.trace", lines=True)
-    assert res.mode == "lazy" and "HZ=250" in res.mode_inferred and "a guess" in res.mode_inferred
+    assert res.mode == "lazy" and res.passes == 1
+    assert "lazy: no IOTLB flush line, but only" in res.mode_inferred
+    assert "HZ=250" in res.mode_inferred and "a guess: no line marks a tick" in res.mode_inferred
     assert (res.allocations, res.matched, res.mismatched) == (3, 3, 0), res.mismatches
     assert res.lines is not None and res.lines.differ == 0, res.lines.mismatches
     # at HZ=1000 the timers run 11 ms after arming: before B at 113 ms (B would reuse A's IOVA), and
@@ -201,4 +213,86 @@ def test_replay_ftrace_says_how_it_placed_the_timer(tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "flush-queue timer runs placed from the timestamps (HZ=250): 1" in p.stdout
-    assert "replayed 2 times" in p.stdout and "lazy (a guess: strict did not match)" in p.stdout
+    assert "replayed 2 times" not in p.stdout and "lazy: no IOTLB flush line, but only 1 of 2 IOVAs" in p.stdout
+
+
+def _run_without_flush_lines(tmp_path, strict: bool, ncpus: int):
+    dom = _nvme_like_run(strict, ncpus)
+    path = tmp_path / f"{'strict' if strict else 'lazy'}{ncpus}.trace"
+    export_ftrace(dom.log.events, path, nr_cpus=ncpus, iotlb_events=False)
+    return dom, path
+
+
+@pytest.mark.parametrize("strict, ncpus", [(True, 1), (True, 2), (False, 1), (False, 2)])
+def test_mode_without_flush_lines_comes_from_iova_reuse(tmp_path, strict, ncpus):
+    """No IOTLB flush line: the mode is read off whether freed IOVAs come straight back, and the capture
+    is replayed once, in that mode (the simulator is never run to choose it). Strict matches; the
+    export's clock is 10 us a line, not the simulator's, so a lazy one cannot place its timer (the
+    hand-made captures above check that)."""
+    dom, path = _run_without_flush_lines(tmp_path, strict, ncpus)
+    cap = parse_ftrace(path)
+    ev = CaptureEvidence.of_capture(cap)
+    assert needs_reuse(ev)
+    reuse = iova_reuse(reconstruct(cap, 0x1000), 0x1000)
+    assert reuse.pairs > 50
+    if strict:
+        assert reuse.not_reused == 0 and reuse.reused == reuse.pairs - reuse.open
+    else:
+        assert reuse.not_reused * 100 >= reuse.pairs
+    mode, why = infer_mode(ev, reuse)
+    assert mode == ("strict" if strict else "lazy") and "no IOTLB flush line" in why
+    res = replay_file(path, lines=False)
+    assert res.mode == mode and res.passes == 1 and res.allocations == dom.log.counters().iova_allocs
+    if strict:
+        assert res.mismatched == 0, res.mismatches[:3]
+
+
+def _step_alloc(cpu, base, size, lineno, task_before=0):
+    return ("alloc", Allocation(lineno, cpu, base, size, kind="dma_map_page", task_before=task_before,
+                                size_hint=size))
+
+
+def _step_free(cpu, base, size, lineno, irq=True, kind="dma_map_page"):
+    return ("free", Allocation(1, cpu, base, size, kind=kind), cpu, irq, lineno, 0.0, None)
+
+
+def test_iova_reuse_pairs():
+    """The pairs: a free, then the next allocation of its rcache bin on its CPU. A free by the two-step
+    API (no dma:* event) or another bin or CPU makes no pair; an interrupt-context free traced after the
+    allocation's last task line is open; bins at or above IOVA_RANGE_CACHE_MAX_SIZE are never cached."""
+    r = IovaReuse(0x1000)
+    r.feed(_step_free(0, 0xF000, 0x3000, 10))        # bin 2
+    r.feed(_step_alloc(0, 0xF000, 0x4000, 20, 15))   # bin 2, same base: reused
+    r.feed(_step_free(0, 0xE000, 0x1000, 30))
+    r.feed(_step_alloc(1, 0xE000, 0x1000, 40, 35))   # other CPU: no pair
+    r.feed(_step_alloc(0, 0xD000, 0x1000, 50, 45))   # not reused, free at 30 before task line 45
+    r.feed(_step_free(0, 0xC000, 0x1000, 60))
+    r.feed(_step_alloc(0, 0xB000, 0x1000, 62, 55))   # free at 60 after task line 55: open
+    r.feed(_step_free(0, 0xA000, 0x1000, 70, kind="?"))
+    r.feed(_step_alloc(0, 0x9000, 0x1000, 80, 75))   # two-step free: no pair
+    r.feed(_step_free(0, 0x100000, 0x40000, 90))     # 64 granules: never cached
+    r.feed(_step_alloc(0, 0x200000, 0x40000, 99, 95))
+    r.feed(_step_free(0, 0x8000, 0x1000, 100))
+    r.feed(("alloc", Allocation(110, 0, 0x7000, 0x1000, kind="dma_map_page")))   # never unmapped: size unsure
+    assert (r.pairs, r.reused, r.not_reused, r.open) == (3, 1, 1, 1)
+    assert r.mode() is not None and r.mode()[0] == "lazy"
+    assert IovaReuse(0x1000).mode() is None
+
+
+def test_strict_is_kept_below_one_pair_in_a_hundred():
+    r = IovaReuse(0x1000)
+    for i in range(200):
+        r.feed(_step_free(0, 0x10000, 0x1000, 10 * i + 1))
+        r.feed(_step_alloc(0, 0x10000 if i else 0x20000, 0x1000, 10 * i + 5, 10 * i + 3))
+    assert (r.pairs, r.not_reused) == (200, 1)
+    mode = r.mode()
+    assert mode is not None and mode[0] == "strict" and "199 of 200" in mode[1]
+
+
+def test_given_mode_is_replayed_as_given(tmp_path):
+    """--strict on a lazy capture without flush lines: replayed strict once, the differences reported
+    (no second replay in another mode)."""
+    _, path = _run_without_flush_lines(tmp_path, False, 1)
+    res = replay_file(path, mode="strict", lines=False)
+    assert res.mode == "strict" and res.mode_inferred == "strict (given)" and res.passes == 1
+    assert res.mismatched > 0

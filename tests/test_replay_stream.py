@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from iovalab.trace.bigtrace import write_sim_capture
@@ -69,3 +71,20 @@ def test_steps_hold_a_bounded_window(sim):
 def test_bad_lookahead_is_refused(sim):
     with pytest.raises(ValueError, match="lookahead 0 must be an int >= 1"):
         list(iter_steps(iter_ftrace(sim), 0x1000, lookahead=0))
+
+
+def test_mode_from_iova_reuse_is_the_whole_captures(sim, tmp_path):
+    """Without flush lines the mode comes from IOVA reuse: the stream decides from its first lines,
+    gathers the whole capture's pairs as it replays, and says the whole capture's figures, in one pass
+    (an allocation unmapped beyond the lookahead is left out, so the count may be a little lower than
+    the in-memory replay's)."""
+    path = tmp_path / "no-flush.trace"
+    path.write_text("".join(x for x in sim.read_text().splitlines(keepends=True) if "cache_tag_flush" not in x))
+    whole = replay_capture(parse_ftrace(path), lines=True)
+    res = replay_file(path, lookahead=1000)
+    assert whole.mode == res.mode == "strict" and res.passes == 1
+    pairs = re.compile(r"(\d+) of (\d+) IOVAs freed by a dma_unmap_\* path came back")
+    got, want = pairs.search(res.mode_inferred), pairs.search(whole.mode_inferred)
+    assert got is not None and want is not None and got[1] == got[2] and want[1] == want[2]
+    assert int(want[2]) - 5 <= int(got[2]) <= int(want[2]) and int(got[2]) > 600
+    assert _figures(res) == _figures(whole) and res.mismatched == 0

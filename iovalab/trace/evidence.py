@@ -25,10 +25,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from iovalab.kernel.iova_rcache import iova_rcache_bin
 from iovalab.kernel.units import DMA_MAPPING_ERROR, SZ_4K, SZ_16K, SZ_64K, iova_align, iova_offset
 from iovalab.trace.ftrace import FtraceCapture, TraceLine, is_domain_flush
 
-__all__ = ["CaptureEvidence", "GRANULE_CANDIDATES"]
+__all__ = ["CaptureEvidence", "GRANULE_CANDIDATES", "IovaReuse"]
 
 #: the IOVA granules a capture can show: VT-d/AMD/LPAE 4 KiB, LPAE 16 KiB and 64 KiB
 GRANULE_CANDIDATES = (SZ_4K, SZ_16K, SZ_64K)
@@ -129,3 +130,73 @@ class CaptureEvidence:
         """Ranged (per-unmap) IOTLB flush lines: ``cache_tag_flush_range`` lines that are not domain-wide."""
         whole = self.domain_flushes - self.counts.get("cache_tag_flush_all", 0)
         return self.counts.get("cache_tag_flush_range", 0) - whole
+
+
+class IovaReuse:
+    """Whether the IOVAs the kernel freed come straight back: the strict/lazy evidence of a capture
+    without IOTLB flush lines, gathered from its steps (:func:`~iovalab.trace.steps.iter_steps`) as they
+    go by. Memory: one entry per CPU and rcache bin.
+
+    In a strict domain ``__iommu_dma_unmap()`` frees the IOVA at once (``iommu_dma_free_iova()`` ->
+    ``free_iova_fast()``), and ``iova_rcache_insert()`` pushes it on top of the freeing CPU's loaded
+    magazine for its bin (``order_base_2`` of its size, below ``IOVA_RANGE_CACHE_MAX_SIZE``); the next
+    allocation of that bin on that CPU (``iova_rcache_get()`` pops the top) gets that very IOVA back
+    (drivers/iommu/iova.c and dma-iommu.c, 6.17 and 7.3.4). In a flush-queue domain the unmap only
+    queues it (``queue_iova()``); it comes back only after the queue is flushed (its timer, 10 ms and
+    more later, or a full queue). So for each *pair* - a free by a path that queues in a lazy domain
+    (one closed by a ``dma:*`` event: ``dma_unmap_page``/``dma_unmap_phys``/``dma_unmap_sg``/
+    ``dma_free_*``), then the next allocation of the same bin on the freeing CPU with no other free of
+    that bin there in between - strict reuses the IOVA every time; lazy often does not.
+
+    An allocation not unmapped within the lookahead is left out (its size, so its bin, is only the
+    span of its map lines), unless it is one single mapping (one ``map`` line, then its
+    ``dma_map_page``/``dma_map_phys`` line). A pair whose free was traced in interrupt context after
+    the allocation's last task-context line (between the allocation and its first ``map`` line, as far
+    as the trace can tell) is *open*: the free may have come after the allocation, so not reusing is
+    no evidence (counted, not used)."""
+
+    def __init__(self, granule: int) -> None:
+        self.shift = granule.bit_length() - 1
+        self.pairs = 0
+        self.reused = 0
+        self.not_reused = 0       # pairs that a strict domain cannot give
+        self.open = 0             # pairs not reused whose order the trace leaves open
+        self._top: dict[tuple[int, int], tuple[int, bool, bool, int]] = {}  # (cpu, bin) -> last free
+
+    def feed(self, st: tuple) -> None:
+        kind = st[0]
+        if kind == "free":
+            a = st[1]
+            b = iova_rcache_bin(a.size >> self.shift)
+            if b is not None:
+                self._top[(st[2], b)] = (a.base, a.kind != "?", st[3], st[4])
+        elif kind == "alloc":
+            a = st[1]
+            b = iova_rcache_bin(a.size >> self.shift)
+            top = self._top.pop((a.cpu, b), None) if b is not None else None
+            if top is None or not top[1]:
+                return
+            if not a.size_hint and a.freed_at is None and not (a.kind in _SINGLE and len(a.maps) == 1):
+                return      # not unmapped within the lookahead: its size (so its bin) is not sure
+            self.pairs += 1
+            if top[0] == a.base:
+                self.reused += 1
+            elif top[2] and top[3] > a.task_before:
+                self.open += 1
+            else:
+                self.not_reused += 1
+
+    def mode(self) -> tuple[str, str] | None:
+        """``(mode, why)`` from the pairs, None without any. Lazy when at least one pair in a hundred
+        (and at least one) is not reused: a strict domain reuses every one, short of a magazine that
+        could not be allocated (``GFP_ATOMIC``) or a mask below the cached IOVA."""
+        if not self.pairs:
+            return None
+        seen = (f"{self.reused} of {self.pairs} IOVAs freed by a dma_unmap_* path came back to the next "
+                f"allocation of their size on their CPU")
+        also = (f" ({self.open} other(s), freed in interrupt context just before the allocation's first map line, "
+                "may have been freed after it)") if self.open else ""
+        if self.not_reused and 100 * self.not_reused >= self.pairs:
+            return "lazy", (f"lazy: no IOTLB flush line, but only {seen}{also}: a strict domain's rcache gives every "
+                            "one back at once, a flush queue holds them until it is flushed")
+        return "strict", f"strict: no IOTLB flush line; {seen}, as a strict domain's per-CPU rcache does{also}"

@@ -17,6 +17,10 @@ frees directly. They are reconstructed from what the kernel's code guarantees:
 * An interrupt-context unmap can run between an allocation and its first ``map`` line; the
   replayer then moves the allocation before the immediately preceding interrupt-context (or
   other-CPU) frees, and counts and reports every such reorder.
+* Strict or lazy comes from the capture (:func:`infer_mode`): its IOTLB flush lines, else whether the
+  IOVAs freed by ``dma_unmap_*`` come straight back to the next allocation of their size on their CPU
+  (:class:`~iovalab.trace.evidence.IovaReuse`), else a guess of strict, reported as one; ``--strict``/
+  ``--lazy`` override it. The replay runs once in that mode: it is never chosen by how well it matches.
 * Time: the rcache depot trim (``iova_depot_work_func``, 100 ms after a depot push) and, for lazy
   captures without flush events, the flush-queue timer (10 ms) are driven by the event timestamps.
 
@@ -34,12 +38,12 @@ import itertools
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from iovalab.kernel.device import Device
 from iovalab.kernel.events import EventLog
-from iovalab.trace.evidence import CaptureEvidence
+from iovalab.trace.evidence import CaptureEvidence, IovaReuse
 from iovalab.trace.ftrace import FtraceCapture, TraceLine, iter_ftrace
 from iovalab.trace.ftrace_write import events_to_ftrace, export_ftrace
 from iovalab.kernel.iommu import IotlbGather
@@ -108,13 +112,15 @@ class ReplayResult:
 
 
 # --------------------------------------------------------------------------------------------
-def infer_mode(cap: FtraceCapture | CaptureEvidence) -> tuple[str, str]:
-    """strict or lazy, and how that was decided.
+def infer_mode(cap: FtraceCapture | CaptureEvidence, reuse: IovaReuse | None = None) -> tuple[str, str]:
+    """strict or lazy, and how that was decided, from the capture's own lines.
 
     Only a flush queue (``fq_flush_iotlb`` -> ``flush_iotlb_all``) flushes a DMA domain's whole IOTLB
     while it runs, so domain-wide flush lines mean lazy; a 7.3 lazy capture has ranged flushes too, one
     per two-step unmap (7.3.4 ``dma_iova_destroy()`` unlinks with a sync that is not queued). Ranged
-    flushes alone mean strict (one per unmap); no flush line at all leaves it open (a guess)."""
+    flushes alone mean strict (one per unmap). Without any flush line, whether freed IOVAs come straight
+    back decides (``reuse``, :class:`~iovalab.trace.evidence.IovaReuse`: the capture's steps); without
+    that either, strict is a guess, reported as one. The simulator is never run to choose."""
     ev = cap if isinstance(cap, CaptureEvidence) else CaptureEvidence.of_capture(cap)
     if ev.domain_flushes:
         ranged = f", and {ev.ranged_flushes} ranged ones (7.3: one per two-step unmap)" if ev.ranged_flushes else ""
@@ -122,8 +128,25 @@ def infer_mode(cap: FtraceCapture | CaptureEvidence) -> tuple[str, str]:
                         f"over [0x0-0xffffffffffffffff]: the flush queue draining){ranged}")
     if ev.ranged_flushes > 0:
         return "strict", "strict: one ranged IOTLB flush per unmap (cache_tag_flush_range), none domain-wide"
-    return "strict", ("strict (a guess: the capture has no IOTLB flush events; lazy is tried too "
-                      "when strict does not match)")
+    told = reuse.mode() if reuse is not None else None
+    if told is not None:
+        return told
+    return "strict", ("strict (a guess: the capture has no IOTLB flush line, and no IOVA freed by a dma_unmap_* "
+                      "path is allocated again on its CPU; --lazy replays it lazy)")
+
+
+def needs_reuse(ev: CaptureEvidence) -> bool:
+    """Whether :func:`infer_mode` reads :class:`~iovalab.trace.evidence.IovaReuse` for this capture
+    (it has no IOTLB flush line)."""
+    return not ev.domain_flushes and ev.ranged_flushes <= 0
+
+
+def iova_reuse(steps: Iterable[tuple], granule: int) -> IovaReuse:
+    """:class:`~iovalab.trace.evidence.IovaReuse` of ``steps``."""
+    reuse = IovaReuse(granule)
+    for st in steps:
+        reuse.feed(st)
+    return reuse
 
 
 class _Replayer:
@@ -275,7 +298,9 @@ def replay_capture(cap: FtraceCapture, *, cpus: int | None = None, mode: str | N
     ev = CaptureEvidence.of_capture(cap)
     system = system or infer_system(ev, steps=lambda g: reconstruct(cap, g))   # the same evidence, once
     last = cap.lines[-1].lineno + 1 if cap.lines else 1
-    result = _replay_modes([lambda: iter(cap.lines)], ev, cpus, mode, path, system, lines, iovas, lookahead=last)
+    reuse = iova_reuse(reconstruct(cap, system.granule), system.granule) if mode is None and needs_reuse(ev) else None
+    result = _replay_modes([lambda: iter(cap.lines)], ev, cpus, mode, path, system, lines, iovas, lookahead=last,
+                           reuse=reuse)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -350,19 +375,29 @@ def _replay_file(path, cpus, mode, system, lines, iovas, lookahead, strict_parse
     sources = [fed, again]
     say("replaying the capture" + ("" if whole else f" (decisions from its first {2 * lookahead:,} lines so far)"))
     facts = TwoStepFacts(spec.granule)
-    result = _replay_modes(sources, seen, cpus, mode, os.fspath(path), spec, lines, iovas, lookahead, facts)
+    reuse = iova_reuse(iter_steps(iter(first), spec.granule, lookahead=lookahead), spec.granule) \
+        if mode is None and needs_reuse(seen) else None
+    gather = IovaReuse(spec.granule) if reuse is not None and not whole else None
+    result = _replay_modes(sources, seen, cpus, mode, os.fspath(path), spec, lines, iovas, lookahead, facts,
+                           reuse=reuse, gather=gather)
     passes = result.passes
     if not whole:
         final = system or infer_system(ev, facts=facts, steps=lambda g: iter_steps(again(), g, lookahead=lookahead),
                                        **over)
-        same = final.model_key() == spec.model_key() and infer_mode(ev) == infer_mode(seen) and \
+        if mode is None and needs_reuse(ev) and (gather is None or final.granule != spec.granule):
+            gather = iova_reuse(iter_steps(again(), final.granule, lookahead=lookahead), final.granule)
+        whole_mode = infer_mode(ev, gather if mode is None else None)
+        same = final.model_key() == spec.model_key() and whole_mode[0] == infer_mode(seen, reuse)[0] and \
             replay_cpus(ev, cpus, again) == replay_cpus(seen, cpus) and \
             (ev.domain_flushes > 0) == (seen.domain_flushes > 0)
         if same:
             result.system = final
+            if mode is None:    # the same decision, said from the whole capture's evidence
+                result.mode_inferred = _mode_text(whole_mode[1], result.mode, ev.domain_flushes > 0, final)
         else:
-            say(f"the whole capture decides otherwise ({final.describe()}): replaying it again")
-            result = _replay_modes([again], ev, cpus, mode, os.fspath(path), final, lines, iovas, lookahead, None)
+            say(f"the whole capture decides otherwise ({final.describe()}, {whole_mode[0]}): replaying it again")
+            result = _replay_modes([again], ev, cpus, mode, os.fspath(path), final, lines, iovas, lookahead, None,
+                                   reuse=gather)
             passes += result.passes
     result.passes = passes
     result.nr_lines = head.nr_lines
@@ -371,34 +406,32 @@ def _replay_file(path, cpus, mode, system, lines, iovas, lookahead, strict_parse
     return result
 
 
+def _mode_text(why: str, mode: str, flush_points: bool, system: SystemConfig) -> str:
+    """``why`` the mode is what it is, and for a lazy replay without flush lines how the flush-queue
+    timer is placed."""
+    if mode != "lazy" or flush_points:
+        return why
+    return why + (f"; no flush line: the flush-queue timer placed from the timestamps, msecs_to_jiffies(10 ms) at "
+                  f"HZ={system.hz} (--hz) plus calc_index's tick, ticks at multiples of {1000 / system.hz:g} ms of "
+                  "the trace clock (a guess: no line marks a tick)")
+
+
 def _replay_modes(sources: list[Callable[[], Iterator[TraceLine]]], ev: CaptureEvidence, cpus: int | None,
                   mode: str | None, path: str, system: SystemConfig, lines: bool, iovas: bool,
-                  lookahead: int, facts: TwoStepFacts | None = None) -> ReplayResult:
-    """The replay in the given or inferred mode; an inferred guess of strict that does not match is
-    replayed lazy too, and the better of the two kept (reported as such). ``sources``: the first
-    replay reads the first, a second one the last."""
+                  lookahead: int, facts: TwoStepFacts | None = None, *, reuse: IovaReuse | None = None,
+                  gather: IovaReuse | None = None) -> ReplayResult:
+    """The replay in the given mode, else in the mode :func:`infer_mode` reads off the capture
+    (``reuse``: its IOVA-reuse evidence, when it has no flush line). One replay: the mode is never
+    chosen by how well a replay matches. ``sources``: the replay reads the first, a check of the
+    CPUs the last; ``gather``: fed every step (the whole capture's reuse evidence)."""
     ncpus = replay_cpus(ev, cpus, sources[-1])
-    inferred_mode, why = infer_mode(ev)
     fp = ev.domain_flushes > 0
-    timer = (f"; no flush line: the flush-queue timer placed from the timestamps, msecs_to_jiffies(10 ms) at "
-             f"HZ={system.hz} (--hz) plus calc_index's tick, ticks at multiples of {1000 / system.hz:g} ms of the "
-             "trace clock (a guess: no line marks a tick)")
-    if not fp and (mode == "lazy" or (mode is None and inferred_mode == "lazy")):
-        why += timer
     if mode is None:
-        result = _replay(sources[0], ncpus, inferred_mode, path, why, system, lines, iovas, lookahead, fp, facts)
-        if result.mismatched and "guess" in why:
-            alt = _replay(sources[-1], ncpus, "lazy", path, "lazy (a guess: strict did not match)" + timer,
-                          system, lines, iovas, lookahead, fp, None)
-            alt.passes += result.passes
-            if alt.mismatched < result.mismatched:
-                result = alt
-            else:
-                result.passes = alt.passes
+        mode, why = infer_mode(ev, reuse)
     else:
-        given = f"{mode} (given)" + (timer if mode == "lazy" and not fp else "")
-        result = _replay(sources[0], ncpus, mode, path, given, system, lines, iovas, lookahead, fp, facts)
-    return result
+        why = f"{mode} (given)"
+    return _replay(sources[0], ncpus, mode, path, _mode_text(why, mode, fp, system), system, lines, iovas,
+                   lookahead, fp, facts, gather)
 
 
 def replay_cpus(cap: FtraceCapture | CaptureEvidence, cpus: int | None = None,
@@ -421,7 +454,7 @@ def replay_cpus(cap: FtraceCapture | CaptureEvidence, cpus: int | None = None,
 
 def _replay(source: Callable[[], Iterator[TraceLine]], ncpus: int, mode: str, path: str, why: str,
             system: SystemConfig, lines: bool, iovas: bool, lookahead: int, flush_points: bool,
-            facts: TwoStepFacts | None) -> ReplayResult:
+            facts: TwoStepFacts | None, gather: IovaReuse | None = None) -> ReplayResult:
     rp = _Replayer(ncpus, mode, system, flush_points)
     chk = LineChecker(system, ncpus=ncpus, strict=(mode == "strict")) if lines else None
     if chk is not None:
@@ -453,6 +486,8 @@ def _replay(source: Callable[[], Iterator[TraceLine]], ncpus: int, mode: str, pa
         kind = st[0]
         if facts is not None:
             facts.feed(st)
+        if gather is not None:
+            gather.feed(st)
         if kind == "phase":
             apply_pending()
             phase = PhaseResult(st[1], st[2])

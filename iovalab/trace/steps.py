@@ -28,6 +28,8 @@ GRANULE = 0x1000
 MAX_GRANULE = 0x10000
 #: the end of what an IOVA domain can hand out: pfns stay below IOVA_ANCHOR (~0UL) of the smallest granule
 _IOVA_END = (1 << 64) - GRANULE
+#: the hardirq/softirq column letters of interrupt context (:attr:`TraceLine.in_irq`)
+_IRQ_CONTEXT = "hHsZz"
 DMA_MAP_EVENTS = frozenset(("dma_map_page", "dma_map_sg", "dma_alloc", "dma_map_resource", "dma_map_phys",
                             "dma_alloc_pages", "dma_alloc_sgt"))
 
@@ -50,6 +52,7 @@ class Allocation:
     #                                                                   none, e.g. the two-step API)
     emitted: bool = False    # its ``alloc`` step has left :func:`iter_steps`
     first_paddr: int = 0     # the physical address its first ``map`` line maps
+    task_before: int = 0     # the last task-context line of its CPU before its first ``map`` line (0: none)
 
 
 def alignment_of(bits: int) -> int:
@@ -205,6 +208,7 @@ def iter_steps(lines: Iterable[TraceLine], granule: int, *, lookahead: int = LOO
     out: deque[tuple[int, tuple]] = deque()            # (line it may leave at, step), grouped, not handed out
     open_by_cpu: dict[int, _Opened] = {}   # allocations whose dma_* event is pending, per CPU
     live: dict[int, Allocation] = {}        # base -> allocation
+    last_task: dict[int, int] = {}          # CPU -> its last line in task context (not hardirq/softirq/NMI)
 
     def extent(base: int) -> int:
         later = unmaps.get(base)
@@ -220,6 +224,10 @@ def iter_steps(lines: Iterable[TraceLine], granule: int, *, lookahead: int = LOO
         ev = ln.event
         opened: _Opened | None
         a: Allocation | None
+        fl = ln.flags
+        task_before = last_task.get(ln.cpu, 0)
+        if fl is None or len(fl) < 3 or fl[2] not in _IRQ_CONTEXT:   # not TraceLine.in_irq (inline)
+            last_task[ln.cpu] = ln.lineno
         if ev == "map":
             iova, size = ln.fields["iova"], ln.fields["size"]
             opened = open_by_cpu.get(ln.cpu)
@@ -236,7 +244,7 @@ def iter_steps(lines: Iterable[TraceLine], granule: int, *, lookahead: int = LOO
             else:
                 a = Allocation(ln.lineno, ln.cpu, iova, 0, iova + size, timestamp=ln.timestamp,
                                size_hint=extent(iova), maps=[ln],
-                               first_paddr=ln.fields["paddr"])
+                               first_paddr=ln.fields["paddr"], task_before=task_before)
                 opened.add(a)
                 old = live.get(iova)
                 if old is not None and old.size <= 0:  # the trace never unmapped the old one: its mapped span
