@@ -13,7 +13,7 @@ import html
 import re
 from typing import Any
 
-from iovalab.lab.notation import _HEX_WORDS, table
+from iovalab.lab.notation import HEX_WORDS, table
 
 __all__ = ["Table", "show_table", "Shown", "shown"]
 
@@ -32,7 +32,7 @@ def _cell(k: str, v: Any, hex_cols: set[str] | None) -> str:
     if isinstance(v, bool) or v is None:
         return {True: "yes", False: "no", None: "-"}[v]
     if isinstance(v, int):
-        is_hex = k in hex_cols if hex_cols is not None else any(w in k for w in _HEX_WORDS)
+        is_hex = k in hex_cols if hex_cols is not None else any(w in k for w in HEX_WORDS)
         return hex(v) if is_hex else f"{v:,}"
     if isinstance(v, float):
         return f"{v:,.0f}" if v == int(v) or abs(v) >= 100 else f"{v:,.1f}"

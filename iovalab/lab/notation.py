@@ -13,7 +13,7 @@ from typing import Any
 
 from iovalab.kernel.units import ERRNO_NAMES, parse_int
 
-__all__ = ["format_split", "parse_split", "parse_errno", "table"]
+__all__ = ["HEX_WORDS", "format_split", "parse_split", "parse_errno", "table"]
 
 
 def format_split(pages: list[tuple[int, int]]) -> str:
@@ -63,7 +63,8 @@ def parse_errno(text: str | int) -> int:
         raise ValueError(f"{text!r} is not an errno (write -EIO, EINVAL, -22 or 0)") from None
 
 
-_HEX_WORDS = ("phys", "size", "addr", "iova", "reserved", "tree", "pad", "len", "end", "base", "granule")
+#: column names that hold addresses or sizes, shown in hex by :func:`table`
+HEX_WORDS = ("phys", "size", "addr", "iova", "reserved", "tree", "pad", "len", "end", "base", "granule")
 
 
 def table(rows: list[dict], columns: list[str] | None = None, hex_cols: set[str] | None = None) -> str:
@@ -75,7 +76,7 @@ def table(rows: list[dict], columns: list[str] | None = None, hex_cols: set[str]
     cols = columns or list(rows[0])
 
     def is_hex(k: str) -> bool:
-        return k in hex_cols if hex_cols is not None else any(w in k for w in _HEX_WORDS)
+        return k in hex_cols if hex_cols is not None else any(w in k for w in HEX_WORDS)
 
     def cell(k: str, v: Any) -> str:
         if isinstance(v, bool) or v is None:

@@ -52,6 +52,7 @@ from iovalab.trace.ftrace_formats import (
 )
 
 __all__ = [
+    "LINE_PREFIX",
     "KNOWN_EVENTS", "DMA_DIRECTIONS", "DMA_ATTR_NAMES", "DMA_TRACE_MAX_ENTRIES",
     "FtraceParseError", "TraceLine", "FtraceCapture", "Phase",
     "parse_ftrace", "iter_ftrace", "parse_line", "phases",
@@ -161,8 +162,9 @@ class TraceLine:
 
 # -- regular expressions -------------------------------------------------------------------------
 
-
-_PREFIX = re.compile(
+#: the part of a ``trace`` line before the event's text: task-pid, optional (tgid), [cpu], optional
+#: latency flags, timestamp, event name (kernel/trace/trace_output.c print_trace_fmt / trace_print_context)
+LINE_PREFIX = re.compile(
     r" *(?P<task>.+?)-(?P<pid>[0-9]{1,10}) +"
     r"(?:\( *(?P<tgid>[0-9]{1,10}|-+)\) +)?"
     r"\[(?P<cpu>[0-9]{1,6})\] +"
@@ -170,7 +172,7 @@ _PREFIX = re.compile(
     r"(?P<ts>[0-9]{1,20}(?:\.[0-9]{1,12})?): "
     r"(?P<event>\w+):(?: (?P<text>.*))?",
     re.ASCII)
-_PREFIX_TEXT = _PREFIX.pattern[:_PREFIX.pattern.index("(?P<event>")]
+_PREFIX_TEXT = LINE_PREFIX.pattern[:LINE_PREFIX.pattern.index("(?P<event>")]
 #: the two most frequent lines, ``iommu:map`` and ``iommu:unmap``, in one match (no kernel analogue: a
 #: shortcut of the generic prefix + event-format match, which still judges any line it does not take)
 _FAST_MAP_UNMAP = re.compile(
@@ -198,7 +200,7 @@ def parse_line(line: str, lineno: int = 1) -> TraceLine | None:
     does not match its kernel format. Comment/blank/``[LOST n EVENTS]`` lines are not handled here
     (see :func:`parse_ftrace`).
     """
-    m = _PREFIX.fullmatch(line)
+    m = LINE_PREFIX.fullmatch(line)
     if m is None:
         raise FtraceParseError(lineno, None, _PREFIX_EXPECTED, line)
     event = m.group("event")
@@ -314,7 +316,7 @@ def iter_ftrace(lines_or_path: str | os.PathLike | Iterable[str] | IO[str], *, s
     counts: dict[str, int] = cap.counts
     unknown: dict[str, int] = cap.unknown_events
     cpus: set[int] = set(cap.cpus)
-    prefix = _PREFIX.fullmatch
+    prefix = LINE_PREFIX.fullmatch
     fast = _FAST_MAP_UNMAP.fullmatch
     specs = EVENT_FORMATS
     lineno = 0
