@@ -127,11 +127,12 @@ def test_lazy_reuse_timeline():
     def when(strict, times, target):
         return make_problem("lazy_reuse", dict(strict=strict, n=len(times), unmap_times=times, target=target)).value
     assert when(True, [3, 8], 2) == 8                    # strict: freed at the unmap
-    assert when(False, [3], 1) == 13                     # lazy: the 10 ms timer armed at 3 ms
-    assert when(False, [3, 8], 2) == 13                  # the timer armed by buffer 1 frees buffer 2 too
-    assert when(False, [3, 14], 2) == 24                 # after the first flush a new timer is armed
+    # lazy: the timer armed at 3 ms expires at jiffy 13; calc_index (kernel/time/timer.c) runs it at 14
+    assert when(False, [3], 1) == 14
+    assert when(False, [3, 8], 2) == 14                  # the timer armed by buffer 1 frees buffer 2 too
+    assert when(False, [3, 14], 2) == 25                 # after the first flush a new timer is armed (at 14)
     assert when(False, [0] * 260, 100) == 0              # the 256th queue_iova finds the ring full and flushes
-    assert when(False, [0] * 260, 258) == 10
+    assert when(False, [0] * 260, 258) == 11
 
 
 def test_rcache_bin_uses_the_size_at_free_time():

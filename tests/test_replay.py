@@ -128,10 +128,10 @@ def test_lazy_queue_full_flushes_round_trip(tmp_path):
         dom.dma_unmap_page(dev, a, 4096)
     assert dom.fq_flush_start_cnt == 1
     again = [dom.dma_map_page(dev, 0x3000_0000 + i * 0x2000, 4096) for i in range(300)]
-    dom.advance_time(10)
+    dom.advance_time(11)      # HZ=1000: 10 jiffies, run one tick later
     for a in again[:50]:
         dom.dma_unmap_page(dev, a, 4096)
-    dom.advance_time(10)
+    dom.advance_time(11)
     dom.dma_map_page(dev, 0x5000_0000, 4096)
     export_ftrace(dom.log.events, tmp_path / "lazy.trace")
     cap = parse_ftrace(tmp_path / "lazy.trace")

@@ -218,7 +218,7 @@ def test_negative_and_stale_iotlb_entries_replayed():
     dom.dma_unmap_page(dev, a, 0x3000)
     dom.iommu.device_access(a)            # lazy: the entry is still there, and stale
     assert step().stale == 1
-    dom.advance_time(dom.fq_timeout)
+    dom.advance_time(dom.fq_timer_ms())
     assert step().iotlb == []
     dom.iommu.device_access(a)            # fault: caching mode keeps the non-present entry
     assert step().iotlb == [(a, dom.granule, None, False)]

@@ -30,7 +30,8 @@ the simulator state stays consistent; ``DmaDomain(follow_kernel=True)`` follows 
 
 Kernel version: ``DmaDomain(kernel="6.17"|"7.3")`` (default 7.3); what differs is listed, with the 7.3.4
 functions that changed it, in :data:`iovalab.kernel.version.DIFFERENCES`. ``hz`` is ``CONFIG_HZ``
-(default 250): the flush-queue timer fires on a tick (:func:`iovalab.kernel.version.fq_timer_expiry`).
+(default 250): the flush-queue timer runs on the timer wheel, one tick after its expiry
+(:func:`iovalab.kernel.version.timer_wheel_fires`).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from iovalab.kernel.iommu import IommuDomain
 from iovalab.kernel.iova import IovaDomain
 from iovalab.kernel.iova_rcache import PerCpu
 from iovalab.kernel.units import check_cpu
-from iovalab.kernel.version import fq_timer_expiry
+from iovalab.kernel.version import timer_wheel_fires
 
 __all__ = ["IOVA_DEFAULT_FQ_SIZE", "IOVA_DEFAULT_FQ_TIMEOUT", "IOVA_SINGLE_FQ_SIZE", "IOVA_SINGLE_FQ_TIMEOUT",
            "FqEntry", "FlushQueue", "FlushQueueMixin"]
@@ -118,19 +118,21 @@ class FlushQueueMixin:
                       counter=self.fq_flush_start_cnt, queued=len(fq.entries))
         if not self.fq_timer_on:
             self.fq_timer_on = True
-            # mod_timer(&fq_timer, jiffies + msecs_to_jiffies(fq_timeout)): fires on a tick
-            self.fq_timer_deadline = fq_timer_expiry(self.now_ms, self.fq_timeout, self.hz)
+            # mod_timer(&fq_timer, jiffies + msecs_to_jiffies(fq_timeout)): runs on the timer wheel's tick
+            self.fq_timer_deadline = timer_wheel_fires(self.now_ms, self.fq_timeout, self.hz)
 
     def fq_timer_ms(self) -> float:
         """How long after ``queue_iova`` arms it now (at ``now_ms``) the flush-queue timer fires, in ms.
 
         ``queue_iova`` (dma-iommu.c, 6.17 and 7.3.4) arms ``mod_timer(&cookie->fq_timer, jiffies +
-        msecs_to_jiffies(fq_timeout))``; ``fq_flush_timeout`` runs at the tick that brings ``jiffies``
-        there (:func:`~iovalab.kernel.version.fq_timer_expiry`; ticks at multiples of ``1000 / HZ`` ms
-        from time 0). Armed on a tick: a whole number of ticks (10 ms at HZ=250 is 3 jiffies = 12 ms;
-        at HZ=100 one jiffy = 10 ms; at HZ=300, 3 jiffies = 10.0 ms); armed between ticks: less.
+        msecs_to_jiffies(fq_timeout))``; the timer wheel runs ``fq_flush_timeout`` one tick after
+        ``jiffies`` reaches that expiry (``calc_index()``, kernel/time/timer.c:
+        :func:`~iovalab.kernel.version.timer_wheel_fires`; ticks at multiples of ``1000 / HZ`` ms from
+        time 0). Armed on a tick: ``msecs_to_jiffies + 1`` ticks (10 ms at HZ=250 is 3 jiffies, run 16 ms
+        later; at HZ=100, 1 jiffy: 20 ms; at HZ=1000, 10 jiffies: 11 ms); armed between ticks: up to one
+        tick less.
         """
-        return fq_timer_expiry(self.now_ms, self.fq_timeout, self.hz) - self.now_ms
+        return timer_wheel_fires(self.now_ms, self.fq_timeout, self.hz) - self.now_ms
 
     def fq_flush_timeout(self, cpu: int = 0) -> None:
         """``fq_flush_timeout()`` (dma-iommu.c), the timer callback, run on ``cpu``: one

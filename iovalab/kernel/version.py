@@ -8,11 +8,12 @@ rest of the model documents).
 
 ``CONFIG_HZ`` is not a version but a build option both versions share, and this module is its one
 home (:data:`CONFIG_HZ_VALUES`, :data:`DEFAULT_HZ`, :func:`check_hz`, :func:`msecs_to_jiffies`,
-:func:`fq_timer_expiry`). The flush-queue timer is a ``timer_list`` armed once, by the first
+:func:`fq_timer_expiry`, :func:`timer_wheel_fires`). The flush-queue timer is a ``timer_list`` armed once, by the first
 ``queue_iova()`` that finds ``fq_timer_on`` clear, with ``mod_timer(&cookie->fq_timer, jiffies +
 msecs_to_jiffies(cookie->options.fq_timeout))``; its callback ``fq_flush_timeout()`` clears
-``fq_timer_on``, flushes and frees every queue (drivers/iommu/dma-iommu.c, 6.17 and 7.3.4 alike). A
-timer runs from the tick at which ``jiffies`` reaches its expiry, so the flush always falls on a tick.
+``fq_timer_on``, flushes and frees every queue (drivers/iommu/dma-iommu.c, 6.17 and 7.3.4 alike). The
+timer wheel runs a timer one tick after ``jiffies`` reaches its expiry (``calc_index()``,
+kernel/time/timer.c), so the flush always falls on a tick.
 """
 
 from __future__ import annotations
@@ -172,16 +173,12 @@ def msecs_to_jiffies(m: int, hz: int) -> int:
 
 
 def fq_timer_expiry(now_ms: float, timeout_ms: int, hz: int, phase_ms: float = 0.0) -> float:
-    """When ``mod_timer(&fq_timer, jiffies + msecs_to_jiffies(timeout_ms))`` armed at ``now_ms`` fires,
-    in ms, as modelled: at the tick that makes ``jiffies`` reach ``jiffies + msecs_to_jiffies(timeout)``,
+    """The expiry of ``mod_timer(&fq_timer, jiffies + msecs_to_jiffies(timeout_ms))`` armed at
+    ``now_ms``, in ms: the tick at which ``jiffies`` reaches ``jiffies + msecs_to_jiffies(timeout)``,
     ``jiffies`` at ``now_ms`` being ``floor((now_ms - phase_ms) * HZ / 1000)``. Armed on a tick that is
     a whole ``msecs_to_jiffies`` ticks (10 ms at HZ=250: 12 ms); armed between ticks, up to one tick
     less. ``phase_ms`` = when a tick happened on the same clock (no trace records it; 0 by default).
-
-    Not modelled: the timer wheel's ``calc_index()`` (kernel/time/timer.c) puts even a level-0 timer
-    in the bucket one jiffy after its expiry (``(expires >> LVL_SHIFT(lvl)) + 1``, so that it never
-    fires early), which makes the real flush come one tick later than this: between ``n`` and ``n + 1``
-    ticks after arming (12 to 16 ms at HZ=250)."""
+    The timer runs one tick later (:func:`timer_wheel_fires`)."""
     check_hz(hz)
     j = int((now_ms - phase_ms) * hz // 1000)
     return (j + msecs_to_jiffies(timeout_ms, hz)) * 1000 / hz + phase_ms
@@ -193,6 +190,6 @@ def timer_wheel_fires(now_ms: float, timeout_ms: int, hz: int, phase_ms: float =
     (kernel/time/timer.c, 6.17 and 7.3) files it in the bucket ``(expires >> LVL_SHIFT(lvl)) + 1`` so
     that it never fires early (a flush-queue timeout of a few ticks is a level-0 timer, one tick per
     bucket). At HZ=250, ``queue_iova()``'s 10 ms timer (3 jiffies) runs 12 to 16 ms after it is armed.
-    The replay of a lazy capture without flush lines uses this; the simulator's own clock keeps
-    :func:`fq_timer_expiry`. ``phase_ms``: when a tick happened on the trace's clock."""
+    The simulator's flush queue (``DmaDomain.advance_time``) and the replay of a lazy capture without
+    flush lines both use this. ``phase_ms``: when a tick happened on the clock."""
     return fq_timer_expiry(now_ms, timeout_ms, hz, phase_ms) + 1000 / hz

@@ -93,7 +93,8 @@ def _gen_lazy(rng: random.Random) -> dict:
 
 def _q_lazy(p: dict) -> str:
     mode = ("strict (IOMMU_DOMAIN_DMA)" if p["strict"] else
-            "lazy (IOMMU_DOMAIN_DMA_FQ: one per-CPU flush queue of 256 slots, 255 usable, 10 ms timer)")
+            "lazy (IOMMU_DOMAIN_DMA_FQ: one per-CPU flush queue of 256 slots, 255 usable; a 10 ms timer, "
+            "CONFIG_HZ=1000: mod_timer(jiffies + 10), which the timer wheel runs one tick after that)")
     if len(set(p["unmap_times"])) == 1 and p["n"] > 5:
         when = f"all {p['n']} are unmapped one after another at t={p['unmap_times'][0]} ms"
     else:

@@ -13,10 +13,10 @@ import io
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
-from iovalab.trace.ftrace import _PREFIX, DMA_DIRECTIONS, DMA_TRACE_MAX_ENTRIES, TraceLine, decode_dma_attrs
+from iovalab.trace.ftrace import LINE_PREFIX, DMA_DIRECTIONS, DMA_TRACE_MAX_ENTRIES, TraceLine, decode_dma_attrs
 from iovalab.kernel.units import U64_MASK
 from iovalab.kernel.version import behaves, check_kernel
 
@@ -295,7 +295,7 @@ def write_ftrace(lines: Iterable[str | TraceLine], path_or_file: str | os.PathLi
     if header:
         max_cpu, any_flags = 0, False
         for s in out:
-            m = _PREFIX.fullmatch(s)
+            m = LINE_PREFIX.fullmatch(s)
             if m:
                 max_cpu = max(max_cpu, int(m.group("cpu")))
                 any_flags = any_flags or m.group("flags") is not None
@@ -320,16 +320,19 @@ _TASK = "....."
 
 
 def events_to_ftrace(events, *, start: float = 100.0, step_us: int = 10, task: str = "iovalab",
-                     pid: int = 4242, iotlb_events: bool = True, kernel: str = "6.17") -> list[str]:
+                     pid: int = 4242, iotlb_events: bool = True, kernel: str = "6.17",
+                     times: Sequence[float] | None = None) -> list[str]:
     """A simulator run (its event list) as kernel ftrace text lines, in the formats of
     ``include/trace/events/iommu.h`` (``map``, ``unmap``), ``include/trace/events/dma.h`` (6.12:
     ``dma_map_page``, ``dma_unmap_page``, ``dma_map_sg``, ``dma_unmap_sg``, ``dma_alloc``) and, with
     ``iotlb_events``, the VT-d ``cache_tag_flush_range``/``cache_tag_flush_all`` invalidations.
 
     Unmaps and their ``dma_unmap_*`` lines get the hard-irq flags a completion interrupt shows;
-    timestamps advance ``step_us`` per line. Event order is the log's, which is the kernel's:
-    ``map`` before ``dma_map_*``, ``dma_unmap_sg`` before its ``unmap``, ``unmap`` before
-    ``dma_unmap_page``.
+    timestamps advance ``step_us`` per line, from ``start``; with ``times`` (seconds, one per event:
+    when the simulated run did it, e.g. its :attr:`~iovalab.kernel.dma_iommu.DmaDomain.now_ms`), a line
+    is at its event's time, or ``step_us`` after the line before when that is later. Event order is
+    the log's, which is the kernel's: ``map`` before ``dma_map_*``, ``dma_unmap_sg`` before its
+    ``unmap``, ``unmap`` before ``dma_unmap_page``.
 
     ``kernel`` chooses the text forms (:data:`iovalab.kernel.version.DIFFERENCES`): ``"6.17"`` as
     above; ``"7.3"`` writes ``dma_map_phys``/``dma_unmap_phys`` for page mappings,
@@ -348,7 +351,11 @@ def events_to_ftrace(events, *, start: float = 100.0, step_us: int = 10, task: s
         out.append(format_line(task, pid, cpu, flags, ts, event, text))
 
     events = list(events)
+    if times is not None and len(times) != len(events):
+        raise ValueError(f"times: {len(times)} values for {len(events)} events (one time per event)")
     for n, e in enumerate(events):
+        if times is not None:
+            t[0] = max(t[0], round(times[n] * 1e6))
         a, k, f = e.args, e.kind, e.func
         if k == "iommu_map_calls":
             line(e.cpu, _TASK, "map", format_map(a["iova"], a["paddr"], a["size"]))
