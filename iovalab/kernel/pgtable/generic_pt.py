@@ -98,7 +98,8 @@ class GenericPt(IoPgtable):
         if hit is None or iova & (hit[1] - 1):
             return 0, 0, []                          # a hole, or inside a larger leaf
         end_r = iova + ((size + g - 1) & ~(g - 1))
-        hole = self.first_unmapped(iova, end_r)
+        # the leaf found at iova (which starts there) maps [iova, iova + leaf size): no hole before that
+        hole = None if end_r - iova <= hit[1] else self.first_unmapped(iova, end_r)
         end = hole if hole is not None else end_r
         a = iova
         unmapped = freed = 0
