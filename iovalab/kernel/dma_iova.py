@@ -276,10 +276,11 @@ class IovaApi:
         if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= (1 << 64) - 1 - size:
             raise ValueError(f"dma_iova_link: offset {offset!r} must be an int >= 0 with offset + size "
                              "inside the 64-bit space")
-        g = self.host.granule
+        host = self.host
+        g = host.granule
         pad = iova_offset(g, phys)
         if pad and offset > 0:
-            self.host.log.warn(_L, "dma_iova_link", EIO, f"phys {phys:#x} has granule offset {pad:#x} at "
+            host.log.warn(_L, "dma_iova_link", EIO, f"phys {phys:#x} has granule offset {pad:#x} at "
                           f"offset {offset:#x} > 0: only the first range may start mid-granule", cpu=cpu)
             raise DmaError(-EIO, f"phys {phys:#x} is not granule-aligned (offset {pad:#x}) and "
                            f"offset {offset:#x} > 0", "dma_iova_link", warned=True)
@@ -290,19 +291,21 @@ class IovaApi:
             if self.host.check_contract:
                 raise DmaError(-EINVAL, f"offset {offset:#x} + size {size:#x} is past the reserved "
                                f"size {dma_iova_size(state):#x}", "dma_iova_link")
-        self._check_merge_boundary(state, offset, size, cpu)
-        self.host.log.depth += 1
+        if state.links or iova_offset(g, state.addr + offset + size):
+            self._check_merge_boundary(state, offset, size, cpu)
+        log = host.log
+        log.depth += 1
         try:
-            if self.host.needs_bounce(dev, size, dir, phys):
+            if host.needs_bounce(dev, size, dir, phys):
                 ret = self._iova_link_swiotlb(dev, state, phys, offset, size, dir, attrs, cpu)
             else:
                 ret = self.__dma_iova_link(dev, state.addr + offset - pad, phys - pad,
                                            iova_align(g, size + pad), dir, attrs, cpu)
         finally:
-            self.host.log.depth -= 1
-        self.host.trace_api_values("dma_iova_link", dev, cpu, ret, phys, offset, size, dir)
+            log.depth -= 1
+        host.trace_api_values("dma_iova_link", dev, cpu, ret, phys, offset, size, dir)
         if not ret:
-            if iova_offset(self.host.granule, state.addr + offset + size):
+            if iova_offset(g, state.addr + offset + size):
                 state.links.append((offset, size))
             state.max_offset = max(state.max_offset, offset)
         if ret:

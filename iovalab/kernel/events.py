@@ -157,23 +157,52 @@ class EventLog:
     """
 
     def __init__(self, keep: bool = True, kinds: Iterable[Kind | str] | None = None):
-        self.keep = keep
-        self.kinds: frozenset[str] | None = None if kinds is None else frozenset(_kind_name(k) for k in kinds)
+        #: kind as emitted (a Kind or its string) -> (tally key, schema entry when its events are kept,
+        #: else None): one dict lookup per event instead of a schema lookup and the keep/kinds tests
+        self._route: dict[Kind | str, tuple[str, Any]] = {}
+        self._keep = keep
+        self._kinds: frozenset[str] | None = None if kinds is None else frozenset(_kind_name(k) for k in kinds)
         self.events: list[Event] = []
         self.totals: defaultdict[str, int] = defaultdict(int)
         self.seq = 0
         self.depth = 0
 
-    def _count(self, kind: Kind | str, count: int) -> Any:
-        """Tally one step of ``kind``; its schema entry when the event is to be built (kept), else None."""
+    @property
+    def keep(self) -> bool:
+        """Whether events are kept (else only tallied)."""
+        return self._keep
+
+    @keep.setter
+    def keep(self, keep: bool) -> None:
+        self._keep = keep
+        self._route.clear()
+
+    @property
+    def kinds(self) -> frozenset[str] | None:
+        """The kinds whose events are kept (None: all)."""
+        return self._kinds
+
+    @kinds.setter
+    def kinds(self, kinds: frozenset[str] | None) -> None:
+        self._kinds = kinds
+        self._route.clear()
+
+    def _route_of(self, kind: Kind | str) -> tuple[str, Any]:
+        """``(tally key, schema entry or None)`` of ``kind`` (remembered in ``_route``); ValueError for an
+        undeclared kind."""
         spec = _SCHEMA_GET(kind)
         if spec is None:
             raise _unknown_kind(kind)
-        self.totals[spec.name] += count
+        kept = self._keep and (self._kinds is None or spec.name in self._kinds)
+        route = self._route[kind] = (spec.name, spec if kept else None)
+        return route
+
+    def _count(self, kind: Kind | str, count: int) -> Any:
+        """Tally one step of ``kind``; its schema entry when the event is to be built (kept), else None."""
+        route = self._route.get(kind) or self._route_of(kind)
+        self.totals[route[0]] += count
         self.seq += 1
-        if not self.keep or (self.kinds is not None and spec.name not in self.kinds):
-            return None
-        return spec
+        return route[1]
 
     def emit(self, layer: str, func: str, kind: Kind | str = Kind.STEP, result: Any = None, *,
              cpu: int = 0, count: int = 1, **args: Any) -> Event | None:
@@ -203,7 +232,9 @@ class EventLog:
         :data:`~iovalab.kernel.event_schema.SCHEMA` declares them for ``kind`` and ``func`` (trailing
         optional ones may be left out). Same event, same checks; when not keeping events it costs about a
         third of a keyword call (no ``**args`` dict)."""
-        spec = self._count(kind, count)
+        name, spec = self._route.get(kind) or self._route_of(kind)      # _count, inlined
+        self.totals[name] += count
+        self.seq += 1
         if spec is None:
             return None
         names = spec.valid_values.get((func, *map(type, values)))   # as many names as values

@@ -455,9 +455,7 @@ class IovaDomain(IovaRcacheMixin):
         replayer trying another order of frees before an allocation). Nodes must not be resized
         (``reserve_iova``) inside a trial."""
         self._journal = []
-        self._trial = (self.cached_node, self.cached32_node, self.max32_alloc_size,
-                       [({cpu: (c.loaded.pfns[:], c.prev.pfns[:]) for cpu, c in r.cpu_rcaches.touched()},
-                         [m.pfns[:] for m in r.depot]) for r in self.rcaches])
+        self._trial = (self.cached_node, self.cached32_node, self.max32_alloc_size, self._save_rcaches())
 
     def trial_rollback(self) -> None:
         """Return to the state at :meth:`trial_begin`; the trial goes on (roll back again, or end it)."""

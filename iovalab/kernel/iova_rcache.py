@@ -133,7 +133,7 @@ class PerCpu(Generic[T]):
 
     def touched(self) -> list[tuple[int, T]]:
         """``(cpu, value)`` of every CPU used so far, in CPU order."""
-        return sorted(self._d.items(), key=lambda kv: kv[0])
+        return sorted(self._d.items())       # CPUs are unique: only the keys are compared
 
     def replace(self, values: dict[int, T]) -> None:
         """Set the used CPUs' values to ``values`` (the others become fresh again)."""
@@ -324,6 +324,12 @@ class IovaRcacheMixin:
         return [{"bin": b, "granules": 1 << b,
                  "cpus": [(c.loaded.size, c.prev.size) for c in r.cpu_rcaches],
                  "depot": r.depot_size} for b, r in enumerate(self.rcaches)]
+
+    def _save_rcaches(self) -> list:
+        """Copies of every bin's magazines, ``[({cpu: (loaded pfns, prev pfns)}, [depot pfns, ...]), ...]``,
+        for :meth:`_restore_rcaches` (a trial of :class:`~iovalab.kernel.iova.IovaDomain`)."""
+        return [({cpu: (c.loaded.pfns[:], c.prev.pfns[:]) for cpu, c in r.cpu_rcaches.touched()},
+                 [m.pfns[:] for m in r.depot]) for r in self.rcaches]
 
     def _restore_rcaches(self, rc: list) -> None:
         for r, (cpus, depot) in zip(self.rcaches, rc, strict=True):

@@ -98,7 +98,8 @@ class GenericPt(IoPgtable):
         if hit is None or iova & (hit[1] - 1):
             return 0, 0, []                          # a hole, or inside a larger leaf
         end_r = iova + ((size + g - 1) & ~(g - 1))
-        hole = self.first_unmapped(iova, end_r)
+        # the leaf found at iova (which starts there) maps [iova, iova + leaf size): no hole before that
+        hole = None if end_r - iova <= hit[1] else self.first_unmapped(iova, end_r)
         end = hole if hole is not None else end_r
         a = iova
         unmapped = freed = 0
@@ -121,7 +122,23 @@ class GenericPt(IoPgtable):
         """``__unmap_range``'s ``fully_covered`` tables below ``t`` that are left (a format's own unmap
         may have freed them already): every table whose span lies inside ``[lo, hi)`` and holds no
         leaf is cleared from its parent and freed (``gather_add_table``). Returns table pages freed."""
-        bsz = self._block[t.lvl]
+        block = self._block
+        while True:                   # the common case: [lo, hi) inside one entry, down the tree
+            bsz = block[t.lvl]
+            a = (lo - t.base) // bsz
+            if a != (hi - 1 - t.base) // bsz:
+                break                 # several entries: the general loop below
+            k = t.kids.get(a)
+            if k is None:
+                return 0
+            base = k.base
+            if base + bsz <= lo or base >= hi:
+                return 0
+            if lo <= base and base + bsz <= hi and not self._subtree_leaves(k):
+                del t.kids[a]
+                t.ent[a] = 0
+                return self._free_subtree(k, cpu)
+            t = k
         freed = 0
         kids = t.kids
         items = None

@@ -154,6 +154,11 @@ class IoPgtable(IoPgtableWalkMixin):
         self._ent = [1 << self.pgd_bits] + [1 << bits] * (n - 1)
         self._mask = [e - 1 for e in self._ent]
         self._block = [1 << s for s in self._sh]
+        #: ``(level, shift, index mask)`` of every level, top first: what a walk reads per level
+        self._levels = tuple(zip(range(n), self._sh, self._mask, strict=True))
+        #: the end of the IOVA space, and the span the walks query entry by entry (``FEW_GRANULES``)
+        self._top = 1 << ias
+        self._few_span = _FEW_GRANULES * granule
         self.block_sizes = tuple(self._block)
         self.level_entries = tuple(self._ent)
         self.level_shifts = tuple(self._sh)

@@ -48,6 +48,9 @@ class IoPgtableWalkMixin:
         _block: list[int]
         _leaves: int
         _ntables: int
+        _levels: tuple[tuple[int, int, int], ...]
+        _top: int
+        _few_span: int
 
         def level_name(self, i: int) -> str: ...
         def _decode(self, v: int, i: int) -> tuple[int, int, int]: ...
@@ -65,9 +68,8 @@ class IoPgtableWalkMixin:
         """The walk of ``iova`` (``0 <= iova < 2**ias``) to where it stops: ``(table, index, level, PTE
         value)`` of the leaf that maps it, or of the empty entry (value 0) that covers it."""
         t = self.root
-        sh, mask = self._sh, self._mask
-        for i in range(self.nlevels):
-            idx = (iova >> sh[i]) & mask[i]
+        for i, s, m in self._levels:
+            idx = (iova >> s) & m
             k = t.kids.get(idx)
             if k is None:
                 return t, idx, i, t.ent.item(idx)
@@ -109,14 +111,17 @@ class IoPgtableWalkMixin:
     def find_mapped(self, lo: int, hi: int, limit: int = 16) -> list[int]:
         """Up to ``limit`` granule addresses in ``[lo, hi)`` that a leaf maps, ascending; walks only
         the tables that exist (no kernel analogue: a query for contract checks and views)."""
-        if not (0 <= lo < hi <= 1 << self.ias and hi - lo <= FEW_GRANULES * self.granule):  # few granules
+        if not (0 <= lo < hi <= self._top and hi - lo <= self._few_span):  # few granules
             return table.find_mapped(self.root, self._block, self.granule, lo, hi, limit)
         g = self.granule
+        entry, block = self._entry, self._block
+        if hi - lo == g and not lo & (g - 1):    # one aligned granule (a one-page request): one walk
+            return [lo] if limit > 0 and entry(lo)[3] else []
         out: list[int] = []
         a = lo
         while a < hi and len(out) < limit:
-            _, _, i, v = self._entry(a)
-            bsz = self._block[i]
+            _, _, i, v = entry(a)
+            bsz = block[i]
             end = min(hi, (a & ~(bsz - 1)) + bsz)
             if v:
                 out.extend(range(a, min(end, a + g * (limit - len(out))), g))
@@ -125,14 +130,15 @@ class IoPgtableWalkMixin:
 
     def first_unmapped(self, lo: int, hi: int) -> int | None:
         """Lowest granule address in ``[lo, hi)`` with no leaf, or None (walks existing tables)."""
-        if not (0 <= lo < hi <= 1 << self.ias and hi - lo <= FEW_GRANULES * self.granule):  # few granules
+        if not (0 <= lo < hi <= self._top and hi - lo <= self._few_span):  # few granules
             return table.first_unmapped(self.root, self._block, self.granule, lo, hi)
+        entry, block = self._entry, self._block
         a = lo
         while a < hi:
-            t, idx, i, v = self._entry(a)
+            t, idx, i, v = entry(a)
             if not v:
                 return a & ~(self.granule - 1)
-            bsz = self._block[i]
+            bsz = block[i]
             a = (a & ~(bsz - 1)) + bsz
             if not t.kids and a < hi:    # the next entries of this leaf table, read in place
                 n = min(len(t.ent) - idx - 1, -(-(hi - a) // bsz))
