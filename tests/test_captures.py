@@ -142,3 +142,25 @@ def test_iova_timeline_and_plot(x86):
     import dataclasses
     marked = plot_iova_timeline([dataclasses.replace(rows[0], same=False)] + rows[1:])
     assert "simulator differs (1)" in marked.axes[0].get_legend_handles_labels()[1]
+
+
+def test_lazy_rerun_rows_and_figure():
+    """The x86 capture's requests rerun strict give the capture's own reach; lazy, they reach the lazy
+    boot's lowest IOVA (data/real/v734-strict-smp1/README.md) and the timer runs; the figure shows both
+    runs, each with its lowest IOVA."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from iovalab.book.viz_captures import plot_rerun
+    r = c.lazy_rerun("x86-vtd")
+    rows = r.rows()
+    assert [row["run"] for row in rows][:3] == ["kernel: this capture (strict)", "simulator: strict rerun",
+                                                "simulator: lazy rerun"]
+    assert rows[0]["lowest IOVA"] == rows[1]["lowest IOVA"] == "0xffeb0000"
+    assert rows[0]["4 KiB pages"] == rows[1]["4 KiB pages"] == 312
+    assert rows[2]["lowest IOVA"] == rows[3]["lowest IOVA"] == "0xffe70000"
+    # chapter 12 quotes these: 388 pages, 24 timer runs (the lazy boot: 381/387 pages, 25 domain-wide flushes)
+    assert (rows[2]["4 KiB pages"], rows[2]["timer runs"]) == (388, 24)
+    fig = plot_rerun(r)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert len(labels) == 2 and "lowest IOVA 0xffeb0000" in labels[0] and "lowest IOVA 0xffe70000" in labels[1]
+    assert len(c.lazy_rerun("arm64-64k").rows()) == 3     # no lazy boot figures for arm64

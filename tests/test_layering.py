@@ -33,6 +33,7 @@ RANK = {
     "trace.ftrace": 5, "trace.ftrace_write": 5.5, "trace.evidence": 5.55, "trace.steps": 5.6,
     "trace.system": 5.7,
     "trace.lines": 5.8, "trace.reference": 6, "trace.replay": 6, "trace.replay_cli": 6.1, "trace.bigtrace": 6.05,
+    "trace.rerun": 5.9,
     "lab": 6, "lab.cost": 6.5, "lab.scenarios": 7, "lab.step_state": 6.2, "lab.explain_steps": 7.5,
     "lab.notation": 6.1, "lab.derivation": 7.8,
     "lab.explain": 8, "lab.claims": 8, "lab.review": 8, "lab.captures": 6.3,

@@ -1,80 +1,55 @@
-"""A lazy capture without flush lines, with a real capture's timing: the real Linux 7.3.4 capture's
+"""A lazy capture without flush lines, with a real capture's timing (trace.rerun): the real captures'
 requests (paths, sizes, physical addresses, timestamps) redone in a lazy (flush-queue) domain of the
-simulator, exported without IOTLB flush lines at the times they were traced. ``replay-ftrace`` must
-infer lazy from the capture alone (IOVA reuse) and place the flush-queue timer from the timestamps
-so that every allocation and line matches."""
+simulator and exported without IOTLB flush lines at the times they were traced. ``replay-ftrace``
+must infer lazy from the capture alone (IOVA reuse) and place the flush-queue timer from the
+timestamps so that every allocation and line matches."""
 
 from __future__ import annotations
 
 import pytest
 
-from iovalab.kernel.device import DMA_BIT_MASK, Device
-from iovalab.kernel.dma_iova import DmaIovaState
-from iovalab.kernel.events import EventLog
 from iovalab.resources import data_file
-from iovalab.trace.ftrace import DMA_DIRECTIONS, parse_ftrace
-from iovalab.trace.ftrace_write import export_ftrace
+from iovalab.trace.ftrace import parse_ftrace
 from iovalab.trace.replay import replay_file
+from iovalab.trace.rerun import rerun_capture
 from iovalab.trace.steps import reconstruct
-from iovalab.trace.system import infer_system
 
 
-def _lazy_rerun(path, hz: int):
-    """The capture's requests redone in a lazy domain, time advanced to each step's timestamp
-    (``advance_time`` runs the flush-queue timer when it is due): the events and their times."""
-    cap = parse_ftrace(path)
-    system = infer_system(cap)
-    system.hz = hz
-    log = EventLog(keep=True)
-    dom = system.make_domain(strict=False, ncpus=1, log=log)
-    dev = Device(name="0000:00:01.0", dma_mask=DMA_BIT_MASK(64), is_pci=True)
-    times: list[float] = []
-    live: dict[int, tuple] = {}
-    t0 = cap.lines[0].timestamp
-    dom.advance_time(t0 * 1000)
-
-    def at(ts: float) -> None:
-        dom.advance_time(max(0.0, ts * 1000 - dom.now_ms))
-
-    for st in reconstruct(cap, system.granule):
-        if st[0] == "alloc":
-            a = st[1]
-            at(a.timestamp)
-            if a.kind == "dma_map_phys":
-                f = a.closer.fields
-                d = DMA_DIRECTIONS[f["dir"]]
-                live[a.base] = ("single", dom.dma_map_page(dev, f["phys_addr"], f["size"], d), f["size"], d)
-            elif a.kind == "?" and a.freed_at is not None:     # the two-step API (blk_rq_dma_map_iter_start)
-                state = DmaIovaState()
-                assert dom.dma_iova_try_alloc(dev, state, a.maps[0].fields["paddr"], a.size)
-                for m in a.maps:
-                    dom.dma_iova_link(dev, state, m.fields["paddr"], m.fields["iova"] - a.base, m.fields["size"])
-                dom.dma_iova_sync(dev, state, 0, a.size)
-                live[a.base] = ("iova", state)
-            elif a.kind == "dma_alloc":
-                dom.dma_alloc_coherent(dev, a.size)
-        elif st[0] == "free":
-            a, ts = st[1], st[5]
-            at(ts)
-            how = live.pop(a.base, None)
-            if how is not None and how[0] == "single":
-                dom.dma_unmap_page(dev, how[1], how[2], how[3])
-            elif how is not None:
-                dom.dma_iova_destroy(dev, how[1], a.size)
-        times.extend([dom.now_ms / 1000] * (len(log.events) - len(times)))
-    return system, log.events, times
-
-
-@pytest.mark.parametrize("hz", [250, 1000])
-def test_lazy_capture_with_real_timing_replays_exactly(tmp_path, hz):
-    system, events, times = _lazy_rerun(data_file("real", "v734-strict-smp1.trace"), hz)
+@pytest.mark.parametrize("capture, hz", [("v734-strict-smp1.trace", 250), ("v734-strict-smp1.trace", 1000),
+                                         ("strict-smp1.trace", 250)])
+def test_lazy_capture_with_real_timing_replays_exactly(tmp_path, capture, hz):
+    run = rerun_capture(parse_ftrace(data_file("real", capture)), strict=False, hz=hz)
+    assert run.skipped == 0 and run.timer_flushes > 10
     out = tmp_path / "lazy.trace"
-    export_ftrace(events, out, kernel="7.3", iotlb_events=False, start=0.0, step_us=1, times=times)
+    run.export(out)
     res = replay_file(out, overrides={"hz": hz})
     assert res.mode == "lazy" and res.passes == 1 and "lazy: no IOTLB flush line, but only" in res.mode_inferred
     assert res.timer_flushes > 10                      # the flush-queue timer ran, placed from the timestamps
-    assert res.allocations > 1000 and res.mismatched == 0, res.mismatches[:3]
+    assert res.allocations == len(run.allocations) > 1000 and res.mismatched == 0, res.mismatches[:3]
     assert res.lines is not None and res.lines.differ == 0, res.lines.mismatches[:3]
     # the wrong HZ places the timer elsewhere: some allocations differ (the timestamps matter)
     wrong = replay_file(out, overrides={"hz": 1250 - hz}, lines=False)
     assert wrong.mismatched > 0
+
+
+def test_strict_rerun_is_the_capture():
+    """Strict, the rerun hands out exactly the kernel's IOVAs (the capture is strict)."""
+    cap = parse_ftrace(data_file("real", "v734-strict-smp1.trace"))
+    run = rerun_capture(cap, strict=True)
+    kernel = [(st[1].base, st[1].size) for st in reconstruct(cap, 0x1000) if st[0] == "alloc"]
+    assert [(iova & ~0xFFF, size) for _, iova, size in run.allocations] == kernel
+
+
+def test_lazy_rerun_reaches_where_the_real_lazy_boot_did():
+    """data/real/v734-strict-smp1/README.md: the lazy boot of the same workload (v734-lazy-smp1) reached
+    0xffe70000, 381 distinct 4 KiB pages (387 in the run with iotlb tracing); the strict one 0xffeb0000,
+    312. The strict boot's requests rerun lazy at their own times reach the lazy boot's lowest IOVA."""
+    cap = parse_ftrace(data_file("real", "v734-strict-smp1.trace"))
+    lowest, pages = rerun_capture(cap, strict=False).reach()
+    assert lowest == 0xFFE70000 and 370 <= pages <= 400
+    assert rerun_capture(cap, strict=True).reach() == (0xFFEB0000, 312)
+
+
+def test_rerun_refuses_a_bad_mode():
+    with pytest.raises(ValueError, match="strict 'yes' must be True or False"):
+        rerun_capture(parse_ftrace(data_file("real", "v734-strict-smp1.trace")), strict="yes")  # type: ignore[arg-type]

@@ -1,9 +1,10 @@
 """Draw the IOVA space a real capture's workload used: at 64 KiB and at 4 KiB pages, and over time.
 
 No kernel analogue: views over :func:`iovalab.lab.captures.iova_space` (rows of
-:class:`~iovalab.lab.captures.IovaSpace`) and :func:`iovalab.lab.captures.iova_timeline` (rows of
-:class:`~iovalab.lab.captures.TimelineRow`). Pure function: rows in, matplotlib ``Figure`` out; nothing
-is computed here except unit conversions.
+:class:`~iovalab.lab.captures.IovaSpace`), :func:`iovalab.lab.captures.iova_timeline` (rows of
+:class:`~iovalab.lab.captures.TimelineRow`) and :func:`iovalab.lab.captures.lazy_rerun`. Pure
+functions: rows in, matplotlib ``Figure`` out; nothing is computed here except unit conversions and
+each run's lowest IOVA.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from iovalab.book.viz_base import COLORS
 
-__all__ = ["PATH_ORDER", "plot_iova_space", "plot_iova_timeline"]
+__all__ = ["PATH_ORDER", "plot_iova_space", "plot_iova_timeline", "plot_rerun"]
 
 #: the bars' stacking order (bottom to top)
 PATH_ORDER = ("dma_map_phys", "two-step", "dma_alloc", "msi doorbell")
@@ -97,5 +98,35 @@ def plot_iova_timeline(rows: list[Any], title: str | None = None):
     ax.spines[["top", "right"]].set_visible(False)
     ax.set_title(textwrap.fill(title or "IOVA space over the capture: kernel bars, simulator ticks, "
                                "differences crossed", 64), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_rerun(rerun: Any, title: str | None = None):
+    """One panel: every allocation over time (x: ms since the first), as its IOVA (y: KiB below 4 GiB),
+    for the capture (strict, grey) and the simulator's lazy rerun of the same requests (orange), from a
+    :class:`~iovalab.lab.captures.LazyRerun`; dashed lines at each run's lowest IOVA.
+
+    Returns the ``matplotlib.figure.Figure``.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.6, 4.2))
+    top = 1 << 32
+    t0 = min(t for t, _, _ in rerun.kernel) if rerun.kernel else 0.0
+    for who, allocs, colour, size in (("kernel, strict (this capture)", rerun.kernel, "#7f7f7f", 10),
+                                      ("simulator, lazy rerun", rerun.lazy.allocations, COLORS["queued"], 6)):
+        low = min(iova for _, iova, _ in allocs) if allocs else top
+        ax.scatter([(t - t0) * 1000 for t, _, _ in allocs], [(top - iova) / 1024 for _, iova, _ in allocs],
+                   s=size, color=colour, linewidths=0,
+                   label=f"{who}: {len(allocs)} allocations, lowest IOVA {low:#x} (dashed)")
+        ax.axhline((top - low) / 1024, color=colour, linestyle="--", linewidth=0.8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms since the first allocation (the capture's clock)")
+    ax.set_ylabel("IOVA: KiB below 4 GiB")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=8, frameon=False, ncol=1)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.set_title(textwrap.fill(title or "The same requests, strict (kernel) and lazy (simulator)", 64),
+                 fontsize=10)
     fig.tight_layout()
     return fig

@@ -20,6 +20,9 @@ re-derived here.
   domain (``smmuv3-4k``).
 * :func:`iova_timeline` / :func:`differences` - every request in capture order, kernel and simulator
   side by side (the reviewer's view of a whole capture).
+* :func:`lazy_rerun` - the capture's requests redone in a strict and in a lazy (flush-queue) domain at
+  their traced times (:func:`iovalab.trace.rerun.rerun_capture`), next to what the README of
+  ``data/real/v734-strict-smp1`` reports for the lazy boot of the same workload (:data:`LAZY_BOOT`).
 * :func:`offset_evidence` - "PAGE_SIZE vs granule": ``iova_offset(iovad, phys)`` is
   ``phys & iova_mask(iovad)`` with ``iova_mask = iovad->granule - 1`` (include/linux/iova.h, 7.3), read
   from every ``dma_map_phys`` line of the capture.
@@ -37,12 +40,14 @@ from iovalab.kernel.units import SZ_4K
 from iovalab.resources import data_file
 from iovalab.trace.ftrace import FtraceCapture, parse_ftrace
 from iovalab.trace.lines import LineCheck, check_lines
+from iovalab.trace.rerun import Rerun, rerun_capture
+from iovalab.trace.steps import reconstruct
 from iovalab.trace.system import SystemConfig, infer_system
 
 __all__ = ["ARM64_64K", "X86_VTD", "CAPTURES", "capture_name", "RequestLines", "CaptureRun",
            "load_capture", "run_capture", "small_read",
            "two_step_request", "IovaSpace", "iova_space", "TimelineRow", "iova_timeline", "differences",
-           "OffsetEvidence", "offset_evidence"]
+           "OffsetEvidence", "offset_evidence", "LAZY_BOOT", "LazyRerun", "lazy_rerun"]
 
 #: the bundled captures (package data)
 ARM64_64K = ("real", "v734-arm64-64k-strict-smp1.trace")
@@ -298,3 +303,55 @@ def offset_evidence(run: CaptureRun | None = None, moduli: tuple[int, ...] = (0x
     unaligned = sum(1 for r in singles if r.event is not None and r.event["dma_addr"] % g)
     ex = next((r for r in singles if r.event is not None and r.event["phys_addr"] % g >= SZ_4K), None)
     return OffsetEvidence(g, run.system.page_size, len(singles), unaligned, counts, ex)
+
+
+#: the lazy boot of the x86 workload, as data/real/v734-strict-smp1/README.md reports it (its table of
+#: event counts: ``v734-lazy-smp1``, and ``v734-lazy-smp1-iotlb``, the run that also traced the flushes);
+#: the capture itself is not bundled
+LAZY_BOOT = {"lowest": 0xFFE70000, "pages": 381, "pages_iotlb_run": 387, "domain_flushes_iotlb_run": 25}
+
+
+@dataclass
+class LazyRerun:
+    """:func:`lazy_rerun`: the capture, and its requests rerun strict and lazy."""
+
+    name: tuple[str, ...]
+    kernel: list[tuple[float, int, int]]     # the capture's allocations: (time, IOVA, size)
+    kernel_reach: tuple[int, int]            # (lowest IOVA, distinct granules) its map lines cover
+    strict: Rerun
+    lazy: Rerun
+
+    def rows(self) -> list[dict]:
+        """One row per run: lowest IOVA, distinct granules mapped, flush-queue timer runs; and, for the
+        x86 capture, the README's lazy boot (its flushes: the domain-wide ones of the run that traced
+        them, in brackets)."""
+        g = self.strict.system.granule
+        pages = f"{g // 1024} KiB pages"
+        rows = [{"run": "kernel: this capture (strict)", "lowest IOVA": f"{self.kernel_reach[0]:#x}",
+                 pages: self.kernel_reach[1], "timer runs": "-"}]
+        for who, r in (("simulator: strict rerun", self.strict), ("simulator: lazy rerun", self.lazy)):
+            lowest, n = r.reach()
+            rows.append({"run": who, "lowest IOVA": f"{lowest:#x}", pages: n, "timer runs": r.timer_flushes})
+        if self.name == X86_VTD:
+            rows.append({"run": "kernel: lazy boot (README)", "lowest IOVA": f"{LAZY_BOOT['lowest']:#x}",
+                         pages: f"{LAZY_BOOT['pages']} ({LAZY_BOOT['pages_iotlb_run']})",
+                         "timer runs": f"({LAZY_BOOT['domain_flushes_iotlb_run']})"})
+        return rows
+
+
+def lazy_rerun(name: str | tuple[str, ...] = X86_VTD) -> LazyRerun:
+    """The capture ``name``'s requests redone strict and lazy at their own times
+    (:func:`iovalab.trace.rerun.rerun_capture`; the system and its ``HZ`` as the replay infers them)."""
+    return _lazy_rerun_of(capture_name(name))
+
+
+@lru_cache(maxsize=2)
+def _lazy_rerun_of(name: tuple[str, ...]) -> LazyRerun:
+    cap = _load(name)
+    system = infer_system(cap)
+    strict, lazy = rerun_capture(cap, strict=True, system=system), rerun_capture(cap, strict=False, system=system)
+    kernel = [(st[1].timestamp, st[1].base, st[1].size) for st in reconstruct(cap, system.granule) if st[0] == "alloc"]
+    g = system.granule
+    pages = {p for ln in cap.lines if ln.event == "map"
+             for p in range(ln.fields["iova"] // g, (ln.fields["iova"] + ln.fields["size"] + g - 1) // g)}
+    return LazyRerun(name, kernel, (min(pages) * g if pages else 0, len(pages)), strict, lazy)

@@ -43,7 +43,7 @@ from iovalab.trace.ftrace import DMA_DIRECTIONS, FtraceCapture, TraceLine
 from iovalab.trace.steps import Allocation, reconstruct
 from iovalab.trace.system import SystemConfig, infer_system
 
-__all__ = ["PathLines", "LineCheck", "LineChecker", "check_lines", "PATHS", "MAX_MISMATCHES"]
+__all__ = ["PathLines", "LineCheck", "LineChecker", "check_lines", "sg_entries_from_lines", "PATHS", "MAX_MISMATCHES"]
 
 #: what a map line and an unmap line show, compared field by field
 _MAP_ARGS = ("iova", "paddr", "size")
@@ -110,7 +110,7 @@ def _path(a: Allocation, system: SystemConfig) -> str:
     return "not modelled"
 
 
-def _sg_entries(phys: list[int], maps: list[TraceLine], granule: int) -> list[ScatterEntry] | None:
+def sg_entries_from_lines(phys: list[int], maps: list[TraceLine], granule: int) -> list[ScatterEntry] | None:
     """The scatterlist ``iommu_dma_map_sg`` was given, as far as its lines depend on it: each entry
     from its traced phys to the end of the granule-aligned extent the map lines give it (None when
     the lines and the phys_addrs do not fit together)."""
@@ -288,7 +288,7 @@ class LineChecker:
             assert ev is not None
             f = ev.fields
             dev, d = self.device(f["device"]), DMA_DIRECTIONS[f["dir"]]
-            sgl = _sg_entries(f["phys_addrs"], maps, g)
+            sgl = sg_entries_from_lines(f["phys_addrs"], maps, g)
             if sgl is not None and len(f["phys_addrs"]) == f.get("nents", len(f["phys_addrs"])) and \
                     dom.dma_map_sg(dev, sgl, d, cpu=cpu):
                 self._cmp_addr(ev, f["dma_addrs"][0], sgl[0].dma_address)
