@@ -162,7 +162,9 @@ def test_cli_lines_line_and_exit_status_0():
     assert out[-2] == "LINES: 2328 map/unmap lines, 2328 reproduced, 0 differ"
     assert LINES_RE.match(out[-2])
     assert any(re.match(r"two-step +83 +397 +397$", row) for row in out)
-    assert out[1].startswith("system: arm64 smmuv3-64k, IOVA granule 64 KiB, PAGE_SIZE 64 KiB")
+    assert out[0].endswith(": 1 CPU(s), strict") and out[1] == "mode: strict (given)"
+    assert out[2].startswith("system: arm64 smmuv3-64k, IOVA granule 64 KiB, PAGE_SIZE 64 KiB")
+    assert max(len(x) for x in out[:out.index(next(x for x in out if x.startswith("phase")))]) <= 100
 
 
 def test_cli_exit_status_1_when_a_line_differs_but_no_allocation(tmp_path):

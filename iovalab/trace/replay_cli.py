@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 
 from iovalab.kernel.iova import MAX_CPUS
 from iovalab.trace.replay import replay_file
 from iovalab.trace.system import parse_range
 
 __all__ = ["cli"]
+
+
+#: the width the mode and system explanations are wrapped at (a terminal, the book's terminal view)
+_WIDTH = 100
 
 
 def _stderr_progress(text: str) -> None:
@@ -59,10 +64,11 @@ def cli(args) -> int:
     if args.json:
         print(json.dumps(res.as_dict(), indent=1))
     else:
-        print(f"{args.file}: {res.cpus} CPU(s), {res.mode_inferred}")
-        print(f"system: {system.describe()}")
+        print(f"{args.file}: {res.cpus} CPU(s), {res.mode}")
+        print(textwrap.fill(res.mode_inferred, _WIDTH, initial_indent="mode: ", subsequent_indent="    "))
+        print(textwrap.fill(system.describe(), _WIDTH, initial_indent="system: ", subsequent_indent="        "))
         for d in system.decisions:
-            print(f"    {d}")
+            print(textwrap.fill(str(d), _WIDTH, initial_indent="    ", subsequent_indent="        "))
         print(f"{'phase':<62} {'allocs':>6} {'matched':>7} {'reord':>5} {'mismatch':>8}")
         for p in res.phases:
             if not p.allocations:
@@ -76,8 +82,7 @@ def cli(args) -> int:
         if res.timer_flushes:
             print(f"flush-queue timer runs placed from the timestamps (HZ={system.hz}): {res.timer_flushes}")
         if res.passes > 1:
-            print(f"replayed {res.passes} times (the whole capture decided otherwise than its first lines, "
-                  "or a guessed mode was tried both ways)")
+            print(f"replayed {res.passes} times (the whole capture decided otherwise than its first lines)")
         if res.reorders:
             print(f"reordered allocations (moved before interrupt-context frees) at lines: "
                   f"{', '.join(map(str, res.reorders[:20]))}")
