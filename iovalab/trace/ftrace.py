@@ -52,7 +52,7 @@ from iovalab.trace.ftrace_formats import (
 )
 
 __all__ = [
-    "LINE_PREFIX",
+    "LINE_PREFIX", "IRQ_CONTEXT",
     "KNOWN_EVENTS", "DMA_DIRECTIONS", "DMA_ATTR_NAMES", "DMA_TRACE_MAX_ENTRIES",
     "FtraceParseError", "TraceLine", "FtraceCapture", "Phase",
     "parse_ftrace", "iter_ftrace", "parse_line", "phases",
@@ -81,6 +81,10 @@ class FtraceParseError(ValueError):
 
 
 # -- one line ----------------------------------------------------------------------------------
+#: the letters of the latency column's hardirq/softirq field that mean interrupt context
+#: (kernel/trace/trace_output.c trace_print_lat_fmt: hardirq, hardirq in softirq, softirq, NMI)
+IRQ_CONTEXT = "hHsZz"
+
 
 @dataclass(slots=True)
 class TraceLine:
@@ -113,7 +117,7 @@ class TraceLine:
     def in_irq(self) -> bool:
         """Interrupt context: the hardirq/softirq column shows ``h``, ``H``, ``s`` (or NMI ``z``/``Z``)."""
         f = self.flags
-        return f is not None and len(f) > 2 and f[2] in "hHsZz"
+        return f is not None and len(f) > 2 and f[2] in IRQ_CONTEXT
 
     @property
     def in_hardirq(self) -> bool:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from iovalab.kernel.units import DMA_MAPPING_ERROR, iova_align
-from iovalab.trace.ftrace import FtraceCapture, TraceLine, is_domain_flush
+from iovalab.trace.ftrace import IRQ_CONTEXT, FtraceCapture, TraceLine, is_domain_flush
 
 __all__ = ["Allocation", "GRANULE", "DMA_MAP_EVENTS", "LOOKAHEAD", "alignment_of", "iter_steps", "map_alignment",
            "reconstruct"]
@@ -28,8 +28,6 @@ GRANULE = 0x1000
 MAX_GRANULE = 0x10000
 #: the end of what an IOVA domain can hand out: pfns stay below IOVA_ANCHOR (~0UL) of the smallest granule
 _IOVA_END = (1 << 64) - GRANULE
-#: the hardirq/softirq column letters of interrupt context (:attr:`TraceLine.in_irq`)
-_IRQ_CONTEXT = "hHsZz"
 DMA_MAP_EVENTS = frozenset(("dma_map_page", "dma_map_sg", "dma_alloc", "dma_map_resource", "dma_map_phys",
                             "dma_alloc_pages", "dma_alloc_sgt"))
 
@@ -226,7 +224,7 @@ def iter_steps(lines: Iterable[TraceLine], granule: int, *, lookahead: int = LOO
         a: Allocation | None
         fl = ln.flags
         task_before = last_task.get(ln.cpu, 0)
-        if fl is None or len(fl) < 3 or fl[2] not in _IRQ_CONTEXT:   # not TraceLine.in_irq (inline)
+        if fl is None or len(fl) < 3 or fl[2] not in IRQ_CONTEXT:   # not TraceLine.in_irq (inline)
             last_task[ln.cpu] = ln.lineno
         if ev == "map":
             iova, size = ln.fields["iova"], ln.fields["size"]
