@@ -40,7 +40,7 @@ from iovalab.kernel.units import SZ_4K
 from iovalab.resources import data_file
 from iovalab.trace.ftrace import FtraceCapture, parse_ftrace
 from iovalab.trace.lines import LineCheck, check_lines
-from iovalab.trace.rerun import Rerun, rerun_capture
+from iovalab.trace.rerun import Rerun, reach, rerun_capture
 from iovalab.trace.steps import reconstruct
 from iovalab.trace.system import SystemConfig, infer_system
 
@@ -351,7 +351,5 @@ def _lazy_rerun_of(name: tuple[str, ...]) -> LazyRerun:
     system = infer_system(cap)
     strict, lazy = rerun_capture(cap, strict=True, system=system), rerun_capture(cap, strict=False, system=system)
     kernel = [(st[1].timestamp, st[1].base, st[1].size) for st in reconstruct(cap, system.granule) if st[0] == "alloc"]
-    g = system.granule
-    pages = {p for ln in cap.lines if ln.event == "map"
-             for p in range(ln.fields["iova"] // g, (ln.fields["iova"] + ln.fields["size"] + g - 1) // g)}
-    return LazyRerun(name, kernel, (min(pages) * g if pages else 0, len(pages)), strict, lazy)
+    mapped = reach(((ln.fields["iova"], ln.fields["size"]) for ln in cap.lines if ln.event == "map"), system.granule)
+    return LazyRerun(name, kernel, mapped, strict, lazy)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from iovalab.kernel.device import Device
@@ -34,7 +35,15 @@ from iovalab.trace.lines import sg_entries_from_lines
 from iovalab.trace.steps import reconstruct
 from iovalab.trace.system import SystemConfig, infer_system
 
-__all__ = ["Rerun", "rerun_capture"]
+__all__ = ["Rerun", "rerun_capture", "reach"]
+
+
+def reach(ranges: Iterable[tuple[int, int]], granule: int) -> tuple[int, int]:
+    """``(lowest IOVA, distinct granules)`` the ``(iova, size)`` mapped ranges cover (0, 0 for none)."""
+    pages: set[int] = set()
+    for iova, size in ranges:
+        pages.update(range(iova // granule, (iova + size + granule - 1) // granule))
+    return (min(pages) * granule if pages else 0), len(pages)
 
 
 @dataclass
@@ -51,14 +60,9 @@ class Rerun:
     skipped: int = 0
 
     def reach(self) -> tuple[int, int]:
-        """``(lowest IOVA mapped, distinct granules mapped)`` over the whole run."""
-        g = self.system.granule
-        pages: set[int] = set()
-        for e in self.events:
-            if e.kind == "iommu_map_calls":
-                iova, size = e.args["iova"], e.args["size"]
-                pages.update(range(iova // g, (iova + size + g - 1) // g))
-        return (min(pages) * g if pages else 0), len(pages)
+        """``(lowest IOVA mapped, distinct granules mapped)`` over the whole run (:func:`reach`)."""
+        return reach(((e.args["iova"], e.args["size"]) for e in self.events if e.kind == "iommu_map_calls"),
+                     self.system.granule)
 
     def export(self, path: str | os.PathLike, *, iotlb_events: bool = False) -> int:
         """Write the run as a capture (the system's kernel's forms, each line at its event's time);
